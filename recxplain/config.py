@@ -1,0 +1,416 @@
+"""Validated configuration: one pydantic model per pipeline stage, loaded from YAML.
+
+`load_config(path, overrides)` is the only entry point. An invalid file fails before any work
+starts, with a `ConfigError` naming the file, the field path and the reason. Overrides use dotted
+paths (`recommender.k=20`, `teacher.provider=openai`); values are parsed as YAML scalars, so
+`true`, `3`, `0.5` and `[a, b]` get their natural types.
+
+Every stage hashes its own section (`section_hash`) into its cache key, so changing one section
+recomputes that stage and what depends on it, nothing upstream.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+
+class Section(BaseModel):
+    """Base for every section: unknown keys are errors (a typo must not be silently ignored)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class DataConfig(Section):
+    """Where the ratings come from and how they are cut and split.
+
+    Attributes:
+        source: `ml-100k` reads the MovieLens-100K copy shipped in the `recbole` wheel;
+            `ml-latest` reads a local folder in the ml-latest / ML-32M layout (`ratings.csv`,
+            `movies.csv`, optional `tags.csv`, `links.csv`, `genome-scores.csv`, `genome-tags.csv`).
+        path: folder of the `ml-latest` source (ignored for `ml-100k`).
+        min_user_ratings: a user is "active" with at least this many ratings (first seed).
+        max_ratings: keep the N most recent ratings of active users (None keeps all; the first
+            seed uses 1,000,000 on ML-32M).
+        split: `leave_last_out` puts each user's last rating in test and the one before in
+            valid; `temporal` cuts all ratings at global time quantiles.
+        temporal_valid_fraction: share of ratings (by time) in valid for the temporal split.
+        temporal_test_fraction: share of ratings (by time) in test for the temporal split.
+        genome_min_relevance: a movie gets a `has_tag` edge to a genome tag at or above this
+            relevance (ml-latest with genome files only).
+        genome_similar_tags: each genome tag gets `similar_to` edges to its this many most
+            similar tags (cosine over movie relevance vectors).
+    """
+
+    source: Literal["ml-100k", "ml-latest"] = "ml-100k"
+    path: Path | None = None
+    min_user_ratings: int = Field(5, ge=1)
+    max_ratings: int | None = Field(None, ge=1)
+    split: Literal["leave_last_out", "temporal"] = "leave_last_out"
+    temporal_valid_fraction: float = Field(0.1, gt=0, lt=0.5)
+    temporal_test_fraction: float = Field(0.1, gt=0, lt=0.5)
+    genome_min_relevance: float = Field(0.8, ge=0, le=1)
+    genome_similar_tags: int = Field(5, ge=0)
+
+    @model_validator(mode="after")
+    def _path_for_local_source(self) -> "DataConfig":
+        if self.source == "ml-latest" and self.path is None:
+            raise ValueError("data.path is required when data.source is 'ml-latest'")
+        return self
+
+
+class RecommenderConfig(Section):
+    """The classic recommender whose output gets explained.
+
+    Attributes:
+        model: `itemknn` (cosine item-KNN, its neighbours are the intrinsic explanation), `als`,
+            `bpr` (matrix factorisation through `implicit`) or `popular`.
+        k: neighbours per item for item-KNN.
+        factors: latent factors for ALS/BPR.
+        iterations: training iterations for ALS/BPR.
+        regularization: L2 regularisation for ALS/BPR.
+        learning_rate: BPR learning rate.
+        top_n: recommendations kept per user.
+        neighbours_per_item: neighbours reported per recommendation (the intrinsic explanation).
+        eval_k: cut-off K of the ranking metrics.
+        sampled_negatives: negatives per held-out positive in the sampled-candidates protocol.
+        seed: random seed (model initialisation and negative sampling).
+    """
+
+    model: Literal["itemknn", "als", "bpr", "popular"] = "itemknn"
+    k: int = Field(10, ge=1)
+    factors: int = Field(64, ge=1)
+    iterations: int = Field(15, ge=1)
+    regularization: float = Field(0.01, ge=0)
+    learning_rate: float = Field(0.01, gt=0)
+    top_n: int = Field(10, ge=1)
+    neighbours_per_item: int = Field(10, ge=1)
+    eval_k: int = Field(10, ge=1)
+    sampled_negatives: int = Field(19, ge=1)
+    seed: int = 42
+
+
+class PathsConfig(Section):
+    """Knowledge-graph explanation paths (Sorted Explanation Paths, Yang et al. 2018).
+
+    Attributes:
+        max_hops: longest path enumerated, in edges (3: user -> rated movie -> entity -> movie).
+        top_p: paths kept per (user, recommended item).
+        min_rating: a rated movie links the user to a path only at or above this rating.
+        weight_credibility: weight of the credibility score in the combined ranking.
+        weight_readability: weight of the readability score.
+        weight_diversity: weight of the diversity bonus when choosing the top paths.
+        max_paths_per_pair: cap on enumerated candidate paths per pair before ranking.
+    """
+
+    max_hops: int = Field(3, ge=2, le=4)
+    top_p: int = Field(3, ge=1)
+    min_rating: float = 0.0
+    weight_credibility: float = Field(0.5, ge=0)
+    weight_readability: float = Field(0.3, ge=0)
+    weight_diversity: float = Field(0.2, ge=0)
+    max_paths_per_pair: int = Field(200, ge=1)
+
+
+class CasesConfig(Section):
+    """Explanation cases: one per (user, recommended item) for a sample of users.
+
+    Attributes:
+        train_users: users sampled for teacher data and preference pairs.
+        eval_users: users sampled (disjoint from train) for held-out evaluation.
+        items_per_user: recommendations per sampled user turned into cases (top ranks first).
+        history_length: last L rated items shown in the prompt.
+        seed: sampling seed.
+    """
+
+    train_users: int = Field(64, ge=1)
+    eval_users: int = Field(24, ge=1)
+    items_per_user: int = Field(1, ge=1)
+    history_length: int = Field(10, ge=1)
+    seed: int = 7
+
+
+class SamplingConfig(Section):
+    """How a language model samples.
+
+    Attributes:
+        temperature: 0 means greedy decoding.
+        top_p: nucleus sampling mass.
+        max_new_tokens: generation budget per answer.
+        seed: base seed; sample i of a prompt uses seed + i.
+    """
+
+    temperature: float = Field(0.7, ge=0)
+    top_p: float = Field(0.9, gt=0, le=1)
+    max_new_tokens: int = Field(96, ge=1)
+    seed: int = 0
+
+
+class LLMConfig(Section):
+    """One language model behind the common chat interface.
+
+    Attributes:
+        provider: `local` (a Hugging Face causal LM run in-process), `openai` (any
+            OpenAI-compatible endpoint: OpenAI, Gemini, vLLM, Ollama, llama.cpp) or `anthropic`.
+        model: model name for APIs; for `local`, a Hugging Face model folder or `smollm2`
+            (the embedded SmolLM2-135M-Instruct).
+        base_url: endpoint for `openai`/`anthropic` (None: the SDK default).
+        api_key_env: name of the environment variable that holds the API key. The key itself
+            never appears in a config, log, cache or artifact.
+        adapter: optional peft adapter folder for `local`.
+        max_concurrency: parallel requests for API providers.
+        max_retries: retries on 429/5xx/timeouts (exponential backoff, Retry-After honoured).
+        timeout_s: per-request timeout for API providers.
+        batch_size: prompts per forward pass for `local`.
+        dtype: weights dtype for `local` (`bfloat16` is ~2x faster on CPUs with bf16 support).
+        price_per_million_input: USD per million prompt tokens (cost accounting; 0 for local).
+        price_per_million_output: USD per million completion tokens.
+    """
+
+    provider: Literal["local", "openai", "anthropic"] = "local"
+    model: str = "smollm2"
+    base_url: str | None = None
+    api_key_env: str | None = None
+    adapter: Path | None = None
+    max_concurrency: int = Field(4, ge=1)
+    max_retries: int = Field(4, ge=0)
+    timeout_s: float = Field(60.0, gt=0)
+    batch_size: int = Field(16, ge=1)
+    dtype: Literal["float32", "bfloat16"] = "bfloat16"
+    price_per_million_input: float = Field(0.0, ge=0)
+    price_per_million_output: float = Field(0.0, ge=0)
+
+
+class TeacherConfig(Section):
+    """The teacher writes the explanations the student learns from (SFT data).
+
+    Attributes:
+        llm: the model.
+        prompt: template file in `configs/prompts/` used for explanations.
+        sampling: decoding parameters.
+        best_of: >1 samples that many answers and keeps the one the judge ranks best.
+        max_parse_retries: retries of an answer that breaks the requested format.
+    """
+
+    llm: LLMConfig = LLMConfig()
+    prompt: str = "explain_seed.j2"
+    sampling: SamplingConfig = SamplingConfig()
+    best_of: int = Field(1, ge=1)
+    max_parse_retries: int = Field(2, ge=0)
+
+
+class PairsConfig(Section):
+    """Candidate pairs for preference learning.
+
+    Attributes:
+        source: `teacher` samples both candidates from the teacher (first seed); `student`
+            samples them from the current student (RecLAIF Algorithm 1, every DPO round).
+        sampling: decoding parameters for the pair samples (high temperature, nucleus).
+    """
+
+    source: Literal["teacher", "student"] = "teacher"
+    sampling: SamplingConfig = SamplingConfig(temperature=1.0, top_p=0.95)
+
+
+class JudgeConfig(Section):
+    """The judge compares two explanations of a case and picks one, or rejects both.
+
+    Attributes:
+        kind: `llm` (a language model), `rubric` (verifiable checks computed from the case) or
+            `ensemble` (weighted combination of both).
+        llm: the model for `llm` and `ensemble`.
+        prompt: judge template file in `configs/prompts/`.
+        llm_weight: weight of the LLM verdict in the ensemble (the rubric gets 1 - llm_weight).
+        both_orders: judge every pair as (A, B) and (B, A) and keep order-consistent verdicts.
+        max_parse_retries: retries of an unparsable verdict, with the parse error fed back.
+        min_words: rubric: shortest acceptable explanation.
+        max_words: rubric: longest acceptable explanation.
+        sampling: decoding parameters (greedy by default).
+    """
+
+    kind: Literal["llm", "rubric", "ensemble"] = "ensemble"
+    llm: LLMConfig = LLMConfig()
+    prompt: str = "judge_pair.j2"
+    llm_weight: float = Field(0.3, ge=0, le=1)
+    both_orders: bool = True
+    max_parse_retries: int = Field(2, ge=0)
+    min_words: int = Field(15, ge=1)
+    max_words: int = Field(120, ge=1)
+    sampling: SamplingConfig = SamplingConfig(temperature=0.0, max_new_tokens=160)
+
+
+class LoraConfig(Section):
+    """LoRA adapter settings (peft).
+
+    Attributes:
+        enabled: False trains all weights (full fine-tuning).
+        r: rank.
+        alpha: scaling numerator.
+        dropout: dropout on the adapter input.
+        target_modules: module names, or `all-linear`.
+    """
+
+    enabled: bool = True
+    r: int = Field(16, ge=1)
+    alpha: int = Field(32, ge=1)
+    dropout: float = Field(0.05, ge=0, lt=1)
+    target_modules: list[str] | Literal["all-linear"] = "all-linear"
+
+
+class TrainingConfig(Section):
+    """The student and how it is trained (SFT, ORPO, iterative DPO).
+
+    Attributes:
+        base_model: Hugging Face model folder, or `smollm2` for the embedded default.
+        lora: adapter settings.
+        sft_epochs: SFT epochs over the teacher data.
+        orpo_epochs: ORPO epochs over the judged pairs.
+        dpo_epochs: DPO epochs per round.
+        rounds: DPO rounds (RecLAIF Algorithm 1); 0 disables DPO.
+        learning_rate: optimiser learning rate.
+        batch_size: per-device batch size.
+        gradient_accumulation_steps: micro-batches per optimiser step.
+        max_length: longest tokenised prompt + answer; longer rows fail before training.
+        beta: DPO beta / ORPO lambda.
+        valid_fraction: held-out share of the training rows for validation loss.
+        max_steps: cap on optimiser steps per training run (-1: no cap).
+        precompute_ref_log_probs: DPO computes reference log-probs once per round.
+        merge: also export a merged full model (safetensors) next to each adapter.
+        seed: training seed.
+    """
+
+    base_model: str = "smollm2"
+    lora: LoraConfig = LoraConfig()
+    sft_epochs: float = Field(1.0, gt=0)
+    orpo_epochs: float = Field(1.0, gt=0)
+    dpo_epochs: float = Field(1.0, gt=0)
+    rounds: int = Field(2, ge=0)
+    learning_rate: float = Field(2e-4, gt=0)
+    batch_size: int = Field(4, ge=1)
+    gradient_accumulation_steps: int = Field(1, ge=1)
+    max_length: int = Field(768, ge=16)
+    beta: float = Field(0.1, gt=0)
+    valid_fraction: float = Field(0.1, ge=0, lt=1)
+    max_steps: int = -1
+    precompute_ref_log_probs: bool = False
+    merge: bool = False
+    seed: int = 42
+
+
+class EvaluationConfig(Section):
+    """Which explainers are compared on the held-out cases, and how.
+
+    Attributes:
+        explainers: names of the explainers compared: `template`, `teacher`, `base`, `sft`,
+            `orpo`, `dpo` (every round) or `dpo_rN` (one round).
+        sampling: decoding parameters for the explanations (greedy by default).
+        bootstrap: bootstrap resamples for confidence intervals.
+        tournament: run the judge tournament (every pair of explainers, both orders).
+        attribute_prediction: run LLMXRec's attribute prediction.
+        embedding_model: sentence-transformers model for diversity (`minilm`: embedded).
+        seed: bootstrap seed.
+    """
+
+    explainers: list[str] = ["template", "teacher", "base", "sft", "orpo", "dpo"]
+    sampling: SamplingConfig = SamplingConfig(temperature=0.0)
+    bootstrap: int = Field(1000, ge=10)
+    tournament: bool = True
+    attribute_prediction: bool = True
+    embedding_model: str = "minilm"
+    seed: int = 0
+
+
+class RuntimeConfig(Section):
+    """Where outputs go and how tasks run.
+
+    Attributes:
+        artifacts_dir: root of all run outputs (content-addressed stage folders).
+        run_name: name of this run's folder under `artifacts_dir/runs/` (report, summary).
+        task_runner: `threads` (default), `dask` (local cluster or `dask_address`) or `ray`.
+        max_workers: threads / local Dask workers.
+        dask_address: an existing Dask scheduler (None: start a local cluster).
+        device: `auto` picks a GPU when present, else CPU.
+    """
+
+    artifacts_dir: Path = Path("artifacts")
+    run_name: str = "default"
+    task_runner: Literal["threads", "dask", "ray"] = "threads"
+    max_workers: int = Field(2, ge=1)
+    dask_address: str | None = None
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+
+
+class Config(Section):
+    """The whole pipeline; `task` picks which stages run."""
+
+    task: Literal["explain", "recommend"] = "explain"
+    data: DataConfig = DataConfig()
+    recommender: RecommenderConfig = RecommenderConfig()
+    paths: PathsConfig = PathsConfig()
+    cases: CasesConfig = CasesConfig()
+    teacher: TeacherConfig = TeacherConfig()
+    pairs: PairsConfig = PairsConfig()
+    judge: JudgeConfig = JudgeConfig()
+    training: TrainingConfig = TrainingConfig()
+    evaluation: EvaluationConfig = EvaluationConfig()
+    runtime: RuntimeConfig = RuntimeConfig()
+
+
+class ConfigError(ValueError):
+    """A config file or override that cannot be used; the message names file, field and reason."""
+
+
+def _parse_override(text: str) -> tuple[list[str], object]:
+    if "=" not in text:
+        raise ConfigError(f"override {text!r}: expected KEY=VALUE, e.g. recommender.k=20")
+    key, raw = text.split("=", 1)
+    keys = [k for k in key.strip().split(".") if k]
+    if not keys:
+        raise ConfigError(f"override {text!r}: empty key")
+    return keys, yaml.safe_load(raw) if raw.strip() else ""
+
+
+def _apply_override(tree: dict, keys: list[str], value: object, text: str) -> None:
+    node = tree
+    for depth, k in enumerate(keys[:-1]):
+        child = node.setdefault(k, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"override {text!r}: {'.'.join(keys[: depth + 1])} is not a section")
+        node = child
+    node[keys[-1]] = value
+
+
+def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Config:
+    """Read, override and validate a YAML config; raise ConfigError naming file and field."""
+    path = Path(path)
+    try:
+        tree = yaml.safe_load(path.read_text()) or {}
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: config file not found") from None
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: not valid YAML: {err}") from None
+    if not isinstance(tree, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping of sections")
+    for text in overrides:
+        keys, value = _parse_override(text)
+        _apply_override(tree, keys, value, text)
+    try:
+        return Config.model_validate(tree)
+    except ValidationError as err:
+        lines = [
+            f"{path}: {'.'.join(str(p) for p in e['loc']) or '(top level)'}: {e['msg']}"
+            + (f" (got {e['input']!r})" if e["type"] != "missing" and not isinstance(e["input"], dict) else "")
+            for e in err.errors()
+        ]
+        raise ConfigError("invalid config\n  " + "\n  ".join(lines)) from None
+
+
+def section_hash(section: BaseModel) -> str:
+    """Stable hash of a config section (key order and process independent)."""
+    text = json.dumps(section.model_dump(mode="json"), sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]

