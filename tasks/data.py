@@ -1,0 +1,380 @@
+"""prepare_data: ratings, items, users and a knowledge graph in the pipeline's data contract.
+
+Two sources:
+- `ml-100k`: MovieLens-100K shipped inside the `recbole` wheel (`recbole/dataset_example/ml-100k/`),
+  with user profiles and a Freebase knowledge graph linked to the items through `.link`.
+- `ml-latest`: a local folder in the ml-latest / ML-32M layout (`ratings.csv`, `movies.csv`,
+  optional `tags.csv`, `links.csv`, `genome-scores.csv` + `genome-tags.csv`). Ratings are scanned
+  lazily with polars, so ML-32M (32M rows) prepares in a few GiB.
+
+Both are cut as the first seed does (the N most recent ratings of active users) and split per
+user by time (leave-last-out) or globally (temporal). Output files (see DESIGN.md):
+interactions.parquet, items.parquet, users.parquet, kg.parquet, data_summary.json.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+
+from recxplain.config import DataConfig
+
+# Freebase relations of the ml-100k KG, movie -> entity direction, and the entity type of the tail.
+# The reverse relations (`film.director.film`, ...) carry the same edges and are dropped.
+FREEBASE_RELATIONS = {
+    "film.film.actor": "actor",
+    "film.film.genre": "genre",
+    "film.film.directed_by": "director",
+    "film.film.written_by": "writer",
+    "film.film.produced_by": "producer",
+    "film.film.cinematography": "cinematographer",
+    "film.film.production_companies": "company",
+    "film.film.award_nomination": "award",
+    "film.film.award_won": "award",
+    "film.film.language": "language",
+    "film.film.country": "country",
+    "film.film.rating": "content_rating",
+    "film.film.subjects": "subject",
+    "film.film.sequel": "movie",
+    "film.film.prequel": "movie",
+}
+
+
+class DataError(ValueError):
+    """Unusable input data; the message names the file, column and line where known."""
+
+
+# ---------------------------------------------------------------- readers
+
+
+def ml100k_folder() -> Path:
+    spec = importlib.util.find_spec("recbole")
+    if spec is None or not spec.submodule_search_locations:
+        raise DataError("data.source ml-100k needs the recbole wheel: pip install --no-deps recbole")
+    return Path(list(spec.submodule_search_locations)[0]) / "dataset_example" / "ml-100k"
+
+
+def _read_atomic(path: Path, columns: dict[str, pl.DataType]) -> pl.DataFrame:
+    """Read a RecBole atomic file (tab-separated, headers like `user_id:token`)."""
+    if not path.exists():
+        raise DataError(f"{path}: file not found")
+    frame = pl.read_csv(path, separator="\t", infer_schema=False, quote_char=None)
+    frame = frame.rename({c: c.split(":")[0] for c in frame.columns})
+    return _cast(frame, columns, path)
+
+
+def _cast(frame: pl.DataFrame, columns: dict[str, pl.DataType], path: Path) -> pl.DataFrame:
+    """Check and cast string columns; name file, column and first bad line on failure."""
+    if frame.height == 0:
+        raise DataError(f"{path}: file is empty (no data rows)")
+    missing = [c for c in columns if c not in frame.columns]
+    if missing:
+        raise DataError(f"{path}: missing column(s) {missing}; found {frame.columns}")
+    casts = []
+    for name, dtype in columns.items():
+        if dtype == pl.String:
+            casts.append(pl.col(name))
+            continue
+        bad = frame.with_row_index("_row").filter(
+            pl.col(name).is_not_null() & pl.col(name).cast(dtype, strict=False).is_null()
+        )
+        if bad.height:
+            row = bad.row(0, named=True)
+            raise DataError(
+                f"{path}: line {row['_row'] + 2}: column {name!r} must be {dtype}, got {row[name]!r}"
+                f" ({bad.height} bad value(s) in all)"
+            )
+        casts.append(pl.col(name).cast(dtype))
+    return frame.select(casts)
+
+
+def _readable_title(title: str) -> str:
+    """MovieLens writes 'Usual Suspects, The'; prompts read better as 'The Usual Suspects'."""
+    match = re.fullmatch(r"(.*), (The|A|An|Les|La|Le|Il|Das|Die|Der|El)", title.strip())
+    return f"{match.group(2)} {match.group(1)}" if match else title.strip()
+
+
+def read_ml100k(folder: Path) -> tuple[pl.DataFrame, pl.DataFrame, pl.DataFrame, pl.DataFrame]:
+    """Return (ratings, items, users, kg) of the RecBole ml-100k files in `folder`."""
+    ratings = _read_atomic(
+        folder / "ml-100k.inter",
+        {"user_id": pl.Int64, "item_id": pl.Int64, "rating": pl.Float64, "timestamp": pl.Float64},
+    ).with_columns(pl.col("timestamp").cast(pl.Int64))
+    items = _read_atomic(
+        folder / "ml-100k.item",
+        # Two movies have the year "unkonwn": year is optional metadata, so it becomes null.
+        {"item_id": pl.Int64, "movie_title": pl.String, "release_year": pl.String, "class": pl.String},
+    ).select(
+        "item_id",
+        pl.col("movie_title").map_elements(_readable_title, return_dtype=pl.String).alias("title"),
+        pl.col("release_year").cast(pl.Int64, strict=False).alias("year"),
+        pl.col("class").fill_null("").str.split(" ").list.eval(pl.element().filter(pl.element() != "")).alias("genres"),
+    )
+    users = _read_atomic(
+        folder / "ml-100k.user",
+        {"user_id": pl.Int64, "age": pl.Int64, "gender": pl.String, "occupation": pl.String, "zip_code": pl.String},
+    )
+    link = _read_atomic(folder / "ml-100k.link", {"item_id": pl.Int64, "entity_id": pl.String})
+    triples = _read_atomic(
+        folder / "ml-100k.kg", {"head_id": pl.String, "relation_id": pl.String, "tail_id": pl.String}
+    )
+    return ratings, items, users, _ml100k_kg(items, link, triples)
+
+
+def _ml100k_kg(items: pl.DataFrame, link: pl.DataFrame, triples: pl.DataFrame) -> pl.DataFrame:
+    """Map Freebase triples onto movies through `.link`; add the items' named genres."""
+    movie_of = link.select(pl.col("entity_id"), ("movie:" + pl.col("item_id").cast(pl.String)).alias("movie"))
+    types = pl.DataFrame({"relation_id": list(FREEBASE_RELATIONS), "type": list(FREEBASE_RELATIONS.values())})
+    edges = (
+        triples.join(types, on="relation_id")
+        .join(movie_of, left_on="head_id", right_on="entity_id")
+        .join(movie_of.rename({"movie": "tail_movie"}), left_on="tail_id", right_on="entity_id", how="left")
+        .select(
+            pl.col("movie").alias("head"),
+            pl.col("relation_id").alias("relation"),
+            pl.when(pl.col("type") == "movie")
+            .then(pl.col("tail_movie"))
+            .otherwise(pl.col("type") + ":" + pl.col("tail_id"))
+            .alias("tail"),
+        )
+        .drop_nulls()  # sequels/prequels outside the catalogue
+    )
+    return pl.concat([edges, _genre_edges(items)]).unique(maintain_order=True)
+
+
+def _genre_edges(items: pl.DataFrame) -> pl.DataFrame:
+    return items.select(
+        ("movie:" + pl.col("item_id").cast(pl.String)).alias("head"), pl.col("genres")
+    ).explode("genres").drop_nulls().select(
+        "head", pl.lit("genre").alias("relation"), ("genre:" + pl.col("genres")).alias("tail")
+    )
+
+
+RATINGS_SCHEMA = {"userId": pl.Int64, "movieId": pl.Int64, "rating": pl.Float64, "timestamp": pl.Int64}
+
+
+def scan_ml_latest_ratings(folder: Path) -> pl.LazyFrame:
+    """Lazy scan of ratings.csv; column errors are raised at once, value errors on collect."""
+    path = folder / "ratings.csv"
+    if not path.exists():
+        raise DataError(f"{path}: file not found (data.path must hold the ml-latest layout)")
+    with open(path) as fh:
+        header = fh.readline().strip().split(",")
+    if header == [""]:
+        raise DataError(f"{path}: file is empty")
+    missing = [c for c in RATINGS_SCHEMA if c not in header]
+    if missing:
+        raise DataError(f"{path}: missing column(s) {missing}; found {header}")
+    return pl.scan_csv(path, schema_overrides=RATINGS_SCHEMA).select(
+        pl.col("userId").alias("user_id"),
+        pl.col("movieId").alias("item_id"),
+        "rating",
+        "timestamp",
+    )
+
+
+def _read_csv(path: Path, columns: dict[str, pl.DataType]) -> pl.DataFrame:
+    if not path.exists():
+        raise DataError(f"{path}: file not found")
+    try:
+        frame = pl.read_csv(path, infer_schema=False)
+    except pl.exceptions.NoDataError:
+        raise DataError(f"{path}: file is empty") from None
+    return _cast(frame, columns, path)
+
+
+def read_ml_latest_side(folder: Path, cfg: DataConfig) -> tuple[pl.DataFrame, pl.DataFrame, pl.DataFrame]:
+    """Items, users (ids only: ml-latest has no profiles) and KG edges of an ml-latest folder."""
+    movies = _read_csv(folder / "movies.csv", {"movieId": pl.Int64, "title": pl.String, "genres": pl.String})
+    year = pl.col("title").str.extract(r"\((\d{4})\)\s*$").cast(pl.Int64, strict=False)
+    items = movies.select(
+        pl.col("movieId").alias("item_id"),
+        pl.col("title").str.replace(r"\s*\(\d{4}\)\s*$", "").map_elements(_readable_title, return_dtype=pl.String),
+        year.alias("year"),
+        pl.when(pl.col("genres") == "(no genres listed)")
+        .then(pl.lit(""))
+        .otherwise(pl.col("genres"))
+        .str.split("|")
+        .list.eval(pl.element().filter(pl.element() != ""))
+        .alias("genres"),
+    )
+    if (folder / "links.csv").exists():
+        links = _read_csv(folder / "links.csv", {"movieId": pl.Int64, "imdbId": pl.String, "tmdbId": pl.String})
+        items = items.join(
+            links.rename({"movieId": "item_id", "imdbId": "imdb_id", "tmdbId": "tmdb_id"}), on="item_id", how="left"
+        )
+    edges = [_genre_edges(items)]
+    if (folder / "tags.csv").exists():
+        tags = _read_csv(
+            folder / "tags.csv", {"userId": pl.Int64, "movieId": pl.Int64, "tag": pl.String, "timestamp": pl.Int64}
+        )
+        edges.append(
+            tags.select(
+                ("movie:" + pl.col("movieId").cast(pl.String)).alias("head"),
+                pl.lit("has_tag").alias("relation"),
+                ("tag:" + pl.col("tag").str.to_lowercase().str.strip_chars()).alias("tail"),
+            ).filter(pl.col("tail") != "tag:")
+        )
+    if (folder / "genome-scores.csv").exists() and (folder / "genome-tags.csv").exists():
+        edges.extend(_genome_edges(folder, cfg))
+    kg = pl.concat(edges).unique(maintain_order=True)
+    return items, kg
+
+
+def _genome_edges(folder: Path, cfg: DataConfig) -> list[pl.DataFrame]:
+    """movie -has_tag-> tag above a relevance threshold; tag -similar_to-> its nearest tags."""
+    names = _read_csv(folder / "genome-tags.csv", {"tagId": pl.Int64, "tag": pl.String})
+    scores = (
+        pl.scan_csv(folder / "genome-scores.csv", schema_overrides={"movieId": pl.Int64, "tagId": pl.Int64, "relevance": pl.Float64})
+        .collect()
+    )
+    tag_name = ("tag:" + pl.col("tag").str.to_lowercase()).alias("tag_name")
+    named = names.select("tagId", tag_name)
+    has_tag = (
+        scores.filter(pl.col("relevance") >= cfg.genome_min_relevance)
+        .join(named, on="tagId")
+        .select(
+            ("movie:" + pl.col("movieId").cast(pl.String)).alias("head"),
+            pl.lit("has_tag").alias("relation"),
+            pl.col("tag_name").alias("tail"),
+        )
+    )
+    if cfg.genome_similar_tags == 0:
+        return [has_tag]
+    # Tag-tag cosine over the movies' relevance vectors (tags x movies, ~1k x 80k at most).
+    wide = scores.pivot(on="movieId", index="tagId", values="relevance").sort("tagId")
+    tag_ids = wide["tagId"].to_numpy()
+    matrix = np.nan_to_num(wide.drop("tagId").to_numpy().astype(np.float32))
+    matrix /= np.linalg.norm(matrix, axis=1, keepdims=True) + 1e-12
+    similarity = matrix @ matrix.T
+    np.fill_diagonal(similarity, -np.inf)
+    k = min(cfg.genome_similar_tags, len(tag_ids) - 1)
+    nearest = np.argsort(-similarity, axis=1)[:, :k]
+    lookup = dict(named.iter_rows())
+    similar = pl.DataFrame(
+        {
+            "head": [lookup[t] for t in np.repeat(tag_ids, k)],
+            "relation": "similar_to",
+            "tail": [lookup[t] for t in tag_ids[nearest.ravel()]],
+        }
+    )
+    return [has_tag, similar]
+
+
+# ---------------------------------------------------------------- cut and split
+
+
+def most_recent_of_active(ratings: pl.LazyFrame, min_user_ratings: int, max_ratings: int | None) -> pl.LazyFrame:
+    """The first seed's cut: keep users with >= min_user_ratings ratings, then their N most recent
+    ratings overall; users left with fewer than 3 (too few for train/valid/test) are dropped."""
+    counts = ratings.group_by("user_id").agg(pl.len().alias("n"))
+    active = ratings.join(counts.filter(pl.col("n") >= min_user_ratings).select("user_id"), on="user_id")
+    if max_ratings is not None:
+        active = active.top_k(max_ratings, by=["timestamp", "user_id", "item_id"])
+    kept = active.group_by("user_id").agg(pl.len().alias("n")).filter(pl.col("n") >= 3).select("user_id")
+    return active.join(kept, on="user_id")
+
+
+def split_leave_last_out(ratings: pl.LazyFrame) -> pl.LazyFrame:
+    """Per user by time: last rating -> test, second last -> valid, the rest -> train."""
+    ordered = ratings.sort(["user_id", "timestamp", "item_id"]).with_columns(
+        pl.int_range(pl.len(), 0, -1).over("user_id").alias("_from_end")
+    )
+    return ordered.with_columns(
+        pl.when(pl.col("_from_end") == 1)
+        .then(pl.lit("test"))
+        .when(pl.col("_from_end") == 2)
+        .then(pl.lit("valid"))
+        .otherwise(pl.lit("train"))
+        .alias("split")
+    ).drop("_from_end")
+
+
+def split_temporal(ratings: pl.LazyFrame, valid_fraction: float, test_fraction: float) -> pl.LazyFrame:
+    """Global time cut: the latest `test_fraction` of ratings -> test, the `valid_fraction` before -> valid."""
+    t = pl.col("timestamp")
+    test_from = t.quantile(1 - test_fraction, "nearest")
+    valid_from = t.quantile(1 - test_fraction - valid_fraction, "nearest")
+    return ratings.with_columns(
+        pl.when(t >= test_from)
+        .then(pl.lit("test"))
+        .when(t >= valid_from)
+        .then(pl.lit("valid"))
+        .otherwise(pl.lit("train"))
+        .alias("split")
+    ).sort(["user_id", "timestamp", "item_id"])
+
+
+def _check_ratings(ratings: pl.DataFrame, source: Path) -> None:
+    duplicates = ratings.filter(pl.struct("user_id", "item_id").is_duplicated())
+    if duplicates.height:
+        row = duplicates.row(0, named=True)
+        raise DataError(
+            f"{source}: {duplicates.height} duplicate (user_id, item_id) rows, e.g. user {row['user_id']} "
+            f"item {row['item_id']}; deduplicate the ratings first"
+        )
+    if ratings["rating"].is_null().any() or ratings["timestamp"].is_null().any():
+        raise DataError(f"{source}: empty rating or timestamp values")
+
+
+# ---------------------------------------------------------------- the stage
+
+
+def prepare_data(out: Path, *, data: DataConfig) -> None:
+    """Read the configured source, cut, split and write the data artifacts into `out`."""
+    if data.source == "ml-100k":
+        folder = ml100k_folder()
+        ratings, items, users, kg = read_ml100k(folder)
+        source = folder / "ml-100k.inter"
+        lazy = ratings.lazy()
+    else:
+        folder = Path(data.path)
+        if not folder.is_dir():
+            raise DataError(f"{folder}: data.path is not a folder")
+        source = folder / "ratings.csv"
+        lazy = scan_ml_latest_ratings(folder)
+        items, kg = read_ml_latest_side(folder, data)
+        users = None
+    cut = most_recent_of_active(lazy, data.min_user_ratings, data.max_ratings)
+    split = (
+        split_leave_last_out(cut)
+        if data.split == "leave_last_out"
+        else split_temporal(cut, data.temporal_valid_fraction, data.temporal_test_fraction)
+    )
+    try:
+        interactions = split.collect()
+    except pl.exceptions.ComputeError as err:  # a bad value deep in a lazy scan
+        raise DataError(f"{source}: {str(err).splitlines()[0]}") from None
+    if interactions.height == 0:
+        raise DataError(f"{source}: no ratings left after keeping users with >= {data.min_user_ratings} ratings")
+    _check_ratings(interactions, source)
+    used = interactions["item_id"].unique()
+    unknown = used.filter(~used.is_in(items["item_id"].implode()))
+    if unknown.len():
+        raise DataError(f"{source}: {unknown.len()} rated item ids missing from the items file, e.g. {unknown[0]}")
+    if users is None:
+        users = interactions.select("user_id").unique().sort("user_id")
+    users = users.filter(pl.col("user_id").is_in(interactions["user_id"].unique().implode()))
+    items = items.filter(pl.col("item_id").is_in(used.implode())).sort("item_id")
+    movies = ("movie:" + items["item_id"].cast(pl.String)).implode()
+    kg = kg.filter(pl.col("head").is_in(movies) | ~pl.col("head").str.starts_with("movie:"))
+
+    interactions.write_parquet(out / "interactions.parquet")
+    items.write_parquet(out / "items.parquet")
+    users.write_parquet(out / "users.parquet")
+    kg.write_parquet(out / "kg.parquet")
+    summary = {
+        "source": data.source,
+        "ratings": interactions.height,
+        "users": users.height,
+        "items": items.height,
+        "kg_edges": kg.height,
+        "kg_relations": kg["relation"].value_counts(sort=True).head(30).rows(),
+        "splits": dict(interactions["split"].value_counts().iter_rows()),
+    }
+    (out / "data_summary.json").write_text(json.dumps(summary, indent=2))

@@ -1,0 +1,94 @@
+"""The caching contract of recxplain.stage, through a real Prefect flow (temporary local API)."""
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+from prefect import flow
+
+from flows.summary import StageLog
+from recxplain.stage import MANIFEST, folder_digest, stage
+from tests import stage_toys
+from tests.stage_toys import CALLS, FAIL_ONCE, Numbers
+
+MAKE = stage(stage_toys.make_numbers)
+SCALE = stage(stage_toys.scale_numbers)
+
+
+@flow
+def toy_flow(root: str, start: int = 1, factor: int = 2) -> tuple[list[dict], str]:
+    log = StageLog(Path(root))
+    made = log.run(MAKE, numbers=Numbers(start=start))
+    scaled = log.run(SCALE, numbers=Numbers(factor=factor), source=made)
+    return log.rows, str(scaled)
+
+
+def states(rows):
+    return {r["stage"]: r["state"] for r in rows}
+
+
+def test_second_run_executes_no_stage_and_changes_rerun_only_downstream(tmp_path):
+    CALLS.clear()
+    rows, scaled = toy_flow(str(tmp_path))
+    assert CALLS == ["make_numbers", "scale_numbers"]
+    assert json.loads((Path(scaled) / "scaled.json").read_text()) == [2, 4, 6]
+
+    CALLS.clear()
+    rows, again = toy_flow(str(tmp_path))
+    assert CALLS == []
+    assert states(rows) == {"make_numbers": "Cached", "scale_numbers": "Cached"}
+    assert again == scaled
+
+    # Only the downstream section changed: upstream stays cached.
+    CALLS.clear()
+    rows, tripled = toy_flow(str(tmp_path), factor=3)
+    assert CALLS == ["scale_numbers"]
+    assert json.loads((Path(tripled) / "scaled.json").read_text()) == [3, 6, 9]
+
+
+def test_deleted_or_altered_artifact_is_never_reported_cached(tmp_path):
+    CALLS.clear()
+    rows, scaled = toy_flow(str(tmp_path))
+    made = Path(rows[0]["folder"])
+
+    shutil.rmtree(scaled)
+    CALLS.clear()
+    rows, _ = toy_flow(str(tmp_path))
+    assert CALLS == ["scale_numbers"]
+    assert states(rows)["make_numbers"] == "Cached"
+
+    # Overwrite the upstream artifact: it is redone, and so is everything that read it.
+    (made / "numbers.json").write_text("[100, 200, 300]")
+    CALLS.clear()
+    rows, scaled = toy_flow(str(tmp_path))
+    assert states(rows)["make_numbers"] != "Cached"
+    assert json.loads((Path(scaled) / "scaled.json").read_text()) == [2, 4, 6]
+
+
+def test_failed_stage_resumes_without_recomputing_upstream(tmp_path):
+    CALLS.clear()
+    FAIL_ONCE.add("scale_numbers")
+    with pytest.raises(RuntimeError, match="on purpose"):
+        toy_flow(str(tmp_path), start=5)
+    assert not list((tmp_path / "scale_numbers").glob("*/" + MANIFEST))  # nothing half-trusted
+
+    CALLS.clear()
+    rows, scaled = toy_flow(str(tmp_path), start=5)
+    assert CALLS == ["scale_numbers"]
+    assert states(rows)["make_numbers"] == "Cached"
+    assert json.loads((Path(scaled) / "scaled.json").read_text()) == [10, 12, 14]
+
+
+def test_digest_ignores_prefect_record_and_checkpoints(tmp_path):
+    folder = tmp_path / "stage" / "key"
+    folder.mkdir(parents=True)
+    (folder / MANIFEST).write_text("{}")
+    (folder / "data.txt").write_text("x")
+    before = folder_digest(folder)
+    (folder / "_prefect_result").write_text("record")
+    (folder / "checkpoints").mkdir()
+    (folder / "checkpoints" / "optimizer.pt").write_text("state")
+    assert folder_digest(folder) == before
+    (folder / "data.txt").write_text("y")
+    assert folder_digest(folder) != before
