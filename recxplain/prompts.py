@@ -1,0 +1,199 @@
+"""Prompt templates: Jinja2 files in `configs/prompts/`, rendered to chat messages.
+
+A template is one `.j2` file holding up to two blocks, `{% block system %}` and
+`{% block user %}`; each block renders to one chat message (a missing or empty block gives no
+message). Templates use `StrictUndefined`, so a misspelt variable fails loudly instead of
+rendering as an empty string. `template_hash` is the content hash recorded next to every
+generation, so a changed template is visible in the artifacts that used it.
+
+The explanation prompt is built in exactly one place, `explain_messages`: the teacher, the pair
+sampler, the judge's preference rows and the evaluation's explainers all call it, so every model
+sees the same prompt for the same case.
+
+`generate_parsed` asks a model for answers in a required format and re-asks, with the parse error
+fed back, those answers that break it; after `max_retries` failed re-asks the answer is recorded
+as invalid (never raised), so one bad answer cannot crash a run.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, Callable, Protocol
+
+import jinja2
+
+from recxplain.config import SamplingConfig
+from recxplain.schemas import Case
+
+# The shipped templates; stages take the folder as an input (`prompts: Path`) so its content is
+# part of their cache key.
+PROMPTS_DIR = Path(__file__).resolve().parent.parent / "configs" / "prompts"
+
+GENDERS = {"M": "male", "F": "female"}
+
+
+@lru_cache(maxsize=8)
+def _environment(prompts_dir: str) -> jinja2.Environment:
+    env = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(prompts_dir),
+        undefined=jinja2.StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+        keep_trailing_newline=False,
+        autoescape=False,
+    )
+    env.filters["gender"] = lambda value: GENDERS.get(str(value), str(value))
+    env.filters["stars"] = lambda rating: f"{float(rating):g}/5"
+    return env
+
+
+def load_template(name: str, prompts_dir: Path = PROMPTS_DIR) -> jinja2.Template:
+    """The template `name` (a file in `prompts_dir`); FileNotFoundError names the folder."""
+    path = Path(prompts_dir) / name
+    if not path.is_file():
+        available = sorted(p.name for p in Path(prompts_dir).glob("*.j2"))
+        raise FileNotFoundError(f"prompt template {path} not found; available: {available}")
+    try:
+        return _environment(str(Path(prompts_dir).resolve())).get_template(name)
+    except jinja2.TemplateSyntaxError as err:
+        raise ValueError(f"{path}:{err.lineno}: template syntax error: {err.message}") from None
+
+
+def template_hash(name: str, prompts_dir: Path = PROMPTS_DIR) -> str:
+    """First 16 hex digits of the sha256 of the template file's bytes."""
+    path = Path(prompts_dir) / name
+    if not path.is_file():
+        raise FileNotFoundError(f"prompt template {path} not found")
+    return hashlib.sha256(path.read_bytes()).hexdigest()[:16]
+
+
+def render_messages(name: str, prompts_dir: Path = PROMPTS_DIR, **context: Any) -> list[dict]:
+    """Render template `name` to chat messages: [system?, user]."""
+    template = load_template(name, prompts_dir)
+    if "user" not in template.blocks:
+        raise ValueError(f"{Path(prompts_dir) / name}: a prompt template needs a {{% block user %}}")
+    messages = []
+    for role in ("system", "user"):
+        if role not in template.blocks:
+            continue
+        try:
+            text = "".join(template.blocks[role](template.new_context(context))).strip()
+        except jinja2.UndefinedError as err:
+            raise ValueError(f"{Path(prompts_dir) / name}: block {role}: {err.message}") from None
+        if text:
+            messages.append({"role": role, "content": text})
+    return messages
+
+
+def explain_messages(case: Case, template: str, prompts_dir: Path = PROMPTS_DIR) -> list[dict]:
+    """The chat messages that ask a model to explain `case` (teacher, student and evaluation)."""
+    return render_messages(template, prompts_dir, case=case)
+
+
+# ---------------------------------------------------------------------------------------------
+# Asking for a format, re-asking with the parse error, giving up cleanly.
+
+
+class ChatModel(Protocol):
+    """What the pipeline needs of a language model (recxplain.llm.load_chat_model returns one)."""
+
+    def generate(self, prompts: list[list[dict]], sampling: SamplingConfig, n: int = 1) -> list[list[Any]]: ...
+
+
+RETRY_MESSAGE = (
+    "Your answer could not be used: {error}\n"
+    "Answer again, following the requested format exactly."
+)
+
+
+@dataclass
+class Parsed:
+    """One answer after parsing and re-asking.
+
+    Attributes:
+        value: what `parse` returned for the last attempt, or None when every attempt failed.
+        raw: the text of every attempt, first to last.
+        errors: the parse error of each failed attempt.
+        prompt_tokens / completion_tokens / latency_s: summed over attempts.
+        cached: True when every attempt came from the response cache.
+    """
+
+    value: Any = None
+    raw: list[str] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    latency_s: float = 0.0
+    cached: bool = True
+
+    @property
+    def valid(self) -> bool:
+        return self.value is not None
+
+    @property
+    def attempts(self) -> int:
+        return len(self.raw)
+
+    @property
+    def text(self) -> str:
+        """The last raw answer (the one `value` was parsed from when valid)."""
+        return self.raw[-1] if self.raw else ""
+
+    def _add(self, generation: Any) -> None:
+        self.raw.append(generation.text)
+        self.prompt_tokens += generation.prompt_tokens
+        self.completion_tokens += generation.completion_tokens
+        self.latency_s += generation.latency_s
+        self.cached = self.cached and bool(generation.cached)
+
+
+def generate_parsed(
+    model: ChatModel,
+    prompts: list[list[dict]],
+    parse: Callable[[str], Any],
+    sampling: SamplingConfig,
+    *,
+    n: int = 1,
+    max_retries: int = 2,
+) -> list[list[Parsed]]:
+    """Generate `n` answers per prompt and parse each; re-ask failures with the error fed back.
+
+    `parse(text)` returns the parsed value or raises ValueError with a message the model can act
+    on. A failed answer is re-asked as a continuation of its own conversation (the bad answer as
+    the assistant turn, then `RETRY_MESSAGE` with the error), all failures of a round in one
+    batch. Returns `n` `Parsed` per prompt, in order; invalid ones have `value=None`.
+    """
+    results = [[Parsed() for _ in range(n)] for _ in prompts]
+    outputs = model.generate(prompts, sampling, n=n) if prompts else []
+    pending: list[tuple[int, int, list[dict]]] = []
+    for i, samples in enumerate(outputs):
+        if len(samples) != n:
+            raise RuntimeError(f"model returned {len(samples)} samples for prompt {i}, asked for {n}")
+        for j, generation in enumerate(samples):
+            pending.append((i, j, prompts[i]))
+            results[i][j]._add(generation)
+    for attempt in range(max_retries + 1):
+        retry = []
+        for i, j, conversation in pending:
+            result = results[i][j]
+            try:
+                result.value = parse(result.text)
+            except ValueError as err:
+                result.value = None
+                result.errors.append(str(err))
+                followup = [
+                    *conversation,
+                    {"role": "assistant", "content": result.text},
+                    {"role": "user", "content": RETRY_MESSAGE.format(error=err)},
+                ]
+                retry.append((i, j, followup))
+        if not retry or attempt == max_retries:
+            break
+        answers = model.generate([conversation for _, _, conversation in retry], sampling, n=1)
+        for (i, j, _), samples in zip(retry, answers):
+            results[i][j]._add(samples[0])
+        pending = retry
+    return results
