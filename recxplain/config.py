@@ -325,6 +325,52 @@ class EvaluationConfig(Section):
     seed: int = 0
 
 
+class ArenaConfig(Section):
+    """The arena: people compare two anonymised explanations of a case and vote (`make arena`).
+
+    Attributes:
+        db_path: SQLite file of the votes (WAL mode; created when missing, kept across restarts).
+        host: address the server listens on (127.0.0.1: this machine only).
+        port: TCP port of the server.
+        threads: worker threads of the waitress server.
+        explainers: explainers put in the bundle and shown to voters (None: every explainer in
+            the explanations artifact). Needs at least two.
+        max_history: most recent rated movies of the user shown with a case.
+        invite_codes: when not empty, a voter must enter one of these codes before voting
+            (codes are stored with the voter, so votes can be split by invitation).
+        rate_limit: flask-limiter limit on votes per voter session, e.g. `30 per minute`.
+        max_comment_chars: longest free-text comment accepted with a vote.
+        secret_key_env: environment variable holding the key that signs session cookies. When
+            unset a random key is made at start, and voters get new ids after a restart.
+        admin_password_env: environment variable holding the admin password. When unset the
+            admin pages (leaderboard, export) are disabled.
+        cookie_secure: send cookies over HTTPS only (set it behind a TLS proxy).
+        bootstrap: bootstrap resamples for the leaderboard's confidence intervals.
+        seed: seed of the anonymisation (which explainer gets which code name).
+    """
+
+    db_path: Path = Path("artifacts/arena/votes.sqlite3")
+    host: str = "127.0.0.1"
+    port: int = Field(8050, ge=1, le=65535)
+    threads: int = Field(8, ge=1)
+    explainers: list[str] | None = None
+    max_history: int = Field(10, ge=1)
+    invite_codes: list[str] = []
+    rate_limit: str = "30 per minute"
+    max_comment_chars: int = Field(1000, ge=0)
+    secret_key_env: str = "ARENA_SECRET_KEY"
+    admin_password_env: str = "ARENA_ADMIN_PASSWORD"
+    cookie_secure: bool = False
+    bootstrap: int = Field(1000, ge=0)
+    seed: int = 0
+
+    @model_validator(mode="after")
+    def _enough_explainers(self) -> "ArenaConfig":
+        if self.explainers is not None and len(set(self.explainers)) < 2:
+            raise ValueError("arena.explainers needs at least two different explainers")
+        return self
+
+
 class RuntimeConfig(Section):
     """Where outputs go and how tasks run.
 
@@ -359,6 +405,7 @@ class Config(Section):
     training: TrainingConfig = TrainingConfig()
     evaluation: EvaluationConfig = EvaluationConfig()
     runtime: RuntimeConfig = RuntimeConfig()
+    arena: ArenaConfig = ArenaConfig()
 
 
 class ConfigError(ValueError):
