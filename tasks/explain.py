@@ -1,0 +1,302 @@
+"""Every explainer writes an explanation of every held-out case (the `generate_explanations` stage).
+
+An explainer is a name in `evaluation.explainers`; `explainer_llm` maps it to a model:
+
+| name | model |
+|---|---|
+| `template` | no model: fixed sentences over the evidence (`template_explanation`), the first seed's reference [1] baseline |
+| `teacher` | `teacher.llm` |
+| `base` | `training.base_model`, untrained |
+| `sft`, `orpo`, `dpo_rN` | the base model plus that student's adapter (`students[name]/adapter/`), or its `merged/` model |
+
+`dpo` in the list stands for every round `dpo_r1` .. `dpo_r{training.rounds}`. Every LLM explainer
+gets the same prompt the teacher was given for its SFT data (`teacher.prompt`, rendered by
+`recxplain.prompts.explain_messages`), so the students are asked what they were trained on.
+
+Outputs in `out`:
+- `explanations.parquet`: case_id, model, text, tokens (completion tokens; 0 for the template),
+  latency_s, valid (at least `evaluation.valid_min_words` words and not cut off by
+  `sampling.max_new_tokens`), prompt_tokens, cached.
+- `attributes.parquet` (when `evaluation.attribute_prediction`): LLMXRec's attribute prediction,
+  one row per (LLM explainer, case, attribute): the model sees the history and the recommended
+  movie only (no profile) and must name the user's age bracket, gender or occupation from a list.
+  Columns: case_id, model, attribute, truth, predicted (None when no option could be read),
+  answer (raw text), n_options.
+- `cache/`: the response caches of the models, so a killed run resumes without new calls.
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import logging
+import re
+import time
+from pathlib import Path
+
+import pandas as pd
+
+from recxplain.config import EvaluationConfig, LLMConfig, TeacherConfig, TrainingConfig
+from recxplain.prompts import PROMPTS_DIR, explain_messages
+from recxplain.schemas import Case, read_cases
+
+log = logging.getLogger(__name__)
+
+STUDENT = re.compile(r"sft|orpo|dpo_r[1-9][0-9]*")
+
+
+def explainer_names(evaluation: EvaluationConfig, training: TrainingConfig) -> list[str]:
+    """The configured explainers with `dpo` expanded to one name per DPO round."""
+    names: list[str] = []
+    for name in evaluation.explainers:
+        expanded = [f"dpo_r{r}" for r in range(1, training.rounds + 1)] if name == "dpo" else [name]
+        names += [n for n in expanded if n not in names]
+    return names
+
+
+def student_explainers(evaluation: EvaluationConfig, training: TrainingConfig) -> list[str]:
+    """The explainers that need a trained student folder (the flow passes them as `students`)."""
+    return [n for n in explainer_names(evaluation, training) if STUDENT.fullmatch(n)]
+
+
+def explainer_llm(name: str, *, teacher: TeacherConfig, training: TrainingConfig,
+                  students: dict[str, Path]) -> LLMConfig | None:
+    """The model behind explainer `name` (None for the template explainer)."""
+    if name == "template":
+        return None
+    if name == "teacher":
+        return teacher.llm
+    # The students run like the teacher's local model (batch size, dtype), with their own weights.
+    local = teacher.llm if teacher.llm.provider == "local" else LLMConfig()
+    if name == "base":
+        return local.model_copy(update={"provider": "local", "model": training.base_model, "adapter": None})
+    if not STUDENT.fullmatch(name):
+        raise ValueError(f"unknown explainer {name!r}: use template, teacher, base, sft, orpo or dpo_rN")
+    if name not in students:
+        raise ValueError(f"explainer {name!r} needs its student folder: students has {sorted(students)}")
+    folder = Path(students[name])
+    adapter, merged = folder / "adapter", folder / "merged"
+    if (adapter / "adapter_config.json").exists():
+        # The adapter names the base folder it was trained on; fall back to the configured base
+        # model when that folder is not on this machine (artifacts copied elsewhere).
+        base = json.loads((adapter / "adapter_config.json").read_text()).get("base_model_name_or_path", "")
+        model = base if base and (Path(base) / "config.json").exists() else training.base_model
+        return local.model_copy(update={"provider": "local", "model": str(model), "adapter": adapter})
+    if (merged / "config.json").exists():
+        return local.model_copy(update={"provider": "local", "model": str(merged), "adapter": None})
+    raise FileNotFoundError(f"{folder}: student {name!r} has neither adapter/adapter_config.json nor merged/config.json")
+
+
+# --------------------------------------------------------------------------------------------
+# The template explainer
+
+
+def _quoted(titles: list[str]) -> str:
+    quoted = [f'"{t}"' for t in titles]
+    return quoted[0] if len(quoted) == 1 else ", ".join(quoted[:-1]) + " and " + quoted[-1]
+
+
+def template_explanation(case: Case, max_neighbours: int = 3, max_paths: int = 2) -> str:
+    """Fixed sentences over the case's evidence: what a recommender shows without a language model."""
+    item = case.item
+    genres = " and ".join(g.lower() for g in item.genres[:2])
+    sentences = [f'We recommend "{item.title}"' + (f", a {genres} movie." if genres else ".")]
+    rated = sorted((n for n in case.neighbours if n.rated is not None), key=lambda n: -n.weight)[:max_neighbours]
+    if rated:
+        liked = ", ".join(f'"{n.title}" ({n.rated:g}/5)' for n in rated)
+        sentences.append(f"It is similar to movies you rated: {liked}.")
+    elif case.neighbours:
+        closest = sorted(case.neighbours, key=lambda n: -n.weight)[:max_neighbours]
+        sentences.append(f"People who watch it also watch {_quoted([n.title for n in closest])}.")
+    for path in case.paths[:max_paths]:
+        text = path.text.strip()
+        sentences.append(text if text.endswith(".") else text + ".")
+    if not rated and not case.paths and case.history:
+        recent = [m.title for m in case.history[-2:]]
+        sentences.append(f"You recently watched {_quoted(recent)}.")
+    return " ".join(sentences)
+
+
+def is_valid(text: str, completion_tokens: int, max_new_tokens: int, min_words: int) -> bool:
+    """Validity of a generated explanation: long enough, and finished before the token budget."""
+    return len(text.split()) >= min_words and completion_tokens < max_new_tokens
+
+
+# --------------------------------------------------------------------------------------------
+# Attribute prediction (LLMXRec, section 3.3 "Local Evaluation with Attribute Prediction")
+
+AGE_BRACKETS = ("under 18", "18-24", "25-34", "35-44", "45-49", "50-55", "56 or older")
+GENDERS = {"male": "M", "female": "F"}
+
+
+def age_bracket(age: int) -> str:
+    """MovieLens-1M's age groups, used as the classes of age prediction."""
+    for bound, bracket in zip((18, 25, 35, 45, 50, 56), AGE_BRACKETS):
+        if age < bound:
+            return bracket
+    return AGE_BRACKETS[-1]
+
+
+def attribute_truth(case: Case, attribute: str) -> str | None:
+    """The case user's true value of `attribute` as a class label (None when the profile lacks it)."""
+    value = case.profile.get(attribute)
+    if value is None or value == "":
+        return None
+    if attribute == "age":
+        return age_bracket(int(value))
+    if attribute == "gender":
+        return {"m": "male", "f": "female"}.get(str(value).lower(), str(value).lower())
+    return str(value).lower()
+
+
+def attribute_options(attribute: str, cases: list[Case]) -> list[str]:
+    """The classes a model chooses from: fixed for age and gender, the data's own for the rest."""
+    if attribute == "age":
+        return list(AGE_BRACKETS)
+    if attribute == "gender":
+        return list(GENDERS)
+    return sorted({t for c in cases if (t := attribute_truth(c, attribute)) is not None})
+
+
+ATTRIBUTE_PROMPT = (
+    "The history movies watched by the customer are: {history}. "
+    'The recommender system suggests the customer to watch this movie: "{title}" ({genres}). '
+    "Your mission is to infer the customer's {attribute} from the history record. "
+    "Choose one of: {options}. You must infer the {attribute}. Answer with one option only. "
+    "Do not return other information. And DO NOT return Unknown or Null."
+)
+
+
+def attribute_messages(case: Case, attribute: str, options: list[str]) -> list[dict]:
+    """LLMXRec's attribute prediction instruction for the movie domain (history and candidate only)."""
+    history = "; ".join(f"{m.title} ({', '.join(m.genres)})" if m.genres else m.title for m in case.history)
+    content = ATTRIBUTE_PROMPT.format(history=history, title=case.item.title, genres=", ".join(case.item.genres),
+                                      attribute="age group" if attribute == "age" else attribute,
+                                      options="; ".join(options))
+    return [{"role": "user", "content": content}]
+
+
+def parse_attribute(answer: str, attribute: str, options: list[str]) -> str | None:
+    """The option the answer names first (whole words; longest option first on a tie), else None.
+
+    An age answered as a number ("about 30") is mapped to its bracket.
+    """
+    text = answer.lower()
+    found = []
+    for option in options:
+        match = re.search(r"(?<![\w-])" + re.escape(option.lower()) + r"(?![\w-])", text)
+        if match:
+            found.append((match.start(), -len(option), option))
+    if found:
+        return min(found)[2]
+    if attribute == "age":
+        number = re.search(r"\b(\d{1,2})\b", text)
+        if number:
+            return age_bracket(int(number.group(1)))
+    return None
+
+
+# --------------------------------------------------------------------------------------------
+# The stage
+
+
+def _free(model) -> None:
+    del model
+    gc.collect()
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+    except ImportError:
+        pass
+
+
+def generate_explanations(
+    out: Path,
+    *,
+    evaluation: EvaluationConfig,
+    teacher: TeacherConfig,
+    training: TrainingConfig,
+    cases: Path,
+    artifacts_dir: Path,
+    students: dict[str, Path] | None = None,
+    prompts: Path | None = None,
+) -> None:
+    """Explain every held-out case with every explainer; predict user attributes with each LLM.
+
+    Args:
+        out: the stage folder.
+        evaluation: the explainers, their decoding and validity rule, attribute prediction.
+        teacher: the teacher model and the explanation prompt every LLM explainer gets.
+        training: the base model, and the number of DPO rounds `dpo` expands to.
+        cases: the build_cases folder (`eval.jsonl` is explained; `train.jsonl`, when there, adds
+            to the occupation classes).
+        artifacts_dir: artifacts root (model resolution).
+        students: explainer name -> student folder, for every name `student_explainers` lists.
+        prompts: the prompt templates folder (default: the shipped `configs/prompts/`).
+    """
+    out, students, prompts_dir = Path(out), dict(students or {}), Path(prompts or PROMPTS_DIR)
+    eval_cases = read_cases(Path(cases) / "eval.jsonl")
+    if not eval_cases:
+        raise ValueError(f"{Path(cases) / 'eval.jsonl'}: no evaluation cases")
+    train_path = Path(cases) / "train.jsonl"
+    all_cases = eval_cases + (read_cases(train_path) if train_path.exists() else [])
+    names = explainer_names(evaluation, training)
+    configs = {n: explainer_llm(n, teacher=teacher, training=training, students=students) for n in names}
+    (out / "cache").mkdir(parents=True, exist_ok=True)
+
+    explanation_rows, attribute_rows = [], []
+    for name in names:
+        config = configs[name]
+        if config is None:
+            for case in eval_cases:
+                start = time.perf_counter()
+                text = template_explanation(case)
+                explanation_rows.append({"case_id": case.case_id, "model": name, "text": text, "tokens": 0,
+                                         "latency_s": time.perf_counter() - start, "valid": True,
+                                         "prompt_tokens": 0, "cached": False})
+            continue
+        from recxplain.llm import load_chat_model  # only LLM explainers need the providers
+
+        started = time.perf_counter()
+        model = load_chat_model(config, Path(artifacts_dir), cache_path=out / "cache" / f"{name}.jsonl")
+        prompts_list = [explain_messages(case, teacher.prompt, prompts_dir) for case in eval_cases]
+        outputs = model.generate(prompts_list, evaluation.sampling, n=1)
+        for case, (generation, *_) in zip(eval_cases, outputs, strict=True):
+            text = generation.text.strip()
+            explanation_rows.append({
+                "case_id": case.case_id, "model": name, "text": text, "tokens": int(generation.completion_tokens),
+                "latency_s": float(generation.latency_s),
+                "valid": is_valid(text, generation.completion_tokens, evaluation.sampling.max_new_tokens,
+                                  evaluation.valid_min_words),
+                "prompt_tokens": int(generation.prompt_tokens), "cached": bool(generation.cached),
+            })
+        if evaluation.attribute_prediction:
+            attribute_rows += _predict_attributes(model, name, eval_cases, all_cases, evaluation)
+        log.info("explainer %s: %d cases in %.1f s, usage %s", name, len(eval_cases),
+                 time.perf_counter() - started, getattr(model, "usage", {}))
+        _free(model)
+
+    pd.DataFrame(explanation_rows).to_parquet(out / "explanations.parquet", index=False)
+    if evaluation.attribute_prediction:
+        columns = ["case_id", "model", "attribute", "truth", "predicted", "answer", "n_options"]
+        pd.DataFrame(attribute_rows, columns=columns).to_parquet(out / "attributes.parquet", index=False)
+
+
+def _predict_attributes(model, name: str, eval_cases: list[Case], all_cases: list[Case],
+                        evaluation: EvaluationConfig) -> list[dict]:
+    rows = []
+    for attribute in evaluation.attributes:
+        options = attribute_options(attribute, all_cases)
+        targets = [(c, t) for c in eval_cases if (t := attribute_truth(c, attribute)) is not None]
+        if not targets or len(options) < 2:
+            log.warning("attribute %s: no profile values in the cases, not predicted", attribute)
+            continue
+        outputs = model.generate([attribute_messages(c, attribute, options) for c, _ in targets],
+                                 evaluation.attribute_sampling, n=1)
+        for (case, truth), (generation, *_) in zip(targets, outputs, strict=True):
+            rows.append({"case_id": case.case_id, "model": name, "attribute": attribute, "truth": truth,
+                         "predicted": parse_attribute(generation.text, attribute, options),
+                         "answer": generation.text, "n_options": len(options)})
+    return rows
