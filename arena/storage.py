@@ -1,0 +1,219 @@
+"""Votes in SQLite (WAL mode): voters, the matchups shown to them, and their votes.
+
+Every statement is parameterised. A vote is committed (synchronous=FULL) before the voter sees
+the next page, so a restart or crash loses nothing that was acknowledged. One vote per voter per
+(case, pair of explainers) is a UNIQUE constraint, not an application check.
+
+Explainers are stored under their bundle code names (`e1`, ...); the admin export maps them back.
+A database serves one bundle: opening it with another bundle is refused, so votes on different
+explanation sets never mix.
+"""
+
+from __future__ import annotations
+
+import random
+import secrets
+import sqlite3
+import time
+from collections import Counter
+from pathlib import Path
+
+import pandas as pd
+
+from arena.bundle import Bundle
+
+OUTCOMES = ("a", "b", "tie", "both_bad")
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (
+    key TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS voters (
+    voter_id TEXT PRIMARY KEY,
+    invite_code TEXT,
+    created_at REAL NOT NULL
+);
+-- What a voter was shown: a case and two explainers, left (A) and right (B).
+CREATE TABLE IF NOT EXISTS matchups (
+    matchup_id TEXT PRIMARY KEY,
+    voter_id TEXT NOT NULL REFERENCES voters (voter_id),
+    case_id TEXT NOT NULL,
+    left_code TEXT NOT NULL,
+    right_code TEXT NOT NULL,
+    pair_low TEXT NOT NULL,   -- the pair in sorted order, for counting and uniqueness
+    pair_high TEXT NOT NULL,
+    status TEXT NOT NULL DEFAULT 'shown' CHECK (status IN ('shown', 'voted', 'skipped')),
+    shown_at REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS matchups_by_voter ON matchups (voter_id, status);
+CREATE TABLE IF NOT EXISTS votes (
+    vote_id INTEGER PRIMARY KEY,
+    matchup_id TEXT NOT NULL UNIQUE REFERENCES matchups (matchup_id),
+    voter_id TEXT NOT NULL REFERENCES voters (voter_id),
+    case_id TEXT NOT NULL,
+    model_a TEXT NOT NULL,    -- code shown as A
+    model_b TEXT NOT NULL,    -- code shown as B
+    pair_low TEXT NOT NULL,
+    pair_high TEXT NOT NULL,
+    outcome TEXT NOT NULL CHECK (outcome IN ('a', 'b', 'tie', 'both_bad')),
+    comment TEXT NOT NULL DEFAULT '',
+    created_at REAL NOT NULL,
+    UNIQUE (voter_id, case_id, pair_low, pair_high)
+);
+"""
+
+
+def connect(db_path: Path) -> sqlite3.Connection:
+    """A connection for one request or one thread (sqlite3 connections are not shared)."""
+    conn = sqlite3.connect(db_path, timeout=30)
+    conn.row_factory = sqlite3.Row
+    conn.execute("PRAGMA foreign_keys = ON")
+    conn.execute("PRAGMA synchronous = FULL")
+    return conn
+
+
+def init_db(db_path: Path, bundle: Bundle) -> None:
+    """Create the database (WAL mode) or open an existing one made for the same bundle."""
+    db_path = Path(db_path)
+    db_path.parent.mkdir(parents=True, exist_ok=True)
+    conn = connect(db_path)
+    try:
+        mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+        if mode.lower() != "wal":
+            raise RuntimeError(f"{db_path}: SQLite refused WAL mode (got {mode!r}); use a local disk")
+        conn.executescript(SCHEMA)
+        with conn:
+            conn.execute("INSERT OR IGNORE INTO meta (key, value) VALUES ('bundle_digest', ?)", (bundle.digest,))
+        stored = conn.execute("SELECT value FROM meta WHERE key = 'bundle_digest'").fetchone()[0]
+        if stored != bundle.digest:
+            raise ValueError(
+                f"{db_path}: these votes were cast on another bundle (sha256 {stored[:12]}..., this one is "
+                f"{bundle.digest[:12]}...); start a new database for a new bundle"
+            )
+    finally:
+        conn.close()
+
+
+def add_voter(conn: sqlite3.Connection, invite_code: str | None = None) -> str:
+    """Register a new anonymous voter; return its id (kept in the signed session cookie)."""
+    voter_id = secrets.token_urlsafe(16)
+    with conn:
+        conn.execute(
+            "INSERT INTO voters (voter_id, invite_code, created_at) VALUES (?, ?, ?)",
+            (voter_id, invite_code, time.time()),
+        )
+    return voter_id
+
+
+def voter_exists(conn: sqlite3.Connection, voter_id: str) -> bool:
+    return conn.execute("SELECT 1 FROM voters WHERE voter_id = ?", (voter_id,)).fetchone() is not None
+
+
+def pending_matchup(conn: sqlite3.Connection, voter_id: str) -> sqlite3.Row | None:
+    """The voter's latest matchup that is neither voted nor skipped (shown again on reload)."""
+    return conn.execute(
+        "SELECT * FROM matchups WHERE voter_id = ? AND status = 'shown' ORDER BY shown_at DESC LIMIT 1",
+        (voter_id,),
+    ).fetchone()
+
+
+def get_matchup(conn: sqlite3.Connection, matchup_id: str, voter_id: str) -> sqlite3.Row | None:
+    """A matchup, only if it was shown to this voter."""
+    return conn.execute(
+        "SELECT * FROM matchups WHERE matchup_id = ? AND voter_id = ?", (matchup_id, voter_id)
+    ).fetchone()
+
+
+def choose_matchup(
+    bundle: Bundle,
+    done: set[tuple[str, str, str]],
+    pair_counts: Counter,
+    case_counts: Counter,
+    rng: random.Random,
+) -> tuple[str, str, str] | None:
+    """Pick (case_id, code_low, code_high) the voter has not seen: least-shown pair first, then
+    least-shown case, ties broken at random. None when the voter has seen everything."""
+    best, best_key = None, None
+    for case_id, case in bundle.cases.items():
+        codes = sorted(case["explanations"])
+        for i, low in enumerate(codes):
+            for high in codes[i + 1 :]:
+                if (case_id, low, high) in done:
+                    continue
+                key = (pair_counts[(low, high)], case_counts[case_id], rng.random())
+                if best_key is None or key < best_key:
+                    best, best_key = (case_id, low, high), key
+    return best
+
+
+def new_matchup(conn: sqlite3.Connection, voter_id: str, bundle: Bundle, rng: random.Random) -> sqlite3.Row | None:
+    """Choose and record a new matchup for the voter (sides in random order); None when done."""
+    done = {
+        (row["case_id"], row["pair_low"], row["pair_high"])
+        for row in conn.execute("SELECT case_id, pair_low, pair_high FROM matchups WHERE voter_id = ?", (voter_id,))
+    }
+    pair_counts = Counter(
+        {(r["pair_low"], r["pair_high"]): r["n"] for r in conn.execute("SELECT pair_low, pair_high, COUNT(*) AS n FROM matchups GROUP BY pair_low, pair_high")}
+    )
+    case_counts = Counter({r["case_id"]: r["n"] for r in conn.execute("SELECT case_id, COUNT(*) AS n FROM matchups GROUP BY case_id")})
+    chosen = choose_matchup(bundle, done, pair_counts, case_counts, rng)
+    if chosen is None:
+        return None
+    case_id, low, high = chosen
+    left, right = (low, high) if rng.random() < 0.5 else (high, low)
+    matchup_id = secrets.token_urlsafe(12)
+    with conn:
+        conn.execute(
+            "INSERT INTO matchups (matchup_id, voter_id, case_id, left_code, right_code, pair_low, pair_high, shown_at)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            (matchup_id, voter_id, case_id, left, right, low, high, time.time()),
+        )
+    return get_matchup(conn, matchup_id, voter_id)
+
+
+def record_vote(conn: sqlite3.Connection, matchup: sqlite3.Row, outcome: str, comment: str) -> bool:
+    """Store a vote on a matchup (outcome relative to its A/B sides). False if already voted."""
+    if outcome not in OUTCOMES:
+        raise ValueError(f"outcome {outcome!r} is not one of {OUTCOMES}")
+    try:
+        with conn:
+            conn.execute(
+                "INSERT INTO votes (matchup_id, voter_id, case_id, model_a, model_b, pair_low, pair_high, outcome, comment, created_at)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    matchup["matchup_id"], matchup["voter_id"], matchup["case_id"], matchup["left_code"],
+                    matchup["right_code"], matchup["pair_low"], matchup["pair_high"], outcome, comment, time.time(),
+                ),
+            )
+            conn.execute("UPDATE matchups SET status = 'voted' WHERE matchup_id = ?", (matchup["matchup_id"],))
+    except sqlite3.IntegrityError:
+        return False
+    return True
+
+
+def skip_matchup(conn: sqlite3.Connection, matchup: sqlite3.Row) -> None:
+    with conn:
+        conn.execute("UPDATE matchups SET status = 'skipped' WHERE matchup_id = ? AND status = 'shown'", (matchup["matchup_id"],))
+
+
+def vote_count(conn: sqlite3.Connection, voter_id: str | None = None) -> int:
+    if voter_id is None:
+        return conn.execute("SELECT COUNT(*) FROM votes").fetchone()[0]
+    return conn.execute("SELECT COUNT(*) FROM votes WHERE voter_id = ?", (voter_id,)).fetchone()[0]
+
+
+def votes_frame(conn: sqlite3.Connection, bundle: Bundle) -> pd.DataFrame:
+    """All votes with real explainer names: vote_id, created_at (UTC), voter_id, invite_code,
+    case_id, model_a, model_b, code_a, code_b, outcome, comment."""
+    rows = conn.execute(
+        "SELECT v.vote_id, v.created_at, v.voter_id, w.invite_code, v.case_id, v.model_a AS code_a,"
+        " v.model_b AS code_b, v.outcome, v.comment FROM votes AS v JOIN voters AS w USING (voter_id)"
+        " ORDER BY v.vote_id"
+    ).fetchall()
+    columns = ["vote_id", "created_at", "voter_id", "invite_code", "case_id", "code_a", "code_b", "outcome", "comment"]
+    frame = pd.DataFrame([tuple(r) for r in rows], columns=columns)
+    frame["created_at"] = pd.to_datetime(frame["created_at"].astype(float), unit="s", utc=True)
+    frame["model_a"] = frame["code_a"].map(bundle.mapping)
+    frame["model_b"] = frame["code_b"].map(bundle.mapping)
+    return frame[["vote_id", "created_at", "voter_id", "invite_code", "case_id", "model_a", "model_b", "code_a", "code_b", "outcome", "comment"]]
