@@ -189,22 +189,20 @@ def _ambiguous(variant: str) -> bool:
     return len(tokens) < 2 and len(variant) < 8
 
 
-def title_index(titles: dict[int, str]) -> dict[tuple[str, ...], int]:
-    """Token tuple of every unambiguous title variant -> item_id (first item wins on clashes)."""
-    index: dict[tuple[str, ...], int] = {}
-    for item_id, title in titles.items():
+def title_index(titles: Iterable[str]) -> dict[tuple[str, ...], str]:
+    """Token tuple of every unambiguous title variant -> title (first title wins on clashes)."""
+    index: dict[tuple[str, ...], str] = {}
+    for title in titles:
         for variant in title_variants(title):
             key = tuple(words(variant))
             if key and not _ambiguous(variant):
-                index.setdefault(key, item_id)
+                index.setdefault(key, title)
     return index
 
 
-def case_evidence(case: Case) -> tuple[dict[int, str], set[str]]:
-    """Titles (item_id -> title) and genre terms an explainer was shown for this case."""
-    titles = {m.item_id: m.title for m in case.history}
-    titles[case.item.item_id] = case.item.title
-    titles.update({n.item_id: n.title for n in case.neighbours})
+def case_evidence(case: Case) -> tuple[set[str], set[str]]:
+    """Titles and genre terms an explainer was shown for this case."""
+    titles = {m.title for m in [*case.history, case.item, *case.neighbours]}
     genre_index = phrase_index(load_lexicon("genres"))
     genres = {g.lower() for m in [*case.history, case.item] for g in m.genres}
     for path in case.paths:
@@ -225,7 +223,7 @@ def _genre_forms(genre: str) -> set[str]:
 _QUOTED = re.compile(r"[\"\u201c*_]([A-Z0-9][^\"\u201d*_\n]{1,60}?)[\"\u201d*_]")
 
 
-def faithfulness(text: str, case: Case, catalogue: dict[tuple[str, ...], int]) -> dict[str, float]:
+def faithfulness(text: str, case: Case, catalogue: dict[tuple[str, ...], str]) -> dict[str, float]:
     """Which titles and genres the explanation names, and how many of them are in the evidence.
 
     Returns named (checkable mentions), supported (of them, in the evidence), faithfulness
@@ -235,11 +233,9 @@ def faithfulness(text: str, case: Case, catalogue: dict[tuple[str, ...], int]) -
     evidence_titles, evidence_genres = case_evidence(case)
     tokens = words(text)
     # Evidence titles are matched even when short or ambiguous; the catalogue only when not.
-    evidence_index = {
-        tuple(words(v)): item_id for item_id, title in evidence_titles.items() for v in title_variants(title) if words(v)
-    }
+    evidence_index = {tuple(words(v)): title for title in evidence_titles for v in title_variants(title) if words(v)}
     index = {**catalogue, **evidence_index}
-    named_titles = {item_id for _, _, item_id in find_phrases(tokens, index)}
+    named_titles = {title for _, _, title in find_phrases(tokens, index)}
     invented = {t for t in named_titles if t not in evidence_titles}
     # A quoted or emphasised title-like span that is no known title at all was made up.
     for span in _QUOTED.findall(text):
@@ -257,7 +253,7 @@ def faithfulness(text: str, case: Case, catalogue: dict[tuple[str, ...], int]) -
         "faithfulness": supported / named if named else float("nan"),
         "invented_titles": float(len(invented)),
         "hallucinated": float(bool(invented)),
-        "mentions_item": float(case.item.item_id in named_titles),
+        "mentions_item": float(case.item.title in named_titles),
     }
 
 
@@ -318,25 +314,30 @@ def load_embedder(name: str):
 # Tournament (LLMXRec win ratio and ranking order; Bradley-Terry through recxplain.stats)
 
 OUTCOMES = ("a", "b", "tie", "both_bad")
+INVALID = "invalid"  # the judge's answer never parsed
 
 
 def consistent_outcome(verdict_ab: str, verdict_ba: str | None) -> str:
     """Combine the verdicts of (A, B) and of (B, A) into one outcome for A versus B.
 
     `verdict_ba` is the judge's answer with the texts swapped, so its "a" means B. Agreeing orders
-    keep their verdict; disagreeing ones (position bias) count as a tie. One order only: as given.
+    keep their verdict; disagreeing ones (position bias) count as a tie. An order whose answer
+    was invalid is ignored; both invalid gives "invalid" (left out of every statistic).
     """
     for v in (verdict_ab, verdict_ba):
-        if v is not None and v not in OUTCOMES:
-            raise ValueError(f"verdict {v!r}: expected one of {OUTCOMES}")
-    if verdict_ba is None:
+        if v is not None and v not in (*OUTCOMES, INVALID):
+            raise ValueError(f"verdict {v!r}: expected one of {(*OUTCOMES, INVALID)}")
+    swapped = None if verdict_ba is None else {"a": "b", "b": "a"}.get(verdict_ba, verdict_ba)
+    if verdict_ab == INVALID:
+        return swapped if swapped is not None else INVALID
+    if swapped is None or swapped == INVALID:
         return verdict_ab
-    swapped = {"a": "b", "b": "a"}.get(verdict_ba, verdict_ba)
     return verdict_ab if verdict_ab == swapped else "tie"
 
 
 def points(tournament: pd.DataFrame) -> pd.DataFrame:
-    """Per (case, explainer): points (win 1, tie or both-bad 0.5) and comparisons."""
+    """Per (case, explainer): points (win 1, tie or both-bad 0.5) and comparisons (invalid left out)."""
+    tournament = tournament[tournament["outcome"] != INVALID]
     credit_a = tournament["outcome"].map({"a": 1.0, "b": 0.0, "tie": 0.5, "both_bad": 0.5})
     rows = pd.concat(
         [
@@ -480,20 +481,27 @@ def judge_tournament(cases: dict[str, Case], explanations: pd.DataFrame, explain
     backward = verdicts[len(jobs) :] if both_orders else [None] * len(jobs)
     rows = [
         {"case_id": c, "model_a": a, "model_b": b, "verdict_ab": ab, "verdict_ba": ba,
-         "outcome": consistent_outcome(ab, ba), "consistent": ba is None or consistent_outcome(ab, ba) == ab}
+         "outcome": consistent_outcome(ab, ba),
+         "consistent": ba is None or INVALID in (ab, ba) or consistent_outcome(ab, ba) == ab}
         for (c, a, b), ab, ba in zip(jobs, forward, backward)
     ]
     columns = ["case_id", "model_a", "model_b", "verdict_ab", "verdict_ba", "outcome", "consistent"]
     return pd.DataFrame(rows, columns=columns)
 
 
-def _judge_functions(judge: JudgeConfig, artifacts_dir: Path, cache_dir: Path):
-    """(pairwise verdict function, explainability score function) from tasks/judge.py."""
+def _judge_functions(judge: JudgeConfig, evaluation: EvaluationConfig, artifacts_dir: Path, cache_dir: Path,
+                     cases_dir: Path, templates: dict[str, str] | None):
+    """(pairwise verdict function, explainability score function) from tasks/judge.py; None when off."""
     from tasks import judge as judging
 
-    return judging.make_pair_judge(judge, artifacts_dir, cache_dir), judging.make_explainability_scorer(
-        judge, artifacts_dir, cache_dir
-    )
+    pair = scorer = None
+    if evaluation.tournament:
+        has_catalogue = (Path(cases_dir) / "catalogue.json").exists()
+        catalogue = judging.Catalogue.read(cases_dir) if has_catalogue else None
+        pair = judging.make_pair_judge(judge, artifacts_dir, cache_dir, templates=templates, catalogue=catalogue)
+    if evaluation.explainability:
+        scorer = judging.make_explainability_scorer(judge, artifacts_dir, cache_dir, templates=templates)
+    return pair, scorer
 
 
 # --------------------------------------------------------------------------------------------
@@ -509,21 +517,20 @@ def _read_explanations(folder: Path) -> pd.DataFrame:
     return frame
 
 
-def _catalogue(cases_dir: Path, data: Path | None, cases: list[Case]) -> dict[tuple[str, ...], int]:
-    """Title index over the items artifact when given, else over every title the cases contain."""
-    if data is not None and (Path(data) / "items.parquet").exists():
-        items = pd.read_parquet(Path(data) / "items.parquet", columns=["item_id", "title"])
-        return title_index(dict(zip(items["item_id"].astype(int), items["title"].astype(str))))
-    titles: dict[int, str] = {}
+def _catalogue(cases_dir: Path, cases: list[Case]) -> dict[tuple[str, ...], str]:
+    """Title index over the dataset's titles (build_cases' `catalogue.json`), or, without that
+    file, over every title the cases contain."""
+    path = Path(cases_dir) / "catalogue.json"
+    if path.exists():
+        return title_index(json.loads(path.read_text())["titles"])
+    titles: set[str] = set()
     for case in cases:
-        titles.update(case_evidence(case)[0])
-        if case.next_item is not None:
-            titles[case.next_item.item_id] = case.next_item.title
-    return title_index(titles)
+        titles |= case_evidence(case)[0] | ({case.next_item.title} if case.next_item else set())
+    return title_index(sorted(titles))
 
 
 def per_explanation_metrics(cases: dict[str, Case], explanations: pd.DataFrame,
-                            catalogue: dict[tuple[str, ...], int], embed: Callable[[list[str]], np.ndarray] | None,
+                            catalogue: dict[tuple[str, ...], str], embed: Callable[[list[str]], np.ndarray] | None,
                             teacher: str | None = "teacher") -> pd.DataFrame:
     """One row per explanation with every metric that is defined per explanation."""
     frame = explanations.rename(columns={"model": "explainer"}).reset_index(drop=True)
@@ -558,18 +565,20 @@ PER_EXPLANATION_METRICS = (
 
 
 def evaluate(out: Path, *, evaluation: EvaluationConfig, judge: JudgeConfig, cases: Path, explanations: Path,
-             artifacts_dir: Path, data: Path | None = None) -> None:
+             artifacts_dir: Path, templates: dict[str, str] | None = None) -> None:
     """Score every explainer's held-out explanations; write the tables listed in the module docstring.
 
     Args:
         out: the stage folder.
         evaluation: which metrics run (tournament, attribute prediction), bootstrap size, seed.
         judge: the judge of the tournament and of the explainability score.
-        cases: the build_cases folder (`eval.jsonl`, and `train.jsonl` for the majority baseline).
+        cases: the build_cases folder: `eval.jsonl`; `train.jsonl` (majority baseline of attribute
+            prediction) and `catalogue.json` (every title of the dataset, for hallucination checks;
+            without it the titles present in the cases are the catalogue) when there.
         explanations: the generate_explanations folder (`explanations.parquet`, `attributes.parquet`).
         artifacts_dir: artifacts root (model resolution for an LLM judge).
-        data: the prepare_data folder; its `items.parquet` is the title catalogue for hallucination
-            checks (optional: without it, the titles present in the cases are the catalogue).
+        templates: `read_templates(judge.prompt, judge.explainability_prompt)`, the judge's prompt
+            templates (default: the shipped files).
     """
     out = Path(out)
     eval_cases = read_cases(Path(cases) / "eval.jsonl")
@@ -582,13 +591,14 @@ def evaluate(out: Path, *, evaluation: EvaluationConfig, judge: JudgeConfig, cas
     if evaluation.diversity:
         model = load_embedder(evaluation.embedding_model)
         embed = lambda texts: model.encode(texts, batch_size=64, convert_to_numpy=True, show_progress_bar=False)  # noqa: E731
-    table = per_explanation_metrics(by_id, frame, _catalogue(Path(cases), data, eval_cases), embed)
+    table = per_explanation_metrics(by_id, frame, _catalogue(Path(cases), eval_cases), embed)
     table["validity"] = table["valid"].astype(float)
 
     metric_frames = []
     tournament = None
     if evaluation.tournament or evaluation.explainability:
-        pair_judge, scorer = _judge_functions(judge, Path(artifacts_dir), out / "judge_cache")
+        pair_judge, scorer = _judge_functions(judge, evaluation, Path(artifacts_dir), out / "cache", Path(cases),
+                                              templates)
         if evaluation.explainability:
             table["explainability"] = scorer([(by_id[c], t) for c, t in zip(table["case_id"], table["text"])])
         if evaluation.tournament and len(explainers) > 1:
@@ -647,6 +657,7 @@ def tournament_metrics(tournament: pd.DataFrame, n_boot: int, seed: int, out: Pa
     per_case = win_ratio_and_rank(tournament)
     rows = summarise(per_case, ("win_ratio", "rank"), n_boot, seed).replace({"metric": {"rank": "avg_rank"}})
     battles = tournament[["model_a", "model_b", "outcome"]]
+    battles = battles[battles["outcome"] != INVALID]
     strengths = bradley_terry(battles, n_boot=n_boot, seed=seed)
     bt_rows = pd.DataFrame({"explainer": strengths["model"], "metric": "bt_strength", "value": strengths["strength"],
                             "ci_low": strengths["ci_low"], "ci_high": strengths["ci_high"], "n": strengths["battles"]})

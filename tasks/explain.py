@@ -37,7 +37,7 @@ from pathlib import Path
 import pandas as pd
 
 from recxplain.config import EvaluationConfig, LLMConfig, TeacherConfig, TrainingConfig
-from recxplain.prompts import PROMPTS_DIR, explain_messages
+from recxplain.prompts import explain_messages, read_templates
 from recxplain.schemas import Case, read_cases
 
 log = logging.getLogger(__name__)
@@ -100,7 +100,8 @@ def template_explanation(case: Case, max_neighbours: int = 3, max_paths: int = 2
     """Fixed sentences over the case's evidence: what a recommender shows without a language model."""
     item = case.item
     genres = " and ".join(g.lower() for g in item.genres[:2])
-    sentences = [f'We recommend "{item.title}"' + (f", a {genres} movie." if genres else ".")]
+    article = "an" if genres[:1] in ("a", "e", "i", "o", "u") else "a"
+    sentences = [f'We recommend "{item.title}"' + (f", {article} {genres} movie." if genres else ".")]
     rated = sorted((n for n in case.neighbours if n.rated is not None), key=lambda n: -n.weight)[:max_neighbours]
     if rated:
         liked = ", ".join(f'"{n.title}" ({n.rated:g}/5)' for n in rated)
@@ -200,6 +201,13 @@ def parse_attribute(answer: str, attribute: str, options: list[str]) -> str | No
 # The stage
 
 
+def load_model(config: LLMConfig, artifacts_dir: Path, cache_path: Path):
+    """The chat model of an explainer, with its response cache in this stage's folder."""
+    from recxplain.llm import load_chat_model  # only LLM explainers need the providers
+
+    return load_chat_model(config, artifacts_dir, cache_path=cache_path)
+
+
 def _free(model) -> None:
     del model
     gc.collect()
@@ -221,7 +229,7 @@ def generate_explanations(
     cases: Path,
     artifacts_dir: Path,
     students: dict[str, Path] | None = None,
-    prompts: Path | None = None,
+    templates: dict[str, str] | None = None,
 ) -> None:
     """Explain every held-out case with every explainer; predict user attributes with each LLM.
 
@@ -234,9 +242,11 @@ def generate_explanations(
             to the occupation classes).
         artifacts_dir: artifacts root (model resolution).
         students: explainer name -> student folder, for every name `student_explainers` lists.
-        prompts: the prompt templates folder (default: the shipped `configs/prompts/`).
+        templates: `read_templates(teacher.prompt)`, the explanation prompt (default: the shipped
+            file), so a changed prompt changes this stage's key.
     """
-    out, students, prompts_dir = Path(out), dict(students or {}), Path(prompts or PROMPTS_DIR)
+    out, students = Path(out), dict(students or {})
+    templates = templates if templates is not None else read_templates(teacher.prompt)
     eval_cases = read_cases(Path(cases) / "eval.jsonl")
     if not eval_cases:
         raise ValueError(f"{Path(cases) / 'eval.jsonl'}: no evaluation cases")
@@ -257,11 +267,9 @@ def generate_explanations(
                                          "latency_s": time.perf_counter() - start, "valid": True,
                                          "prompt_tokens": 0, "cached": False})
             continue
-        from recxplain.llm import load_chat_model  # only LLM explainers need the providers
-
         started = time.perf_counter()
-        model = load_chat_model(config, Path(artifacts_dir), cache_path=out / "cache" / f"{name}.jsonl")
-        prompts_list = [explain_messages(case, teacher.prompt, prompts_dir) for case in eval_cases]
+        model = load_model(config, Path(artifacts_dir), out / "cache" / f"{name}.jsonl")
+        prompts_list = [explain_messages(case, teacher.prompt, templates) for case in eval_cases]
         outputs = model.generate(prompts_list, evaluation.sampling, n=1)
         for case, (generation, *_) in zip(eval_cases, outputs, strict=True):
             text = generation.text.strip()

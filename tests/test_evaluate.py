@@ -32,8 +32,8 @@ def make_case(case_id="1-3", gender="F", age=30, occupation="writer") -> Case:
     })
 
 
-CATALOGUE = ev.title_index({1: "Star Wars (1977)", 2: "Usual Suspects, The (1995)", 3: "Return of the Jedi (1983)",
-                            4: "Fargo (1996)", 5: "Heat (1995)", 6: "City of Lost Children, The (Cité des enfants perdus, La) (1995)"})
+CATALOGUE = ev.title_index(["Star Wars (1977)", "Usual Suspects, The (1995)", "Return of the Jedi (1983)",
+                            "Fargo (1996)", "Heat (1995)", "City of Lost Children, The (Cité des enfants perdus, La) (1995)"])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -46,7 +46,7 @@ def test_title_variants_follow_movielens_conventions():
     assert ev.title_variants("Star Wars (1977)") == ["Star Wars"]
     # A one-word short title is too ambiguous to be a catalogue match ("heat" is a word).
     assert ("heat",) not in CATALOGUE and ("fargo",) not in CATALOGUE
-    assert CATALOGUE[("city", "of", "lost", "children")] == 6
+    assert CATALOGUE[("city", "of", "lost", "children")].startswith("City of Lost Children")
 
 
 def test_faithful_explanation_counts_titles_and_genres():
@@ -60,7 +60,7 @@ def test_faithful_explanation_counts_titles_and_genres():
 
 
 def test_explanation_inventing_titles_is_hallucinated():
-    catalogue = ev.title_index({1: "Star Wars (1977)", 3: "Return of the Jedi (1983)", 7: "Toy Story (1995)"})
+    catalogue = ev.title_index(["Star Wars (1977)", "Return of the Jedi (1983)", "Toy Story (1995)"])
     text = 'Like Toy Story and "The Matrix", Return of the Jedi is great.'
     result = ev.faithfulness(text, make_case(), catalogue)
     # Toy Story is in the catalogue but not in this case's evidence; "The Matrix" is no known

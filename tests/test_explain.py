@@ -1,0 +1,225 @@
+"""Explainers: name -> model mapping, the template explainer, attribute prediction parsing, and
+the generate_explanations stage with the template and with a scripted chat model (tasks/explain.py).
+The real local model runs in the slow test at the end."""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+from recxplain.config import EvaluationConfig, LLMConfig, SamplingConfig, TeacherConfig, TrainingConfig  # noqa: E402
+from recxplain.schemas import Case, write_cases  # noqa: E402
+from tasks import explain as ex  # noqa: E402
+
+
+def make_case(case_id="1-3", gender="F", age=30, occupation="writer", rated=True, paths=True) -> Case:
+    return Case.model_validate({
+        "case_id": case_id, "split": "eval", "user_id": int(case_id.split("-")[0]),
+        "profile": {"gender": gender, "age": age, "occupation": occupation},
+        "history": [
+            {"item_id": 1, "title": "Star Wars (1977)", "year": 1977, "genres": ["Action", "Sci-Fi"], "rating": 5, "timestamp": 1},
+            {"item_id": 2, "title": "Fargo (1996)", "year": 1996, "genres": ["Crime", "Drama"], "rating": 4, "timestamp": 2},
+        ],
+        "item": {"item_id": 3, "title": "Return of the Jedi (1983)", "year": 1983, "genres": ["Action", "Sci-Fi"]},
+        "rank": 1, "score": 0.9,
+        "neighbours": [{"item_id": 1, "title": "Star Wars (1977)", "weight": 0.8, "rated": 5.0 if rated else None},
+                       {"item_id": 4, "title": "Alien (1979)", "weight": 0.5}],
+        "paths": [{"pattern": "user-rated-movie-director-movie", "steps": ["user:1", "rated", "movie:1"],
+                   "text": "You rated Star Wars 5/5; it shares a director with Return of the Jedi", "score": 0.7}] if paths else [],
+    })
+
+
+# ---------------------------------------------------------------------------------------------
+# Explainer names and models
+
+
+def test_dpo_expands_to_every_round():
+    evaluation = EvaluationConfig(explainers=["template", "sft", "dpo", "dpo_r1"])
+    assert ex.explainer_names(evaluation, TrainingConfig(rounds=2)) == ["template", "sft", "dpo_r1", "dpo_r2"]
+    assert ex.student_explainers(evaluation, TrainingConfig(rounds=2)) == ["sft", "dpo_r1", "dpo_r2"]
+    assert ex.explainer_names(evaluation, TrainingConfig(rounds=0)) == ["template", "sft", "dpo_r1"]
+
+
+def test_unknown_explainer_is_a_config_error():
+    with pytest.raises(ValueError, match="unknown explainer"):
+        EvaluationConfig(explainers=["template", "gpt"])
+
+
+def test_explainer_models(tmp_path):
+    teacher = TeacherConfig(llm=LLMConfig(provider="openai", model="gpt-4o-mini"))
+    training = TrainingConfig(base_model="smollm2")
+    base_dir = tmp_path / "base"
+    base_dir.mkdir()
+    (base_dir / "config.json").write_text("{}")
+    sft = tmp_path / "sft" / "adapter"
+    sft.mkdir(parents=True)
+    (sft / "adapter_config.json").write_text(json.dumps({"base_model_name_or_path": str(base_dir)}))
+    merged = tmp_path / "orpo" / "merged"
+    merged.mkdir(parents=True)
+    (merged / "config.json").write_text("{}")
+    students = {"sft": tmp_path / "sft", "orpo": tmp_path / "orpo", "dpo_r1": tmp_path / "empty"}
+    kw = {"teacher": teacher, "training": training, "students": students}
+    assert ex.explainer_llm("template", **kw) is None
+    assert ex.explainer_llm("teacher", **kw).model == "gpt-4o-mini"
+    base = ex.explainer_llm("base", **kw)
+    assert (base.provider, base.model, base.adapter) == ("local", "smollm2", None)
+    student = ex.explainer_llm("sft", **kw)
+    assert (student.provider, student.model, student.adapter) == ("local", str(base_dir), sft)
+    assert ex.explainer_llm("orpo", **kw).model == str(merged)
+    with pytest.raises(FileNotFoundError, match="neither adapter"):
+        ex.explainer_llm("dpo_r1", **kw)
+    with pytest.raises(ValueError, match="dpo_r2.*student folder"):
+        ex.explainer_llm("dpo_r2", **kw)
+
+
+# ---------------------------------------------------------------------------------------------
+# Template explainer and validity
+
+
+def test_template_explanation_renders_the_evidence():
+    text = ex.template_explanation(make_case())
+    assert text == ('We recommend "Return of the Jedi (1983)", an action and sci-fi movie. '
+                    'It is similar to movies you rated: "Star Wars (1977)" (5/5). '
+                    "You rated Star Wars 5/5; it shares a director with Return of the Jedi.")
+    bare = ex.template_explanation(make_case(rated=False, paths=False))
+    assert 'People who watch it also watch "Star Wars (1977)" and "Alien (1979)".' in bare
+
+
+def test_validity_needs_words_and_a_finished_answer():
+    assert ex.is_valid("one two three four five", 20, 96, 5)
+    assert not ex.is_valid("too short", 3, 96, 5)
+    assert not ex.is_valid("one two three four five six", 96, 96, 5)  # cut off by the budget
+
+
+# ---------------------------------------------------------------------------------------------
+# Attribute prediction
+
+
+def test_age_brackets_and_truths():
+    assert [ex.age_bracket(a) for a in (7, 18, 24, 25, 44, 45, 50, 55, 56, 73)] == [
+        "under 18", "18-24", "18-24", "25-34", "35-44", "45-49", "50-55", "50-55", "56 or older", "56 or older"]
+    case = make_case(gender="F", age=33, occupation="Writer")
+    assert ex.attribute_truth(case, "age") == "25-34"
+    assert ex.attribute_truth(case, "gender") == "female"
+    assert ex.attribute_truth(case, "occupation") == "writer"
+    assert ex.attribute_options("occupation", [case, make_case(occupation="student")]) == ["student", "writer"]
+
+
+@pytest.mark.parametrize("answer, attribute, expected", [
+    ("Female", "gender", "female"),
+    ("The customer is male.", "gender", "male"),
+    ("I think female, not male", "gender", "female"),
+    ("25-34", "age", "25-34"),
+    ("Probably around 47 years old", "age", "45-49"),
+    ("56 or older", "age", "56 or older"),
+    ("An engineer, or maybe a programmer", "occupation", "engineer"),
+    ("Unknown", "occupation", None),
+])
+def test_parse_attribute(answer, attribute, expected):
+    options = ex.attribute_options(attribute, []) or ["programmer", "engineer", "writer"]
+    assert ex.parse_attribute(answer, attribute, options) == expected
+
+
+def test_attribute_prompt_hides_the_profile():
+    messages = ex.attribute_messages(make_case(age=33, occupation="writer"), "occupation", ["student", "writer"])
+    content = messages[0]["content"]
+    assert "Star Wars (1977) (Action, Sci-Fi)" in content and "Choose one of: student; writer" in content
+    assert "33" not in content and "female" not in content
+
+
+# ---------------------------------------------------------------------------------------------
+# The stage
+
+
+@dataclass
+class Generation:
+    text: str
+    prompt_tokens: int = 50
+    completion_tokens: int = 20
+    latency_s: float = 0.1
+    cached: bool = False
+
+
+class ScriptedModel:
+    """Answers explanation prompts with a fixed text and attribute prompts with fixed options."""
+
+    usage: dict = {}
+
+    def __init__(self, config):
+        self.config, self.calls = config, []
+
+    def generate(self, prompts, sampling, n=1):
+        self.calls.append((len(prompts), sampling.max_new_tokens))
+        answers = []
+        for messages in prompts:
+            content = messages[-1]["content"]
+            if "mission is to infer" in content:
+                answers.append([Generation("female" if "gender" in content else "25-34" if "age group" in content else "writer", completion_tokens=2)])
+            else:
+                long = self.config.model != "smollm2"
+                answers.append([Generation("You will love Return of the Jedi because you loved Star Wars.",
+                                           completion_tokens=96 if long else 20)])
+        return answers
+
+
+def test_generate_explanations_with_template_and_scripted_models(tmp_path, monkeypatch):
+    cases_dir, out = tmp_path / "cases", tmp_path / "out"
+    cases_dir.mkdir(), out.mkdir()
+    write_cases([make_case("1-3", "F", 30, "writer"), make_case("2-3", "M", 60, "student")], cases_dir / "eval.jsonl")
+    write_cases([make_case("5-3", "F", 20, "writer").model_copy(update={"split": "train"})], cases_dir / "train.jsonl")
+    loaded = []
+
+    def fake_load(config, artifacts_dir, cache_path):
+        assert cache_path.parent == out / "cache"
+        loaded.append(config)
+        return ScriptedModel(config)
+
+    monkeypatch.setattr(ex, "load_model", fake_load)
+    evaluation = EvaluationConfig(explainers=["template", "base", "teacher"], sampling=SamplingConfig(temperature=0, max_new_tokens=96))
+    teacher = TeacherConfig(llm=LLMConfig(provider="openai", model="teacher-model"))
+    ex.generate_explanations(out, evaluation=evaluation, teacher=teacher, training=TrainingConfig(), cases=cases_dir,
+                             artifacts_dir=tmp_path)
+    assert [c.model for c in loaded] == ["smollm2", "teacher-model"]
+    frame = pd.read_parquet(out / "explanations.parquet")
+    assert len(frame) == 6 and set(frame["model"]) == {"template", "base", "teacher"}
+    valid = frame.groupby("model")["valid"].all()
+    # The teacher's scripted answers hit the 96-token budget: cut off, so invalid.
+    assert valid["template"] and valid["base"] and not valid["teacher"]
+    assert (frame.loc[frame["model"] == "template", "tokens"] == 0).all()
+    attributes = pd.read_parquet(out / "attributes.parquet")
+    assert len(attributes) == 2 * 2 * 3  # LLM explainers x cases x attributes (no template)
+    right = attributes[attributes["model"] == "base"].set_index(["case_id", "attribute"])
+    assert right.loc[("1-3", "gender"), "predicted"] == right.loc[("1-3", "gender"), "truth"] == "female"
+    assert right.loc[("2-3", "age"), "truth"] == "56 or older" and right.loc[("2-3", "age"), "predicted"] == "25-34"
+    assert set(attributes.loc[attributes["attribute"] == "occupation", "n_options"]) == {2}
+
+
+def test_generate_explanations_needs_eval_cases(tmp_path):
+    (tmp_path / "cases").mkdir(), (tmp_path / "out").mkdir()
+    (tmp_path / "cases" / "eval.jsonl").write_text("")
+    with pytest.raises(ValueError, match="no evaluation cases"):
+        ex.generate_explanations(tmp_path / "out", evaluation=EvaluationConfig(explainers=["template"]),
+                                 teacher=TeacherConfig(), training=TrainingConfig(), cases=tmp_path / "cases",
+                                 artifacts_dir=tmp_path)
+
+
+@pytest.mark.slow
+def test_real_base_model_explains_and_predicts(tmp_path):
+    """SmolLM2-135M (embedded) explains two cases and predicts their attributes, for real."""
+    cases_dir, out = tmp_path / "cases", tmp_path / "out"
+    cases_dir.mkdir(), out.mkdir()
+    write_cases([make_case("1-3"), make_case("2-3", "M", 60, "student")], cases_dir / "eval.jsonl")
+    evaluation = EvaluationConfig(explainers=["base"], sampling=SamplingConfig(temperature=0, max_new_tokens=48))
+    artifacts = Path(__file__).resolve().parent.parent / "artifacts"
+    ex.generate_explanations(out, evaluation=evaluation, teacher=TeacherConfig(), training=TrainingConfig(),
+                             cases=cases_dir, artifacts_dir=artifacts)
+    frame = pd.read_parquet(out / "explanations.parquet")
+    assert len(frame) == 2 and (frame["tokens"] > 0).all() and frame["text"].str.len().gt(0).all()
+    assert len(pd.read_parquet(out / "attributes.parquet")) == 6
