@@ -3,8 +3,14 @@
 A template is one `.j2` file holding up to two blocks, `{% block system %}` and
 `{% block user %}`; each block renders to one chat message (a missing or empty block gives no
 message). Templates use `StrictUndefined`, so a misspelt variable fails loudly instead of
-rendering as an empty string. `template_hash` is the content hash recorded next to every
-generation, so a changed template is visible in the artifacts that used it.
+rendering as an empty string.
+
+Stages receive templates by content, not by path: `read_templates(name, ...)` returns
+`{name: source}` and a stage takes that dict as its `templates` keyword argument. The stage cache
+key hashes argument values, so a changed template reruns exactly the stages it was passed to, and
+what a stage renders is exactly what its key hashed. Outside stages, the rendering functions also
+accept a folder (default: the shipped `configs/prompts/`). `template_hash` is the short content hash
+recorded next to every generation.
 
 The explanation prompt is built in exactly one place, `explain_messages`: the teacher, the pair
 sampler, the judge's preference rows and the evaluation's explainers all call it, so every model
@@ -18,6 +24,7 @@ as invalid (never raised), so one bad answer cannot crash a run.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -28,53 +35,69 @@ import jinja2
 from recxplain.config import SamplingConfig
 from recxplain.schemas import Case
 
-# The shipped templates; stages take the folder as an input (`prompts: Path`) so its content is
-# part of their cache key.
+# The shipped templates (config fields such as `teacher.prompt` name files in this folder).
 PROMPTS_DIR = Path(__file__).resolve().parent.parent / "configs" / "prompts"
 
 GENDERS = {"M": "male", "F": "female"}
 
-
-@lru_cache(maxsize=8)
-def _environment(prompts_dir: str) -> jinja2.Environment:
-    env = jinja2.Environment(
-        loader=jinja2.FileSystemLoader(prompts_dir),
-        undefined=jinja2.StrictUndefined,
-        trim_blocks=True,
-        lstrip_blocks=True,
-        keep_trailing_newline=False,
-        autoescape=False,
-    )
-    env.filters["gender"] = lambda value: GENDERS.get(str(value), str(value))
-    env.filters["stars"] = lambda rating: f"{float(rating):g}/5"
-    return env
+_ENV = jinja2.Environment(
+    undefined=jinja2.StrictUndefined,
+    trim_blocks=True,
+    lstrip_blocks=True,
+    keep_trailing_newline=False,
+    autoescape=False,
+)
+_ENV.filters["gender"] = lambda value: GENDERS.get(str(value), str(value))
+_ENV.filters["stars"] = lambda rating: f"{float(rating):g}/5"
 
 
-def load_template(name: str, prompts_dir: Path = PROMPTS_DIR) -> jinja2.Template:
-    """The template `name` (a file in `prompts_dir`); FileNotFoundError names the folder."""
-    path = Path(prompts_dir) / name
-    if not path.is_file():
-        available = sorted(p.name for p in Path(prompts_dir).glob("*.j2"))
-        raise FileNotFoundError(f"prompt template {path} not found; available: {available}")
+def read_templates(*names: str, prompts_dir: Path = PROMPTS_DIR) -> dict[str, str]:
+    """`{name: source}` of the named template files (a stage's `templates` argument)."""
+    templates = {}
+    for name in names:
+        path = Path(prompts_dir) / name
+        if not path.is_file():
+            available = sorted(p.name for p in Path(prompts_dir).glob("*.j2"))
+            raise FileNotFoundError(f"prompt template {path} not found; available: {available}")
+        templates[name] = path.read_text()
+    return templates
+
+
+def template_hash(source: str) -> str:
+    """First 16 hex digits of the sha256 of a template's source text."""
+    return hashlib.sha256(source.encode()).hexdigest()[:16]
+
+
+@lru_cache(maxsize=32)
+def _compile(name: str, source: str) -> jinja2.Template:
     try:
-        return _environment(str(Path(prompts_dir).resolve())).get_template(name)
+        template = _ENV.from_string(source)
     except jinja2.TemplateSyntaxError as err:
-        raise ValueError(f"{path}:{err.lineno}: template syntax error: {err.message}") from None
-
-
-def template_hash(name: str, prompts_dir: Path = PROMPTS_DIR) -> str:
-    """First 16 hex digits of the sha256 of the template file's bytes."""
-    path = Path(prompts_dir) / name
-    if not path.is_file():
-        raise FileNotFoundError(f"prompt template {path} not found")
-    return hashlib.sha256(path.read_bytes()).hexdigest()[:16]
-
-
-def render_messages(name: str, prompts_dir: Path = PROMPTS_DIR, **context: Any) -> list[dict]:
-    """Render template `name` to chat messages: [system?, user]."""
-    template = load_template(name, prompts_dir)
+        raise ValueError(f"prompt template {name}:{err.lineno}: syntax error: {err.message}") from None
     if "user" not in template.blocks:
-        raise ValueError(f"{Path(prompts_dir) / name}: a prompt template needs a {{% block user %}}")
+        raise ValueError(f"prompt template {name}: needs a {{% block user %}}")
+    return template
+
+
+Templates = Mapping[str, str] | Path
+
+
+def template_source(name: str, templates: Templates = PROMPTS_DIR) -> str:
+    """The source of template `name`: from a `{name: source}` mapping (a stage's `templates`
+    argument) or read from a folder of `.j2` files."""
+    if isinstance(templates, Mapping):
+        if name not in templates:
+            raise KeyError(
+                f"prompt template {name!r} was not passed to this stage (has {sorted(templates)}); "
+                f"pass templates=read_templates({name!r}, ...)"
+            )
+        return templates[name]
+    return read_templates(name, prompts_dir=Path(templates))[name]
+
+
+def render_messages(name: str, templates: Templates = PROMPTS_DIR, **context: Any) -> list[dict]:
+    """Render template `name` to chat messages [system?, user]; `templates` as `template_source`."""
+    template = _compile(name, template_source(name, templates))
     messages = []
     for role in ("system", "user"):
         if role not in template.blocks:
@@ -82,15 +105,16 @@ def render_messages(name: str, prompts_dir: Path = PROMPTS_DIR, **context: Any) 
         try:
             text = "".join(template.blocks[role](template.new_context(context))).strip()
         except jinja2.UndefinedError as err:
-            raise ValueError(f"{Path(prompts_dir) / name}: block {role}: {err.message}") from None
+            raise ValueError(f"prompt template {name}, block {role}: {err.message}") from None
         if text:
             messages.append({"role": role, "content": text})
     return messages
 
 
-def explain_messages(case: Case, template: str, prompts_dir: Path = PROMPTS_DIR) -> list[dict]:
-    """The chat messages that ask a model to explain `case` (teacher, student and evaluation)."""
-    return render_messages(template, prompts_dir, case=case)
+def explain_messages(case: Case, name: str, templates: Templates = PROMPTS_DIR) -> list[dict]:
+    """The chat messages that ask a model to explain `case` with template `name` (the teacher,
+    the pair sampler, the preference rows and the evaluation's explainers all call this)."""
+    return render_messages(name, templates, case=case)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -1,0 +1,772 @@
+"""Judging explanations: verifiable rubric checks, an LLM judge, their ensemble, and judge_pairs.
+
+Three judges compare two explanations (A, B) of one case:
+- `rubric`: checks computed from the case itself (`rubric_checks`): the recommended title is
+  mentioned; only titles and genres present in the evidence are named; no technical leftovers
+  (cosine, KNN, node, entity ids, raw similarity weights); length within bounds; no repetition
+  loop; plus a graded specificity (how many evidence items it uses). Verifiable and
+  order-independent, but blind to style, tone and persuasiveness.
+- `llm`: a language model reads the evidence and both explanations and answers with a structured
+  verdict (`PairVerdict`: 0-5 scores for relevance, diversity, explainability and faithfulness
+  per candidate, then A, B, tie or both_bad). Every pair is judged in both orders; only an
+  order-consistent choice counts. Sees style, but a small model is close to chance and
+  position-biased.
+- `ensemble`: margin = w * LLM choice (+1 A, -1 B, 0 when tie, both-bad, inconsistent or invalid)
+  + (1 - w) * (rubric score A - rubric score B), w = `judge.llm_weight`; the rubric alone decides
+  when both candidates are unacceptable (`acceptable`: within length bounds, no loop, rubric
+  score >= `judge.min_rubric_score`), which makes the pair both-bad.
+
+Verdicts: "a", "b" (kept as preference pairs), "tie", "both_bad" (rejected, as in the first
+seed), "inconsistent" (the two orders disagree), "invalid" (unparsable after retries).
+
+Reusable pieces for the evaluation: `rubric_checks`, `find_technical_terms`, `parse_verdict`,
+`judge_explanation_pairs` (and `judge_explanation_pair` for one), `explainability_scores` (RecLAIF's
+1-100 score), `load_judge_model`.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar, Literal
+
+import polars as pl
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, computed_field
+
+from recxplain.config import JudgeConfig, LLMConfig
+from recxplain.prompts import (
+    ChatModel,
+    Parsed,
+    Templates,
+    generate_parsed,
+    read_templates,
+    render_messages,
+    template_hash,
+    template_source,
+)
+from recxplain.schemas import Case, read_cases
+
+Verdict = Literal["a", "b", "tie", "both_bad", "inconsistent", "invalid"]
+
+# ---------------------------------------------------------------------------------------------
+# Text helpers
+
+
+def words(text: str) -> list[str]:
+    """Word tokens (letters, digits, apostrophes) of `text`."""
+    return re.findall(r"[\w']+", text)
+
+
+def normalize(text: str) -> str:
+    """Lowercase, apostrophes dropped, every other non-alphanumeric run -> one space, padded."""
+    text = text.lower().replace("'", "").replace("\u2019", "")
+    return " " + " ".join(re.findall(r"[a-z0-9]+", text)) + " "
+
+
+ARTICLES = ("the", "a", "an")
+
+
+def title_forms(title: str) -> set[str]:
+    """Normalised ways a title may be written: with and without a leading article, a trailing
+    year, an alternative title in parentheses or a subtitle after a colon."""
+    base = re.sub(r"\s*\(\d{4}\)\s*$", "", title).strip()
+    variants = {base, re.split(r"\s*\(", base)[0], re.split(r"\s*:", base)[0]}
+    moved = re.fullmatch(r"(.*), (The|A|An)", base)  # MovieLens "Godfather, The"
+    if moved:
+        variants.add(f"{moved.group(2)} {moved.group(1)}")
+    forms = set()
+    for variant in variants:
+        form = normalize(variant).strip()
+        if not form:
+            continue
+        forms.add(form)
+        first, _, rest = form.partition(" ")
+        if first in ARTICLES and rest:
+            forms.add(rest)
+    return forms
+
+
+def _spans(haystack: str, form: str) -> list[tuple[int, int]]:
+    needle = f" {form} "
+    spans, start = [], haystack.find(needle)
+    while start != -1:
+        spans.append((start, start + len(needle)))
+        start = haystack.find(needle, start + 1)
+    return spans
+
+
+def _overlaps(span: tuple[int, int], taken: list[tuple[int, int]]) -> bool:
+    return any(span[0] < end and start < span[1] for start, end in taken)
+
+
+# Leftovers of the recommender's internals that a user-facing explanation must not contain
+# (the first seed measures their rate). Each entry: (label, regex on the raw text).
+TECHNICAL_TERMS: list[tuple[str, str]] = [
+    ("cosine", r"\bcosine\b"),
+    ("similarity score", r"\bsimilarity (?:score|value|weight)s?\b"),
+    ("KNN", r"\b(?:k-?nn|item-?knn|k-nearest)\b"),
+    ("nearest neighbour", r"\bnearest[- ]neighbou?rs?\b"),
+    ("neighbour", r"\bneighbou?rs?\b"),
+    ("node", r"\bnodes?\b"),
+    ("knowledge graph", r"\bknowledge[- ]graph\b"),
+    ("graph", r"\bgraphs?\b"),
+    ("embedding", r"\bembeddings?\b"),
+    ("vector", r"\bvectors?\b"),
+    ("entity", r"\bentit(?:y|ies)\b"),
+    ("path", r"(?<!-)\bpaths?\b(?!-)"),  # not "path-breaking"
+    ("item/user id", r"\b(?:item|user|movie)[ _-]?ids?\b"),
+    ("typed entity id", r"\b(?:movie|actor|director|writer|producer|genre|tag|user|company|award):\S+"),
+    ("freebase id", r"\bm\.0[0-9a-z_]+\b"),
+    ("relation name", r"\bfilm\.film\.\w+|\bhas_tag\b|\bsimilar_to\b"),
+    ("raw weight", r"(?<![\w.])0\.\d{2,}\b"),
+]
+
+
+def find_technical_terms(text: str) -> list[str]:
+    """Labels of the technical leftovers found in `text` (each label once, in table order)."""
+    return [label for label, pattern in TECHNICAL_TERMS if re.search(pattern, text, re.IGNORECASE)]
+
+
+def repetition(text: str, n: int = 4, max_count: int = 2) -> str | None:
+    """The repeated fragment when `text` loops: a sentence said twice, or a word n-gram said more
+    than `max_count` times; None otherwise."""
+    sentences = [normalize(s).strip() for s in re.split(r"(?<=[.!?])\s+", text)]
+    seen = set()
+    for sentence in sentences:
+        if len(sentence.split()) >= 3 and sentence in seen:
+            return sentence
+        seen.add(sentence)
+    tokens = normalize(text).split()
+    counts: dict[tuple[str, ...], int] = {}
+    for i in range(len(tokens) - n + 1):
+        gram = tuple(tokens[i : i + n])
+        counts[gram] = counts.get(gram, 0) + 1
+        if counts[gram] > max_count:
+            return " ".join(gram)
+    return None
+
+
+# ---------------------------------------------------------------------------------------------
+# Rubric
+
+
+class RubricResult(BaseModel):
+    """Verifiable checks of one explanation against its case (see `rubric_checks`).
+
+    The five checks pass or fail; `specificity` (0-1) grades how many distinct evidence items
+    (titles, genres) the explanation uses, up to 3. `score` = (passed checks + specificity) / 6.
+    """
+
+    model_config = ConfigDict(frozen=True)
+
+    mentions_title: bool
+    grounded: bool
+    no_technical_terms: bool
+    length_ok: bool
+    no_repetition: bool
+    specificity: float = Field(ge=0, le=1)
+    words: int
+    unknown_titles: list[str] = []
+    unknown_genres: list[str] = []
+    technical_terms: list[str] = []
+    repeated: str | None = None
+
+    CHECKS: ClassVar[tuple[str, ...]] = ("mentions_title", "grounded", "no_technical_terms", "length_ok", "no_repetition")
+
+    @property
+    def checks(self) -> dict[str, bool]:
+        return {name: getattr(self, name) for name in self.CHECKS}
+
+    @computed_field
+    @property
+    def score(self) -> float:
+        return round((sum(self.checks.values()) + self.specificity) / (len(self.CHECKS) + 1), 6)
+
+
+@dataclass
+class Catalogue:
+    """Every title and genre of the dataset (build_cases' catalogue.json): lets the rubric spot
+    a real movie or genre that the explanation names but the case's evidence does not hold."""
+
+    titles: list[str] = field(default_factory=list)
+    genres: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        # Single-word titles ("Heat", "Big") are common words: only multi-word forms are searched.
+        self._title_forms = {
+            form: title for title in self.titles for form in title_forms(title) if len(form.split()) >= 2
+        }
+
+    @classmethod
+    def read(cls, cases_dir: Path) -> "Catalogue":
+        path = Path(cases_dir) / "catalogue.json"
+        if not path.exists():
+            raise FileNotFoundError(f"{path}: missing (build_cases writes it next to the cases)")
+        data = json.loads(path.read_text())
+        return cls(titles=data["titles"], genres=data["genres"])
+
+
+def _genre_pattern(genre: str) -> str:
+    form = normalize(genre).strip()
+    if form.endswith("y"):  # comedy / comedies, mystery / mysteries
+        return rf" {re.escape(form[:-1])}(?:y|ies) "
+    return rf" {re.escape(form)}(?:s|es)? "
+
+
+def _mentioned_genres(haystack: str, genres: Sequence[str], taken: list[tuple[int, int]]) -> set[str]:
+    found = set()
+    for genre in genres:
+        for match in re.finditer(_genre_pattern(genre), haystack):
+            if not _overlaps(match.span(), taken):
+                found.add(genre)
+    return found
+
+
+def rubric_checks(
+    case: Case,
+    text: str,
+    *,
+    catalogue: Catalogue | None = None,
+    min_words: int = 15,
+    max_words: int = 120,
+) -> RubricResult:
+    """Run the verifiable checks of `text` as an explanation of `case`.
+
+    Evidence = the recommended movie, the history, the neighbours and whatever the path texts
+    mention (not `next_item`: explainers never see it). Ungrounded = a catalogue title (of two or
+    more words) or a quoted capitalised phrase that is not an evidence title, or a catalogue genre
+    that no evidence movie or path has. Without a catalogue only quoted phrases are checked.
+    """
+    catalogue = catalogue or Catalogue()
+    haystack = normalize(text)
+    item_forms = title_forms(case.item.title)
+    evidence_titles = [case.item.title, *(m.title for m in case.history), *(n.title for n in case.neighbours)]
+    path_text = normalize(" ".join(p.text for p in case.paths))
+    evidence_titles += [t for form, t in catalogue._title_forms.items() if f" {form} " in path_text]
+    evidence_forms = {form for title in evidence_titles for form in title_forms(title)}
+
+    taken = [span for form in evidence_forms for span in _spans(haystack, form)]
+    used = {form for form in evidence_forms if _spans(haystack, form)}
+    unknown_titles = sorted(
+        {title for form, title in catalogue._title_forms.items()
+         if form not in evidence_forms and any(not _overlaps(s, taken) for s in _spans(haystack, form))}
+    )
+    for quoted in re.findall(r"[\"\u201c*]([A-Z][^\"\u201d*\n]{1,60})[\"\u201d*]", text):
+        forms = title_forms(quoted)
+        if len(quoted.split()) <= 8 and not forms & evidence_forms and quoted not in unknown_titles:
+            if not _mentioned_genres(normalize(quoted), catalogue.genres, []):
+                unknown_titles.append(quoted.strip())
+
+    evidence_genres = {g for m in [case.item, *case.history] for g in m.genres}
+    evidence_genres |= _mentioned_genres(path_text, catalogue.genres, [])
+    # Words inside a title ("Star Wars", "The Wild Bunch") do not name a genre.
+    in_titles = taken + [span for form in catalogue._title_forms for span in _spans(haystack, form)]
+    named_genres = _mentioned_genres(haystack, sorted(set(catalogue.genres) | evidence_genres), in_titles)
+    unknown_genres = sorted(named_genres - evidence_genres)
+
+    used_items = {title for title in evidence_titles if title_forms(title) & used} | (named_genres & evidence_genres)
+    used_items.discard(case.item.title)
+    count = len(words(text))
+    repeated = repetition(text)
+    technical = find_technical_terms(text)
+    return RubricResult(
+        mentions_title=bool(item_forms & used),
+        grounded=not unknown_titles and not unknown_genres,
+        no_technical_terms=not technical,
+        length_ok=min_words <= count <= max_words,
+        no_repetition=repeated is None,
+        specificity=min(len(used_items), 3) / 3,
+        words=count,
+        unknown_titles=unknown_titles,
+        unknown_genres=unknown_genres,
+        technical_terms=technical,
+        repeated=repeated,
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# Parsing an LLM judge's answer
+
+
+class CandidateScores(BaseModel):
+    """One candidate's 0-5 scores (RecLAIF's three criteria plus faithfulness to the evidence)."""
+
+    relevance: float = Field(ge=0, le=5)
+    diversity: float = Field(ge=0, le=5)
+    explainability: float = Field(ge=0, le=5)
+    faithfulness: float | None = Field(None, ge=0, le=5)  # absent in RecLAIF's own format
+
+    @property
+    def quality(self) -> float:
+        """Mean of the given scores, scaled to 0-1."""
+        values = [v for v in (self.relevance, self.diversity, self.explainability, self.faithfulness) if v is not None]
+        return sum(values) / (5 * len(values))
+
+
+class PairVerdict(BaseModel):
+    """A judge's structured answer for one ordering: scores of A and B, then its choice."""
+
+    a: CandidateScores
+    b: CandidateScores
+    choice: Literal["a", "b", "tie", "both_bad"]
+    reasoning: str = ""
+
+    def swapped(self) -> "PairVerdict":
+        """The same verdict with A and B exchanged (maps a (B, A) judgement back)."""
+        choice = {"a": "b", "b": "a"}.get(self.choice, self.choice)
+        return PairVerdict(a=self.b, b=self.a, choice=choice, reasoning=self.reasoning)
+
+
+def extract_json(text: str) -> dict:
+    """The first JSON object in `text`: inside a ``` fence or surrounded by prose."""
+    fenced = re.findall(r"```(?:json)?\s*(.*?)```", text, re.DOTALL | re.IGNORECASE)
+    decoder = json.JSONDecoder()
+    for chunk in [*fenced, text]:
+        for start in (i for i, ch in enumerate(chunk) if ch == "{"):
+            try:
+                value, _ = decoder.raw_decode(chunk, start)
+            except json.JSONDecodeError:
+                continue
+            if isinstance(value, dict):
+                return value
+    raise ValueError("no JSON object found in the answer")
+
+
+def _key(name: str) -> str:
+    name = re.sub(r"[^a-z_]", "", str(name).lower().replace(" ", "_"))
+    return {"option_a": "a", "optiona": "a", "option_b": "b", "optionb": "b", "chosen": "choice",
+            "chosen_option": "choice", "decision": "choice", "winner": "choice", "preferred": "choice",
+            "reason": "reasoning"}.get(name, name)
+
+
+def _choice(value: Any) -> str:
+    text = re.sub(r"[^a-z]", " ", str(value).lower()).split()
+    text = [t for t in text if t != "option"]
+    joined = " ".join(text)
+    if joined in ("a", "b"):
+        return joined
+    if joined in ("tie", "equal", "both good", "both equal", "draw"):
+        return "tie"
+    if joined in ("both bad", "bothbad", "neither", "none", "reject both", "both rejected"):
+        return "both_bad"
+    raise ValueError(f'"choice" must be "A", "B", "tie" or "both_bad" (got {value!r})')
+
+
+def _scores(value: Any, label: str) -> dict:
+    if not isinstance(value, dict):
+        raise ValueError(f'"{label}" must be an object of scores (got {value!r})')
+    return {re.sub(r"[^a-z]", "", k.lower()).removesuffix("score"): v for k, v in value.items()}
+
+
+def _verdict_from_json(data: dict) -> PairVerdict:
+    data = {_key(k): v for k, v in data.items()}
+    missing = [k for k in ("a", "b", "choice") if k not in data]
+    if missing:
+        raise ValueError(f"the JSON object lacks {', '.join(map(repr, missing))}; it needs \"A\", \"B\" and \"choice\"")
+    try:
+        return PairVerdict(
+            a=_scores(data["a"], "A"), b=_scores(data["b"], "B"), choice=_choice(data["choice"]),
+            reasoning=str(data.get("reasoning", "")),
+        )
+    except ValidationError as err:
+        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc']).upper()}: {e['msg']}" for e in err.errors())
+        raise ValueError(f"invalid scores: {problems}") from None
+
+
+def _verdict_from_reclaif_text(text: str) -> PairVerdict:
+    """RecLAIF's free-text format: "Option A Evaluation: - Relevance Score: 4 ..." "Chosen Option: A"."""
+    sections = re.split(r"option\s+b\s+evaluation", text, flags=re.IGNORECASE)
+    if len(sections) != 2 or not re.search(r"option\s+a\s+evaluation", sections[0], re.IGNORECASE):
+        raise ValueError("no JSON object found in the answer")
+    scores = []
+    for section in sections:
+        section = re.split(r"decision\s*:", section, flags=re.IGNORECASE)[0]
+        found = {}
+        for name in ("relevance", "diversity", "explainability", "faithfulness"):
+            match = re.search(rf"{name}\s*(?:score)?\s*:?\s*\**\s*(\d+(?:\.\d+)?)", section, re.IGNORECASE)
+            if match:
+                found[name] = float(match.group(1))
+        scores.append(found)
+    choice = re.search(r"chosen\s+option\s*:?\s*\**\s*\[?([A-Za-z_ ]+?)\]?\s*(?:$|\n|\*)", text, re.IGNORECASE | re.MULTILINE)
+    if not choice:
+        raise ValueError('no "Chosen Option: A or B" line found in the answer')
+    reasoning = re.search(r"reasoning\s*:\s*(.*)", text, re.IGNORECASE | re.DOTALL)
+    return _verdict_from_json({"a": scores[0], "b": scores[1], "choice": choice.group(1),
+                               "reasoning": reasoning.group(1).strip() if reasoning else ""})
+
+
+def parse_verdict(text: str) -> PairVerdict:
+    """Parse a judge's answer: a JSON object (bare, fenced or amid prose), else RecLAIF's text
+    format. Raises ValueError with a message the judge can act on when it is neither."""
+    try:
+        data = extract_json(text)
+    except ValueError:
+        return _verdict_from_reclaif_text(text)
+    return _verdict_from_json(data)
+
+
+def parse_score(text: str) -> int:
+    """RecLAIF's 1-100 explainability score from {"score": n}, "Score: n" or a lone number."""
+    try:
+        value = extract_json(text).get("score")
+    except ValueError:
+        match = re.search(r"score\s*[:=]?\s*(\d+(?:\.\d+)?)", text, re.IGNORECASE) or re.fullmatch(
+            r"\s*(\d+(?:\.\d+)?)\s*(?:/\s*100)?\s*\.?\s*", text
+        )
+        value = match.group(1) if match else None
+    if value is None:
+        raise ValueError('no score found; answer with JSON like {"score": 50, "reason": "one sentence"}')
+    try:
+        score = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f'"score" must be a number from 1 to 100 (got {value!r})') from None
+    if not 1 <= score <= 100:
+        raise ValueError(f'"score" must be from 1 to 100 (got {value!r})')
+    return int(round(score))
+
+
+# ---------------------------------------------------------------------------------------------
+# Judging pairs
+
+
+class PairJudgement(BaseModel):
+    """The outcome of judging explanations A and B of one case.
+
+    Attributes:
+        verdict: "a", "b", "tie", "both_bad", "inconsistent" or "invalid".
+        score_a / score_b: each candidate's quality in 0-1 as the configured judge sees it (llm:
+            mean 0-5 score / 5 over both orders; rubric: `RubricResult.score`; ensemble: the
+            weighted mix), None when it could not be computed.
+        llm_choice: the LLM's order-consistent choice, "inconsistent", "invalid", or None (no LLM).
+        llm_ab / llm_ba: the LLM's parsed verdicts with A shown first / B shown first; `llm_ba`
+            is already mapped back to the original labels.
+        raw_ab / raw_ba: the LLM's raw answers (every attempt) for each order.
+        rubric_a / rubric_b: rubric results (rubric and ensemble judges).
+    """
+
+    verdict: Verdict
+    score_a: float | None = None
+    score_b: float | None = None
+    llm_choice: str | None = None
+    llm_ab: PairVerdict | None = None
+    llm_ba: PairVerdict | None = None
+    raw_ab: list[str] = []
+    raw_ba: list[str] = []
+    rubric_a: RubricResult | None = None
+    rubric_b: RubricResult | None = None
+
+    @property
+    def kept(self) -> bool:
+        return self.verdict in ("a", "b")
+
+    @property
+    def order_consistent(self) -> bool | None:
+        """Whether the LLM gave the same (mapped) choice in both orders; None without both."""
+        if self.llm_ab is None or self.llm_ba is None:
+            return None
+        return self.llm_ab.choice == self.llm_ba.choice
+
+
+def load_judge_model(judge: JudgeConfig, artifacts_dir: Path, cache_path: Path | None = None) -> ChatModel | None:
+    """The judge's language model (None for the rubric judge, which needs none)."""
+    if judge.kind == "rubric":
+        return None
+    from recxplain.llm import load_chat_model
+
+    return load_chat_model(judge.llm, artifacts_dir, cache_path)
+
+
+def _llm_verdicts(
+    items: Sequence[tuple[Case, str, str]], judge: JudgeConfig, templates: Templates, model: ChatModel
+) -> tuple[list[Parsed], list[Parsed | None]]:
+    prompts = [render_messages(judge.prompt, templates, case=c, option_a=a, option_b=b) for c, a, b in items]
+    if judge.both_orders:
+        prompts += [render_messages(judge.prompt, templates, case=c, option_a=b, option_b=a) for c, a, b in items]
+    parsed = [p[0] for p in generate_parsed(model, prompts, parse_verdict, judge.sampling, max_retries=judge.max_parse_retries)]
+    ab = parsed[: len(items)]
+    ba = parsed[len(items) :] if judge.both_orders else [None] * len(items)
+    return ab, ba
+
+
+def acceptable(result: RubricResult, min_score: float) -> bool:
+    """The rubric's gate: within the length bounds, no loop, and a score of at least `min_score`."""
+    return result.length_ok and result.no_repetition and result.score >= min_score
+
+
+def _decide(margin: float, any_acceptable: bool, judge: JudgeConfig) -> Verdict:
+    if not any_acceptable:
+        return "both_bad"
+    if abs(margin) < judge.tie_margin:
+        return "tie"
+    return "a" if margin > 0 else "b"
+
+
+def judge_explanation_pairs(
+    items: Sequence[tuple[Case, str, str]],
+    *,
+    judge: JudgeConfig,
+    templates: Templates | None = None,
+    model: ChatModel | None = None,
+    catalogue: Catalogue | None = None,
+) -> list[PairJudgement]:
+    """Judge each (case, explanation A, explanation B) with the configured judge.
+
+    `templates` must hold `judge.prompt` and `model` must be given for the `llm` and `ensemble`
+    judges (see `load_judge_model`); all LLM calls go out as one batch per retry round. With
+    `judge.both_orders` each pair is also judged as (B, A) and the LLM's choice counts only when
+    both orders agree.
+    """
+    needs_llm = judge.kind in ("llm", "ensemble")
+    if needs_llm and (model is None or templates is None):
+        raise ValueError(f"judge.kind={judge.kind!r} needs a model and the judge template ({judge.prompt})")
+    ab: list[Parsed | None] = [None] * len(items)
+    ba: list[Parsed | None] = [None] * len(items)
+    if needs_llm and items:
+        ab, ba = _llm_verdicts(items, judge, templates, model)
+
+    judgements = []
+    for (case, text_a, text_b), first, second in zip(items, ab, ba):
+        out: dict[str, Any] = {}
+        llm_a = llm_b = None
+        if needs_llm:
+            verdict_ab = first.value
+            verdict_ba = second.value.swapped() if second is not None and second.valid else None
+            out.update(llm_ab=verdict_ab, llm_ba=verdict_ba, raw_ab=first.raw, raw_ba=second.raw if second else [])
+            valid = [v for v in (verdict_ab, verdict_ba) if v is not None]
+            if verdict_ab is None or (second is not None and verdict_ba is None):
+                out["llm_choice"] = "invalid"
+            elif verdict_ba is None or verdict_ab.choice == verdict_ba.choice:
+                out["llm_choice"] = verdict_ab.choice
+            else:
+                out["llm_choice"] = "inconsistent"
+            if valid:
+                llm_a = sum(v.a.quality for v in valid) / len(valid)
+                llm_b = sum(v.b.quality for v in valid) / len(valid)
+        if judge.kind in ("rubric", "ensemble"):
+            bounds = {"catalogue": catalogue, "min_words": judge.min_words, "max_words": judge.max_words}
+            out["rubric_a"] = rubric_checks(case, text_a, **bounds)
+            out["rubric_b"] = rubric_checks(case, text_b, **bounds)
+            gate = any(acceptable(out[k], judge.min_rubric_score) for k in ("rubric_a", "rubric_b"))
+
+        if judge.kind == "llm":
+            verdict = out["llm_choice"]
+            score_a, score_b = llm_a, llm_b
+        elif judge.kind == "rubric":
+            r_a, r_b = out["rubric_a"].score, out["rubric_b"].score
+            verdict = _decide(r_a - r_b, gate, judge)
+            score_a, score_b = r_a, r_b
+        else:
+            w = judge.llm_weight
+            r_a, r_b = out["rubric_a"].score, out["rubric_b"].score
+            vote = {"a": 1.0, "b": -1.0}.get(out["llm_choice"], 0.0)
+            verdict = _decide(w * vote + (1 - w) * (r_a - r_b), gate, judge)
+            if llm_a is None:
+                score_a, score_b = r_a, r_b
+            else:
+                score_a, score_b = w * llm_a + (1 - w) * r_a, w * llm_b + (1 - w) * r_b
+        judgements.append(PairJudgement(verdict=verdict, score_a=score_a, score_b=score_b, **out))
+    return judgements
+
+
+def judge_explanation_pair(case: Case, text_a: str, text_b: str, **kwargs: Any) -> PairJudgement:
+    """`judge_explanation_pairs` for a single pair (same keyword arguments)."""
+    return judge_explanation_pairs([(case, text_a, text_b)], **kwargs)[0]
+
+
+def explainability_scores(
+    items: Sequence[tuple[Case, str]],
+    *,
+    judge: JudgeConfig,
+    templates: Templates,
+    model: ChatModel,
+) -> list[Parsed]:
+    """RecLAIF's explainability score (1-100) for each (case, explanation), from `model` with the
+    `judge.explainability_prompt` template; `.value` is the int score, None when invalid."""
+    prompts = [
+        render_messages(judge.explainability_prompt, templates, case=case, explanation=text) for case, text in items
+    ]
+    return [p[0] for p in generate_parsed(model, prompts, parse_score, judge.sampling, max_retries=judge.max_parse_retries)]
+
+
+def score_explanations(
+    items: Sequence[tuple[Case, str]],
+    *,
+    judge: JudgeConfig,
+    templates: Templates | None = None,
+    model: ChatModel | None = None,
+    catalogue: Catalogue | None = None,
+) -> list[float | None]:
+    """One explanation's quality in 0-1 as the configured judge sees it (best-of-n selection):
+    rubric score; explainability score / 100 (llm); or their `llm_weight` mix (ensemble, the
+    rubric alone when the LLM's answer never parsed). None: the llm judge's answer never parsed."""
+    rubric = [None] * len(items)
+    if judge.kind in ("rubric", "ensemble"):
+        bounds = {"catalogue": catalogue, "min_words": judge.min_words, "max_words": judge.max_words}
+        rubric = [rubric_checks(case, text, **bounds).score for case, text in items]
+    if judge.kind == "rubric":
+        return rubric
+    if model is None or templates is None:
+        raise ValueError(f"judge.kind={judge.kind!r} needs a model and {judge.explainability_prompt}")
+    explainability = [p.value for p in explainability_scores(items, judge=judge, templates=templates, model=model)]
+    if judge.kind == "llm":
+        return [None if e is None else e / 100 for e in explainability]
+    w = judge.llm_weight
+    return [r if e is None else w * e / 100 + (1 - w) * r for r, e in zip(rubric, explainability)]
+
+
+# ---------------------------------------------------------------------------------------------
+# The stage
+
+
+def _verdict_row(case_id: str, judgement: PairJudgement, kind: str) -> dict:
+    def scores(verdict: PairVerdict | None, side: str) -> dict:
+        s = getattr(verdict, side) if verdict else None
+        return s.model_dump() if s else None
+
+    return {
+        "case_id": case_id,
+        "judge": kind,
+        "verdict": judgement.verdict,
+        "kept": judgement.kept,
+        "score_a": judgement.score_a,
+        "score_b": judgement.score_b,
+        "llm_choice": judgement.llm_choice,
+        "llm_choice_ab": judgement.llm_ab.choice if judgement.llm_ab else None,
+        "llm_choice_ba": judgement.llm_ba.choice if judgement.llm_ba else None,
+        "order_consistent": judgement.order_consistent,
+        "llm_scores_ab": json.dumps({"a": scores(judgement.llm_ab, "a"), "b": scores(judgement.llm_ab, "b")}),
+        "llm_scores_ba": json.dumps({"a": scores(judgement.llm_ba, "a"), "b": scores(judgement.llm_ba, "b")}),
+        "rubric_a": judgement.rubric_a.model_dump_json() if judgement.rubric_a else None,
+        "rubric_b": judgement.rubric_b.model_dump_json() if judgement.rubric_b else None,
+        "raw_ab": json.dumps(judgement.raw_ab),
+        "raw_ba": json.dumps(judgement.raw_ba),
+        "attempts": len(judgement.raw_ab) + len(judgement.raw_ba),
+        "valid": judgement.verdict != "invalid",
+    }
+
+
+def judge_stats(judgements: Sequence[PairJudgement]) -> dict:
+    """Counts of a judging run: pairs judged, kept, ties, both-bad, order-inconsistent, invalid,
+    the LLM's position-bias rate (share of pairs with valid verdicts in both orders whose choices
+    disagree) and its validity ratio (share of LLM judgements that parsed)."""
+    count = {v: sum(j.verdict == v for j in judgements) for v in ("a", "b", "tie", "both_bad", "inconsistent", "invalid")}
+    both = [j for j in judgements if j.order_consistent is not None]
+    llm_runs = [r for j in judgements if j.llm_choice is not None for r in (j.raw_ab, j.raw_ba) if r]
+    llm_valid = sum(j.llm_ab is not None for j in judgements if j.raw_ab) + sum(j.llm_ba is not None for j in judgements if j.raw_ba)
+    return {
+        "pairs_judged": len(judgements),
+        "kept": count["a"] + count["b"],
+        "chosen_a": count["a"],
+        "chosen_b": count["b"],
+        "ties": count["tie"],
+        "both_bad": count["both_bad"],
+        "order_inconsistent": count["inconsistent"],
+        "invalid": count["invalid"],
+        "llm_order_inconsistent": sum(j.llm_choice == "inconsistent" for j in judgements),
+        "llm_invalid": sum(j.llm_choice == "invalid" for j in judgements),
+        "position_bias_rate": round(sum(not j.order_consistent for j in both) / len(both), 4) if both else None,
+        "validity_ratio": round(llm_valid / len(llm_runs), 4) if llm_runs else None,
+    }
+
+
+def judge_pairs(
+    out: Path,
+    *,
+    judge: JudgeConfig,
+    cases: Path,
+    pairs: Path,
+    templates: dict[str, str],
+    artifacts_dir: Path,
+) -> None:
+    """Judge every candidate pair; write preferences.jsonl (kept pairs, trl conversational
+    preference format + case_id, scores), verdicts.parquet (every pair) and stats.json.
+
+    `templates`: `read_templates(judge.prompt)` (unused by the rubric judge, but pass it: the
+    key then follows the template)."""
+    by_id = {c.case_id: c for name in ("train.jsonl", "eval.jsonl") if (Path(cases) / name).exists()
+             for c in read_cases(Path(cases) / name)}
+    pairs_path = Path(pairs) / "pairs.parquet"
+    if not pairs_path.exists():
+        raise FileNotFoundError(f"{pairs_path}: missing (written by sample_pairs)")
+    frame = pl.read_parquet(pairs_path)
+    missing = [c for c in ("case_id", "text_a", "text_b", "source", "prompt") if c not in frame.columns]
+    if missing:
+        raise ValueError(f"{pairs_path}: lacks column(s) {missing}; has {frame.columns}")
+    rows = frame.to_dicts()
+    unknown = sorted({r["case_id"] for r in rows} - by_id.keys())
+    if unknown:
+        raise ValueError(f"{pairs_path}: case_id(s) {unknown[:5]} are not in {cases}")
+
+    judge_model = load_judge_model(judge, artifacts_dir, Path(out) / "cache" / "judge.jsonl")
+    catalogue = Catalogue.read(cases)
+    judgements = judge_explanation_pairs(
+        [(by_id[r["case_id"]], r["text_a"], r["text_b"]) for r in rows],
+        judge=judge, templates=templates, model=judge_model, catalogue=catalogue,
+    )
+
+    verdict_rows = []
+    with open(Path(out) / "preferences.jsonl", "w") as fh:
+        for row, judgement in zip(rows, judgements):
+            verdict_rows.append(_verdict_row(row["case_id"], judgement, judge.kind) | {"source": row["source"]})
+            if not judgement.kept:
+                continue
+            a_wins = judgement.verdict == "a"
+            chosen, rejected = (row["text_a"], row["text_b"]) if a_wins else (row["text_b"], row["text_a"])
+            score_chosen, score_rejected = (
+                (judgement.score_a, judgement.score_b) if a_wins else (judgement.score_b, judgement.score_a)
+            )
+            fh.write(json.dumps({
+                "prompt": json.loads(row["prompt"]),
+                "chosen": [{"role": "assistant", "content": chosen}],
+                "rejected": [{"role": "assistant", "content": rejected}],
+                "case_id": row["case_id"],
+                "scores": {"chosen": score_chosen, "rejected": score_rejected},
+            }) + "\n")
+    pl.DataFrame(verdict_rows, infer_schema_length=None).write_parquet(Path(out) / "verdicts.parquet")
+    stats = judge_stats(judgements) | {
+        "judge": judge.kind,
+        "llm": judge.llm.model if judge_model is not None else None,
+        "usage": dict(getattr(judge_model, "usage", {}) or {}),
+        "template_hash": template_hash(template_source(judge.prompt, templates)) if judge_model is not None else None,
+    }
+    (Path(out) / "stats.json").write_text(json.dumps(stats, indent=2))
+
+
+# ---------------------------------------------------------------------------------------------
+# Adapters for the evaluation's tournament and explainability score (tasks/evaluate.py)
+
+
+def make_pair_judge(judge: JudgeConfig, artifacts_dir: Path, cache_dir: Path, templates: Templates | None = None,
+                    catalogue: Catalogue | None = None):
+    """A function (case, text_a, text_b) triples -> one single-order verdict each.
+
+    The caller runs both orders itself, so each triple is judged as given (`both_orders` off):
+    "a", "b", "tie", "both_bad", or "invalid" when the LLM's answer never parsed (llm judge).
+    """
+    single = judge.model_copy(update={"both_orders": False})
+    model = load_judge_model(judge, artifacts_dir, Path(cache_dir) / "judge.jsonl")
+    templates = templates if templates is not None else read_templates(judge.prompt)
+
+    def judge_requests(requests: list[tuple[Case, str, str]]) -> list[str]:
+        judged = judge_explanation_pairs(requests, judge=single, templates=templates, model=model, catalogue=catalogue)
+        return [j.verdict for j in judged]
+
+    return judge_requests
+
+
+def make_explainability_scorer(judge: JudgeConfig, artifacts_dir: Path, cache_dir: Path,
+                               templates: Templates | None = None):
+    """A function (case, text) pairs -> RecLAIF's 1-100 explainability score each (None when
+    unparsable), from the judge's language model (`judge.llm`, even for the rubric judge)."""
+    from recxplain.llm import load_chat_model
+
+    model = load_chat_model(judge.llm, artifacts_dir, Path(cache_dir) / "explainability.jsonl")
+    templates = templates if templates is not None else read_templates(judge.explainability_prompt)
+
+    def score(requests: list[tuple[Case, str]]) -> list[int | None]:
+        return [p.value for p in explainability_scores(requests, judge=judge, templates=templates, model=model)]
+
+    return score

@@ -1,0 +1,299 @@
+"""Judging: verdict parsing, rubric checks on hand-written explanations, both-order verdicts,
+retry-then-invalid counting, the ensemble, and the judge_pairs stage."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import polars as pl
+import pytest
+
+from recxplain.config import JudgeConfig
+from recxplain.prompts import read_templates
+from recxplain.schemas import write_cases
+from tasks.judge import (
+    Catalogue,
+    PairVerdict,
+    find_technical_terms,
+    judge_explanation_pair,
+    judge_explanation_pairs,
+    judge_pairs,
+    judge_stats,
+    parse_score,
+    parse_verdict,
+    repetition,
+    rubric_checks,
+    score_explanations,
+    title_forms,
+)
+from tests.scripted import GENRES, GOOD, TECHNICAL, TITLES, ScriptedModel, toy_case
+
+CATALOGUE = Catalogue(titles=TITLES, genres=GENRES)
+SCORES = '{"relevance": %d, "diversity": 3, "explainability": 4, "faithfulness": 5}'
+
+
+def answer(choice: str, a: int = 4, b: int = 2) -> str:
+    return '{"A": %s, "B": %s, "choice": "%s", "reasoning": "r"}' % (SCORES % a, SCORES % b, choice)
+
+
+# ------------------------------------------------------------------ parsing
+
+
+def test_parse_valid_fenced_and_prose_wrapped_json():
+    verdict = parse_verdict(answer("A"))
+    assert verdict.choice == "a" and verdict.a.relevance == 4 and verdict.b.relevance == 2
+    assert verdict.a.quality == pytest.approx((4 + 3 + 4 + 5) / 20)
+    fenced = "Sure! Here is my verdict:\n```json\n" + answer("B") + "\n```\nHope this helps."
+    assert parse_verdict(fenced).choice == "b"
+    prose = "I think {this} matters. " + answer("Option B") + " That's all."
+    assert parse_verdict(prose).choice == "b"
+    keys = '{"option_a": {"Relevance Score": 1, "diversity": 1, "explainability": 1}, "Option B": ' \
+           '{"relevance": 5, "diversity": 5, "explainability": 5}, "Chosen": "b"}'
+    verdict = parse_verdict(keys)
+    assert verdict.choice == "b" and verdict.a.relevance == 1 and verdict.a.faithfulness is None
+
+
+def test_parse_tie_and_both_bad():
+    assert parse_verdict(answer("tie")).choice == "tie"
+    assert parse_verdict(answer("both_bad")).choice == "both_bad"
+    assert parse_verdict(answer("Both bad")).choice == "both_bad"
+    assert parse_verdict(answer("neither")).choice == "both_bad"
+
+
+@pytest.mark.parametrize("text, message", [
+    ("I prefer the first one.", "no JSON object found"),
+    ("{not json at all", "no JSON object found"),
+    ('{"A": {"relevance": 1, "diversity": 1, "explainability": 1}, "choice": "A"}', "lacks 'b'"),
+    (answer("C"), 'must be "A", "B", "tie" or "both_bad"'),
+    (answer("A", a=7), r"A.RELEVANCE: Input should be less than or equal to 5"),
+    ('{"A": 3, "B": 4, "choice": "A"}', '"A" must be an object of scores'),
+])
+def test_parse_malformed_raises_actionable_errors(text, message):
+    with pytest.raises(ValueError, match=message):
+        parse_verdict(text)
+
+
+def test_parse_reclaif_text_format():
+    text = """Option A Evaluation:
+- Relevance Score: 4 The options match.
+- Diversity Score: 2 Not much variety.
+- Explainability Score: 5 Clear.
+
+Option B Evaluation:
+- Relevance Score: 1 Off target.
+- Diversity Score: 3 Some variety.
+- Explainability Score: 2 Vague.
+
+Decision:
+- Chosen Option: B
+- Reasoning: B is more varied."""
+    verdict = parse_verdict(text)
+    assert verdict.choice == "b"
+    assert (verdict.a.relevance, verdict.a.diversity, verdict.a.explainability) == (4, 2, 5)
+    assert (verdict.b.relevance, verdict.b.diversity, verdict.b.explainability) == (1, 3, 2)
+    assert verdict.reasoning == "B is more varied."
+
+
+def test_swapped_maps_a_b_back():
+    verdict = parse_verdict(answer("A", a=5, b=1)).swapped()
+    assert verdict.choice == "b" and verdict.a.relevance == 1 and verdict.b.relevance == 5
+    assert parse_verdict(answer("tie")).swapped().choice == "tie"
+
+
+def test_parse_score():
+    assert parse_score('{"score": 73, "reason": "clear"}') == 73
+    assert parse_score("Score: 88/100") == 88
+    assert parse_score(" 42 ") == 42
+    with pytest.raises(ValueError, match="from 1 to 100"):
+        parse_score('{"score": 0}')
+    with pytest.raises(ValueError, match="no score found"):
+        parse_score("great explanation")
+
+
+# ------------------------------------------------------------------ rubric
+
+
+def test_rubric_passes_a_good_explanation():
+    result = rubric_checks(toy_case(), GOOD, catalogue=CATALOGUE)
+    assert result.checks == {"mentions_title": True, "grounded": True, "no_technical_terms": True,
+                             "length_ok": True, "no_repetition": True}
+    assert result.specificity == 1.0  # Toy Story, The Lion King, comedy
+    assert result.score == 1.0 and result.words == 30
+
+
+def test_rubric_flags_technical_leftovers():
+    result = rubric_checks(toy_case(), TECHNICAL, catalogue=CATALOGUE)
+    assert result.technical_terms == ["cosine", "KNN", "neighbour", "raw weight"]
+    assert not result.no_technical_terms and result.grounded and result.mentions_title
+    assert result.specificity == pytest.approx(2 / 3)  # The Lion King, comedy
+    assert result.score == pytest.approx((4 + 2 / 3) / 6)
+    assert find_technical_terms("Node movie:12 links to m.0bln8 via film.film.actor") == [
+        "node", "typed entity id", "freebase id", "relation name"]
+    assert find_technical_terms("Rated 4.5 stars, a path-breaking drama on the edge") == []
+
+
+def test_rubric_flags_titles_and_genres_outside_the_evidence():
+    text = ('If you enjoyed Star Wars and the sci-fi adventures of "Space Pigs", Babe is a comedy '
+            "that you will love watching tonight with friends.")
+    result = rubric_checks(toy_case(), text, catalogue=CATALOGUE)
+    # Star Wars is the user's NEXT movie: held out, not evidence; "Space Pigs" is invented.
+    assert result.unknown_titles == ["Star Wars", "Space Pigs"]
+    assert result.unknown_genres == ["Sci-Fi"]  # not "War": that word is inside a title
+    assert not result.grounded
+    western = rubric_checks(toy_case(), "Babe is a thrilling western full of action like Heat, which you "
+                            "rated; you will enjoy every minute.", catalogue=CATALOGUE)
+    assert western.unknown_genres == ["Western"]  # action is Heat's genre: grounded
+
+
+def test_rubric_length_repetition_and_title():
+    short = rubric_checks(toy_case(), "Watch Babe.", catalogue=CATALOGUE)
+    assert not short.length_ok and short.words == 2 and short.mentions_title
+    loop = rubric_checks(toy_case(), "Babe is great. Babe is great. You will love it, it is so good and fun.")
+    assert not loop.no_repetition and loop.repeated == "babe is great"
+    assert repetition("a b c d e a b c d e a b c d") == "a b c d"
+    assert repetition("one two three four one two three four five") is None
+    untitled = rubric_checks(toy_case(), "You will love this warm story about a brave pig and its farm friends.")
+    assert not untitled.mentions_title
+    assert title_forms("Godfather, The (1972)") == {"godfather", "the godfather", "godfather the"}
+
+
+# ------------------------------------------------------------------ verdicts
+
+
+def scripted_judge(choose):
+    """A judge whose answer depends on which text is shown as Option A: `choose(first, second)`."""
+
+    def reply(messages, j):
+        prompt = messages[1]["content"] if len(messages) > 1 else messages[0]["content"]
+        first = re.search(r"Option A: (.*)\n\nOption B:", prompt).group(1)
+        second = re.search(r"Option B: (.*)\n\nScore each", prompt).group(1)
+        return choose(first, second, messages)
+
+    return ScriptedModel(reply)
+
+
+LLM = JudgeConfig(kind="llm", max_parse_retries=1)
+TEMPLATES = read_templates("judge_pair.j2", "explainability.j2")
+
+
+def test_order_consistent_verdict_is_kept():
+    # prefers the text "GOOD" wherever it is shown
+    model = scripted_judge(lambda first, second, m: answer("A") if first == "GOOD" else answer("B", a=2, b=4))
+    items = [(toy_case(), "GOOD", "meh"), (toy_case(), "meh", "GOOD")]
+    first, second = judge_explanation_pairs(items, judge=LLM, templates=TEMPLATES, model=model)
+    assert (first.verdict, second.verdict) == ("a", "b")
+    assert first.order_consistent and first.llm_ab.choice == "a" and first.llm_ba.choice == "a"
+    assert first.score_a == pytest.approx(0.8) and first.score_b == pytest.approx(0.7)
+    assert len(model.prompts) == 4  # both orders of both pairs
+
+
+def test_position_bias_is_inconsistent_and_rejected():
+    model = scripted_judge(lambda first, second, m: answer("A"))  # always the first shown
+    judgement = judge_explanation_pair(toy_case(), "x", "y", judge=LLM, templates=TEMPLATES, model=model)
+    assert judgement.verdict == "inconsistent" and not judgement.kept
+    assert judgement.order_consistent is False
+    stats = judge_stats([judgement])
+    assert stats["position_bias_rate"] == 1.0 and stats["order_inconsistent"] == 1 and stats["kept"] == 0
+
+
+def test_tie_and_both_bad_are_rejected():
+    for choice, verdict in (("tie", "tie"), ("both_bad", "both_bad")):
+        model = scripted_judge(lambda first, second, m: answer(choice))
+        judgement = judge_explanation_pair(toy_case(), "x", "y", judge=LLM, templates=TEMPLATES, model=model)
+        assert judgement.verdict == verdict and not judgement.kept
+
+
+def test_malformed_is_retried_then_counted_invalid():
+    # order (A=x, B=y) answers prose forever; order (y, x) is malformed once, then valid
+    def choose(first, second, messages):
+        if first == "x":
+            return "I like both."
+        return answer("B") if any(m["role"] == "assistant" for m in messages) else "{broken"
+
+    model = scripted_judge(choose)
+    judgement = judge_explanation_pair(toy_case(), "x", "y", judge=LLM, templates=TEMPLATES, model=model)
+    assert judgement.verdict == "invalid" and judgement.llm_ab is None
+    assert judgement.raw_ab == ["I like both.", "I like both."]  # 1 + max_parse_retries attempts
+    assert judgement.llm_ba.choice == "a" and len(judgement.raw_ba) == 2
+    retry = [p for p in model.prompts if len(p) == 4][0]
+    assert "no JSON object found" in retry[3]["content"]
+    stats = judge_stats([judgement])
+    assert stats["invalid"] == 1 and stats["validity_ratio"] == 0.5 and stats["position_bias_rate"] is None
+
+
+def test_rubric_judge_prefers_the_verifiable_explanation():
+    rubric = JudgeConfig(kind="rubric")
+    judgement = judge_explanation_pair(toy_case(), TECHNICAL, GOOD, judge=rubric, catalogue=CATALOGUE)
+    assert judgement.verdict == "b" and judgement.llm_choice is None
+    assert judgement.score_b == 1.0 and judgement.score_a == pytest.approx((4 + 2 / 3) / 6)
+    assert judge_explanation_pair(toy_case(), GOOD, GOOD, judge=rubric).verdict == "tie"
+    bad = judge_explanation_pair(toy_case(), "Hmm.", "node node", judge=rubric, catalogue=CATALOGUE)
+    assert bad.verdict == "both_bad"
+
+
+def test_ensemble_falls_back_to_the_rubric_when_the_llm_is_position_biased():
+    ensemble = JudgeConfig(kind="ensemble", llm_weight=0.3)
+    biased = scripted_judge(lambda first, second, m: answer("A"))
+    judgement = judge_explanation_pair(toy_case(), TECHNICAL, GOOD, judge=ensemble, templates=TEMPLATES,
+                                       model=biased, catalogue=CATALOGUE)
+    assert judgement.llm_choice == "inconsistent" and judgement.verdict == "b"
+    # a consistent LLM vote outweighs a small rubric difference: margin 0.3 * 1 + 0.7 * (-0.222) > 0
+    fan = scripted_judge(lambda first, second, m: answer("A" if first == TECHNICAL else "B"))
+    judgement = judge_explanation_pair(toy_case(), TECHNICAL, GOOD, judge=ensemble, templates=TEMPLATES,
+                                       model=fan, catalogue=CATALOGUE)
+    assert judgement.llm_choice == "a" and judgement.verdict == "a"
+
+
+def test_score_explanations_mixes_rubric_and_explainability():
+    model = ScriptedModel(lambda messages, j: '{"score": 80, "reason": "ok"}')
+    items = [(toy_case(), GOOD), (toy_case(), TECHNICAL)]
+    scores = score_explanations(items, judge=JudgeConfig(kind="ensemble", llm_weight=0.5), templates=TEMPLATES,
+                                model=model, catalogue=CATALOGUE)
+    assert scores == pytest.approx([0.5 * 0.8 + 0.5 * 1.0, 0.5 * 0.8 + 0.5 * (4 + 2 / 3) / 6])
+    assert score_explanations(items, judge=JudgeConfig(kind="llm"), templates=TEMPLATES, model=model) == [0.8, 0.8]
+
+
+# ------------------------------------------------------------------ the stage
+
+
+def test_judge_pairs_stage_writes_trl_preferences(tmp_path):
+    cases, pairs, out = tmp_path / "cases", tmp_path / "pairs", tmp_path / "out"
+    for folder in (cases, pairs, out):
+        folder.mkdir()
+    write_cases([toy_case("1-2"), toy_case("3-2"), toy_case("4-2")], cases / "train.jsonl")
+    (cases / "catalogue.json").write_text(json.dumps({"titles": TITLES, "genres": GENRES}))
+    prompt = [{"role": "user", "content": "Explain Babe."}]
+    pl.DataFrame({
+        "case_id": ["1-2", "3-2", "4-2"],
+        "text_a": [TECHNICAL, GOOD, "Hmm."],
+        "text_b": [GOOD, GOOD + " Enjoy!", "node node"],
+        "source": ["teacher"] * 3,
+        "prompt": [json.dumps(prompt)] * 3,
+    }).write_parquet(pairs / "pairs.parquet")
+    judge_pairs(out, judge=JudgeConfig(kind="rubric"), cases=cases, pairs=pairs,
+                templates=read_templates("judge_pair.j2"), artifacts_dir=tmp_path)
+
+    rows = [json.loads(line) for line in (out / "preferences.jsonl").read_text().splitlines()]
+    assert len(rows) == 1
+    assert rows[0]["prompt"] == prompt and rows[0]["case_id"] == "1-2"
+    assert rows[0]["chosen"] == [{"role": "assistant", "content": GOOD}]
+    assert rows[0]["rejected"] == [{"role": "assistant", "content": TECHNICAL}]
+    assert rows[0]["scores"]["chosen"] == 1.0
+    verdicts = pl.read_parquet(out / "verdicts.parquet")
+    assert verdicts["verdict"].to_list() == ["b", "tie", "both_bad"]
+    assert verdicts["kept"].to_list() == [True, False, False]
+    assert json.loads(verdicts["rubric_a"][0])["technical_terms"] == ["cosine", "KNN", "neighbour", "raw weight"]
+    stats = json.loads((out / "stats.json").read_text())
+    assert (stats["pairs_judged"], stats["kept"], stats["ties"], stats["both_bad"], stats["invalid"]) == (3, 1, 1, 1, 0)
+
+
+def test_judge_pairs_rejects_unknown_cases(tmp_path):
+    cases, pairs = tmp_path / "cases", tmp_path / "pairs"
+    cases.mkdir(), pairs.mkdir()
+    write_cases([toy_case("1-2")], cases / "train.jsonl")
+    pl.DataFrame({"case_id": ["9-9"], "text_a": ["a"], "text_b": ["b"], "source": ["teacher"],
+                  "prompt": ["[]"]}).write_parquet(pairs / "pairs.parquet")
+    with pytest.raises(ValueError, match=r"case_id\(s\) \['9-9'\] are not in"):
+        judge_pairs(tmp_path, judge=JudgeConfig(kind="rubric"), cases=cases, pairs=pairs, templates={},
+                    artifacts_dir=tmp_path)

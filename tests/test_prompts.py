@@ -1,0 +1,125 @@
+"""Prompt templates: rendering, strictness, content hashes, and format retries."""
+
+from __future__ import annotations
+
+import pytest
+
+from recxplain.config import SamplingConfig
+from recxplain.prompts import (
+    PROMPTS_DIR,
+    RETRY_MESSAGE,
+    explain_messages,
+    generate_parsed,
+    read_templates,
+    render_messages,
+    template_hash,
+)
+from tests.scripted import ScriptedModel, toy_case
+
+SHIPPED = ["explain_seed.j2", "explain_llmxrec.j2", "judge_pair.j2", "explainability.j2",
+           "reclaif_recommend.j2", "reclaif_judge.j2"]
+
+
+def test_seed_prompt_shows_both_explanations():
+    messages = explain_messages(toy_case(), "explain_seed.j2")
+    assert [m["role"] for m in messages] == ["system", "user"]
+    user = messages[1]["content"]
+    assert user.startswith('We recommend the movie "Babe" (Comedy, Drama) to a user.')
+    # intrinsic explanation: neighbours, most similar first, with the user's own rating
+    assert "- The Lion King (similarity 0.43; the user rated it 5/5)\n- Fargo (similarity 0.20)\n" in user
+    # post-hoc explanation: the rendered path
+    assert "- You rated Toy Story 5/5; it shares the genre Comedy with Babe.\n" in user
+    assert "{" not in user and "}" not in user
+
+
+def test_llmxrec_prompt_is_the_papers_instruction():
+    [message] = explain_messages(toy_case(), "explain_llmxrec.j2")
+    assert message == {"role": "user", "content": (
+        "The history films watched by the customer are: Toy Story (Animation, Comedy); Heat (Action). "
+        "The age of the customer is 24, the gender is male and the customer's occupation is technician. "
+        "As a recommender system in the movie domain, give reasons why the customer needs to watch this "
+        "movie with the following title and class: Babe (Comedy, Drama)."
+    )}
+    without_profile = toy_case().model_copy(update={"profile": {"gender": "F"}})
+    text = explain_messages(without_profile, "explain_llmxrec.j2")[0]["content"]
+    assert "Heat (Action). The gender is female. As a recommender" in text
+
+
+def test_mapping_and_folder_render_the_same_and_hash_follows_content():
+    templates = read_templates("explain_seed.j2")
+    assert explain_messages(toy_case(), "explain_seed.j2", templates) == explain_messages(toy_case(), "explain_seed.j2")
+    edited = {"explain_seed.j2": templates["explain_seed.j2"].replace("warm,", "kind,")}
+    assert template_hash(edited["explain_seed.j2"]) != template_hash(templates["explain_seed.j2"])
+    assert "kind, everyday" in explain_messages(toy_case(), "explain_seed.j2", edited)[0]["content"]
+    assert len(template_hash("x")) == 16
+
+
+def test_every_shipped_template_renders():
+    case = toy_case()
+    movies = [{"title": "Toy Story"}, {"title": "Heat"}]
+    contexts = {
+        "explain_seed.j2": {"case": case},
+        "explain_llmxrec.j2": {"case": case},
+        "judge_pair.j2": {"case": case, "option_a": "First text.", "option_b": "Second text."},
+        "explainability.j2": {"case": case, "explanation": "Some text."},
+        "reclaif_recommend.j2": {"history": movies, "candidates": movies, "k": 3},
+        "reclaif_judge.j2": {"history": movies, "candidates": movies, "option_a": "x", "option_b": "y",
+                             "label": {"title": "Fargo"}},
+    }
+    for name in SHIPPED:
+        messages = render_messages(name, **contexts[name])
+        assert messages[-1]["role"] == "user" and messages[-1]["content"]
+    judge = render_messages("judge_pair.j2", **contexts["judge_pair.j2"])[1]["content"]
+    assert "Option A: First text.\n\nOption B: Second text." in judge
+    assert "Next Preferred Movie: Fargo" in render_messages("reclaif_judge.j2", **contexts["reclaif_judge.j2"])[0]["content"]
+
+
+def test_bad_templates_fail_clearly(tmp_path):
+    with pytest.raises(ValueError, match="explain_seed.j2, block user: 'option_a' is undefined"):
+        render_messages("explain_seed.j2", {"explain_seed.j2": "{% block user %}{{ option_a }}{% endblock %}"})
+    with pytest.raises(KeyError, match="'judge_pair.j2' was not passed"):
+        render_messages("judge_pair.j2", read_templates("explain_seed.j2"), case=toy_case())
+    with pytest.raises(FileNotFoundError, match="nope.j2 not found; available: .*explain_seed.j2"):
+        read_templates("nope.j2")
+    with pytest.raises(ValueError, match="bad.j2:1: syntax error"):
+        render_messages("bad.j2", {"bad.j2": "{% block user %}{{ x"})
+    with pytest.raises(ValueError, match="needs a {% block user %}"):
+        render_messages("plain.j2", {"plain.j2": "no blocks"})
+    assert sorted(p.name for p in PROMPTS_DIR.glob("*.j2")) == sorted(SHIPPED)
+
+
+def _number(text: str) -> int:
+    if not text.strip().isdigit():
+        raise ValueError(f"{text!r} is not a number")
+    return int(text)
+
+
+def test_generate_parsed_retries_with_the_error_then_gives_up():
+    answers = {"p1": ["seven", "7"], "p2": ["x", "y", "z", "never read"], "p3": ["3"]}
+
+    def reply(messages, j):
+        key = messages[0]["content"]
+        attempt = sum(m["role"] == "assistant" for m in messages)
+        return answers[key][attempt]
+
+    model = ScriptedModel(reply)
+    prompts = [[{"role": "user", "content": k}] for k in ("p1", "p2", "p3")]
+    [[first], [second], [third]] = generate_parsed(model, prompts, _number, SamplingConfig(), max_retries=2)
+    assert (first.value, first.attempts, first.raw) == (7, 2, ["seven", "7"])
+    assert first.valid and first.errors == ["'seven' is not a number"]
+    assert (second.value, second.attempts, second.valid) == (None, 3, False)
+    assert second.errors == ["'x' is not a number", "'y' is not a number", "'z' is not a number"]
+    assert (third.value, third.attempts) == (3, 1)
+    # the re-ask continues the conversation with the bad answer and the parse error
+    retry = next(p for p in model.prompts if len(p) == 3 and p[0]["content"] == "p1")
+    assert retry[1] == {"role": "assistant", "content": "seven"}
+    assert retry[2]["content"] == RETRY_MESSAGE.format(error="'seven' is not a number")
+    # 3 first answers, 2 re-asks in round one, 1 in round two
+    assert model.usage["calls"] == 6
+
+
+def test_generate_parsed_n_samples_are_parsed_separately():
+    model = ScriptedModel(lambda messages, j: ["1", "oops", "2"][j] if len(messages) == 1 else "5")
+    [[a, b, c]] = generate_parsed(model, [[{"role": "user", "content": "q"}]], _number, SamplingConfig(), n=3)
+    assert [a.value, b.value, c.value] == [1, 5, 2]
+    assert [a.attempts, b.attempts, c.attempts] == [1, 2, 1]
