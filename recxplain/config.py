@@ -125,14 +125,22 @@ class CasesConfig(Section):
         train_users: users sampled for teacher data and preference pairs.
         eval_users: users sampled (disjoint from train) for held-out evaluation.
         items_per_user: recommendations per sampled user turned into cases (top ranks first).
-        history_length: last L rated items shown in the prompt.
-        seed: sampling seed.
+        history_length: last L rated items (training split, oldest first) shown in the prompt.
+        neighbours_per_case: item-KNN neighbours kept per case, most similar first (intrinsic
+            explanation; fewer keep prompts short for small students).
+        paths_per_case: knowledge-graph paths kept per case, best ranked first (post-hoc
+            explanation).
+        seed: sampling seed. Users are a seeded permutation: the first `eval_users` are the
+            held-out set, the next `train_users` the training set (disjoint, and eval stays the
+            same when only `train_users` changes).
     """
 
     train_users: int = Field(64, ge=1)
     eval_users: int = Field(24, ge=1)
     items_per_user: int = Field(1, ge=1)
     history_length: int = Field(10, ge=1)
+    neighbours_per_case: int = Field(5, ge=0)
+    paths_per_case: int = Field(3, ge=0)
     seed: int = 7
 
 
@@ -192,10 +200,16 @@ class TeacherConfig(Section):
 
     Attributes:
         llm: the model.
-        prompt: template file in `configs/prompts/` used for explanations.
+        prompt: template file in `configs/prompts/` used for explanations (`explain_seed.j2`:
+            the first seed's evidence prompt; `explain_llmxrec.j2`: LLMXRec's history + profile
+            prompt). Students and the evaluation get the same prompt.
         sampling: decoding parameters.
-        best_of: >1 samples that many answers and keeps the one the judge ranks best.
-        max_parse_retries: retries of an answer that breaks the requested format.
+        best_of: >1 samples that many answers per case and keeps the one the judge scores best
+            (rubric score, RecLAIF explainability score, or their `judge.llm_weight` mix).
+        max_parse_retries: re-asks of an answer that is not a usable explanation, with the
+            reason fed back; still unusable after that, it is counted invalid and left out.
+        min_words: a usable explanation has at least this many words...
+        max_words: ...and at most this many (after cutting an unfinished last sentence).
     """
 
     llm: LLMConfig = LLMConfig()
@@ -203,6 +217,8 @@ class TeacherConfig(Section):
     sampling: SamplingConfig = SamplingConfig()
     best_of: int = Field(1, ge=1)
     max_parse_retries: int = Field(2, ge=0)
+    min_words: int = Field(8, ge=1)
+    max_words: int = Field(200, ge=1)
 
 
 class PairsConfig(Section):
@@ -223,25 +239,36 @@ class JudgeConfig(Section):
 
     Attributes:
         kind: `llm` (a language model), `rubric` (verifiable checks computed from the case) or
-            `ensemble` (weighted combination of both).
-        llm: the model for `llm` and `ensemble`.
-        prompt: judge template file in `configs/prompts/`.
+            `ensemble` (weighted combination of both). See tasks/judge.py for what each is and
+            is not good for.
+        llm: the model for `llm` and `ensemble` (and for the explainability score).
+        prompt: judge template file in `configs/prompts/` (`judge_pair.j2`: JSON verdict;
+            `reclaif_judge.j2`-style text answers parse too).
+        explainability_prompt: template of RecLAIF's 1-100 explainability score.
         llm_weight: weight of the LLM verdict in the ensemble (the rubric gets 1 - llm_weight).
         both_orders: judge every pair as (A, B) and (B, A) and keep order-consistent verdicts.
         max_parse_retries: retries of an unparsable verdict, with the parse error fed back.
         min_words: rubric: shortest acceptable explanation.
         max_words: rubric: longest acceptable explanation.
+        tie_margin: rubric and ensemble: a preference margin below this is a tie (margins are
+            rubric-score differences, plus the weighted LLM vote for the ensemble).
+        min_rubric_score: rubric and ensemble: an explanation is acceptable when it is within
+            the length bounds, does not loop and has at least this rubric score; a pair whose
+            candidates are both unacceptable is both-bad.
         sampling: decoding parameters (greedy by default).
     """
 
     kind: Literal["llm", "rubric", "ensemble"] = "ensemble"
     llm: LLMConfig = LLMConfig()
     prompt: str = "judge_pair.j2"
+    explainability_prompt: str = "explainability.j2"
     llm_weight: float = Field(0.3, ge=0, le=1)
     both_orders: bool = True
     max_parse_retries: int = Field(2, ge=0)
     min_words: int = Field(15, ge=1)
     max_words: int = Field(120, ge=1)
+    tie_margin: float = Field(0.05, ge=0)
+    min_rubric_score: float = Field(0.5, ge=0, le=1)
     sampling: SamplingConfig = SamplingConfig(temperature=0.0, max_new_tokens=160)
 
 
