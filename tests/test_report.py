@@ -1,0 +1,116 @@
+"""The report page, its markdown and its table (tasks/report.py), on a small evaluated run whose
+judge is scripted (the evaluate stage runs for real, without the embedding model)."""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import re
+
+import pandas as pd
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+from recxplain.config import EvaluationConfig, JudgeConfig  # noqa: E402
+from recxplain.schemas import Case, write_cases  # noqa: E402
+from tasks import evaluate as ev  # noqa: E402
+from tasks import report  # noqa: E402
+
+EVIL = '<script>alert("x")</script> Return of the Jedi & more'
+
+
+def make_case(case_id: str, gender: str) -> Case:
+    return Case.model_validate({
+        "case_id": case_id, "split": "eval", "user_id": int(case_id.split("-")[0]),
+        "profile": {"gender": gender, "age": 30, "occupation": "writer"},
+        "history": [{"item_id": 1, "title": "Star Wars (1977)", "genres": ["Sci-Fi"], "rating": 5, "timestamp": 1}],
+        "item": {"item_id": 3, "title": "Return of the Jedi (1983)", "genres": ["Action", "Sci-Fi"]},
+        "rank": 1, "score": 0.9,
+        "neighbours": [{"item_id": 1, "title": "Star Wars (1977)", "weight": 0.8, "rated": 5.0}],
+        "paths": [{"pattern": "p", "steps": ["user:1"], "text": "You rated <b>Star Wars</b> 5/5", "score": 0.7}],
+    })
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("run")
+    cases_dir, expl, metrics, student = root / "cases", root / "expl", root / "metrics", root / "sft"
+    for d in (cases_dir, expl, metrics, student):
+        d.mkdir()
+    cases = [make_case(f"{u}-3", "F" if u % 2 else "M") for u in range(1, 7)]
+    write_cases(cases, cases_dir / "eval.jsonl")
+    texts = {"template": 'We recommend "Return of the Jedi (1983)". It is similar to "Star Wars (1977)" (5/5).',
+             "teacher": "You loved Star Wars, so Return of the Jedi will thrill you.",
+             "sft": EVIL}
+    pd.DataFrame([{"case_id": c.case_id, "model": m, "text": t, "tokens": 12, "latency_s": 0.2, "valid": True}
+                  for c in cases for m, t in texts.items()]).to_parquet(expl / "explanations.parquet")
+    (student / "training.json").write_text(json.dumps({"curve": [
+        {"step": 1, "train_loss": 2.0}, {"step": 2, "train_loss": 1.5, "valid_loss": 1.7}, {"step": 3, "train_loss": 1.2}]}))
+
+    def prefer_teacher(requests):  # the teacher beats everyone; template beats sft
+        rank = {texts["teacher"]: 0, texts["template"]: 1, EVIL: 2}
+        return ["a" if rank[a] < rank[b] else "b" for _, a, b in requests]
+
+    def score(requests):
+        return [80 if text == texts["teacher"] else 40 for _, text in requests]
+
+    original = ev._judge_functions
+    ev._judge_functions = lambda *args, **kwargs: (prefer_teacher, score)
+    try:
+        ev.evaluate(metrics, evaluation=EvaluationConfig(bootstrap=50, diversity=False, attribute_prediction=False),
+                    judge=JudgeConfig(), cases=cases_dir, explanations=expl, artifacts_dir=root)
+    finally:
+        ev._judge_functions = original
+    out = root / "report"
+    out.mkdir()
+    report.write_report(out, evaluation=EvaluationConfig(report_examples=2), metrics=metrics, explanations=expl,
+                        cases=cases_dir, students={"sft": student})
+    return {"out": out, "metrics": metrics}
+
+
+def test_tournament_metrics_of_the_scripted_judge(run):
+    value = pd.read_parquet(run["metrics"] / "metrics.parquet").set_index(["explainer", "metric"])["value"]
+    assert value[("teacher", "win_ratio")] == 1.0 and value[("sft", "win_ratio")] == 0.0
+    assert value[("template", "avg_rank")] == 2.0
+    assert value[("teacher", "explainability")] == 80.0
+    tournament = pd.read_parquet(run["metrics"] / "tournament.parquet")
+    assert len(tournament) == 6 * 3 and tournament["consistent"].all()
+
+
+def test_report_is_one_self_contained_escaped_page(run):
+    html = (run["out"] / "report.html").read_text()
+    for name in ("template", "teacher", "sft"):
+        assert f"<th>{name}</th>" in html
+    # Model text and evidence are escaped, never markup; the page has no script of its own.
+    assert "<script" not in html and "&lt;script&gt;alert(&#34;x&#34;)&lt;/script&gt;" in html
+    assert "&lt;b&gt;Star Wars&lt;/b&gt;" in html
+    # No external resources: every image is an inline PNG.
+    assert not re.search(r"(src|href)=\"(?!data:)", html)
+    images = re.findall(r'src="data:image/png;base64,([^"]+)"', html)
+    assert len(images) >= 5  # win ratio, BT, rank, bounded metrics, style, explainability, gender, curves
+    assert all(base64.b64decode(i)[:8] == b"\x89PNG\r\n\x1a\n" for i in images)
+    assert "Training curves" in html and html.count('class="example"') == 2
+
+
+def test_metrics_table_and_markdown(run):
+    rows = report.metrics_table(run["metrics"])
+    assert [r["explainer"] for r in rows] == ["template", "teacher", "sft"]
+    teacher = next(r for r in rows if r["explainer"] == "teacher")
+    assert teacher["win_ratio"] == "1.000 [1.000, 1.000]"
+    assert re.fullmatch(r"\d+\.\d+ \[\d+\.\d+, \d+\.\d+\]", teacher["bt_strength"]) or teacher["bt_strength"].startswith("-")
+    markdown = (run["out"] / "report.md").read_text()
+    assert "Best by win ratio: **teacher**" in markdown
+    assert sum(line.startswith("| ") for line in markdown.splitlines()) == 1 + 3  # header + explainers
+    assert json.loads((run["out"] / "metrics_table.json").read_text()) == rows
+
+
+def test_format_cell():
+    assert report.format_cell(0.5, 0.4, 0.61, 2) == "0.50 [0.40, 0.61]"
+    assert report.format_cell(0.5, float("nan"), float("nan"), 2) == "0.50"
+
+
+def test_missing_metrics_is_a_clear_error(tmp_path):
+    with pytest.raises(FileNotFoundError, match="metrics.parquet"):
+        report.metrics_table(tmp_path)
