@@ -66,56 +66,80 @@ class DataConfig(Section):
 
 
 class RecommenderConfig(Section):
-    """The classic recommender whose output gets explained.
+    """The classic recommender whose output gets explained (tasks/recommend.py).
 
     Attributes:
         model: `itemknn` (cosine item-KNN, its neighbours are the intrinsic explanation), `als`,
-            `bpr` (matrix factorisation through `implicit`) or `popular`.
-        k: neighbours per item for item-KNN.
+            `bpr` (matrix factorisation through `implicit`) or `popular` (train counts).
+        k: neighbours kept per item by item-KNN (also the `similar_to` graph every model
+            exposes to path mining); must be smaller than the number of trained items.
         factors: latent factors for ALS/BPR.
-        iterations: training iterations for ALS/BPR.
+        iterations: training iterations for ALS/BPR (None: implicit's default, 15 for ALS and
+            100 for BPR).
         regularization: L2 regularisation for ALS/BPR.
         learning_rate: BPR learning rate.
+        alpha: ALS confidence scale (an interaction has confidence 1 + alpha).
+        use_gpu: fit ALS/BPR with implicit's CUDA kernels (needs a CUDA build of implicit).
         top_n: recommendations kept per user.
         neighbours_per_item: neighbours reported per recommendation (the intrinsic explanation).
-        eval_k: cut-off K of the ranking metrics.
-        sampled_negatives: negatives per held-out positive in the sampled-candidates protocol.
+        eval_ks: cut-offs K of the ranking metrics (1 and 3: RecLAIF's Hit@1 / NDCG@3; 10: the
+            usual top-10).
+        sampled_negatives: negatives per held-out positive in the sampled-candidates protocol
+            (19: RecLAIF's 20-candidate setting).
         seed: random seed (model initialisation and negative sampling).
     """
 
     model: Literal["itemknn", "als", "bpr", "popular"] = "itemknn"
     k: int = Field(10, ge=1)
     factors: int = Field(64, ge=1)
-    iterations: int = Field(15, ge=1)
+    iterations: int | None = Field(None, ge=1)
     regularization: float = Field(0.01, ge=0)
     learning_rate: float = Field(0.01, gt=0)
+    alpha: float = Field(1.0, gt=0)
+    use_gpu: bool = False
     top_n: int = Field(10, ge=1)
     neighbours_per_item: int = Field(10, ge=1)
-    eval_k: int = Field(10, ge=1)
+    eval_ks: list[int] = Field([1, 3, 10], min_length=1)
     sampled_negatives: int = Field(19, ge=1)
     seed: int = 42
 
+    @model_validator(mode="after")
+    def _positive_cutoffs(self) -> "RecommenderConfig":
+        if any(k < 1 for k in self.eval_ks):
+            raise ValueError(f"recommender.eval_ks must be positive, got {self.eval_ks}")
+        return self
+
 
 class PathsConfig(Section):
-    """Knowledge-graph explanation paths (Sorted Explanation Paths, Yang et al. 2018).
+    """Knowledge-graph explanation paths (Sorted Explanation Paths, Yang et al. 2018; tasks/paths.py).
 
     Attributes:
-        max_hops: longest path enumerated, in edges (3: user -> rated movie -> entity -> movie).
+        max_hops: longest path enumerated, in edges: 2 (user -> rated movie -> similar or
+            sequel movie) or 3 (also user -> rated movie -> shared entity -> movie).
         top_p: paths kept per (user, recommended item).
         min_rating: a rated movie links the user to a path only at or above this rating.
+        similar_k: item-KNN neighbours per movie used as `similar_to` edges (at most the
+            recommender's k).
+        max_links_per_entity: for each (user, shared entity), only the user's this many best
+            rated (then most recent) movies of that entity are considered as the linking movie.
         weight_credibility: weight of the credibility score in the combined ranking.
         weight_readability: weight of the readability score.
-        weight_diversity: weight of the diversity bonus when choosing the top paths.
-        max_paths_per_pair: cap on enumerated candidate paths per pair before ranking.
+        weight_diversity: bonus of the best path of each pattern when choosing the top paths.
+        max_paths_per_pair: cap on candidate paths per pair (best first) before the selection.
+        quality_beta: beta of the exponential moving averages behind LIR and SEP (Balloccu et
+            al. 2022).
     """
 
-    max_hops: int = Field(3, ge=2, le=4)
+    max_hops: int = Field(3, ge=2, le=3)
     top_p: int = Field(3, ge=1)
     min_rating: float = 0.0
+    similar_k: int = Field(10, ge=1)
+    max_links_per_entity: int = Field(5, ge=1)
     weight_credibility: float = Field(0.5, ge=0)
     weight_readability: float = Field(0.3, ge=0)
     weight_diversity: float = Field(0.2, ge=0)
     max_paths_per_pair: int = Field(200, ge=1)
+    quality_beta: float = Field(0.3, gt=0, le=1)
 
 
 class CasesConfig(Section):
