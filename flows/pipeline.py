@@ -22,7 +22,7 @@ from prefect import flow
 from flows.summary import StageLog, publish_run_summary
 from recxplain.config import Config, ConfigError, load_config
 from recxplain.stage import stage
-from tasks.data import prepare_data
+from tasks.data import prepare_data, source_digest
 from tasks.recommend import train_recommender
 from tasks.paths import mine_paths
 
@@ -33,7 +33,7 @@ MINE_PATHS = stage(mine_paths)
 
 def evidence_stages(cfg: Config, log: StageLog) -> dict[str, Path]:
     """Stage 1 of every seed: data, recommender, and the evidence behind each recommendation."""
-    data = log.run(PREPARE_DATA, data=cfg.data)
+    data = log.run(PREPARE_DATA, data=cfg.data, source_digest=source_digest(cfg.data))
     recommender = log.run(TRAIN_RECOMMENDER, recommender=cfg.recommender, data=data)
     paths = log.run(MINE_PATHS, paths=cfg.paths, data=data, recommender=recommender)
     return {"data": data, "recommender": recommender, "paths": paths}

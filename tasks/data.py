@@ -14,6 +14,7 @@ interactions.parquet, items.parquet, users.parquet, kg.parquet, data_summary.jso
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import json
 import re
@@ -335,9 +336,32 @@ def _check_ratings(ratings: pl.DataFrame, source: Path) -> None:
 
 # ---------------------------------------------------------------- the stage
 
+SOURCE_FILES = {
+    "ml-100k": ["ml-100k.inter", "ml-100k.item", "ml-100k.user", "ml-100k.kg", "ml-100k.link"],
+    "ml-latest": ["ratings.csv", "movies.csv", "tags.csv", "links.csv", "genome-scores.csv", "genome-tags.csv"],
+}
 
-def prepare_data(out: Path, *, data: DataConfig) -> None:
-    """Read the configured source, cut, split and write the data artifacts into `out`."""
+
+def source_digest(data: DataConfig) -> str:
+    """Content hash of the source files, part of prepare_data's cache key: a changed ratings file
+    re-prepares the data (and so everything downstream), an unchanged one recomputes nothing."""
+    folder = ml100k_folder() if data.source == "ml-100k" else Path(data.path)
+    digest = hashlib.sha256()
+    for name in SOURCE_FILES[data.source]:
+        path = folder / name
+        digest.update(name.encode() + b"\0")
+        if path.exists():
+            with open(path, "rb") as fh:
+                digest.update(hashlib.file_digest(fh, "sha256").digest())
+    return digest.hexdigest()
+
+
+def prepare_data(out: Path, *, data: DataConfig, source_digest: str | None = None) -> None:
+    """Read the configured source, cut, split and write the data artifacts into `out`.
+
+    `source_digest` (from `source_digest(data)`) is not read here: it is passed so that the
+    stage's cache key changes when the source files do.
+    """
     if data.source == "ml-100k":
         folder = ml100k_folder()
         ratings, items, users, kg = read_ml100k(folder)
