@@ -363,8 +363,6 @@ class EvaluationConfig(Section):
             `sft`, `orpo`, `dpo` (every round of training.rounds) or `dpo_rN` (round N). Adding a
             model is one name here (and its student folder in the flow for trained students).
         sampling: decoding parameters for the explanations (greedy by default).
-        valid_min_words: an explanation is valid when it has at least this many words and was
-            not cut off by `sampling.max_new_tokens` (the validity ratio).
         bootstrap: bootstrap resamples for confidence intervals.
         diversity: embed the explanations and report their mean pairwise cosine distance.
         embedding_model: sentence-transformers model for diversity (`minilm`: all-MiniLM-L6-v2
@@ -384,7 +382,6 @@ class EvaluationConfig(Section):
 
     explainers: list[str] = ["template", "teacher", "base", "sft", "orpo", "dpo"]
     sampling: SamplingConfig = SamplingConfig(temperature=0.0)
-    valid_min_words: int = Field(5, ge=1)
     bootstrap: int = Field(1000, ge=10)
     diversity: bool = True
     embedding_model: str = "minilm"

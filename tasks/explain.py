@@ -7,16 +7,17 @@ An explainer is a name in `evaluation.explainers`; `explainer_llm` maps it to a 
 | `template` | no model: fixed sentences over the evidence (`template_explanation`), the first seed's reference [1] baseline |
 | `teacher` | `teacher.llm` |
 | `base` | `training.base_model`, untrained |
-| `sft`, `orpo`, `dpo_rN` | the base model plus that student's adapter (`students[name]/adapter/`), or its `merged/` model |
+| `sft`, `orpo`, `dpo_rN` | the base model plus that student's adapter (`students[name]/adapter/`), or its `merged/` model (`tasks.teacher.student_llm`) |
 
 `dpo` in the list stands for every round `dpo_r1` .. `dpo_r{training.rounds}`. Every LLM explainer
 gets the same prompt the teacher was given for its SFT data (`teacher.prompt`, rendered by
 `recxplain.prompts.explain_messages`), so the students are asked what they were trained on.
 
 Outputs in `out`:
-- `explanations.parquet`: case_id, model, text, tokens (completion tokens; 0 for the template),
-  latency_s, valid (at least `evaluation.valid_min_words` words and not cut off by
-  `sampling.max_new_tokens`), prompt_tokens, cached.
+- `explanations.parquet`: case_id, model, text (cleaned like the teacher's answers:
+  `tasks.teacher.clean_explanation`), tokens (completion tokens; 0 for the template), latency_s,
+  valid (the teacher's format rule, `tasks.teacher.parse_explanation`: within
+  teacher.min_words..max_words, not looping), prompt_tokens, cached.
 - `attributes.parquet` (when `evaluation.attribute_prediction`): LLMXRec's attribute prediction,
   one row per (LLM explainer, case, attribute): the model sees the history and the recommended
   movie only (no profile) and must name the user's age bracket, gender or occupation from a list.
@@ -28,7 +29,6 @@ Outputs in `out`:
 from __future__ import annotations
 
 import gc
-import json
 import logging
 import re
 import time
@@ -39,6 +39,7 @@ import pandas as pd
 from recxplain.config import EvaluationConfig, LLMConfig, TeacherConfig, TrainingConfig
 from recxplain.prompts import explain_messages, read_templates
 from recxplain.schemas import Case, read_cases
+from tasks.teacher import clean_explanation, parse_explanation, student_llm
 
 log = logging.getLogger(__name__)
 
@@ -66,25 +67,14 @@ def explainer_llm(name: str, *, teacher: TeacherConfig, training: TrainingConfig
         return None
     if name == "teacher":
         return teacher.llm
-    # The students run like the teacher's local model (batch size, dtype), with their own weights.
-    local = teacher.llm if teacher.llm.provider == "local" else LLMConfig()
     if name == "base":
-        return local.model_copy(update={"provider": "local", "model": training.base_model, "adapter": None})
+        return LLMConfig(provider="local", model=training.base_model)
     if not STUDENT.fullmatch(name):
         raise ValueError(f"unknown explainer {name!r}: use template, teacher, base, sft, orpo or dpo_rN")
     if name not in students:
         raise ValueError(f"explainer {name!r} needs its student folder: students has {sorted(students)}")
-    folder = Path(students[name])
-    adapter, merged = folder / "adapter", folder / "merged"
-    if (adapter / "adapter_config.json").exists():
-        # The adapter names the base folder it was trained on; fall back to the configured base
-        # model when that folder is not on this machine (artifacts copied elsewhere).
-        base = json.loads((adapter / "adapter_config.json").read_text()).get("base_model_name_or_path", "")
-        model = base if base and (Path(base) / "config.json").exists() else training.base_model
-        return local.model_copy(update={"provider": "local", "model": str(model), "adapter": adapter})
-    if (merged / "config.json").exists():
-        return local.model_copy(update={"provider": "local", "model": str(merged), "adapter": None})
-    raise FileNotFoundError(f"{folder}: student {name!r} has neither adapter/adapter_config.json nor merged/config.json")
+    # The same student model the pair sampler uses: base + adapter, or the merged model.
+    return student_llm(training, Path(students[name]))
 
 
 # --------------------------------------------------------------------------------------------
@@ -118,9 +108,14 @@ def template_explanation(case: Case, max_neighbours: int = 3, max_paths: int = 2
     return " ".join(sentences)
 
 
-def is_valid(text: str, completion_tokens: int, max_new_tokens: int, min_words: int) -> bool:
-    """Validity of a generated explanation: long enough, and finished before the token budget."""
-    return len(text.split()) >= min_words and completion_tokens < max_new_tokens
+def is_valid(text: str, teacher: TeacherConfig) -> bool:
+    """Validity: the answer is a usable explanation by the rule the teacher's answers must pass
+    (`tasks.teacher.parse_explanation`: non-empty, within the teacher's word bounds, not looping)."""
+    try:
+        parse_explanation(text, min_words=teacher.min_words, max_words=teacher.max_words)
+    except ValueError:
+        return False
+    return True
 
 
 # --------------------------------------------------------------------------------------------
@@ -235,8 +230,9 @@ def generate_explanations(
 
     Args:
         out: the stage folder.
-        evaluation: the explainers, their decoding and validity rule, attribute prediction.
-        teacher: the teacher model and the explanation prompt every LLM explainer gets.
+        evaluation: the explainers, their decoding, attribute prediction.
+        teacher: the teacher model, the explanation prompt every LLM explainer gets, and the
+            word bounds of a valid explanation.
         training: the base model, and the number of DPO rounds `dpo` expands to.
         cases: the build_cases folder (`eval.jsonl` is explained; `train.jsonl`, when there, adds
             to the occupation classes).
@@ -272,12 +268,11 @@ def generate_explanations(
         prompts_list = [explain_messages(case, teacher.prompt, templates) for case in eval_cases]
         outputs = model.generate(prompts_list, evaluation.sampling, n=1)
         for case, (generation, *_) in zip(eval_cases, outputs, strict=True):
-            text = generation.text.strip()
             explanation_rows.append({
-                "case_id": case.case_id, "model": name, "text": text, "tokens": int(generation.completion_tokens),
-                "latency_s": float(generation.latency_s),
-                "valid": is_valid(text, generation.completion_tokens, evaluation.sampling.max_new_tokens,
-                                  evaluation.valid_min_words),
+                # Cleaned as the teacher's SFT answers were (labels, quotes, an unfinished sentence).
+                "case_id": case.case_id, "model": name, "text": clean_explanation(generation.text),
+                "tokens": int(generation.completion_tokens), "latency_s": float(generation.latency_s),
+                "valid": is_valid(generation.text, teacher),
                 "prompt_tokens": int(generation.prompt_tokens), "cached": bool(generation.cached),
             })
         if evaluation.attribute_prediction:

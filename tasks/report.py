@@ -216,7 +216,7 @@ def grouped_bars(frame: pd.DataFrame, metrics: tuple[str, ...], explainers: list
     for i, explainer in enumerate(explainers):
         rows = pd.DataFrame([cells.loc[(explainer, m)] if (explainer, m) in cells.index else
                              pd.Series({"value": np.nan, "ci_low": np.nan, "ci_high": np.nan}) for m in metrics])
-        ax.bar(np.arange(len(metrics)) + i * width, rows["value"].fillna(0), width, yerr=_errors(rows.fillna(0)),
+        ax.bar(np.arange(len(metrics)) + i * width, rows["value"].fillna(0), width, yerr=_errors(rows),
                label=explainer, capsize=2)
     ax.set_xticks(np.arange(len(metrics)) + width * (len(explainers) - 1) / 2)
     ax.set_xticklabels([METRICS.get(m, (m,))[0] for m in metrics], rotation=25, ha="right")

@@ -4,7 +4,6 @@ The real local model runs in the slow test at the end."""
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -55,15 +54,10 @@ def test_unknown_explainer_is_a_config_error():
 def test_explainer_models(tmp_path):
     teacher = TeacherConfig(llm=LLMConfig(provider="openai", model="gpt-4o-mini"))
     training = TrainingConfig(base_model="smollm2")
-    base_dir = tmp_path / "base"
-    base_dir.mkdir()
-    (base_dir / "config.json").write_text("{}")
     sft = tmp_path / "sft" / "adapter"
     sft.mkdir(parents=True)
-    (sft / "adapter_config.json").write_text(json.dumps({"base_model_name_or_path": str(base_dir)}))
     merged = tmp_path / "orpo" / "merged"
     merged.mkdir(parents=True)
-    (merged / "config.json").write_text("{}")
     students = {"sft": tmp_path / "sft", "orpo": tmp_path / "orpo", "dpo_r1": tmp_path / "empty"}
     kw = {"teacher": teacher, "training": training, "students": students}
     assert ex.explainer_llm("template", **kw) is None
@@ -71,9 +65,9 @@ def test_explainer_models(tmp_path):
     base = ex.explainer_llm("base", **kw)
     assert (base.provider, base.model, base.adapter) == ("local", "smollm2", None)
     student = ex.explainer_llm("sft", **kw)
-    assert (student.provider, student.model, student.adapter) == ("local", str(base_dir), sft)
+    assert (student.provider, student.model, student.adapter) == ("local", "smollm2", sft)
     assert ex.explainer_llm("orpo", **kw).model == str(merged)
-    with pytest.raises(FileNotFoundError, match="neither adapter"):
+    with pytest.raises(FileNotFoundError, match="no adapter/ or merged/"):
         ex.explainer_llm("dpo_r1", **kw)
     with pytest.raises(ValueError, match="dpo_r2.*student folder"):
         ex.explainer_llm("dpo_r2", **kw)
@@ -92,10 +86,12 @@ def test_template_explanation_renders_the_evidence():
     assert 'People who watch it also watch "Star Wars (1977)" and "Alien (1979)".' in bare
 
 
-def test_validity_needs_words_and_a_finished_answer():
-    assert ex.is_valid("one two three four five", 20, 96, 5)
-    assert not ex.is_valid("too short", 3, 96, 5)
-    assert not ex.is_valid("one two three four five six", 96, 96, 5)  # cut off by the budget
+def test_validity_follows_the_teachers_format_rule():
+    teacher = TeacherConfig(min_words=5, max_words=12)
+    assert ex.is_valid("You loved Star Wars, so you will enjoy this one.", teacher)
+    assert not ex.is_valid("Too short.", teacher)
+    assert not ex.is_valid("word " * 13, teacher)
+    assert not ex.is_valid("", teacher)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -162,10 +158,10 @@ class ScriptedModel:
             content = messages[-1]["content"]
             if "mission is to infer" in content:
                 answers.append([Generation("female" if "gender" in content else "25-34" if "age group" in content else "writer", completion_tokens=2)])
+            elif self.config.model == "smollm2":
+                answers.append([Generation("Explanation: You will love Return of the Jedi because you loved Star Wars. And")])
             else:
-                long = self.config.model != "smollm2"
-                answers.append([Generation("You will love Return of the Jedi because you loved Star Wars.",
-                                           completion_tokens=96 if long else 20)])
+                answers.append([Generation("Watch it.")])
         return answers
 
 
@@ -190,8 +186,11 @@ def test_generate_explanations_with_template_and_scripted_models(tmp_path, monke
     frame = pd.read_parquet(out / "explanations.parquet")
     assert len(frame) == 6 and set(frame["model"]) == {"template", "base", "teacher"}
     valid = frame.groupby("model")["valid"].all()
-    # The teacher's scripted answers hit the 96-token budget: cut off, so invalid.
+    # The teacher's scripted answers are too short for the teacher's own format rule.
     assert valid["template"] and valid["base"] and not valid["teacher"]
+    # Answers are cleaned as the teacher's: label and unfinished last sentence removed.
+    assert set(frame.loc[frame["model"] == "base", "text"]) == {
+        "You will love Return of the Jedi because you loved Star Wars."}
     assert (frame.loc[frame["model"] == "template", "tokens"] == 0).all()
     attributes = pd.read_parquet(out / "attributes.parquet")
     assert len(attributes) == 2 * 2 * 3  # LLM explainers x cases x attributes (no template)
