@@ -21,14 +21,34 @@ from prefect import flow
 
 from flows.summary import StageLog, publish_run_summary
 from recxplain.config import Config, ConfigError, load_config
+from recxplain.prompts import read_templates
 from recxplain.stage import stage
+from tasks.cases import build_cases
 from tasks.data import prepare_data, source_digest
-from tasks.recommend import train_recommender
+from tasks.evaluate import evaluate
+from tasks.explain import generate_explanations, student_explainers
+from tasks.judge import judge_pairs
 from tasks.paths import mine_paths
+from tasks.recommend import train_recommender
+from tasks.report import write_report
+from tasks.teacher import sample_pairs, teacher_generate
+from tasks.train import train_dpo, train_orpo, train_sft
+from arena.bundle import export_arena
 
 PREPARE_DATA = stage(prepare_data)
 TRAIN_RECOMMENDER = stage(train_recommender)
 MINE_PATHS = stage(mine_paths)
+BUILD_CASES = stage(build_cases)
+TEACHER_GENERATE = stage(teacher_generate)
+SAMPLE_PAIRS = stage(sample_pairs)
+JUDGE_PAIRS = stage(judge_pairs)
+TRAIN_SFT = stage(train_sft)
+TRAIN_ORPO = stage(train_orpo)
+TRAIN_DPO = stage(train_dpo)
+GENERATE_EXPLANATIONS = stage(generate_explanations)
+EVALUATE = stage(evaluate)
+WRITE_REPORT = stage(write_report)
+EXPORT_ARENA = stage(export_arena)
 
 
 def evidence_stages(cfg: Config, log: StageLog) -> dict[str, Path]:
@@ -39,12 +59,81 @@ def evidence_stages(cfg: Config, log: StageLog) -> dict[str, Path]:
     return {"data": data, "recommender": recommender, "paths": paths}
 
 
+def feedback_stages(cfg: Config, log: StageLog, cases: Path) -> dict[str, Path]:
+    """AI feedback on the train cases: teacher explanations (SFT data) and judged teacher pairs."""
+    explain_prompt = read_templates(cfg.teacher.prompt)
+    judge_prompts = read_templates(cfg.judge.prompt)
+    teacher = log.run(
+        TEACHER_GENERATE, teacher=cfg.teacher, cases=cases,
+        templates=explain_prompt | (read_templates(cfg.judge.explainability_prompt) if cfg.teacher.best_of > 1 else {}),
+        judge=cfg.judge if cfg.teacher.best_of > 1 else None,
+    )
+    pairs = log.run(
+        SAMPLE_PAIRS, pairs=cfg.pairs, teacher=cfg.teacher, training=cfg.training, cases=cases,
+        student=None, templates=explain_prompt,
+    )
+    preferences = log.run(
+        JUDGE_PAIRS, judge=cfg.judge, cases=cases, pairs=pairs, templates=judge_prompts
+    )
+    return {"teacher": teacher, "pairs": pairs, "preferences": preferences}
+
+
+def student_stages(cfg: Config, log: StageLog, cases: Path, feedback: dict[str, Path]) -> dict[str, Path]:
+    """SFT on the teacher, ORPO on the judged pairs, then RecLAIF's rounds: round r samples two
+    answers per case from the round r-1 student, the judge picks, DPO trains round r."""
+    students = {"sft": log.run(TRAIN_SFT, training=cfg.training, sft=feedback["teacher"])}
+    students["orpo"] = log.run(TRAIN_ORPO, training=cfg.training, preferences=feedback["preferences"])
+    current = students["sft"]
+    student_pairs = cfg.pairs.model_copy(update={"source": "student"})
+    explain_prompt = read_templates(cfg.teacher.prompt)
+    for r in range(1, cfg.training.rounds + 1):
+        pairs = log.run(
+            SAMPLE_PAIRS, label=f"sample_pairs_r{r}", pairs=student_pairs, teacher=cfg.teacher,
+            training=cfg.training, cases=cases, student=current, templates=explain_prompt,
+        )
+        preferences = log.run(
+            JUDGE_PAIRS, label=f"judge_pairs_r{r}", judge=cfg.judge, cases=cases, pairs=pairs,
+            templates=read_templates(cfg.judge.prompt),
+        )
+        current = log.run(
+            TRAIN_DPO, label=f"train_dpo_r{r}", training=cfg.training, preferences=preferences, init=current
+        )
+        students[f"dpo_r{r}"] = current
+    return students
+
+
+def evaluation_stages(cfg: Config, log: StageLog, cases: Path, students: dict[str, Path]) -> dict[str, Path]:
+    """Every explainer on the held-out cases, every metric, the report and the arena bundle."""
+    wanted = {name: students[name] for name in student_explainers(cfg.evaluation, cfg.training)}
+    explanations = log.run(
+        GENERATE_EXPLANATIONS, evaluation=cfg.evaluation, teacher=cfg.teacher, training=cfg.training,
+        cases=cases, students=wanted, templates=read_templates(cfg.teacher.prompt),
+    )
+    metrics = log.run(
+        EVALUATE, evaluation=cfg.evaluation, judge=cfg.judge, cases=cases, explanations=explanations,
+        templates=read_templates(cfg.judge.prompt, cfg.judge.explainability_prompt),
+    )
+    report = log.run(
+        WRITE_REPORT, evaluation=cfg.evaluation, metrics=metrics, explanations=explanations, cases=cases,
+        students=wanted,
+    )
+    arena = log.run(EXPORT_ARENA, arena=cfg.arena, cases=cases, explanations=explanations, evaluation=metrics)
+    return {"explanations": explanations, "evaluate": metrics, "report": report, "arena": arena}
+
+
 @flow(name="recxplain-pipeline", log_prints=True)
 def pipeline(config_path: str = "configs/default.yaml", overrides: list[str] | None = None) -> str:
     """Run every stage for one config; return the folder of the run's summary and report."""
     cfg = load_config(config_path, overrides or [])
     log = StageLog(cfg.runtime.artifacts_dir)
     artifacts = evidence_stages(cfg, log)
+    artifacts["cases"] = log.run(
+        BUILD_CASES, cases=cfg.cases, data=artifacts["data"], recommender=artifacts["recommender"],
+        paths=artifacts["paths"],
+    )
+    feedback = feedback_stages(cfg, log, artifacts["cases"])
+    students = student_stages(cfg, log, artifacts["cases"], feedback)
+    artifacts |= feedback | students | evaluation_stages(cfg, log, artifacts["cases"], students)
     run_dir = publish_run_summary(cfg, config_path, overrides or [], log, artifacts)
     return str(run_dir)
 

@@ -4,12 +4,13 @@ and publish the run summary as files and as a Prefect markdown artifact."""
 from __future__ import annotations
 
 import json
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from prefect import Task
-from prefect.artifacts import create_markdown_artifact
+from prefect.artifacts import create_link_artifact, create_markdown_artifact, create_table_artifact
 
 from recxplain.config import Config
 from recxplain.stage import run_task
@@ -82,4 +83,17 @@ def publish_run_summary(
         )
     )
     create_markdown_artifact(key="run-summary", markdown=markdown, description="stages run and cached")
+    if "report" in artifacts:  # the run's results, next to its summary and in the Prefect UI
+        report = Path(artifacts["report"])
+        for name in ("report.html", "report.md", "metrics_table.json"):
+            if (report / name).exists():
+                shutil.copyfile(report / name, run_dir / name)
+        if (report / "report.md").exists():
+            create_markdown_artifact(key="report", markdown=(report / "report.md").read_text(), description="results")
+        if (report / "metrics_table.json").exists():
+            create_table_artifact(
+                key="metrics", table=json.loads((report / "metrics_table.json").read_text()),
+                description="every explainer on every metric, with 95% bootstrap intervals",
+            )
+        create_link_artifact(key="report-html", link=(run_dir / "report.html").resolve().as_uri(), link_text="report.html")
     return run_dir
