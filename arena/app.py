@@ -25,10 +25,11 @@ import logging
 import os
 import random
 import secrets
+import threading
 from datetime import timedelta
 from pathlib import Path
 
-from flask import Flask, abort, flash, g, redirect, render_template, send_file, session, url_for
+from flask import Flask, abort, flash, redirect, render_template, send_file, session, url_for
 from flask_limiter import Limiter
 from flask_limiter.util import get_remote_address
 from flask_wtf import FlaskForm
@@ -121,16 +122,13 @@ def create_app(bundle_dir: Path, db_path: Path, config: ArenaConfig = ArenaConfi
     # Sides and tie-breaks drawn from the OS: a voter cannot predict which side a model gets.
     rng = random.SystemRandom()
 
-    def db():
-        if "db" not in g:
-            g.db = storage.connect(db_path)
-        return g.db
+    # One connection per server thread, kept open (see storage.connect).
+    connections = threading.local()
 
-    @app.teardown_appcontext
-    def close_db(_error) -> None:
-        conn = g.pop("db", None)
-        if conn is not None:
-            conn.close()
+    def db():
+        if getattr(connections, "conn", None) is None:
+            connections.conn = storage.connect(db_path)
+        return connections.conn
 
     @app.after_request
     def security_headers(response):

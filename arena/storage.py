@@ -14,8 +14,10 @@ from __future__ import annotations
 import random
 import secrets
 import sqlite3
+import threading
 import time
 from collections import Counter
+from contextlib import contextmanager
 from pathlib import Path
 
 import pandas as pd
@@ -64,13 +66,30 @@ CREATE TABLE IF NOT EXISTS votes (
 """
 
 
+# Writers of one process take turns here instead of in SQLite's busy handler, whose sleeps (up
+# to 100 ms) made throughput collapse with 50 concurrent voters. Other processes still wait on
+# the busy timeout.
+_WRITE_LOCK = threading.Lock()
+
+
 def connect(db_path: Path) -> sqlite3.Connection:
-    """A connection for one request or one thread (sqlite3 connections are not shared)."""
+    """A connection for one thread (sqlite3 connections are not shared between threads).
+
+    Keep it open for the thread's life: closing the last connection of a WAL database
+    checkpoints it, which cost ~10 ms per request when connections were per request.
+    """
     conn = sqlite3.connect(db_path, timeout=30)
     conn.row_factory = sqlite3.Row
     conn.execute("PRAGMA foreign_keys = ON")
-    conn.execute("PRAGMA synchronous = FULL")
+    conn.execute("PRAGMA synchronous = FULL")  # a vote acknowledged is a vote on disk
     return conn
+
+
+@contextmanager
+def writing(conn: sqlite3.Connection):
+    """One write transaction: committed on success, rolled back on error."""
+    with _WRITE_LOCK, conn:
+        yield conn
 
 
 def init_db(db_path: Path, bundle: Bundle) -> None:
@@ -83,7 +102,7 @@ def init_db(db_path: Path, bundle: Bundle) -> None:
         if mode.lower() != "wal":
             raise RuntimeError(f"{db_path}: SQLite refused WAL mode (got {mode!r}); use a local disk")
         conn.executescript(SCHEMA)
-        with conn:
+        with writing(conn):
             conn.execute("INSERT OR IGNORE INTO meta (key, value) VALUES ('bundle_digest', ?)", (bundle.digest,))
         stored = conn.execute("SELECT value FROM meta WHERE key = 'bundle_digest'").fetchone()[0]
         if stored != bundle.digest:
@@ -98,7 +117,7 @@ def init_db(db_path: Path, bundle: Bundle) -> None:
 def add_voter(conn: sqlite3.Connection, invite_code: str | None = None) -> str:
     """Register a new anonymous voter; return its id (kept in the signed session cookie)."""
     voter_id = secrets.token_urlsafe(16)
-    with conn:
+    with writing(conn):
         conn.execute(
             "INSERT INTO voters (voter_id, invite_code, created_at) VALUES (?, ?, ?)",
             (voter_id, invite_code, time.time()),
@@ -157,13 +176,14 @@ def new_matchup(conn: sqlite3.Connection, voter_id: str, bundle: Bundle, rng: ra
         {(r["pair_low"], r["pair_high"]): r["n"] for r in conn.execute("SELECT pair_low, pair_high, COUNT(*) AS n FROM matchups GROUP BY pair_low, pair_high")}
     )
     case_counts = Counter({r["case_id"]: r["n"] for r in conn.execute("SELECT case_id, COUNT(*) AS n FROM matchups GROUP BY case_id")})
-    chosen = choose_matchup(bundle, done, pair_counts, case_counts, rng)
+    # Tie-breaks from a generator seeded by `rng` (one draw of the OS's randomness, not one per candidate).
+    chosen = choose_matchup(bundle, done, pair_counts, case_counts, random.Random(rng.getrandbits(64)))
     if chosen is None:
         return None
     case_id, low, high = chosen
     left, right = (low, high) if rng.random() < 0.5 else (high, low)
     matchup_id = secrets.token_urlsafe(12)
-    with conn:
+    with writing(conn):
         conn.execute(
             "INSERT INTO matchups (matchup_id, voter_id, case_id, left_code, right_code, pair_low, pair_high, shown_at)"
             " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
@@ -177,7 +197,7 @@ def record_vote(conn: sqlite3.Connection, matchup: sqlite3.Row, outcome: str, co
     if outcome not in OUTCOMES:
         raise ValueError(f"outcome {outcome!r} is not one of {OUTCOMES}")
     try:
-        with conn:
+        with writing(conn):
             conn.execute(
                 "INSERT INTO votes (matchup_id, voter_id, case_id, model_a, model_b, pair_low, pair_high, outcome, comment, created_at)"
                 " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
@@ -193,7 +213,7 @@ def record_vote(conn: sqlite3.Connection, matchup: sqlite3.Row, outcome: str, co
 
 
 def skip_matchup(conn: sqlite3.Connection, matchup: sqlite3.Row) -> None:
-    with conn:
+    with writing(conn):
         conn.execute("UPDATE matchups SET status = 'skipped' WHERE matchup_id = ? AND status = 'shown'", (matchup["matchup_id"],))
 
 

@@ -180,13 +180,16 @@ def votes_needed(win_rate: float, alpha: float = 0.05, power: float = 0.8) -> fl
     """Decisive votes needed to tell `win_rate` from 0.5 with a two-sided test at `alpha`.
 
     Normal approximation on Cohen's h (statsmodels `NormalIndPower` with ratio=0, the one-sample
-    case), rounded up. NaN when win_rate is 0.5 or not a number (no difference to detect).
+    case), rounded up, and never below the fewest votes with which the exact binomial test can
+    reject at all (6 at alpha 0.05: a 5-0 split has p = 0.0625); near win rates of 0 or 1 the
+    approximation is optimistic. NaN when win_rate is 0.5 or not a number (nothing to detect).
     """
     if not np.isfinite(win_rate) or win_rate == 0.5:
         return math.nan
     effect = proportion_effectsize(win_rate, 0.5)
     n = NormalIndPower().solve_power(effect_size=abs(effect), alpha=alpha, power=power, ratio=0)
-    return float(math.ceil(n))
+    fewest = math.ceil(math.log2(2 / alpha))  # smallest n with 2 * 0.5**n <= alpha
+    return float(max(math.ceil(n), fewest))
 
 
 def _oriented(frame: pd.DataFrame) -> pd.DataFrame:

@@ -382,3 +382,10 @@ def test_sampling_balances_pairs_then_cases(env, bundle_dir, tmp_path):
     assert sorted(pairs.values()) == [8, 8, 8]
     assert sorted(cases.values()) == [6, 6, 6, 6]
     assert 4 <= sides <= 20  # sides are random (24 votes; P(outside) < 0.2%)
+
+
+def test_command_line_refuses_a_missing_bundle(tmp_path, capsys):
+    from arena.__main__ import main
+
+    assert main(["--bundle", str(tmp_path / "nowhere"), "--db", str(tmp_path / "v.db")]) == 2
+    assert "not an arena bundle" in capsys.readouterr().err

@@ -144,6 +144,9 @@ def test_votes_needed_grows_as_the_difference_shrinks():
     assert stats.votes_needed(0.75) == 29  # h = 0.5236 -> 28.6
     assert stats.votes_needed(0.25) == 29  # symmetric
     assert stats.votes_needed(0.55) > 700
+    # At a 100% win rate the approximation says 4 (h = pi/2), but 4-0 has p = 0.125:
+    # the exact test needs at least 6 decisive votes to reject at all (2 / 64 = 0.031).
+    assert stats.votes_needed(1.0) == 6
 
 
 # --- agreement ------------------------------------------------------------------------------
