@@ -7,7 +7,8 @@ A bundle is a folder with
   says which model wrote what.
 - `admin.json`: the code name -> explainer mapping, for the admin's leaderboard and exports.
 - `judge.parquet` (when the evaluation's judge tournament is given): case_id, model_a, model_b,
-  outcome with real explainer names, to measure how often the AI judge agrees with people.
+  outcome with real explainer names, to measure how often the AI judge agrees with people
+  (verdicts the evaluate stage marked `invalid`, never parsed, are left out).
 
 Explanations are exported as written, valid or not (people may vote "both bad"); empty texts
 are left out, and a case keeps only if at least two explainers explained it.
@@ -124,7 +125,11 @@ def export_arena(
 
     if evaluation is not None:
         source = _tournament_file(Path(evaluation))
-        judge = check_battles(pd.read_parquet(source), str(source), need_case=True)
+        judge = pd.read_parquet(source)
+        # The evaluate stage marks verdicts that never parsed as "invalid": no opinion to compare.
+        if "outcome" in judge.columns:
+            judge = judge[judge["outcome"] != "invalid"]
+        judge = check_battles(judge, str(source), need_case=True)
         exported_ids = {case["case_id"] for case in exported}
         keep = judge["case_id"].astype(str).isin(exported_ids) & judge["model_a"].isin(explainers) & judge["model_b"].isin(explainers)
         judge = judge.loc[keep, ["case_id", "model_a", "model_b", "outcome"]].astype(str)

@@ -412,6 +412,8 @@ class ArenaConfig(Section):
 
     Attributes:
         db_path: SQLite file of the votes (WAL mode; created when missing, kept across restarts).
+            None: `<runtime.artifacts_dir>/arena/votes-<bundle sha256, 12 hex>.sqlite3`, one
+            database per bundle (a database refuses votes on a different bundle).
         host: address the server listens on (127.0.0.1: this machine only).
         port: TCP port of the server.
         threads: worker threads of the waitress server.
@@ -431,7 +433,7 @@ class ArenaConfig(Section):
         seed: seed of the anonymisation (which explainer gets which code name).
     """
 
-    db_path: Path = Path("artifacts/arena/votes.sqlite3")
+    db_path: Path | None = None
     host: str = "127.0.0.1"
     port: int = Field(8050, ge=1, le=65535)
     threads: int = Field(8, ge=1)

@@ -56,10 +56,10 @@ def run_dirs(tmp_path):
     pd.DataFrame(rows).to_parquet(expl_dir / "explanations.parquet")
     judge = pd.DataFrame(
         {
-            "case_id": ["0-500", "1-501", "2-502", "3-503", "3-503"],
-            "model_a": ["sft", "dpo", "template", "sft", "sft"],
-            "model_b": ["dpo", "sft", "sft", "other", "dpo"],
-            "outcome": ["a", "b", "tie", "a", "both_bad"],
+            "case_id": ["0-500", "1-501", "2-502", "3-503", "3-503", "2-502"],
+            "model_a": ["sft", "dpo", "template", "sft", "sft", "dpo"],
+            "model_b": ["dpo", "sft", "sft", "other", "dpo", "sft"],
+            "outcome": ["a", "b", "tie", "a", "both_bad", "invalid"],
         }
     )
     judge.to_parquet(eval_dir / "tournament.parquet")
@@ -384,8 +384,22 @@ def test_sampling_balances_pairs_then_cases(env, bundle_dir, tmp_path):
     assert 4 <= sides <= 20  # sides are random (24 votes; P(outside) < 0.2%)
 
 
-def test_command_line_refuses_a_missing_bundle(tmp_path, capsys):
-    from arena.__main__ import main
+def test_command_line_finds_the_bundle_or_says_why_not(tmp_path, capsys, monkeypatch, bundle_dir):
+    from arena import __main__ as cli
 
-    assert main(["--bundle", str(tmp_path / "nowhere"), "--db", str(tmp_path / "v.db")]) == 2
+    assert cli.main(["--bundle", str(tmp_path / "nowhere"), "--db", str(tmp_path / "v.db")]) == 2
     assert "not an arena bundle" in capsys.readouterr().err
+    config = tmp_path / "run.yaml"
+    config.write_text(f"runtime:\n  artifacts_dir: {tmp_path / 'artifacts'}\n  run_name: r1\n")
+    assert cli.main(["--config", str(config)]) == 2
+    assert "runs/r1/summary.json: no pipeline run" in capsys.readouterr().err
+    # With a run summary: its bundle, and a database named after the bundle, are served.
+    run_dir = tmp_path / "artifacts" / "runs" / "r1"
+    run_dir.mkdir(parents=True)
+    (run_dir / "summary.json").write_text(json.dumps({"artifacts": {"arena": str(bundle_dir)}}))
+    served = {}
+    monkeypatch.setattr(cli.waitress, "serve", lambda app, **kw: served.update(app=app, **kw))
+    assert cli.main(["--config", str(config), "--set", "arena.port=9123"]) == 0
+    assert served["port"] == 9123 and served["host"] == "127.0.0.1"
+    digest = load_bundle(bundle_dir).digest[:12]
+    assert (tmp_path / "artifacts" / "arena" / f"votes-{digest}.sqlite3").is_file()
