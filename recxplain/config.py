@@ -300,11 +300,13 @@ class LoraConfig(Section):
     """LoRA adapter settings (peft).
 
     Attributes:
-        enabled: False trains all weights (full fine-tuning).
+        enabled: False trains all weights (full fine-tuning); the student is then exported as a
+            full model in `merged/` only, and DPO keeps a frozen copy of its init as reference.
         r: rank.
-        alpha: scaling numerator.
-        dropout: dropout on the adapter input.
-        target_modules: module names, or `all-linear`.
+        alpha: scaling numerator (the update is scaled by alpha / r).
+        dropout: dropout on the adapter input (SFT only: trl's ORPO and DPO disable dropout).
+        target_modules: module names, or `all-linear` (every linear layer but the LM head; the
+            set vLLM's LoRA support loads for Llama-style models).
     """
 
     enabled: bool = True
@@ -317,23 +319,44 @@ class LoraConfig(Section):
 class TrainingConfig(Section):
     """The student and how it is trained (SFT, ORPO, iterative DPO).
 
+    The defaults fit the embedded CPU flow (SmolLM2-135M, 2 cores): a few dozen optimiser steps
+    in all, capped by the `*_max_steps` fields (see benchmarks/bench_train.py for step times).
+    Raise the caps, or set them to -1 to let the epochs decide, for a real run.
+
     Attributes:
         base_model: Hugging Face model folder, or `smollm2` for the embedded default.
         lora: adapter settings.
         sft_epochs: SFT epochs over the teacher data.
         orpo_epochs: ORPO epochs over the judged pairs.
         dpo_epochs: DPO epochs per round.
+        sft_max_steps: cap on SFT optimiser steps (-1: `sft_epochs` decides).
+        orpo_max_steps: cap on ORPO optimiser steps (-1: `orpo_epochs` decides).
+        dpo_max_steps: cap on DPO optimiser steps per round (-1: `dpo_epochs` decides).
         rounds: DPO rounds (RecLAIF Algorithm 1); 0 disables DPO.
-        learning_rate: optimiser learning rate.
-        batch_size: per-device batch size.
+        learning_rate: optimiser learning rate for SFT and ORPO (both learn the task from the
+            base model).
+        dpo_learning_rate: optimiser learning rate for DPO (continues an already trained student).
+        batch_size: per-device batch size on CPU (rows for SFT, pairs for ORPO/DPO).
+        gpu_batch_size: per-device batch size when a CUDA GPU is present.
         gradient_accumulation_steps: micro-batches per optimiser step.
-        max_length: longest tokenised prompt + answer; longer rows fail before training.
+        gradient_checkpointing: recompute activations in the backward pass (less memory, ~30%
+            slower on CPU; trl turns it on by default, here it is explicit).
+        precision: `auto` uses bf16 mixed precision on a GPU that supports it and on CPUs with
+            native bf16 (avx512_bf16 / AMX; ~1.6x faster than fp32 here), else fp32.
+        max_length: longest tokenised prompt + answer; a longer row fails before training,
+            naming its file, line and case_id.
         beta: DPO beta / ORPO lambda.
-        valid_fraction: held-out share of the training rows for validation loss.
-        max_steps: cap on optimiser steps per training run (-1: no cap).
-        precompute_ref_log_probs: DPO computes reference log-probs once per round.
+        valid_fraction: held-out share of the cases (grouped by case_id) for validation loss
+            and DPO/ORPO reward accuracy; 0 disables validation.
+        logging_steps: log the training loss every N optimiser steps.
+        eval_steps: evaluate on the held-out rows every N optimiser steps (and once before the
+            first step and after the last).
+        save_steps: write a resumable checkpoint under `<out>/checkpoints/` every N steps;
+            checkpoints are deleted once the adapter is exported.
+        precompute_ref_log_probs: DPO computes reference log-probs once per round before
+            training instead of one extra forward pass per step (pays off over several epochs).
         merge: also export a merged full model (safetensors) next to each adapter.
-        seed: training seed.
+        seed: training seed (data order, adapter initialisation, validation split).
     """
 
     base_model: str = "smollm2"
@@ -341,17 +364,33 @@ class TrainingConfig(Section):
     sft_epochs: float = Field(1.0, gt=0)
     orpo_epochs: float = Field(1.0, gt=0)
     dpo_epochs: float = Field(1.0, gt=0)
+    sft_max_steps: int = Field(12, ge=-1)
+    orpo_max_steps: int = Field(8, ge=-1)
+    dpo_max_steps: int = Field(8, ge=-1)
     rounds: int = Field(2, ge=0)
     learning_rate: float = Field(2e-4, gt=0)
+    dpo_learning_rate: float = Field(5e-5, gt=0)
     batch_size: int = Field(4, ge=1)
+    gpu_batch_size: int = Field(16, ge=1)
     gradient_accumulation_steps: int = Field(1, ge=1)
-    max_length: int = Field(768, ge=16)
+    gradient_checkpointing: bool = False
+    precision: Literal["auto", "bf16", "fp32"] = "auto"
+    max_length: int = Field(1024, ge=16)
     beta: float = Field(0.1, gt=0)
     valid_fraction: float = Field(0.1, ge=0, lt=1)
-    max_steps: int = -1
+    logging_steps: int = Field(1, ge=1)
+    eval_steps: int = Field(4, ge=1)
+    save_steps: int = Field(4, ge=1)
     precompute_ref_log_probs: bool = False
     merge: bool = False
     seed: int = 42
+
+    @model_validator(mode="after")
+    def _steps_not_zero(self) -> "TrainingConfig":
+        for name in ("sft_max_steps", "orpo_max_steps", "dpo_max_steps"):
+            if getattr(self, name) == 0:
+                raise ValueError(f"training.{name} must be -1 (no cap) or a positive number of steps")
+        return self
 
 
 class EvaluationConfig(Section):

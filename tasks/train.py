@@ -1,0 +1,572 @@
+"""Train the student: SFT on the teacher's answers, ORPO and iterative DPO on judged pairs.
+
+Three stage functions, each writing into its artifact folder `out`:
+
+- `adapter/`: the peft adapter; its `adapter_config.json` names the resolved base model folder,
+  and the tokenizer (with its chat template) is saved alongside, so the folder alone loads with
+  `peft.AutoPeftModelForCausalLM` and serves with vLLM's `--lora-modules name=<out>/adapter`.
+- `merged/` (when `training.merge`, or always with full fine-tuning): a full safetensors model
+  with tokenizer and chat template, for `vllm serve <out>/merged` or plain `transformers`.
+- `training.json`: loss curve (train loss, held-out validation loss, DPO/ORPO reward accuracy per
+  logging step), steps, tokens/s, wall time, peak memory, base model, method, device.
+
+Stacking SFT then DPO: every DPO round continues training the SAME LoRA adapter as the student
+it starts from (option "train DPO on the same adapter"), so every student is the base model plus
+ONE adapter that any LoRA server can load. The reference policy must be the previous student,
+not the base model (RecLAIF Algorithm 1). trl 1.16 does exactly this when its `DPOTrainer` gets
+a `PeftModel` whose adapter is trainable and no `peft_config`: it copies the adapter under the
+name "ref", keeps it frozen and computes the reference log-probs with it (checked in
+tests/test_train.py: step-1 DPO loss is log 2 and the "ref" weights equal the init adapter).
+
+Resume: Trainer checkpoints go to `out/checkpoints/`; calling a stage again with the same `out`
+resumes from the last one (the pipeline wrapper reuses `out` after a crash or kill). They are
+deleted once the adapter is exported, so a finished artifact holds only what is listed above.
+
+Bad input fails before any training step: an empty or malformed JSONL (file and line named), a
+row longer than `training.max_length` tokens (file, line and case_id named), a tokenizer without
+a chat template.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import resource
+import shutil
+import time
+from pathlib import Path
+
+# Every trl trainer starts a telemetry thread that looks up the Hub (FACTS.md); this machine is
+# offline and nothing may be downloaded. ORPO lives in trl.experimental and warns on import.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
+
+import torch  # noqa: E402
+from datasets import Dataset  # noqa: E402
+from peft import LoraConfig as PeftLoraConfig  # noqa: E402
+from peft import PeftModel  # noqa: E402
+from transformers import AutoModelForCausalLM, AutoTokenizer, Trainer, set_seed  # noqa: E402
+from transformers.trainer_utils import get_last_checkpoint  # noqa: E402
+from trl import DPOConfig, DPOTrainer, SFTConfig, SFTTrainer  # noqa: E402
+from trl.experimental.orpo import ORPOConfig, ORPOTrainer  # noqa: E402
+
+from recxplain.config import TrainingConfig  # noqa: E402
+from recxplain.models import resolve_model  # noqa: E402
+
+ROLES = {"system", "user", "assistant"}
+
+
+# ---------------------------------------------------------------------------------------------
+# Stage functions
+# ---------------------------------------------------------------------------------------------
+
+
+def train_sft(out: Path, *, training: TrainingConfig, sft: Path, artifacts_dir: Path) -> None:
+    """Supervised fine-tuning on the teacher's answers (`sft/sft.jsonl`), loss on the answer only.
+
+    Each row's messages are split into a conversational prompt (everything before the last
+    message) and completion (the last, assistant message); trl's SFTTrainer then masks the
+    prompt tokens out of the loss, which works with any chat template (no {% generation %}
+    markers needed).
+    """
+    out = Path(out)
+    path = Path(sft) / "sft.jsonl"
+    rows = [_sft_row(row, path, line) for line, row in _read_jsonl(path)]
+    base = resolve_model(training.base_model, artifacts_dir)
+    tokenizer = _load_tokenizer(base)
+    _check_lengths(tokenizer, rows, "completion", training.max_length, path)
+    train_rows, valid_rows = _split(rows, training.valid_fraction, training.seed)
+
+    device = _device(training)
+    args = SFTConfig(
+        **_common_args(training, out, device, training.sft_epochs, training.sft_max_steps, bool(valid_rows)),
+        learning_rate=training.learning_rate,
+        max_length=training.max_length,
+        completion_only_loss=True,
+        packing=False,  # no gain on CPU (FACTS.md), and packing would cross case boundaries
+    )
+    model = _load_model(base, device)
+    # trl's chunked LM-head loss is ~1.5x slower than the plain cross-entropy on CPU (FACTS.md,
+    # benchmarks/bench_train.py); on a GPU it saves memory, so keep it there.
+    set_seed(training.seed)  # the adapter is initialised in the trainer's constructor, unseeded
+    trainer_class = _PlainLossSFTTrainer if device["name"] == "cpu" else SFTTrainer
+    trainer = trainer_class(
+        model=model,
+        args=args,
+        train_dataset=_dataset(train_rows),
+        eval_dataset=_dataset(valid_rows) if valid_rows else None,
+        processing_class=tokenizer,
+        peft_config=_peft_config(training),
+    )
+    _fit_and_export(trainer, out, training, base=base, method="sft", device=device, rows=len(rows))
+
+
+def train_orpo(out: Path, *, training: TrainingConfig, preferences: Path, artifacts_dir: Path) -> None:
+    """ORPO (reference-free) from the base student on `preferences/preferences.jsonl`."""
+    out = Path(out)
+    path = Path(preferences) / "preferences.jsonl"
+    rows = [_preference_row(row, path, line) for line, row in _read_jsonl(path)]
+    base = resolve_model(training.base_model, artifacts_dir)
+    tokenizer = _load_tokenizer(base)
+    _check_lengths(tokenizer, rows, "chosen", training.max_length, path)
+    _check_lengths(tokenizer, rows, "rejected", training.max_length, path)
+    train_rows, valid_rows = _split(rows, training.valid_fraction, training.seed)
+
+    device = _device(training)
+    args = ORPOConfig(
+        **_common_args(training, out, device, training.orpo_epochs, training.orpo_max_steps, bool(valid_rows)),
+        learning_rate=training.learning_rate,
+        max_length=training.max_length,
+        beta=training.beta,
+    )
+    set_seed(training.seed)  # the adapter is initialised in the trainer's constructor, unseeded
+    trainer = ORPOTrainer(
+        model=_load_model(base, device),
+        args=args,
+        train_dataset=_dataset(train_rows),
+        eval_dataset=_dataset(valid_rows) if valid_rows else None,
+        processing_class=tokenizer,
+        peft_config=_peft_config(training),
+    )
+    _fit_and_export(trainer, out, training, base=base, method="orpo", device=device, rows=len(rows))
+
+
+def train_dpo(
+    out: Path, *, training: TrainingConfig, preferences: Path, init: Path, artifacts_dir: Path
+) -> None:
+    """One DPO round on `preferences/preferences.jsonl`, starting from the student in `init`.
+
+    `init` is the folder of the previous student (SFT, or DPO round r-1). With an adapter there,
+    that adapter is loaded trainable and trl keeps a frozen copy of it as the reference, so the
+    reference is the previous student (RecLAIF) and the result is still base + ONE adapter; the
+    adapter's own LoRA settings are kept (`training.lora` applies when it is created, in SFT).
+    With a full model there (`merged/` only, full fine-tuning), training.lora.enabled decides:
+    a fresh adapter on top of it (reference: adapter disabled = the init model), or full
+    fine-tuning with a second frozen copy as reference.
+    """
+    out, init = Path(out), Path(init)
+    path = Path(preferences) / "preferences.jsonl"
+    rows = [_preference_row(row, path, line) for line, row in _read_jsonl(path)]
+    init_adapter, init_merged = init / "adapter", init / "merged"
+    if (init_adapter / "adapter_config.json").exists():
+        base = Path(json.loads((init_adapter / "adapter_config.json").read_text())["base_model_name_or_path"])
+    elif (init_merged / "config.json").exists():
+        base = init_merged
+    else:
+        raise FileNotFoundError(f"{init}: no student to start DPO from (neither adapter/ nor merged/)")
+    tokenizer = _load_tokenizer(init_adapter if init_adapter.exists() else init_merged)
+    _check_lengths(tokenizer, rows, "chosen", training.max_length, path)
+    _check_lengths(tokenizer, rows, "rejected", training.max_length, path)
+    train_rows, valid_rows = _split(rows, training.valid_fraction, training.seed)
+
+    device = _device(training)
+    args = DPOConfig(
+        **_common_args(training, out, device, training.dpo_epochs, training.dpo_max_steps, bool(valid_rows)),
+        learning_rate=training.dpo_learning_rate,
+        max_length=training.max_length,
+        beta=training.beta,
+        precompute_ref_log_probs=training.precompute_ref_log_probs,
+    )
+    model = _load_model(base, device)
+    peft_config, ref_model = None, None
+    if init_adapter.exists():
+        # Trainable "default" adapter = the previous student; trl adds the frozen "ref" copy.
+        model = PeftModel.from_pretrained(model, init_adapter, is_trainable=True)
+    elif training.lora.enabled:
+        peft_config = _peft_config(training)  # reference = adapter disabled = the init model
+    elif not training.precompute_ref_log_probs:
+        ref_model = _load_model(base, device)  # full fine-tuning needs its own frozen copy
+    set_seed(training.seed)
+    trainer = DPOTrainer(
+        model=model,
+        ref_model=ref_model,
+        args=args,
+        train_dataset=_dataset(train_rows),
+        eval_dataset=_dataset(valid_rows) if valid_rows else None,
+        processing_class=tokenizer,
+        peft_config=peft_config,
+    )
+    _fit_and_export(trainer, out, training, base=base, method="dpo", device=device, rows=len(rows), init=init)
+
+
+def merge_adapter(adapter_dir: Path, out_dir: Path) -> Path:
+    """Fold a peft adapter into its base model and save a full safetensors model to `out_dir`.
+
+    The base model is the folder named in the adapter's `adapter_config.json`; the tokenizer and
+    chat template are copied from `adapter_dir`. The result loads with
+    `AutoModelForCausalLM.from_pretrained(out_dir)` and serves with `vllm serve out_dir`.
+    """
+    adapter_dir, out_dir = Path(adapter_dir), Path(out_dir)
+    config_path = adapter_dir / "adapter_config.json"
+    if not config_path.exists():
+        raise FileNotFoundError(f"{adapter_dir}: not a peft adapter folder (no adapter_config.json)")
+    base = Path(json.loads(config_path.read_text())["base_model_name_or_path"])
+    if not (base / "config.json").exists():
+        raise FileNotFoundError(f"{config_path}: base model folder {base} not found")
+    model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
+    merged = PeftModel.from_pretrained(model, adapter_dir).merge_and_unload()
+    merged.save_pretrained(out_dir)
+    AutoTokenizer.from_pretrained(adapter_dir).save_pretrained(out_dir)
+    return out_dir
+
+
+# ---------------------------------------------------------------------------------------------
+# Input reading and validation (all before any model is loaded or step taken)
+# ---------------------------------------------------------------------------------------------
+
+
+def _read_jsonl(path: Path) -> list[tuple[int, dict]]:
+    """(line number, object) for each non-blank line; clear errors for a missing/empty/bad file."""
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: training data file not found")
+    rows = []
+    with path.open(encoding="utf-8") as handle:
+        for line_no, text in enumerate(handle, start=1):
+            if not text.strip():
+                continue
+            try:
+                row = json.loads(text)
+            except json.JSONDecodeError as err:
+                raise ValueError(f"{path}:{line_no}: not valid JSON: {err}") from None
+            if not isinstance(row, dict):
+                raise ValueError(f"{path}:{line_no}: expected a JSON object, got {type(row).__name__}")
+            rows.append((line_no, row))
+    if not rows:
+        raise ValueError(f"{path}: no training rows (the file is empty)")
+    return rows
+
+
+def _check_messages(messages: object, field: str, where: str) -> list[dict]:
+    if not isinstance(messages, list) or not messages:
+        raise ValueError(f"{where}: {field!r} must be a non-empty list of messages")
+    for i, message in enumerate(messages):
+        if (
+            not isinstance(message, dict)
+            or message.get("role") not in ROLES
+            or not isinstance(message.get("content"), str)
+        ):
+            raise ValueError(
+                f"{where}: {field}[{i}] must be {{'role': one of {sorted(ROLES)}, 'content': str}}, got {message!r}"
+            )
+    return [{"role": m["role"], "content": m["content"]} for m in messages]
+
+
+def _sft_row(row: dict, path: Path, line: int) -> dict:
+    """A teacher row as trl's conversational prompt/completion (completion-only loss)."""
+    where = f"{path}:{line}"
+    messages = _check_messages(row.get("messages"), "messages", where)
+    if messages[-1]["role"] != "assistant" or not messages[-1]["content"].strip():
+        raise ValueError(f"{where}: the last message must be a non-empty assistant answer")
+    if len(messages) < 2:
+        raise ValueError(f"{where}: 'messages' needs a prompt before the assistant answer")
+    return {
+        "prompt": messages[:-1],
+        "completion": messages[-1:],
+        "case_id": str(row.get("case_id", f"line {line}")),
+        "line": line,
+    }
+
+
+def _preference_row(row: dict, path: Path, line: int) -> dict:
+    """A judged pair in trl's conversational preference format (extra fields dropped)."""
+    where = f"{path}:{line}"
+    for key in ("prompt", "chosen", "rejected"):
+        if key not in row:
+            raise ValueError(f"{where}: missing field {key!r} (expected prompt, chosen, rejected)")
+    prompt = _check_messages(row["prompt"], "prompt", where)
+    if prompt[-1]["role"] == "assistant":
+        raise ValueError(f"{where}: 'prompt' must end with a user (or system) message")
+    answers = {}
+    for key in ("chosen", "rejected"):
+        messages = _check_messages(row[key], key, where)
+        if len(messages) != 1 or messages[0]["role"] != "assistant" or not messages[0]["content"].strip():
+            raise ValueError(f"{where}: {key!r} must hold exactly one non-empty assistant message")
+        answers[key] = messages
+    return {
+        "prompt": prompt,
+        **answers,
+        "case_id": str(row.get("case_id", f"line {line}")),
+        "line": line,
+    }
+
+
+def _load_tokenizer(folder: Path):
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    if not tokenizer.chat_template:
+        raise ValueError(
+            f"{folder}: the tokenizer has no chat template; the student is trained on chat-formatted "
+            "rows, so use an instruct model or add a chat_template.jinja to the model folder"
+        )
+    return tokenizer
+
+
+def _check_lengths(tokenizer, rows: list[dict], answer: str, max_length: int, path: Path) -> None:
+    """Fail on the first row whose templated prompt + `answer` exceeds `max_length` tokens.
+
+    Trainers would silently truncate such rows, cutting the answer the loss is about.
+    """
+    for row in rows:
+        text = tokenizer.apply_chat_template(row["prompt"] + row[answer], tokenize=False)
+        length = len(tokenizer(text, add_special_tokens=False)["input_ids"])
+        if length > max_length:
+            raise ValueError(
+                f"{path}:{row['line']}: case {row['case_id']}: prompt + {answer} is {length} tokens, "
+                f"over training.max_length={max_length}; shorten the prompt or raise training.max_length"
+            )
+
+
+def _split(rows: list[dict], valid_fraction: float, seed: int) -> tuple[list[dict], list[dict]]:
+    """Hold out whole cases (all rows of a case_id together) for validation."""
+    cases = sorted({row["case_id"] for row in rows})
+    random.Random(seed).shuffle(cases)
+    n_valid = math.floor(len(cases) * valid_fraction)
+    if valid_fraction > 0 and n_valid == 0 and len(cases) >= 4:
+        n_valid = 1
+    held_out = set(cases[:n_valid])
+    train = [row for row in rows if row["case_id"] not in held_out]
+    valid = [row for row in rows if row["case_id"] in held_out]
+    return train, valid
+
+
+def _dataset(rows: list[dict]) -> Dataset:
+    # In memory (Dataset.from_list): `load_dataset("json")` would write an HF cache outside `out`.
+    keep = [k for k in ("prompt", "completion", "chosen", "rejected") if k in rows[0]]
+    return Dataset.from_list([{k: row[k] for k in keep} for row in rows])
+
+
+# ---------------------------------------------------------------------------------------------
+# Model, device and trainer arguments
+# ---------------------------------------------------------------------------------------------
+
+
+def _cpu_has_bf16() -> bool:
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def _device(training: TrainingConfig) -> dict:
+    """Where and how to train: a CUDA GPU when present, else the CPU."""
+    if torch.cuda.is_available():
+        bf16 = training.precision == "bf16" or (training.precision == "auto" and torch.cuda.is_bf16_supported())
+        return {"name": "cuda", "bf16": bf16, "batch_size": training.gpu_batch_size}
+    bf16 = training.precision == "bf16" or (training.precision == "auto" and _cpu_has_bf16())
+    return {"name": "cpu", "bf16": bf16, "batch_size": training.batch_size}
+
+
+def _load_model(folder: Path, device: dict):
+    # fp32 master weights with bf16 autocast on CPU (bf16 weights would also train the adapter in
+    # bf16); bf16 weights on a GPU to halve memory for larger students.
+    dtype = torch.bfloat16 if device["name"] == "cuda" and device["bf16"] else torch.float32
+    return AutoModelForCausalLM.from_pretrained(folder, dtype=dtype)
+
+
+def _peft_config(training: TrainingConfig) -> PeftLoraConfig | None:
+    if not training.lora.enabled:
+        return None
+    lora = training.lora
+    return PeftLoraConfig(
+        r=lora.r,
+        lora_alpha=lora.alpha,
+        lora_dropout=lora.dropout,
+        target_modules=lora.target_modules,
+        task_type="CAUSAL_LM",
+    )
+
+
+def _common_args(
+    training: TrainingConfig, out: Path, device: dict, epochs: float, max_steps: int, validate: bool
+) -> dict:
+    """TrainingArguments shared by the three trainers (trl's defaults set explicitly)."""
+    return dict(
+        output_dir=str(out / "checkpoints"),
+        num_train_epochs=epochs,
+        max_steps=max_steps,
+        per_device_train_batch_size=device["batch_size"],
+        per_device_eval_batch_size=device["batch_size"],
+        gradient_accumulation_steps=training.gradient_accumulation_steps,
+        activation_checkpointing=training.gradient_checkpointing,
+        use_cpu=device["name"] == "cpu",
+        bf16=device["bf16"],
+        logging_steps=training.logging_steps,
+        eval_strategy="steps" if validate else "no",
+        eval_steps=training.eval_steps,
+        eval_on_start=validate,
+        save_strategy="steps",
+        save_steps=training.save_steps,
+        save_total_limit=1,
+        seed=training.seed,
+        data_seed=training.seed,
+        report_to="none",
+        disable_tqdm=True,
+        dataloader_num_workers=0,
+    )
+
+
+class _PlainLossSFTTrainer(SFTTrainer):
+    """SFTTrainer with the model's own cross-entropy instead of trl's chunked LM-head loss.
+
+    Same loss (the prompt tokens are already -100 in the labels), faster on CPU; trl's token
+    accuracy and entropy metrics are not logged.
+    """
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        inputs = {k: v for k, v in inputs.items() if k in ("input_ids", "attention_mask", "labels")}
+        return Trainer.compute_loss(self, model, inputs, return_outputs, num_items_in_batch)
+
+
+# ---------------------------------------------------------------------------------------------
+# Training loop, measurements and export
+# ---------------------------------------------------------------------------------------------
+
+# Attention masks whose sum is the number of real (non-padding) tokens in a training batch:
+# SFT and DPO batches carry `attention_mask`, ORPO batches the chosen and rejected ones.
+TOKEN_MASKS = ("attention_mask", "chosen_attention_mask", "rejected_attention_mask")
+
+# Trainer log keys -> training.json curve keys.
+CURVE_KEYS = {
+    "loss": "train_loss",
+    "eval_loss": "valid_loss",
+    "rewards/accuracies": "train_reward_accuracy",
+    "eval_rewards/accuracies": "valid_reward_accuracy",
+    "learning_rate": "learning_rate",
+}
+
+
+def _fit_and_export(
+    trainer, out: Path, training: TrainingConfig, *, base: Path, method: str, device: dict, rows: int,
+    init: Path | None = None,
+) -> None:
+    """Train (resuming from the last checkpoint in `out`), export, write training.json."""
+    checkpoints = out / "checkpoints"
+    resume = get_last_checkpoint(str(checkpoints)) if checkpoints.is_dir() else None
+    tokens = _count_training_tokens(trainer)
+    start = time.perf_counter()
+    with _PeakMemory(device["name"]) as peak:
+        result = trainer.train(resume_from_checkpoint=resume)
+        history = trainer.state.log_history
+        last_eval = max((e["step"] for e in history if "eval_loss" in e), default=None)
+        if trainer.eval_dataset is not None and last_eval != trainer.state.global_step:
+            trainer.evaluate()
+    wall = time.perf_counter() - start
+
+    model = trainer.model
+    tokenizer = trainer.processing_class
+    if isinstance(model, PeftModel):
+        _save_adapter(model, tokenizer, out / "adapter", base)
+        if training.merge:
+            merge_adapter(out / "adapter", out / "merged")
+    else:  # full fine-tuning: the model itself is the export
+        model.save_pretrained(out / "merged")
+        tokenizer.save_pretrained(out / "merged")
+
+    train_seconds = result.metrics["train_runtime"]
+    report = {
+        "method": method,
+        "base_model": str(base),
+        "init": str(init) if init is not None else None,
+        "adapter": "adapter" if isinstance(model, PeftModel) else None,
+        "merged": "merged" if (out / "merged").exists() else None,
+        "device": device["name"],
+        "bf16": device["bf16"],
+        "batch_size": device["batch_size"] * training.gradient_accumulation_steps,
+        "trainable_parameters": sum(p.numel() for p in model.parameters() if p.requires_grad),
+        "rows": rows,
+        "train_rows": len(trainer.train_dataset),
+        "valid_rows": len(trainer.eval_dataset) if trainer.eval_dataset is not None else 0,
+        "steps": trainer.state.global_step,
+        "epochs": trainer.state.epoch,
+        "resumed_from_step": int(Path(resume).name.split("-")[-1]) if resume else None,
+        # Tokens and seconds of this call's steps only (a resumed run counts from the checkpoint).
+        "train_tokens": tokens["count"],
+        "tokens_per_second": tokens["count"] / train_seconds if train_seconds > 0 else None,
+        "train_runtime_s": train_seconds,
+        "wall_time_s": wall,
+        "peak_memory_mb": peak.mb,
+        "peak_memory_kind": peak.kind,
+        "final": _final_values(trainer.state.log_history),
+        "curve": _curve(trainer.state.log_history),
+        "log_history": trainer.state.log_history,
+    }
+    (out / "training.json").write_text(json.dumps(report, indent=2))
+    shutil.rmtree(checkpoints, ignore_errors=True)
+
+
+def _save_adapter(model: PeftModel, tokenizer, folder: Path, base: Path) -> None:
+    """Save the trained ("default") adapter alone, pointing at the base folder by absolute path."""
+    # DPO holds a frozen "ref" copy next to it; a served student is base + this one adapter.
+    model.save_pretrained(folder, selected_adapters=["default"])
+    config_path = folder / "adapter_config.json"
+    config = json.loads(config_path.read_text())
+    config["base_model_name_or_path"] = str(Path(base).resolve())
+    config_path.write_text(json.dumps(config, indent=2))
+    tokenizer.save_pretrained(folder)
+
+
+def _count_training_tokens(trainer) -> dict:
+    """Count the real tokens of every training batch by wrapping `trainer.training_step`."""
+    counter = {"count": 0}
+    step = trainer.training_step
+
+    def counting_step(model, inputs, num_items_in_batch=None):
+        counter["count"] += sum(int(inputs[k].sum()) for k in TOKEN_MASKS if k in inputs)
+        return step(model, inputs, num_items_in_batch)
+
+    trainer.training_step = counting_step
+    return counter
+
+
+class _PeakMemory:
+    """Peak memory while training: CUDA allocated on a GPU, else the process's peak RSS.
+
+    On CPU the kernel's high-water mark (VmHWM) is reset on entry through /proc/self/clear_refs,
+    so the number is this training run's peak, not the process's lifetime peak. It covers the
+    whole process: other tasks running in threads of the same process are included.
+    """
+
+    def __init__(self, device: str):
+        self.device, self.mb, self.kind = device, None, None
+
+    def __enter__(self):
+        if self.device == "cuda":
+            torch.cuda.reset_peak_memory_stats()
+        else:
+            try:
+                Path("/proc/self/clear_refs").write_text("5")
+            except OSError:
+                pass  # not Linux: ru_maxrss below is then the lifetime peak
+        return self
+
+    def __exit__(self, *exc):
+        if self.device == "cuda":
+            self.mb, self.kind = torch.cuda.max_memory_allocated() / 2**20, "cuda_max_allocated"
+            return False
+        try:
+            status = Path("/proc/self/status").read_text()
+            kb = next(int(line.split()[1]) for line in status.splitlines() if line.startswith("VmHWM:"))
+            self.mb, self.kind = kb / 1024, "process_peak_rss"
+        except (OSError, StopIteration):
+            self.mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+            self.kind = "process_lifetime_peak_rss"
+        return False
+
+
+def _curve(history: list[dict]) -> list[dict]:
+    """One row per logged step with train/valid loss and reward accuracy (where logged)."""
+    by_step: dict[int, dict] = {}
+    for entry in history:
+        row = by_step.setdefault(entry["step"], {"step": entry["step"]})
+        row.update({CURVE_KEYS[k]: v for k, v in entry.items() if k in CURVE_KEYS})
+    return [by_step[step] for step in sorted(by_step)]
+
+
+def _final_values(history: list[dict]) -> dict:
+    """The last logged value of each curve key."""
+    final = {}
+    for row in _curve(history):
+        final.update({k: v for k, v in row.items() if k != "step"})
+    return final

@@ -1,0 +1,298 @@
+"""Student training (tasks/train.py) on a tiny random Llama that reuses the SmolLM2 tokenizer.
+
+The toy task is learnable: every answer follows one template filled from the prompt, and the
+rejected answers of the preference pairs are gibberish, so SFT/ORPO validation loss must fall
+and DPO must learn to prefer the chosen answers. Each training run takes a few seconds on 2 cores.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+from peft import PeftModel
+from safetensors.torch import load_file
+from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM, Trainer
+
+from recxplain.config import LoraConfig, TrainingConfig
+from recxplain.models import resolve_model
+from tasks import train
+
+REPO = Path(__file__).resolve().parents[1]
+MOVIES = ["Toy Story", "Heat", "Fargo", "Casino", "Babe", "Clueless", "Jumanji", "Sabrina",
+          "Balto", "Nixon", "Othello", "Now and Then", "Persuasion", "Sudden Death", "Dead Man",
+          "Ransom", "Mallrats", "Twelve Monkeys", "Tom and Huck", "Screamers"]  # fmt: skip
+SYSTEM = {"role": "system", "content": "You explain movie recommendations."}
+
+
+def _prompt(i: int) -> list[dict]:
+    liked, item = MOVIES[i % len(MOVIES)], MOVIES[(i * 7 + 3) % len(MOVIES)]
+    return [SYSTEM, {"role": "user", "content": f"I liked {liked}. Why {item}?"}]
+
+
+def _answer(i: int) -> str:
+    liked, item = MOVIES[i % len(MOVIES)], MOVIES[(i * 7 + 3) % len(MOVIES)]
+    return f"You liked {liked}, so {item} suits you."
+
+
+def _write_jsonl(path: Path, rows: list[dict]) -> Path:
+    path.mkdir(parents=True, exist_ok=True)
+    file = path / ("sft.jsonl" if "messages" in rows[0] else "preferences.jsonl")
+    file.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def _sft_rows(n: int) -> list[dict]:
+    return [
+        {"messages": _prompt(i) + [{"role": "assistant", "content": _answer(i)}], "case_id": f"{i}-{i}"}
+        for i in range(n)
+    ]
+
+
+def _preference_rows(n: int) -> list[dict]:
+    return [
+        {
+            "prompt": _prompt(i),
+            "chosen": [{"role": "assistant", "content": _answer(i)}],
+            "rejected": [{"role": "assistant", "content": "zq xv " * (2 + i % 3)}],
+            "case_id": f"{i}-{i}",
+            "score_chosen": 4.0,
+            "score_rejected": 1.0,
+        }
+        for i in range(n)
+    ]
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory) -> Path:
+    """A 2-layer random Llama saved with the SmolLM2 tokenizer and chat template."""
+    tokenizer = AutoTokenizer.from_pretrained(resolve_model("smollm2", REPO / "artifacts"))
+    config = LlamaConfig(
+        vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
+        tie_word_embeddings=True, initializer_range=0.2, bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+    )  # fmt: skip
+    torch.manual_seed(0)
+    folder = tmp_path_factory.mktemp("tiny-llama")
+    LlamaForCausalLM(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+def _config(tiny_model: Path, **overrides) -> TrainingConfig:
+    settings = dict(
+        base_model=str(tiny_model), lora=LoraConfig(r=8, alpha=16, dropout=0.0), learning_rate=3e-2,
+        dpo_learning_rate=3e-2, batch_size=4, sft_max_steps=12, orpo_max_steps=6, dpo_max_steps=3,
+        valid_fraction=0.2, eval_steps=100, save_steps=3, max_length=128, precision="fp32",
+    )  # fmt: skip
+    return TrainingConfig(**{**settings, **overrides})
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("data")
+    return {
+        "sft": _write_jsonl(root / "sft", _sft_rows(20)),
+        "pairs": _write_jsonl(root / "pairs", _preference_rows(20)),
+    }
+
+
+@pytest.fixture(scope="module")
+def sft_student(tiny_model, data, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("sft")
+    train.train_sft(out, training=_config(tiny_model, merge=True, eval_steps=6), sft=data["sft"], artifacts_dir=out)
+    return out
+
+
+def _logits(model, tokenizer) -> torch.Tensor:
+    ids = tokenizer.apply_chat_template(_prompt(3), add_generation_prompt=True, return_tensors="pt", return_dict=True)
+    with torch.no_grad():
+        return model(**ids).logits
+
+
+def test_sft_learns_and_exports(sft_student, tiny_model):
+    report = json.loads((sft_student / "training.json").read_text())
+    assert report["method"] == "sft" and report["steps"] == 12
+    assert (report["train_rows"], report["valid_rows"]) == (16, 4)  # 20 cases, 20% held out
+    valid = [row["valid_loss"] for row in report["curve"] if "valid_loss" in row]
+    assert [row["step"] for row in report["curve"] if "valid_loss" in row] == [0, 6, 12]
+    assert valid[-1] < 0.6 * valid[0]  # the template is learnable
+    assert report["tokens_per_second"] > 0 and report["peak_memory_mb"] > 0
+    assert not (sft_student / "checkpoints").exists()  # deleted once exported
+    config = json.loads((sft_student / "adapter" / "adapter_config.json").read_text())
+    assert config["base_model_name_or_path"] == str(tiny_model.resolve())
+    assert config["r"] == 8 and not (sft_student / "adapter" / "ref").exists()
+    assert AutoTokenizer.from_pretrained(sft_student / "adapter").chat_template
+
+
+def test_completion_only_loss(tiny_model, data):
+    """The SFT labels cover exactly the assistant answer (+ end of turn), not the prompt."""
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model)
+    row = train._sft_row(_sft_rows(1)[0], Path("x"), 1)
+    trainer = train._PlainLossSFTTrainer(
+        model=AutoModelForCausalLM.from_pretrained(tiny_model),
+        args=train.SFTConfig(output_dir="/tmp/unused", report_to="none", use_cpu=True, bf16=False),
+        train_dataset=train._dataset([row]),
+        processing_class=tokenizer,
+    )
+    example = trainer.train_dataset[0]
+    answer = [label for label in example["labels"] if label != -100]
+    assert tokenizer.decode(answer) == _answer(0) + "<|im_end|>\n"
+    assert len(example["labels"]) == len(example["input_ids"]) > len(answer) + 10
+
+
+def test_adapter_reloads_generates_and_matches_merged(sft_student):
+    adapter = sft_student / "adapter"
+    tokenizer = AutoTokenizer.from_pretrained(adapter)
+    base = json.loads((adapter / "adapter_config.json").read_text())["base_model_name_or_path"]
+    unmerged = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base), adapter).eval()
+    merged = AutoModelForCausalLM.from_pretrained(sft_student / "merged").eval()
+    assert AutoTokenizer.from_pretrained(sft_student / "merged").chat_template == tokenizer.chat_template
+    torch.testing.assert_close(_logits(merged, tokenizer), _logits(unmerged, tokenizer), atol=1e-4, rtol=1e-4)
+    plain = AutoModelForCausalLM.from_pretrained(base).eval()
+    assert not torch.allclose(_logits(plain, tokenizer), _logits(unmerged, tokenizer), atol=1e-3)
+
+    ids = tokenizer.apply_chat_template(_prompt(3), add_generation_prompt=True, return_tensors="pt", return_dict=True)
+    new = merged.generate(**ids, max_new_tokens=8, do_sample=False)[0, ids["input_ids"].shape[1] :]
+    assert len(new) >= 1 and tokenizer.decode(new, skip_special_tokens=True).strip()
+
+    again = train.merge_adapter(adapter, sft_student / "merged-again")
+    assert load_file(again / "model.safetensors").keys() == load_file(sft_student / "merged" / "model.safetensors").keys()
+
+
+def test_orpo_learns_from_base(tiny_model, data, tmp_path):
+    train.train_orpo(tmp_path, training=_config(tiny_model), preferences=data["pairs"], artifacts_dir=tmp_path)
+    report = json.loads((tmp_path / "training.json").read_text())
+    assert report["method"] == "orpo" and report["steps"] == 6 and report["init"] is None
+    evals = [row for row in report["curve"] if "valid_loss" in row]
+    assert [row["step"] for row in evals] == [0, 6]  # before the first step and after the last
+    assert evals[-1]["valid_loss"] < evals[0]["valid_loss"]
+    assert evals[-1]["valid_reward_accuracy"] == 1.0
+    assert (tmp_path / "adapter" / "adapter_model.safetensors").exists()
+
+
+def _adapter_weights(folder: Path) -> dict[str, torch.Tensor]:
+    return load_file(folder / "adapter" / "adapter_model.safetensors")
+
+
+def test_two_dpo_rounds_continue_one_adapter(sft_student, tiny_model, data, tmp_path):
+    config = _config(tiny_model)
+    students = [sft_student]
+    for r in (1, 2):
+        out = tmp_path / f"dpo_r{r}"
+        out.mkdir()
+        train.train_dpo(out, training=config, preferences=data["pairs"], init=students[-1], artifacts_dir=tmp_path)
+        students.append(out)
+        report = json.loads((out / "training.json").read_text())
+        assert report["method"] == "dpo" and report["init"] == str(students[-2]) and report["steps"] == 3
+        # Reference = the init student (a frozen copy of its adapter): policy == reference at
+        # the start, so the first DPO loss is exactly log 2 and the reward accuracy starts at 0.
+        first = report["curve"][0]
+        assert first["step"] == 0 and first["valid_loss"] == pytest.approx(math.log(2), abs=1e-4)
+        assert report["final"]["valid_reward_accuracy"] == 1.0
+        assert report["final"]["valid_loss"] < math.log(2)
+        # Still ONE adapter on the same base, with the SFT adapter's LoRA shape, and it moved.
+        before, after = _adapter_weights(students[-2]), _adapter_weights(out)
+        assert before.keys() == after.keys()
+        assert any(not torch.equal(before[k], after[k]) for k in before)
+        config_json = json.loads((out / "adapter" / "adapter_config.json").read_text())
+        assert config_json["base_model_name_or_path"] == str(tiny_model.resolve())
+        assert not (out / "adapter" / "ref").exists()
+
+
+class Crash(Exception):
+    pass
+
+
+def test_resume_from_checkpoint_matches_uninterrupted_run(tiny_model, data, tmp_path, monkeypatch):
+    config = _config(tiny_model, sft_max_steps=6, save_steps=3, valid_fraction=0.0)
+    reference = tmp_path / "uninterrupted"
+    reference.mkdir()
+    train.train_sft(reference, training=config, sft=data["sft"], artifacts_dir=tmp_path)
+
+    # Crash right after the checkpoint at step 3 is written, as a kill would.
+    save = Trainer._save_checkpoint
+
+    def save_then_crash(self, *args, **kwargs):
+        save(self, *args, **kwargs)
+        if self.state.global_step == 3:
+            raise Crash
+
+    out = tmp_path / "interrupted"
+    out.mkdir()
+    monkeypatch.setattr(Trainer, "_save_checkpoint", save_then_crash)
+    with pytest.raises(Crash):
+        train.train_sft(out, training=config, sft=data["sft"], artifacts_dir=tmp_path)
+    assert (out / "checkpoints" / "checkpoint-3").is_dir() and not (out / "training.json").exists()
+    monkeypatch.setattr(Trainer, "_save_checkpoint", save)
+
+    train.train_sft(out, training=config, sft=data["sft"], artifacts_dir=tmp_path)
+    report = json.loads((out / "training.json").read_text())
+    assert report["resumed_from_step"] == 3 and report["steps"] == 6
+    assert [row["step"] for row in report["curve"] if "train_loss" in row] == [1, 2, 3, 4, 5, 6]
+    expected, resumed = _adapter_weights(reference), _adapter_weights(out)
+    for key in expected:
+        torch.testing.assert_close(resumed[key], expected[key])
+
+
+# --- bad input: clear errors before any training step -------------------------------------------
+
+
+def _expect_error(tmp_path, tiny_model, kind: str, text: str, match: str, **overrides):
+    folder = tmp_path / kind
+    folder.mkdir()
+    (folder / f"{kind}.jsonl").write_text(text)
+    out = tmp_path / "out"
+    out.mkdir()
+    with pytest.raises((ValueError, FileNotFoundError), match=match):
+        if kind == "sft":
+            train.train_sft(out, training=_config(tiny_model, **overrides), sft=folder, artifacts_dir=tmp_path)
+        else:
+            train.train_orpo(out, training=_config(tiny_model, **overrides), preferences=folder, artifacts_dir=tmp_path)
+    assert not any(out.iterdir())  # nothing trained, nothing written
+
+
+def test_empty_preference_file(tmp_path, tiny_model):
+    _expect_error(tmp_path, tiny_model, "preferences", "\n", r"preferences\.jsonl: no training rows")
+
+
+def test_malformed_preference_line_is_named(tmp_path, tiny_model):
+    good = json.dumps(_preference_rows(1)[0])
+    _expect_error(tmp_path, tiny_model, "preferences", f"{good}\n{{oops\n", r"preferences\.jsonl:2: not valid JSON")
+
+
+def test_preference_with_two_chosen_messages(tmp_path, tiny_model):
+    row = _preference_rows(1)[0]
+    row["chosen"] = row["chosen"] * 2
+    _expect_error(tmp_path, tiny_model, "preferences", json.dumps(row), r":1: 'chosen' must hold exactly one")
+
+
+def test_sft_row_without_answer(tmp_path, tiny_model):
+    row = {"messages": _prompt(0), "case_id": "1-1"}
+    _expect_error(tmp_path, tiny_model, "sft", json.dumps(row), r"sft\.jsonl:1: the last message must be")
+
+
+def test_too_long_row_names_line_and_case(tmp_path, tiny_model):
+    rows = _sft_rows(3)
+    rows[2]["messages"][1]["content"] = "Why? " * 200
+    text = "".join(json.dumps(r) + "\n" for r in rows)
+    _expect_error(tmp_path, tiny_model, "sft", text, r"sft\.jsonl:3: case 2-2: .* over training\.max_length=128")
+
+
+def test_tokenizer_without_chat_template(tmp_path, tiny_model):
+    folder = tmp_path / "no-template"
+    AutoModelForCausalLM.from_pretrained(tiny_model).save_pretrained(folder)
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model)
+    tokenizer.chat_template = None
+    tokenizer.save_pretrained(folder)
+    (folder / "chat_template.jinja").unlink(missing_ok=True)
+    text = json.dumps(_sft_rows(1)[0])
+    _expect_error(tmp_path, folder, "sft", text, r"no-template: the tokenizer has no chat template")
+
+
+def test_zero_step_cap_is_rejected():
+    with pytest.raises(ValueError, match="sft_max_steps"):
+        TrainingConfig(sft_max_steps=0)
