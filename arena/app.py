@@ -252,11 +252,19 @@ def create_app(bundle_dir: Path, db_path: Path, config: ArenaConfig = ArenaConfi
             session.pop("admin", None)
         return redirect(url_for("index"))
 
+    leaderboard_cache: dict = {}
+
     @app.get("/admin")
     @admin_only
     def admin():
         votes = storage.votes_frame(db(), bundle)
-        board = build_leaderboard(votes, bundle.judge, config.bootstrap, config.seed) if len(votes) else None
+        board = None
+        if len(votes):
+            # The bootstrap takes a second or two: recompute only when votes came in.
+            key = (len(votes), int(votes["vote_id"].max()))
+            if leaderboard_cache.get("key") != key:
+                leaderboard_cache.update(key=key, board=build_leaderboard(votes, bundle.judge, config.bootstrap, config.seed))
+            board = leaderboard_cache["board"]
         return render_template(
             "admin.html",
             board=board,
