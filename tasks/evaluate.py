@@ -76,6 +76,10 @@ TECHNICAL_PATTERNS = re.compile(
 
 _WORD = re.compile(r"[a-z0-9]+(?:['\-][a-z0-9]+)*")
 
+# Longest phrase looked up (a title or lexicon term); longer MovieLens titles are matched by their
+# first words only. A constant, so lookups cost the same whatever the index holds.
+MAX_PHRASE_TOKENS = 16
+
 
 # --------------------------------------------------------------------------------------------
 # Words, phrases, lexicons
@@ -87,8 +91,8 @@ def words(text: str) -> list[str]:
 
 
 def phrase_index(phrases: Iterable[str]) -> dict[tuple[str, ...], str]:
-    """Map each phrase's token tuple to the phrase, for `find_phrases`."""
-    return {tuple(words(p)): p for p in phrases if words(p)}
+    """Map each phrase's token tuple (at most MAX_PHRASE_TOKENS) to the phrase, for `find_phrases`."""
+    return {tuple(words(p))[:MAX_PHRASE_TOKENS]: p for p in phrases if words(p)}
 
 
 def find_phrases(tokens: list[str], index: dict[tuple[str, ...], object]) -> list[tuple[int, int, object]]:
@@ -100,7 +104,7 @@ def find_phrases(tokens: list[str], index: dict[tuple[str, ...], object]) -> lis
     """
     if not index:
         return []
-    longest = max(len(k) for k in index)
+    longest = MAX_PHRASE_TOKENS
     spans, i = [], 0
     while i < len(tokens):
         for size in range(min(longest, len(tokens) - i), 0, -1):
@@ -194,7 +198,7 @@ def title_index(titles: Iterable[str]) -> dict[tuple[str, ...], str]:
     index: dict[tuple[str, ...], str] = {}
     for title in titles:
         for variant in title_variants(title):
-            key = tuple(words(variant))
+            key = tuple(words(variant))[:MAX_PHRASE_TOKENS]
             if key and not _ambiguous(variant):
                 index.setdefault(key, title)
     return index
@@ -233,13 +237,19 @@ def faithfulness(text: str, case: Case, catalogue: dict[tuple[str, ...], str]) -
     evidence_titles, evidence_genres = case_evidence(case)
     tokens = words(text)
     # Evidence titles are matched even when short or ambiguous; the catalogue only when not.
-    evidence_index = {tuple(words(v)): title for title in evidence_titles for v in title_variants(title) if words(v)}
+    evidence_index = {tuple(words(v))[:MAX_PHRASE_TOKENS]: title for title in evidence_titles for v in title_variants(title) if words(v)}
+    index = {**catalogue, **evidence_index}
+    # Path texts name rated movies beyond the last-L history: those titles are evidence too.
+    for path in case.paths:
+        found = {title for _, _, title in find_phrases(words(path.text), index)}
+        evidence_titles |= found
+        evidence_index |= {tuple(words(v))[:MAX_PHRASE_TOKENS]: title for title in found for v in title_variants(title) if words(v)}
     index = {**catalogue, **evidence_index}
     named_titles = {title for _, _, title in find_phrases(tokens, index)}
     invented = {t for t in named_titles if t not in evidence_titles}
     # A quoted or emphasised title-like span that is no known title at all was made up.
     for span in _QUOTED.findall(text):
-        keys = [tuple(words(v)) for v in title_variants(span)]  # a quoted title may carry its year
+        keys = [tuple(words(v))[:MAX_PHRASE_TOKENS] for v in title_variants(span)]  # a quoted title may carry its year
         if any(k in index for k in keys) or not 1 <= len(words(span)) <= 10:
             continue
         invented.add(span)

@@ -71,6 +71,15 @@ def test_explanation_inventing_titles_is_hallucinated():
     assert result["mentions_item"] == 1.0
 
 
+def test_titles_named_in_path_texts_are_evidence():
+    case = make_case()
+    case.paths[0].text = "You rated City of Lost Children, The (1995) 5/5; it shares an actor with Return of the Jedi"
+    result = ev.faithfulness("Like The City of Lost Children, Return of the Jedi is odd.", case, CATALOGUE)
+    assert result["invented_titles"] == 0 and result["faithfulness"] == 1.0
+    # Without that path the same title is a real movie the case does not hold: invented.
+    assert ev.faithfulness("Like The City of Lost Children, it is odd.", make_case(), CATALOGUE)["hallucinated"] == 1.0
+
+
 def test_quoted_evidence_titles_with_years_are_not_invented():
     text = 'We recommend "Return of the Jedi (1983)". It is similar to "Star Wars" (5/5).'
     result = ev.faithfulness(text, make_case(), CATALOGUE)
