@@ -466,26 +466,56 @@ _PATH_SCHEMA = {
 
 
 def finish_paths(frame: pl.DataFrame, graph: Graph, titles: Mapping[int, str], names: Mapping[str, str] | None) -> pl.DataFrame:
-    """Add steps, pattern and text to mined paths (the contract columns of `paths.parquet`)."""
-    steps, patterns, texts = [], [], []
+    """Add steps, pattern and text to mined paths (the contract columns of `paths.parquet`).
+
+    The text is `render_path` of each row, built column-wise (labels computed once per entity
+    and movie); tests check that both give the same sentences.
+    """
     ents = graph.entities
-    for user, j, middle, kind, item, rating in frame.select("user_id", "linking_item_id", "middle", "kind", "item_id", "rating").iter_rows():
-        if middle >= 0:
-            entity = ents[middle]
-            relation = graph.entity_relation[middle]
-            path = [f"user:{user}", "rated", f"movie:{j}", relation, entity, relation, f"movie:{item}"]
-            pattern = f"user-rated-movie-{kind}-movie"
-        else:
-            path = [f"user:{user}", "rated", f"movie:{j}", kind, f"movie:{item}"]
-            pattern = f"user-rated-movie-{_relation_word(kind).replace(' ', '_')}-movie"
-        steps.append(path)
-        patterns.append(pattern)
-        texts.append(render_path(path, titles, rating, names))
-    return frame.with_columns(
-        pattern=pl.Series(patterns, dtype=pl.String),
-        steps=pl.Series(steps, dtype=pl.List(pl.String)),
-        text=pl.Series(texts, dtype=pl.String),
+    middle = frame["middle"].to_numpy()
+    has_entity = middle >= 0
+    m = np.maximum(middle, 0)
+    ent_kind = np.array([e.partition(":")[0] for e in ents], dtype=object)
+    ent_label = np.array([entity_label(e, titles, names) for e in ents], dtype=object)
+    ent_named = np.array([is_named(e, names) for e in ents], dtype=bool)
+    if len(ents) == 0:
+        ent_kind = ent_label = np.array([""], dtype=object)
+        ent_named = np.array([False])
+    # phrase for the middle hop, as in render_path
+    kind_word = np.array([k.replace("_", " ") for k in ent_kind], dtype=object)
+    shown = np.where(kind_word == "tag", "'" + ent_label.astype(str) + "'", ent_label.astype(str))
+    ent_phrase = np.where(ent_named, "the " + kind_word.astype(str) + " " + shown, ent_label.astype(str))
+    kinds = frame["kind"].to_numpy().astype(str)
+    link_phrase = np.where(kinds == SIMILAR, "", np.char.add("is its ", np.array([_relation_word(k) for k in kinds], dtype=str)) if len(kinds) else kinds)
+    first = np.array([entity_label(f"movie:{j}", titles, names) for j in frame["linking_item_id"].to_list()], dtype=object)
+    last = np.array([entity_label(f"movie:{i}", titles, names) for i in frame["item_id"].to_list()], dtype=object)
+    rating = frame["rating"].to_list()
+    opening = np.array(
+        [f"You rated {a} {r:g}/5" if r is not None and not math.isnan(r) else f"You watched {a}" for a, r in zip(first, rating)],
+        dtype=object,
     )
+    text = np.where(
+        has_entity,
+        opening + "; " + last + " shares " + ent_phrase[m].astype(object) + " with it.",
+        np.where(kinds == SIMILAR, opening + "; people who liked it also liked " + last + ".", opening + "; " + last + " " + link_phrase.astype(object) + "."),
+    )
+    relation = graph.entity_relation[m] if len(ents) else np.full(len(frame), "", dtype=object)
+    user = pl.lit("user:") + pl.col("user_id").cast(pl.String)
+    j = pl.lit("movie:") + pl.col("linking_item_id").cast(pl.String)
+    i = pl.lit("movie:") + pl.col("item_id").cast(pl.String)
+    frame = frame.with_columns(
+        _entity=pl.Series(np.where(has_entity, ents[m] if len(ents) else "", "").astype(str)),
+        _relation=pl.Series(np.where(has_entity, relation, kinds).astype(str)),
+    )
+    return frame.with_columns(
+        pattern=pl.when(pl.col("middle") >= 0)
+        .then(pl.lit("user-rated-movie-") + pl.col("kind") + pl.lit("-movie"))
+        .otherwise(pl.lit("user-rated-movie-") + pl.col("kind").str.split(".").list.last() + pl.lit("-movie")),
+        steps=pl.when(pl.col("middle") >= 0)
+        .then(pl.concat_list(user, pl.lit("rated"), j, pl.col("_relation"), pl.col("_entity"), pl.col("_relation"), i))
+        .otherwise(pl.concat_list(user, pl.lit("rated"), j, pl.col("_relation"), i)),
+        text=pl.Series(text.astype(str), dtype=pl.String),
+    ).drop("_entity", "_relation")
 
 
 def path_quality(

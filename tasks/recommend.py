@@ -83,19 +83,6 @@ class Recommender:
     user_factors: np.ndarray | None = None
     item_factors: np.ndarray | None = None
     config: dict = field(default_factory=dict)
-    _embeddings: np.ndarray | None = field(default=None, repr=False)
-
-    @property
-    def item_embeddings(self) -> np.ndarray:
-        """Items x d vectors behind `item_affinity`: the item factors for ALS/BPR; otherwise a
-        64-d truncated SVD of the cosine-normalised interactions (computed on first use)."""
-        if self._embeddings is None:
-            if self.item_factors is not None:
-                self._embeddings = self.item_factors
-            else:
-                self._embeddings = _interaction_embeddings(self.user_items, int(self.config.get("seed", 0)))
-        return self._embeddings
-
     @property
     def popularity(self) -> np.ndarray:
         """Train interaction count of each catalogue item."""
@@ -215,21 +202,6 @@ def _fit_factors(cfg: RecommenderConfig, user_items: sp.csr_matrix) -> tuple[np.
     return np.asarray(model.user_factors, np.float32), np.asarray(model.item_factors, np.float32)
 
 
-def _interaction_embeddings(user_items: sp.csr_matrix, seed: int, dim: int = 64) -> np.ndarray:
-    """Low-rank item vectors whose cosines approximate interaction cosines (for path credibility)."""
-    from scipy.sparse.linalg import svds
-
-    norms = np.sqrt(np.asarray(user_items.multiply(user_items).sum(axis=0)).ravel())
-    normalised = user_items @ sp.diags(1.0 / np.maximum(norms, 1e-12))
-    dim = min(dim, min(normalised.shape) - 1)
-    if dim < 1:
-        return np.asarray(normalised.T.todense())
-    rng = np.random.default_rng(seed)
-    v0 = rng.random(min(normalised.shape))
-    u, s, vt = svds(normalised.astype(np.float64), k=dim, v0=v0)
-    return (vt.T * s).astype(np.float32)
-
-
 # --------------------------------------------------------------------------- saving
 
 
@@ -328,10 +300,16 @@ def top_n(scores: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
     """
     n = min(n, scores.shape[1])
     threshold = -np.partition(-scores, n - 1, axis=1)[:, n - 1 : n]
-    above = scores > threshold
-    need = n - above.sum(axis=1, keepdims=True)
+    chosen = scores > threshold
+    need = n - chosen.sum(axis=1)
     tied = scores == threshold
-    chosen = above | (tied & (np.cumsum(tied, axis=1) <= need))
+    # usually exactly `need` items tie at the threshold; only rows with more ties need the
+    # column-order cut (cumsum over the row), e.g. item-KNN users whose tail scores are all 0
+    extra = np.flatnonzero(tied.sum(axis=1) > need)
+    chosen |= tied
+    if len(extra):
+        rows = tied[extra]
+        chosen[extra] = (scores[extra] > threshold[extra]) | (rows & (np.cumsum(rows, axis=1) <= need[extra, None]))
     cols = np.nonzero(chosen)[1].reshape(len(scores), n)
     vals = np.take_along_axis(scores, cols, axis=1)
     order = np.lexsort((cols, -vals), axis=1)
@@ -397,22 +375,38 @@ def item_neighbours(model: Recommender | Path | str, n: int | None = None) -> pl
 def item_affinity(model: Recommender | Path | str, item_a, item_b) -> np.ndarray:
     """Cosine of the recommender's item representations for aligned item pairs (-1..1).
 
-    ALS/BPR: item factors; item-KNN and popular: a low-rank (SVD) version of the interaction
-    cosine. Pairs with an item outside the catalogue get 0.
+    ALS/BPR: cosine of the item factors. Item-KNN and popular: exact cosine of the items' train
+    interaction vectors (the similarity item-KNN truncates to k). Pairs with an item outside the
+    catalogue get 0.
     """
     rec = _as_recommender(model)
     a, b = rec.item_cols(item_a), rec.item_cols(item_b)
-    return _affinity_cols(rec, a, b)
-
-
-def _affinity_cols(rec: Recommender, a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    emb = rec.item_embeddings
-    norms = np.linalg.norm(emb, axis=1)
-    norms[norms == 0] = 1.0
     valid = (a >= 0) & (b >= 0)
     a, b = np.maximum(a, 0), np.maximum(b, 0)
-    cos = np.einsum("ij,ij->i", emb[a], emb[b]) / (norms[a] * norms[b])
-    return np.where(valid, cos, 0.0)
+    out = np.zeros(len(a))
+    if rec.item_factors is not None:
+        emb = rec.item_factors
+        norms = np.linalg.norm(emb, axis=1)
+        norms[norms == 0] = 1.0
+        out = np.einsum("ij,ij->i", emb[a], emb[b]) / (norms[a] * norms[b])
+        return np.where(valid, out, 0.0)
+    item_users = _normalised_item_users(rec)
+    # one dense row of cosines per distinct b, computed in blocks
+    targets, inverse = np.unique(b, return_inverse=True)
+    size = max(1, _BLOCK_CELLS // max(len(rec.item_ids), 1))
+    order = np.argsort(inverse, kind="stable")
+    bounds = np.searchsorted(inverse[order], np.arange(0, len(targets) + size, size))
+    for n, start in enumerate(range(0, len(targets), size)):
+        block = (item_users[targets[start : start + size]] @ item_users.T).toarray()
+        pairs = order[bounds[n] : bounds[n + 1]]
+        out[pairs] = block[inverse[pairs] - start, a[pairs]]
+    return np.where(valid, out, 0.0)
+
+
+def _normalised_item_users(rec: Recommender) -> sp.csr_matrix:
+    """Items x users CSR with unit-length rows (binary interactions / sqrt(item degree))."""
+    norms = np.sqrt(np.asarray(rec.user_items.sum(axis=0)).ravel())
+    return (rec.user_items @ sp.diags(1.0 / np.maximum(norms, 1e-12))).T.tocsr()
 
 
 def user_item_neighbours(rec: Recommender, recs: pl.DataFrame, n: int) -> pl.DataFrame:
@@ -432,8 +426,7 @@ def user_item_neighbours(rec: Recommender, recs: pl.DataFrame, n: int) -> pl.Dat
     if rec.model == "itemknn":
         per_item = rec.similarity.T.tocsr()  # row i: the items j that list i among their neighbours
     else:
-        norms = np.sqrt(np.asarray(rec.user_items.sum(axis=0)).ravel())
-        item_users = (rec.user_items @ sp.diags(1.0 / np.maximum(norms, 1e-12))).T.tocsr()
+        item_users = _normalised_item_users(rec)
     frames = []
     chunk = max(1, _BLOCK_CELLS // max(len(rec.item_ids), 1))
     for start in range(0, len(rows), chunk):
@@ -563,15 +556,18 @@ def sampled_ranks(
     seen_keys = np.repeat(np.arange(seen.shape[0], dtype=np.int64), np.diff(seen.indptr)) * n_items + seen.indices
     neg = np.full((len(rows), negatives), -1, dtype=np.int64)
     filled = np.zeros(len(rows), dtype=np.int64)
-    available = n_items - np.diff(seen.indptr)[rows] - (pos_cols >= 0) * (
-        ~np.isin(rows.astype(np.int64) * n_items + np.maximum(pos_cols, 0), seen_keys)
-    )
+    def is_seen(keys: np.ndarray) -> np.ndarray:  # seen_keys is sorted (CSR rows, sorted indices)
+        pos = np.minimum(np.searchsorted(seen_keys, keys), max(len(seen_keys) - 1, 0))
+        return seen_keys[pos] == keys if len(seen_keys) else np.zeros(keys.shape, bool)
+
+    positive_unseen = (pos_cols >= 0) & ~is_seen(rows.astype(np.int64) * n_items + np.maximum(pos_cols, 0))
+    available = n_items - np.diff(seen.indptr)[rows] - positive_unseen
     target = np.minimum(negatives, np.maximum(available, 0))
     todo = np.nonzero(filled < target)[0]
     while len(todo):
         draw = rng.integers(0, n_items, size=(len(todo), 2 * negatives + 8))
         keys = rows[todo, None].astype(np.int64) * n_items + draw
-        bad = np.isin(keys, seen_keys) | (draw == pos_cols[todo, None])
+        bad = is_seen(keys) | (draw == pos_cols[todo, None])
         for t, idx in enumerate(todo):  # few passes; each row merges its valid draws, deduplicated
             fresh = draw[t][~bad[t]]
             have = neg[idx, : filled[idx]]

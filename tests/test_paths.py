@@ -192,3 +192,10 @@ def test_stage_end_to_end_on_toy_folder(tmp_path):
     assert (out / "path_quality.json").exists()
     recs = pl.read_parquet(rec_dir / "recommendations.parquet")
     assert paths.select("user_id", "item_id").unique().height == recs.height  # every rec explained (genre shared by all)
+
+
+def test_column_wise_text_equals_render_path():
+    graph, rec, rated, recs = _toy()
+    paths = finish_paths(mine(PathsConfig(), graph, rec, recs, rated.drop("split")), graph, TITLES, None)
+    for steps, rating, text in paths.select("steps", "rating", "text").iter_rows():
+        assert text == render_path(steps, TITLES, rating)
