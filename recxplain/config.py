@@ -134,7 +134,7 @@ class PathsConfig(Section):
     top_p: int = Field(3, ge=1)
     min_rating: float = 0.0
     similar_k: int = Field(10, ge=1)
-    max_links_per_entity: int = Field(5, ge=1)
+    max_links_per_entity: int = Field(3, ge=1)
     weight_credibility: float = Field(0.5, ge=0)
     weight_readability: float = Field(0.3, ge=0)
     weight_diversity: float = Field(0.2, ge=0)
