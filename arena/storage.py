@@ -23,8 +23,7 @@ from pathlib import Path
 import pandas as pd
 
 from arena.bundle import Bundle
-
-OUTCOMES = ("a", "b", "tie", "both_bad")
+from recxplain.stats import OUTCOMES
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import random
 import re
 import sqlite3
 from collections import Counter
@@ -360,8 +361,6 @@ def test_unique_constraint_holds_in_the_database(env, bundle_dir, tmp_path):
 
 def test_sampling_balances_pairs_then_cases(env, bundle_dir, tmp_path):
     bundle = load_bundle(bundle_dir)
-    import random
-
     rng = random.Random(0)
     # The least shown pair wins, then the least shown case.
     pair_counts = Counter({("e1", "e2"): 3, ("e1", "e3"): 1, ("e2", "e3"): 1})
