@@ -34,3 +34,6 @@ bench: setup
 
 clean:
 	rm -rf artifacts .prefect
+
+arena: setup
+	$(PY) -m arena --config $(CONFIG) $(foreach o,$(OVERRIDES),--set $(o))
