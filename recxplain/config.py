@@ -193,14 +193,24 @@ class LLMConfig(Section):
         model: model name for APIs; for `local`, a Hugging Face model folder or `smollm2`
             (the embedded SmolLM2-135M-Instruct).
         base_url: endpoint for `openai`/`anthropic` (None: the SDK default).
-        api_key_env: name of the environment variable that holds the API key. The key itself
-            never appears in a config, log, cache or artifact.
-        adapter: optional peft adapter folder for `local`.
-        max_concurrency: parallel requests for API providers.
-        max_retries: retries on 429/5xx/timeouts (exponential backoff, Retry-After honoured).
+        api_key_env: name of the environment variable that holds the API key, read at each
+            `generate` (e.g. OPENAI_API_KEY, GEMINI_API_KEY, ANTHROPIC_API_KEY). The key itself
+            never appears in a config, log, cache, exception or artifact. None sends no key
+            (keyless local servers: vLLM, Ollama, llama.cpp).
+        adapter: optional peft adapter folder for `local` (merged into the weights at load; its
+            content hash is part of the response-cache key).
+        max_concurrency: parallel requests (threads) for API providers.
+        max_retries: retries after the first attempt on timeouts, connection errors, HTTP 408,
+            409, 429 and 5xx (see recxplain/llm/retry.py); 0 disables retries.
+        retry_base_s: wait before the first retry when the server sends no Retry-After; doubles
+            at each retry (plus up to 25% jitter).
+        retry_max_s: longest single wait, Retry-After included.
         timeout_s: per-request timeout for API providers.
-        batch_size: prompts per forward pass for `local`.
+        batch_size: prompts (times samples) per `generate` batch for `local`; prompts are sorted
+            by length first, so batches hold similar lengths and little padding.
         dtype: weights dtype for `local` (`bfloat16` is ~2x faster on CPUs with bf16 support).
+        device: where a `local` model runs: `auto` (CUDA when torch sees a GPU, else CPU),
+            `cpu` or `cuda`.
         price_per_million_input: USD per million prompt tokens (cost accounting; 0 for local).
         price_per_million_output: USD per million completion tokens.
     """
@@ -212,9 +222,12 @@ class LLMConfig(Section):
     adapter: Path | None = None
     max_concurrency: int = Field(4, ge=1)
     max_retries: int = Field(4, ge=0)
+    retry_base_s: float = Field(1.0, ge=0)
+    retry_max_s: float = Field(60.0, ge=0)
     timeout_s: float = Field(60.0, gt=0)
     batch_size: int = Field(16, ge=1)
     dtype: Literal["float32", "bfloat16"] = "bfloat16"
+    device: Literal["auto", "cpu", "cuda"] = "auto"
     price_per_million_input: float = Field(0.0, ge=0)
     price_per_million_output: float = Field(0.0, ge=0)
 

@@ -1,0 +1,71 @@
+"""`anthropic` provider: Claude models through the official `anthropic` SDK (Messages API).
+
+OpenAI-style messages are mapped to the Messages API: system messages are joined into the
+`system` parameter, the rest keep their order; `max_new_tokens` becomes `max_tokens`. The SDK
+pinned here (anthropic 2.x) no longer exposes `temperature` or `top_p` (current Claude models
+sample with their own settings), so those fields of SamplingConfig are not sent, and there is
+no seed: sample i of a prompt is reproducible only through the response cache, whose key still
+includes the whole SamplingConfig.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Iterator
+
+import anthropic
+
+from recxplain.config import LLMConfig, SamplingConfig
+from recxplain.llm.chat import Generation, Job, MalformedResponse, Run, Usage
+from recxplain.llm.retry import answer, read_api_key, run_in_threads
+
+DEFAULT_BASE_URL = "https://api.anthropic.com"
+
+
+def identity(cfg: LLMConfig) -> dict:
+    """What names this model's answers in the cache."""
+    return {"provider": "anthropic", "model": cfg.model, "base_url": (cfg.base_url or DEFAULT_BASE_URL).rstrip("/")}
+
+
+def make_run(cfg: LLMConfig) -> Run:
+    def run(jobs: list[Job], sampling: SamplingConfig, usage: Usage) -> Iterator[tuple[int, Generation]]:
+        key = read_api_key(cfg)
+        client = anthropic.Anthropic(api_key=key or "unused", base_url=cfg.base_url, timeout=cfg.timeout_s,
+                                     max_retries=0)
+
+        def request(job: Job) -> Generation:
+            system = "\n\n".join(m["content"] for m in job.messages if m["role"] == "system")
+            turns = [{"role": m["role"], "content": m["content"]} for m in job.messages if m["role"] != "system"]
+            start = time.perf_counter()
+            message = client.messages.create(
+                model=cfg.model, messages=turns, max_tokens=sampling.max_new_tokens,
+                **({"system": system} if system else {}),
+            )
+            return parse_message(message, time.perf_counter() - start)
+
+        try:
+            yield from run_in_threads(jobs, lambda job: answer(lambda: request(job), cfg, usage, key),
+                                      cfg.max_concurrency)
+        finally:
+            client.close()
+
+    return run
+
+
+def parse_message(message: object, latency_s: float) -> Generation:
+    """A Generation from a Messages API response; MalformedResponse if it is not one."""
+    blocks = getattr(message, "content", None)
+    if not isinstance(blocks, list):
+        raise MalformedResponse(f"no content blocks in the response: {repr(message)[:200]}")
+    texts = [getattr(block, "text", None) for block in blocks if getattr(block, "type", None) == "text"]
+    if not texts or not all(isinstance(t, str) for t in texts):
+        raise MalformedResponse(f"no text block in the response content: {repr(blocks)[:200]}")
+    usage = getattr(message, "usage", None)
+    prompt_tokens = getattr(usage, "input_tokens", None)
+    completion_tokens = getattr(usage, "output_tokens", None)
+    if usage is not None and not (isinstance(prompt_tokens, int) and isinstance(completion_tokens, int)):
+        raise MalformedResponse(f"usage without integer token counts: {repr(usage)[:200]}")
+    finish = getattr(message, "stop_reason", None)
+    return Generation("".join(texts).strip(), prompt_tokens=prompt_tokens or 0,
+                      completion_tokens=completion_tokens or 0, latency_s=latency_s,
+                      finish_reason="length" if finish == "max_tokens" else "stop")
