@@ -1,0 +1,94 @@
+"""The task runner of a flow, chosen by `runtime.task_runner` in the config.
+
+- `threads` (default): Prefect's thread pool, `runtime.max_workers` threads in the flow's own
+  process. Enough on one machine: stages call numpy, polars, torch and HTTP clients, which
+  release the GIL.
+- `dask`: `prefect-dask`. With `runtime.dask_address` the flow connects to an existing
+  scheduler (`dask scheduler` + `dask worker` on the cluster's machines); without it, a local
+  cluster of `runtime.max_workers` single-threaded worker processes is started for the run,
+  with its scratch space under `<artifacts_dir>/dask/` and no dashboard.
+- `ray`: `prefect-ray` (the optional `ray` extra: `pip install -e '.[ray]'`). Ray starts a
+  local instance of `runtime.max_workers` CPUs, or connects to the cluster named by
+  `RAY_ADDRESS` in the environment (e.g. `ray://head:10001`), as any Ray program does.
+
+Only tasks that a flow `.submit()`s go through the runner (see flows/fanout.py); a task called
+directly runs in the flow's thread. Workers on other machines must see the same artifacts
+folder (a shared filesystem) and, to report their task runs, the same Prefect server
+(`PREFECT_API_URL`): without one, every worker process starts a temporary Prefect server of
+its own, which costs seconds per worker (../shared/FACTS.md: a Dask run took 27.6 s instead of
+4.7-7 s).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
+
+from recxplain.config import RuntimeConfig
+
+
+class TaskRunnerUnavailable(RuntimeError):
+    """The configured task runner's package is not installed."""
+
+
+def task_runner(runtime: RuntimeConfig) -> TaskRunner:
+    """A fresh task runner for one flow run, as `runtime` asks (see the module docstring)."""
+    if runtime.task_runner == "threads":
+        return ThreadPoolTaskRunner(max_workers=runtime.max_workers)
+    if runtime.task_runner == "dask":
+        return dask_task_runner(runtime)
+    return ray_task_runner(runtime)
+
+
+def dask_task_runner(runtime: RuntimeConfig) -> TaskRunner:
+    from prefect_dask import DaskTaskRunner
+
+    if runtime.dask_address:
+        return DaskTaskRunner(address=runtime.dask_address)
+    scratch = (Path(runtime.artifacts_dir) / "dask").resolve()
+    scratch.mkdir(parents=True, exist_ok=True)
+    return DaskTaskRunner(
+        cluster_class=local_dask_cluster,
+        cluster_kwargs={
+            "n_workers": runtime.max_workers,
+            # One task at a time per worker process: a stage uses the cores itself (torch, polars).
+            "threads_per_worker": 1,
+            "processes": True,
+            "local_directory": str(scratch),
+            # No dashboard; the scheduler's HTTP endpoint (health, metrics) still starts, on
+            # port 8787 unless told otherwise: a free loopback port instead.
+            "dashboard_address": None,
+            "scheduler_kwargs": {"dashboard": False, "dashboard_address": "127.0.0.1:0"},
+            # Loopback only: a local cluster is not reachable from other machines.
+            "host": "127.0.0.1",
+        },
+    )
+
+
+def local_dask_cluster(**cluster_kwargs: Any):
+    """A `distributed.LocalCluster` whose worker processes report to this flow run's Prefect API.
+
+    Called by prefect-dask when the flow run starts. Without a Prefect server
+    (`PREFECT_API_URL` unset) the flow runs on a temporary server of its own; handing its
+    address to the workers keeps each of them from starting one more.
+    """
+    from distributed import LocalCluster
+    from prefect.client.orchestration import get_client
+
+    api_url = os.environ.get("PREFECT_API_URL") or str(get_client(sync_client=True).api_url)
+    return LocalCluster(env={"PREFECT_API_URL": api_url}, **cluster_kwargs)
+
+
+def ray_task_runner(runtime: RuntimeConfig) -> TaskRunner:
+    try:
+        from prefect_ray import RayTaskRunner
+    except ImportError:
+        raise TaskRunnerUnavailable(
+            "runtime.task_runner is 'ray' but prefect-ray is not installed: pip install -e '.[ray]'"
+        ) from None
+    address = os.environ.get("RAY_ADDRESS")
+    init_kwargs = {"num_cpus": runtime.max_workers, "include_dashboard": False} if not address else {}
+    return RayTaskRunner(address=address, init_kwargs=init_kwargs)
