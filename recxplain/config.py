@@ -16,6 +16,7 @@ import json
 import re
 from pathlib import Path
 from typing import Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -507,6 +508,43 @@ class ArenaConfig(Section):
         return self
 
 
+class RetrainConfig(Section):
+    """Scheduled retraining (flows/retrain.py, the `recxplain-retrain` deployment).
+
+    Every retraining run re-prepares the data when a source file changed (its content hash is
+    part of prepare_data's key), refits the recommender, refreshes paths and cases, and writes
+    the held-out explanations again with the current student. The student itself (teacher
+    answers, judged pairs, SFT, ORPO, DPO rounds) is trained again only when the new data
+    differs enough from the data the current student learned from; below the threshold the
+    student stays the one trained before, on the cases it was trained on.
+
+    Attributes:
+        cron: when the deployment runs, in cron syntax (default: Mondays at 03:00); `make
+            deploy` registers it with the `recxplain-retrain` deployment. None: no schedule
+            (runs are triggered from the UI or `prefect deployment run`).
+        timezone: IANA time zone of `cron`.
+        min_new_ratings: train the student again when at least this many ratings of the new
+            data are not in the data it learned from (same user, item, rating and timestamp)...
+        min_new_fraction: ...or when those new ratings are at least this share of all ratings.
+    """
+
+    cron: str | None = "0 3 * * 1"
+    timezone: str = "UTC"
+    min_new_ratings: int = Field(10_000, ge=1)
+    min_new_fraction: float = Field(0.05, gt=0, le=1)
+
+    @model_validator(mode="after")
+    def _schedule(self) -> "RetrainConfig":
+        # The full cron grammar is checked by Prefect when the deployment is registered.
+        if self.cron is not None and len(self.cron.split()) != 5:
+            raise ValueError(f"retrain.cron must have 5 fields (minute hour day month weekday), got {self.cron!r}")
+        try:
+            ZoneInfo(self.timezone)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"retrain.timezone {self.timezone!r} is not an IANA time zone (e.g. Europe/Berlin)") from None
+        return self
+
+
 class RuntimeConfig(Section):
     """Where outputs go and how tasks run.
 
@@ -542,6 +580,7 @@ class Config(Section):
     evaluation: EvaluationConfig = EvaluationConfig()
     runtime: RuntimeConfig = RuntimeConfig()
     arena: ArenaConfig = ArenaConfig()
+    retrain: RetrainConfig = RetrainConfig()
 
 
 class ConfigError(ValueError):
