@@ -545,6 +545,124 @@ class RetrainConfig(Section):
         return self
 
 
+class ReclaifCandidatesConfig(Section):
+    """RecLAIF's candidate sets: per sampled user, the held-out next movie plus M negatives.
+
+    Train users (teacher answers, DPO pairs) predict their `valid` item from their train history;
+    eval users predict their `test` item from everything before it (train + valid). Users are a
+    seeded permutation of those with a history and a target: the first `eval_users` are the
+    evaluation set, the next `train_users` the training set (disjoint; eval stays the same when
+    only `train_users` changes). Each set is drawn from its own seed (seed, user id), so it does
+    not change when other users are added.
+
+    Attributes:
+        train_users: users whose sets feed the teacher (SFT data) and the DPO rounds.
+        eval_users: users whose sets every recommender (classic and LLM) is evaluated on.
+        negatives: M, negatives per set (19: RecLAIF's LastFM setting, 20 candidates in all).
+        sampler: `uniform` (any unseen catalogue movie), `popularity` (unseen movies drawn in
+            proportion to their train interactions: popular negatives are harder to rule out)
+            or `hard` (drawn from the classic recommender's top `hard_pool` unseen movies; the
+            recommender that picked them is then at a disadvantage on these sets).
+        hard_pool: how many of the recommender's best unseen movies the `hard` sampler draws from
+            (filled up uniformly when a user has fewer).
+        history_length: last L movies of the history shown to the recommender (RecLAIF uses 10
+            for Beauty, 20 for LastFM; short prompts keep CPU runs fast).
+        seed: sampling seed (users, negatives, candidate order).
+    """
+
+    train_users: int = Field(24, ge=1)
+    eval_users: int = Field(24, ge=1)
+    negatives: int = Field(19, ge=1)
+    sampler: Literal["uniform", "popularity", "hard"] = "uniform"
+    hard_pool: int = Field(100, ge=1)
+    history_length: int = Field(10, ge=1)
+    seed: int = 11
+
+
+class ReclaifAnswerConfig(Section):
+    """What the LLM recommender is asked and how its answers are read (every RecLAIF LLM stage).
+
+    Attributes:
+        prompt: recommender template in `configs/prompts/` (variables: history, candidates, k).
+        top_k: movies the recommender must rank (RecLAIF's top three); an answer is valid when it
+            names exactly this many different candidates, keeps the format and names nothing else.
+        fuzzy_threshold: a named title that matches no candidate exactly is mapped to the most
+            similar candidate title when their similarity (difflib ratio, 0-1) reaches this.
+    """
+
+    prompt: str = "reclaif_recommend.j2"
+    top_k: int = Field(3, ge=1)
+    fuzzy_threshold: float = Field(0.85, gt=0, le=1)
+
+
+class ReclaifEvaluationConfig(Section):
+    """The comparison table: classic recommenders vs the LLM recommenders on the same eval sets.
+
+    Attributes:
+        recommenders: LLM recommenders in table order: `teacher` (teacher.llm), `base` (the
+            untrained student), `sft`, `dpo` (every round of training.rounds) or `dpo_rN`.
+        baselines: classic recommenders fit on every interaction before the eval targets
+            (train + valid) and scored on the same candidate sets: `itemknn`, `als`, `bpr`,
+            `popular` (settings from the `recommender` section).
+        sampling: decoding of the evaluated answers (greedy by default; no re-asks, so the
+            validity ratio is that of first answers).
+        diversity: mean pairwise cosine distance of the embedded texts (title, year, genres) of
+            each answer's recommended movies.
+        embedding_model: sentence-transformers model for diversity (`minilm` or a local folder).
+        explainability: the judge's language model scores each LLM answer 1-100 (RecLAIF).
+        bootstrap: bootstrap resamples (over eval users) for the confidence intervals.
+        seed: bootstrap seed.
+    """
+
+    recommenders: list[str] = ["base", "sft", "dpo"]
+    baselines: list[Literal["itemknn", "als", "bpr", "popular"]] = ["itemknn", "als", "bpr", "popular"]
+    sampling: SamplingConfig = SamplingConfig(temperature=0.0, max_new_tokens=128)
+    diversity: bool = True
+    embedding_model: str = "minilm"
+    explainability: bool = True
+    bootstrap: int = Field(1000, ge=10)
+    seed: int = 0
+
+    @model_validator(mode="after")
+    def _known_recommenders(self) -> "ReclaifEvaluationConfig":
+        unknown = [n for n in self.recommenders if not re.fullmatch(r"teacher|base|sft|dpo|dpo_r[1-9][0-9]*", n)]
+        if unknown:
+            raise ValueError(f"unknown recommender(s) {unknown}: use teacher, base, sft, dpo or dpo_rN")
+        if len(set(self.recommenders)) != len(self.recommenders) or len(set(self.baselines)) != len(self.baselines):
+            raise ValueError("reclaif.evaluation: a recommender or baseline is listed twice")
+        return self
+
+
+class ReclaifConfig(Section):
+    """`task: recommend`: RecLAIF (He et al. 2025), the LLM as the recommender (tasks/reclaif.py).
+
+    The teacher (`teacher.llm`, `teacher.sampling`, `teacher.max_parse_retries`, `teacher.best_of`)
+    answers the train sets (SFT data); each of `training.rounds` DPO rounds samples two answers
+    per train set from the current student at `pairs.sampling`, the judge below picks one, and
+    DPO trains the next student (`training` settings throughout). Each sub-section is passed
+    only to the stages that use it, so changing one reruns only what depends on it.
+
+    Attributes:
+        candidates: who is asked and about which movies (candidate sets).
+        answer: the recommender prompt and how answers are parsed.
+        judge: RecLAIF's judge of two answers (0-5 relevance, diversity and explainability,
+            then A or B; the next movie is shown to it). `kind`: `llm`, `rubric` (verifiable
+            checks of the parsed answers: validity, rank of the next movie, genre diversity of
+            the picks, preferences and reasons given) or `ensemble` (their `llm_weight` mix,
+            both-bad when neither answer is valid). `explainability_prompt` is the 1-100
+            explainability score of the evaluation. `min_words`/`max_words` are not used here.
+        evaluation: the comparison table.
+    """
+
+    candidates: ReclaifCandidatesConfig = ReclaifCandidatesConfig()
+    answer: ReclaifAnswerConfig = ReclaifAnswerConfig()
+    judge: JudgeConfig = JudgeConfig(
+        kind="ensemble", prompt="reclaif_judge.j2", explainability_prompt="reclaif_explainability.j2",
+        sampling=SamplingConfig(temperature=0.0, max_new_tokens=160),
+    )
+    evaluation: ReclaifEvaluationConfig = ReclaifEvaluationConfig()
+
+
 class RuntimeConfig(Section):
     """Where outputs go and how tasks run.
 
@@ -581,6 +699,7 @@ class Config(Section):
     runtime: RuntimeConfig = RuntimeConfig()
     arena: ArenaConfig = ArenaConfig()
     retrain: RetrainConfig = RetrainConfig()
+    reclaif: ReclaifConfig = ReclaifConfig()
 
 
 class ConfigError(ValueError):
