@@ -345,6 +345,9 @@ Bold: the best explainer on a metric with a direction.</p>
 <p>Every pair of explainers on every case{% if tournament %} ({{ tournament.comparisons }} comparisons; {{ "%.1f" | format(100 * tournament.order_inconsistent) }}% order-inconsistent, counted as ties){% endif %}.
 Win ratio and average rank as LLMXRec; Bradley-Terry strengths with bootstrap intervals.</p>
 <div class="plots">{% for img in tournament_plots %}<img alt="tournament plot" src="data:image/png;base64,{{ img }}">{% endfor %}</div>
+{% if win_rates %}<h3>Win rate of the row explainer against the column explainer</h3>
+<table><tr>{% for c in win_rates.columns %}<th>{{ c }}</th>{% endfor %}</tr>
+{% for r in win_rates.rows %}<tr>{% for v in r %}<td>{{ v }}</td>{% endfor %}</tr>{% endfor %}</table>{% endif %}
 {% if pairwise %}<h3>Pairwise tests (exact binomial on decisive verdicts)</h3>
 <table><tr>{% for c in pairwise.columns %}<th>{{ c }}</th>{% endfor %}</tr>
 {% for r in pairwise.rows %}<tr>{% for v in r %}<td>{{ v }}</td>{% endfor %}</tr>{% endfor %}</table>{% endif %}
@@ -440,6 +443,10 @@ def render_report(*, evaluation: EvaluationConfig, metrics: Path, explanations: 
     attributes = _read(Path(metrics), "attributes.parquet")
     bias = _read(Path(metrics), "bias.parquet")
     pairwise = _read(Path(metrics), "pairwise.parquet")
+    win_rates = _read(Path(metrics), "win_rates.parquet")
+    if win_rates is not None:
+        order = [e for e in explainers if e in win_rates.index]
+        win_rates = win_rates.reindex(index=order, columns=order).rename_axis("explainer").reset_index()
     environment = jinja2.Environment(autoescape=True, undefined=jinja2.StrictUndefined)
     return environment.from_string(PAGE).render(
         n_cases=len(eval_cases),
@@ -448,6 +455,7 @@ def render_report(*, evaluation: EvaluationConfig, metrics: Path, explanations: 
         tournament=summary.get("tournament"),
         tournament_plots=tournament_plots,
         pairwise=_rows(pairwise),
+        win_rates=_rows(win_rates),
         metric_plots=metric_plots,
         significance=_rows(significance),
         attribute_plot=attribute_plot(attributes),

@@ -92,6 +92,7 @@ def test_report_is_one_self_contained_escaped_page(run):
     assert len(images) >= 5  # win ratio, BT, rank, bounded metrics, style, explainability, gender, curves
     assert all(base64.b64decode(i)[:8] == b"\x89PNG\r\n\x1a\n" for i in images)
     assert "Training curves" in html and html.count('class="example"') == 2
+    assert "Win rate of the row explainer" in html and "Pairwise tests" in html
 
 
 def test_metrics_table_and_markdown(run):
