@@ -520,23 +520,25 @@ class RetrainConfig(Section):
 
     Attributes:
         cron: when the deployment runs, in cron syntax (default: Mondays at 03:00); `make
-            deploy` registers it with the `recxplain-retrain` deployment. None: no schedule
-            (runs are triggered from the UI or `prefect deployment run`).
+            deploy` registers it with the `retrain` deployment.
         timezone: IANA time zone of `cron`.
+        scheduled: False registers the schedule paused (runs only when triggered from the UI
+            or `prefect deployment run`; the UI's toggle resumes it).
         min_new_ratings: train the student again when at least this many ratings of the new
             data are not in the data it learned from (same user, item, rating and timestamp)...
         min_new_fraction: ...or when those new ratings are at least this share of all ratings.
     """
 
-    cron: str | None = "0 3 * * 1"
+    cron: str = "0 3 * * 1"
     timezone: str = "UTC"
+    scheduled: bool = True
     min_new_ratings: int = Field(10_000, ge=1)
     min_new_fraction: float = Field(0.05, gt=0, le=1)
 
     @model_validator(mode="after")
     def _schedule(self) -> "RetrainConfig":
         # The full cron grammar is checked by Prefect when the deployment is registered.
-        if self.cron is not None and len(self.cron.split()) != 5:
+        if len(self.cron.split()) != 5:
             raise ValueError(f"retrain.cron must have 5 fields (minute hour day month weekday), got {self.cron!r}")
         try:
             ZoneInfo(self.timezone)
