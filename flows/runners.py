@@ -11,6 +11,11 @@
   local instance of `runtime.max_workers` CPUs, or connects to the cluster named by
   `RAY_ADDRESS` in the environment (e.g. `ray://head:10001`), as any Ray program does.
 
+A flow's task runner is fixed where the flow is defined, but the config is a parameter of each
+run: the flows are defined with `ConfigTaskRunner()`, which reads the run's config and starts
+the runner it names when the flow submits its first task. So a run from the command line, a
+deployment or `flow.serve` all get the runner of their config.
+
 Only tasks that a flow `.submit()`s go through the runner (see flows/fanout.py); a task called
 directly runs in the flow's thread. Workers on other machines must see the same artifacts
 folder (a shared filesystem) and, to report their task runs, the same Prefect server
@@ -21,13 +26,17 @@ its own, which costs seconds per worker (../shared/FACTS.md: a Dask run took 27.
 
 from __future__ import annotations
 
+import inspect
 import os
+import threading
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
+from prefect.context import FlowRunContext
 from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
 
-from recxplain.config import RuntimeConfig
+from recxplain.config import RuntimeConfig, load_config
 
 
 class TaskRunnerUnavailable(RuntimeError):
@@ -92,3 +101,42 @@ def ray_task_runner(runtime: RuntimeConfig) -> TaskRunner:
     address = os.environ.get("RAY_ADDRESS")
     init_kwargs = {"num_cpus": runtime.max_workers, "include_dashboard": False} if not address else {}
     return RayTaskRunner(address=address, init_kwargs=init_kwargs)
+
+
+class ConfigTaskRunner(TaskRunner):
+    """The task runner that the flow run's own config asks for (`runtime.task_runner`).
+
+    The runner is chosen and started when the flow submits its first task: the flow run's
+    `config_path` and `overrides` parameters (defaults included) are loaded then. A flow that
+    submits nothing starts nothing (no Dask cluster for a fully cached run).
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._inner: TaskRunner | None = None
+        self._stack = ExitStack()
+        self._lock = threading.Lock()
+
+    def duplicate(self) -> "ConfigTaskRunner":
+        return type(self)()
+
+    def inner(self) -> TaskRunner:
+        """The configured runner, started on first use."""
+        with self._lock:
+            if self._inner is None:
+                context = FlowRunContext.get()
+                if context is None or context.flow is None:
+                    raise RuntimeError("ConfigTaskRunner is used outside a flow run")
+                bound = inspect.signature(context.flow.fn).bind_partial(**context.parameters)
+                bound.apply_defaults()
+                cfg = load_config(bound.arguments["config_path"], bound.arguments.get("overrides") or [])
+                self._inner = self._stack.enter_context(task_runner(cfg.runtime))
+            return self._inner
+
+    def submit(self, task, parameters, wait_for=None, dependencies=None):
+        return self.inner().submit(task, parameters, wait_for=wait_for, dependencies=dependencies)
+
+    def __exit__(self, exc_type, exc_value, traceback) -> None:
+        self._stack.__exit__(exc_type, exc_value, traceback)
+        self._inner = None
+        super().__exit__(exc_type, exc_value, traceback)
