@@ -37,3 +37,26 @@ clean:
 
 arena: setup
 	$(PY) -m arena --config $(CONFIG) $(foreach o,$(OVERRIDES),--set $(o))
+
+# ---- Prefect server, deployments, workers (deployments/prefect.yaml; README "Deployments").
+# State lives in .prefect/ (PREFECT_HOME); the server listens on this machine only.
+PREFECT := $(VENV)/bin/prefect
+PREFECT_PORT ?= 4200
+PREFECT_URL := http://127.0.0.1:$(PREFECT_PORT)
+PREFECT_ENV := PREFECT_HOME=$(CURDIR)/.prefect PREFECT_SERVER_ANALYTICS_ENABLED=false DO_NOT_TRACK=1 \
+	PREFECT_LOGGING_LEVEL=WARNING PREFECT_API_URL=$(PREFECT_URL)/api
+
+.PHONY: ui deploy worker serve
+
+ui: setup
+	@echo "Prefect UI at $(PREFECT_URL) (Ctrl-C stops the server; state in .prefect/)"
+	$(PREFECT_ENV) $(PREFECT) server start --host 127.0.0.1 --port $(PREFECT_PORT)
+
+deploy: setup
+	$(PREFECT_ENV) $(PY) -m flows.deploy --config $(CONFIG)
+
+worker: setup
+	$(PREFECT_ENV) $(PREFECT) worker start --pool recxplain
+
+serve: setup
+	$(PREFECT_ENV) $(PY) -m flows.serve --config $(CONFIG)

@@ -19,6 +19,7 @@ from pathlib import Path
 import flows  # noqa: F401  (quiet offline Prefect settings, before prefect is imported)
 from prefect import flow
 
+from flows.runners import ConfigTaskRunner
 from flows.summary import StageLog, publish_run_summary
 from recxplain.config import Config, ConfigError, load_config
 from recxplain.prompts import read_templates
@@ -121,7 +122,7 @@ def evaluation_stages(cfg: Config, log: StageLog, cases: Path, students: dict[st
     return {"explanations": explanations, "evaluate": metrics, "report": report, "arena": arena}
 
 
-@flow(name="recxplain-pipeline", log_prints=True)
+@flow(name="recxplain-pipeline", log_prints=True, task_runner=ConfigTaskRunner())
 def pipeline(config_path: str = "configs/default.yaml", overrides: list[str] | None = None) -> str:
     """Run every stage for one config; return the folder of the run's summary and report."""
     cfg = load_config(config_path, overrides or [])
@@ -139,24 +140,9 @@ def pipeline(config_path: str = "configs/default.yaml", overrides: list[str] | N
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m flows.pipeline", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--config", default="configs/default.yaml", help="YAML config file")
-    parser.add_argument(
-        "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-        help="override a config field, e.g. --set recommender.k=20 (repeatable)",
-    )
-    args = parser.parse_args(argv)
-    overrides = [o for text in args.overrides for o in text.split()]
-    try:  # validate before starting Prefect: a bad config fails in milliseconds
-        load_config(args.config, overrides)
-    except ConfigError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    started = time.perf_counter()
-    run_dir = pipeline(args.config, overrides)
-    print(f"run finished in {time.perf_counter() - started:.1f} s: {run_dir}")
-    print((Path(run_dir) / "summary.md").read_text())
-    return 0
+    from flows.cli import run_flow  # the shared command line of every flow (--config, --set)
+
+    return run_flow(pipeline, argv, prog="python -m flows.pipeline", description=__doc__)
 
 
 if __name__ == "__main__":
