@@ -37,10 +37,12 @@ def deploy_environment(config_path: str, overrides: list[str] | tuple[str, ...] 
 
 
 def deploy(config_path: str, api_url: str, names: list[str] | None = None, overrides: list[str] | None = None,
-           work_pool: str = WORK_POOL) -> None:
-    """Create the work pool and register the deployments `names` (None: all) at `api_url`."""
+           work_pool: str = WORK_POOL, environment: dict[str, str] | None = None) -> None:
+    """Create the work pool and register the deployments `names` (None: all) at `api_url`;
+    the Prefect CLI runs in `environment` (default: this process's)."""
     prefect = str(Path(sys.executable).parent / "prefect")
-    env = os.environ | deploy_environment(config_path, overrides or []) | {"PREFECT_API_URL": api_url}
+    env = dict(os.environ if environment is None else environment)
+    env |= deploy_environment(config_path, overrides or []) | {"PREFECT_API_URL": api_url}
     subprocess.run(
         [prefect, "work-pool", "create", work_pool, "--type", "process", "--overwrite"],
         env=env, cwd=PROJECT, check=True, stdout=subprocess.DEVNULL,

@@ -50,6 +50,7 @@ def run_parallel(log: StageLog, calls: dict[str, tuple[Task, dict[str, Any]]]) -
     results: dict[str, Path] = {}
     failures: list[str] = []
     for label, future in futures.items():
+        future.wait()  # records the final state in the future (else `.state` asks the API)
         state = future.state
         log.rows.append(
             {
