@@ -612,6 +612,7 @@ class ReclaifEvaluationConfig(Section):
             each answer's recommended movies.
         embedding_model: sentence-transformers model for diversity (`minilm` or a local folder).
         explainability: the judge's language model scores each LLM answer 1-100 (RecLAIF).
+        explainability_sampling: decoding of those scores (a short JSON answer).
         bootstrap: bootstrap resamples (over eval users) for the confidence intervals.
         seed: bootstrap seed.
     """
@@ -622,6 +623,7 @@ class ReclaifEvaluationConfig(Section):
     diversity: bool = True
     embedding_model: str = "minilm"
     explainability: bool = True
+    explainability_sampling: SamplingConfig = SamplingConfig(temperature=0.0, max_new_tokens=32)
     bootstrap: int = Field(1000, ge=10)
     seed: int = 0
 
@@ -638,13 +640,18 @@ class ReclaifEvaluationConfig(Section):
 class ReclaifConfig(Section):
     """`task: recommend`: RecLAIF (He et al. 2025), the LLM as the recommender (tasks/reclaif.py).
 
-    The teacher (`teacher.llm`, `teacher.sampling`, `teacher.max_parse_retries`, `teacher.best_of`)
-    answers the train sets (SFT data); each of `training.rounds` DPO rounds samples two answers
+    The teacher answers the train sets (SFT data); each of `training.rounds` DPO rounds samples two answers
     per train set from the current student at `pairs.sampling`, the judge below picks one, and
     DPO trains the next student (`training` settings throughout). Each sub-section is passed
     only to the stages that use it, so changing one reruns only what depends on it.
 
     Attributes:
+        teacher: `llm`: `teacher.llm` answers (with `teacher.sampling`, `teacher.max_parse_retries`,
+            `teacher.best_of`), as Claude does in the paper. `template`: the classic recommender
+            (the `recommender` section's model, fit on train) ranks each train set, and its top k
+            are written in RecLAIF's format with preferences and reasons grounded in the history's
+            genres and years (the embedded default: SmolLM2-135M wrote no valid answer in our
+            probe, so it cannot teach the format).
         candidates: who is asked and about which movies (candidate sets).
         answer: the recommender prompt and how answers are parsed.
         judge: RecLAIF's judge of two answers (0-5 relevance, diversity and explainability,
@@ -656,6 +663,7 @@ class ReclaifConfig(Section):
         evaluation: the comparison table.
     """
 
+    teacher: Literal["llm", "template"] = "llm"
     candidates: ReclaifCandidatesConfig = ReclaifCandidatesConfig()
     answer: ReclaifAnswerConfig = ReclaifAnswerConfig()
     judge: JudgeConfig = JudgeConfig(

@@ -24,7 +24,7 @@ as invalid (never raised), so one bad answer cannot crash a run.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -177,7 +177,7 @@ class Parsed:
 def generate_parsed(
     model: ChatModel,
     prompts: list[list[dict]],
-    parse: Callable[[str], Any],
+    parse: Callable[[str], Any] | Sequence[Callable[[str], Any]],
     sampling: SamplingConfig,
     *,
     n: int = 1,
@@ -186,10 +186,14 @@ def generate_parsed(
     """Generate `n` answers per prompt and parse each; re-ask failures with the error fed back.
 
     `parse(text)` returns the parsed value or raises ValueError with a message the model can act
-    on. A failed answer is re-asked as a continuation of its own conversation (the bad answer as
-    the assistant turn, then `RETRY_MESSAGE` with the error), all failures of a round in one
-    batch. Returns `n` `Parsed` per prompt, in order; invalid ones have `value=None`.
+    on; a sequence gives one parser per prompt (when what is valid depends on the prompt). A
+    failed answer is re-asked as a continuation of its own conversation (the bad answer as the
+    assistant turn, then `RETRY_MESSAGE` with the error), all failures of a round in one batch.
+    Returns `n` `Parsed` per prompt, in order; invalid ones have `value=None`.
     """
+    parsers = list(parse) if isinstance(parse, Sequence) else [parse] * len(prompts)
+    if len(parsers) != len(prompts):
+        raise ValueError(f"generate_parsed: {len(parsers)} parsers for {len(prompts)} prompts")
     results = [[Parsed() for _ in range(n)] for _ in prompts]
     outputs = model.generate(prompts, sampling, n=n) if prompts else []
     pending: list[tuple[int, int, list[dict]]] = []
@@ -204,7 +208,7 @@ def generate_parsed(
         for i, j, conversation in pending:
             result = results[i][j]
             try:
-                result.value = parse(result.text)
+                result.value = parsers[i](result.text)
             except ValueError as err:
                 result.value = None
                 result.errors.append(str(err))

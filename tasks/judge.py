@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Literal
@@ -479,12 +479,18 @@ def load_judge_model(judge: JudgeConfig, artifacts_dir: Path, cache_path: Path |
     return load_chat_model(judge.llm, artifacts_dir, cache_path)
 
 
+def _context(item: Case | Mapping[str, Any]) -> dict[str, Any]:
+    """Template variables of a judged item: a Case renders as `case`; a mapping is passed as is
+    (RecLAIF's judge of recommendation answers renders history, candidates and label)."""
+    return dict(item) if isinstance(item, Mapping) else {"case": item}
+
+
 def _llm_verdicts(
     items: Sequence[tuple[Case, str, str]], judge: JudgeConfig, templates: Templates, model: ChatModel
 ) -> tuple[list[Parsed], list[Parsed | None]]:
-    prompts = [render_messages(judge.prompt, templates, case=c, option_a=a, option_b=b) for c, a, b in items]
+    prompts = [render_messages(judge.prompt, templates, **_context(c), option_a=a, option_b=b) for c, a, b in items]
     if judge.both_orders:
-        prompts += [render_messages(judge.prompt, templates, case=c, option_a=b, option_b=a) for c, a, b in items]
+        prompts += [render_messages(judge.prompt, templates, **_context(c), option_a=b, option_b=a) for c, a, b in items]
     parsed = [p[0] for p in generate_parsed(model, prompts, parse_verdict, judge.sampling, max_retries=judge.max_parse_retries)]
     ab = parsed[: len(items)]
     ba = parsed[len(items) :] if judge.both_orders else [None] * len(items)
@@ -513,6 +519,9 @@ def judge_explanation_pairs(
     catalogue: Catalogue | None = None,
 ) -> list[PairJudgement]:
     """Judge each (case, explanation A, explanation B) with the configured judge.
+
+    For the `llm` judge the first element may also be a mapping of template variables instead
+    of a Case (tasks/reclaif.py judges recommendation answers this way); the rubric needs a Case.
 
     `templates` must hold `judge.prompt` and `model` must be given for the `llm` and `ensemble`
     judges (see `load_judge_model`); all LLM calls go out as one batch per retry round. With

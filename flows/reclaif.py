@@ -1,0 +1,117 @@
+"""`task: recommend`: the RecLAIF stages (tasks/reclaif.py) after the evidence stages.
+
+flows/pipeline.py calls `reclaif_stages(cfg, log, evidence)` when `cfg.task == "recommend"`:
+
+    candidate sets -> teacher answers (reclaif.teacher: an LLM, or the classic recommender written
+    in RecLAIF's format) -> SFT -> per DPO round r (RecLAIF Algorithm 1): two
+    answers per train set from the round r-1 student -> judge -> DPO -> the round r student
+    -> every LLM recommender answers the eval sets -> comparison table (classic baselines vs
+    base LLM vs SFT vs DPO rounds), written as markdown + parquet and published as a Prefect
+    table artifact (`reclaif-comparison`).
+
+A round whose judge keeps no pair trains nothing: its student is the previous one (logged).
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import polars as pl
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
+
+from flows.summary import StageLog
+from recxplain.config import Config
+from recxplain.prompts import read_templates
+from recxplain.stage import stage
+from tasks.reclaif import (
+    build_candidate_sets,
+    kept_preferences,
+    reclaif_evaluate,
+    reclaif_judge_pairs,
+    reclaif_recommend,
+    reclaif_sample_pairs,
+    reclaif_teacher,
+    reclaif_template_teacher,
+    student_recommenders,
+)
+from tasks.train import train_dpo, train_sft
+
+logger = logging.getLogger(__name__)
+
+BUILD_CANDIDATE_SETS = stage(build_candidate_sets)
+RECLAIF_TEACHER = stage(reclaif_teacher)
+RECLAIF_TEMPLATE_TEACHER = stage(reclaif_template_teacher)
+RECLAIF_SAMPLE_PAIRS = stage(reclaif_sample_pairs)
+RECLAIF_JUDGE_PAIRS = stage(reclaif_judge_pairs)
+RECLAIF_RECOMMEND = stage(reclaif_recommend)
+RECLAIF_EVALUATE = stage(reclaif_evaluate)
+TRAIN_SFT = stage(train_sft)
+TRAIN_DPO = stage(train_dpo)
+
+
+def reclaif_stages(cfg: Config, log: StageLog, evidence: dict[str, Path]) -> dict[str, Path]:
+    """Run the RecLAIF stages on the evidence folders (`data`, `recommender`); return every
+    artifact folder by name (`reclaif_evaluate` holds comparison.md / comparison.parquet)."""
+    r = cfg.reclaif
+    recommend_prompt = read_templates(r.answer.prompt)
+    out: dict[str, Path] = {}
+    out["reclaif_candidates"] = candidates = log.run(
+        BUILD_CANDIDATE_SETS, candidates=r.candidates, data=evidence["data"], recommender=evidence["recommender"]
+    )
+    if r.teacher == "template":  # the classic recommender's ranking, written in RecLAIF's format
+        out["reclaif_teacher"] = log.run(
+            RECLAIF_TEMPLATE_TEACHER, answer=r.answer, recommender=cfg.recommender, candidates=candidates,
+            data=evidence["data"], templates=recommend_prompt,
+        )
+    else:
+        out["reclaif_teacher"] = log.run(
+            RECLAIF_TEACHER, answer=r.answer, teacher=cfg.teacher, candidates=candidates, templates=recommend_prompt
+        )
+    students = {"sft": log.run(TRAIN_SFT, label="reclaif_train_sft", training=cfg.training, sft=out["reclaif_teacher"])}
+    pairs_cfg = cfg.pairs.model_copy(update={"source": "student"})  # RecLAIF samples the current student
+    current = students["sft"]
+    for round_ in range(1, cfg.training.rounds + 1):
+        pairs = log.run(
+            RECLAIF_SAMPLE_PAIRS, label=f"reclaif_sample_pairs_r{round_}", answer=r.answer, pairs=pairs_cfg,
+            teacher=cfg.teacher, training=cfg.training, candidates=candidates, student=current,
+            templates=recommend_prompt,
+        )
+        preferences = log.run(
+            RECLAIF_JUDGE_PAIRS, label=f"reclaif_judge_pairs_r{round_}", judge=r.judge, answer=r.answer,
+            candidates=candidates, pairs=pairs, templates=read_templates(r.judge.prompt),
+        )
+        out[f"reclaif_pairs_r{round_}"], out[f"reclaif_preferences_r{round_}"] = pairs, preferences
+        if kept_preferences(preferences) == 0:
+            logger.warning("reclaif round %d: the judge kept no pair; the round-%d student is the previous one",
+                        round_, round_)
+        else:
+            current = log.run(TRAIN_DPO, label=f"reclaif_train_dpo_r{round_}", training=cfg.training,
+                               preferences=preferences, init=current)
+        students[f"dpo_r{round_}"] = current
+    out |= {f"reclaif_{name}": folder for name, folder in students.items()}
+
+    wanted = {name: students[name] for name in student_recommenders(r.evaluation, cfg.training)}
+    out["reclaif_answers"] = answers = log.run(
+        RECLAIF_RECOMMEND, evaluation=r.evaluation, answer=r.answer, teacher=cfg.teacher, training=cfg.training,
+        candidates=candidates, students=wanted, templates=recommend_prompt,
+    )
+    out["reclaif_evaluate"] = evaluation = log.run(
+        RECLAIF_EVALUATE, evaluation=r.evaluation, answer=r.answer, judge=r.judge, recommender=cfg.recommender,
+        data=evidence["data"], candidates=candidates, answers=answers, training=cfg.training,
+        templates=read_templates(r.judge.explainability_prompt),
+    )
+    publish_comparison(evaluation)
+    return out
+
+
+def publish_comparison(evaluation: Path) -> None:
+    """The comparison table as Prefect artifacts: a table (one row per recommender and metric)
+    and the markdown table."""
+    table = pl.read_parquet(Path(evaluation) / "comparison.parquet")
+    rows = [{k: (None if v != v else round(v, 4)) if isinstance(v, float) else v for k, v in row.items()}  # NaN: no value
+            for row in table.iter_rows(named=True)]
+    create_table_artifact(key="reclaif-comparison", table=rows,
+                          description="RecLAIF: classic baselines vs LLM recommenders on the same candidate sets")
+    create_markdown_artifact(key="reclaif-comparison-md", markdown=(Path(evaluation) / "comparison.md").read_text(),
+                             description="RecLAIF comparison table")

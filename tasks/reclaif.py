@@ -1,0 +1,1155 @@
+"""RecLAIF (He et al. 2025): the language model as the recommender, judged and improved by DPO.
+
+`task: recommend` runs these stages after the evidence stages (data, recommender, paths):
+
+1. `build_candidate_sets`: per sampled user, the held-out next movie plus M negatives (uniform,
+   popularity-weighted, or hard negatives from the classic recommender), shuffled, deterministic
+   by seed. Train users predict their valid item, eval users their test item.
+2. `reclaif_teacher`: the teacher LLM answers every train set in RecLAIF's format (key
+   preferences, then the top k candidates with a reason each); an answer that breaks the format
+   is re-asked with the reason fed back; valid answers are the SFT data (`sft.jsonl`, trl
+   conversational). Or `reclaif_template_teacher` (`reclaif.teacher: template`, the embedded
+   default): the classic recommender ranks the set and `template_answer` writes its top k in the
+   same format, with preferences and reasons taken from the history's genres and years.
+3. `train_sft`, then per round r (Algorithm 1): `reclaif_sample_pairs` draws two answers per train
+   set from the current student, `reclaif_judge_pairs` picks one with RecLAIF's judge (0-5
+   relevance, diversity, explainability, then A or B; the next movie is shown to it), and
+   `train_dpo` trains the round-r student (tasks/train.py).
+4. `reclaif_recommend`: every LLM recommender (base, SFT, DPO rounds) answers the eval sets.
+5. `reclaif_evaluate`: ValidRatio, Hit@1, Hit@3, NDCG@3, Precision@K, diversity and the
+   explainability score for the LLM recommenders, and the classic recommenders (item-KNN, ALS,
+   BPR, popularity) scored on the very same candidate sets, with bootstrap CIs over eval users.
+
+Reading an answer (`parse_recommendation`): each listed movie is mapped to a candidate by its
+title, exactly (normalised: case, punctuation, year, leading article, "Title, The"), else by
+fuzzy similarity (difflib) above `answer.fuzzy_threshold`. An answer is valid when it has key
+preferences and a list that names exactly k different candidates and nothing else; a movie
+that is not a candidate, a candidate named twice, too few or too many movies, or no
+preferences make it invalid (ValidRatio). Relevance is measured on every answer, valid or not,
+from the candidates it did name, in its order (an answer naming none misses).
+
+The judge (`judge_recommendation_pairs`) reuses tasks/judge.py: the LLM verdict, both orders and
+order consistency come from `judge_explanation_pairs` with the RecLAIF template; the `rubric`
+(`answer_scores`) is the verifiable counterpart for recommendation answers: relevance from the
+rank of the next movie among the picks, diversity from the picks' genres, explainability from
+the preferences and reasons given; `ensemble` mixes them as the explanation judge does.
+"""
+
+from __future__ import annotations
+
+import difflib
+import gc
+import json
+import logging
+import math
+import re
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from functools import partial
+from itertools import combinations
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import polars as pl
+from pydantic import BaseModel, ConfigDict
+
+from recxplain.config import (
+    JudgeConfig,
+    PairsConfig,
+    ReclaifAnswerConfig,
+    ReclaifCandidatesConfig,
+    ReclaifEvaluationConfig,
+    RecommenderConfig,
+    TeacherConfig,
+    TrainingConfig,
+)
+from recxplain.prompts import ChatModel, Templates, generate_parsed, render_messages, template_hash, template_source
+from recxplain.schemas import Movie
+from recxplain.stats import bootstrap_ci
+from tasks.explain import explainer_llm
+from tasks.judge import (
+    CandidateScores,
+    PairJudgement,
+    _decide,
+    explainability_scores,
+    judge_explanation_pairs,
+    judge_stats,
+    normalize,
+    repetition,
+    title_forms,
+    words,
+)
+from tasks.recommend import fit_recommender, load_recommender, ranks_to_metrics, read_interactions, recommend, score_candidates
+from tasks.teacher import student_llm
+
+log = logging.getLogger(__name__)
+
+# ---------------------------------------------------------------------------------------------
+# Candidate sets
+
+
+class CandidateSet(BaseModel):
+    """One user's recommendation task: history, shuffled candidates, the held-out next movie.
+
+    `set_id` is `<split>-<user_id>`; `target` is one of `candidates`.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    set_id: str
+    split: Literal["train", "eval"]
+    user_id: int
+    history: list[Movie]
+    candidates: list[Movie]
+    target: Movie
+
+
+def display_title(movie: Movie) -> str:
+    """How a movie is shown to the models: its title and year (titles repeat across years)."""
+    return f"{movie.title} ({movie.year})" if movie.year else movie.title
+
+
+def read_candidate_sets(folder: Path, split: str | None = None) -> list[CandidateSet]:
+    """The sets of a `build_candidate_sets` folder (one split, or all); bad lines name file and line."""
+    path = Path(folder) / "candidates.jsonl"
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: missing (written by build_candidate_sets)")
+    sets = []
+    with open(path) as fh:
+        for number, line in enumerate(fh, 1):
+            if not line.strip():
+                continue
+            try:
+                found = CandidateSet.model_validate_json(line)
+            except ValueError as err:
+                raise ValueError(f"{path}:{number}: not a valid candidate set: {err}") from None
+            if split is None or found.split == split:
+                sets.append(found)
+    if not sets:
+        raise ValueError(f"{path}: no {split or ''} candidate sets".replace("  ", " "))
+    return sets
+
+
+def _title_key(title: str) -> str:
+    return normalize(title).strip()
+
+
+def negative_order(
+    sampler: str, pool: np.ndarray, rng: np.random.Generator, *, popularity: np.ndarray | None = None,
+    hard: np.ndarray | None = None,
+) -> np.ndarray:
+    """`pool` (catalogue positions a user may get as negatives) in the order negatives are drawn.
+
+    uniform: a random permutation. popularity: sequential draws without replacement with
+    probability proportional to `popularity[pool]` (+1, so unseen-in-train items can appear).
+    hard: `hard` (the recommender's best positions, best first, already restricted to the pool)
+    in random order, then the rest of the pool uniformly.
+    """
+    if sampler == "uniform":
+        return rng.permutation(pool)
+    if sampler == "popularity":
+        if popularity is None:
+            raise ValueError("the popularity sampler needs item popularity")
+        weights = popularity[pool].astype(np.float64) + 1.0
+        # Gumbel top-k: sorting log(w) + Gumbel noise is sequential weighted sampling without replacement.
+        keys = np.log(weights) + rng.gumbel(size=len(pool))
+        return pool[np.argsort(-keys, kind="stable")]
+    if sampler == "hard":
+        if hard is None:
+            raise ValueError("the hard sampler needs the recommender's top items")
+        rest = np.setdiff1d(pool, hard, assume_unique=False)
+        return np.concatenate([rng.permutation(hard), rng.permutation(rest)]).astype(pool.dtype)
+    raise ValueError(f"reclaif.candidates.sampler: unknown sampler {sampler!r}; use uniform, popularity or hard")
+
+
+def draw_candidates(
+    target: int, order: np.ndarray, titles: dict[int, str], m: int, rng: np.random.Generator
+) -> tuple[list[int], int]:
+    """Take the first `m` item ids of `order` whose titles differ from the target's and from each
+    other's (a parser must be able to tell every candidate apart), add the target and shuffle.
+    Returns (candidate item ids, negatives drawn)."""
+    seen_titles = {_title_key(titles[target])}
+    negatives: list[int] = []
+    for item in order.tolist():
+        if len(negatives) == m:
+            break
+        key = _title_key(titles[item])
+        if item == target or key in seen_titles:
+            continue
+        seen_titles.add(key)
+        negatives.append(item)
+    candidates = [target, *negatives]
+    return [candidates[i] for i in rng.permutation(len(candidates))], len(negatives)
+
+
+def pick_users(eligible_eval: set[int], eligible_train: set[int], cfg: ReclaifCandidatesConfig) -> tuple[list[int], list[int]]:
+    """(eval users, train users): a seeded permutation; eval drawn first, train from the rest."""
+    order = [int(u) for u in np.random.default_rng(cfg.seed).permutation(sorted(eligible_eval | eligible_train))]
+    eval_users = [u for u in order if u in eligible_eval][: cfg.eval_users]
+    taken = set(eval_users)
+    train_users = [u for u in order if u in eligible_train and u not in taken][: cfg.train_users]
+    if len(eval_users) < cfg.eval_users or len(train_users) < cfg.train_users:
+        raise ValueError(
+            f"reclaif.candidates: {len(eligible_eval)} users have a test item and {len(eligible_train)} a valid "
+            f"item after a train history, not enough for eval_users={cfg.eval_users} and "
+            f"train_users={cfg.train_users} (disjoint); lower them"
+        )
+    return sorted(eval_users), sorted(train_users)
+
+
+def build_candidate_sets(out: Path, *, candidates: ReclaifCandidatesConfig, data: Path, recommender: Path) -> None:
+    """Write candidates.jsonl (CandidateSet per line, eval sets first) and stats.json.
+
+    The catalogue is the recommender's (movies with a train interaction), so every classic
+    baseline can score every negative; the target itself may lie outside it (then no classic
+    model can rank it). Negatives are movies the user never interacted with in any split.
+    """
+    cfg = candidates
+    interactions = read_interactions(Path(data))
+    items_path = Path(data) / "items.parquet"
+    if not items_path.exists():
+        raise FileNotFoundError(f"{items_path}: missing (expected the prepare_data output folder)")
+    items = pl.read_parquet(items_path)
+    movies = {
+        row["item_id"]: Movie(item_id=row["item_id"], title=row["title"], year=row["year"], genres=row["genres"] or [])
+        for row in items.select("item_id", "title", "year", "genres").iter_rows(named=True)
+    }
+    titles = {item: movie.title for item, movie in movies.items()}
+    unknown = set(interactions["item_id"].unique().to_list()) - movies.keys()
+    if unknown:
+        raise ValueError(f"{Path(data) / 'interactions.parquet'}: items {sorted(unknown)[:5]} are not in {items_path}")
+    rec = load_recommender(Path(recommender) / "model")
+    catalogue = rec.item_ids
+    popularity = rec.popularity
+
+    ordered = interactions.sort("user_id", "timestamp", "item_id")
+    train = ordered.filter(pl.col("split") == "train")
+    first = {
+        split: dict(ordered.filter(pl.col("split") == split).unique("user_id", keep="first", maintain_order=True)
+                    .select("user_id", "item_id").iter_rows())
+        for split in ("valid", "test")
+    }
+    with_history = set(train["user_id"].unique().to_list())
+    eval_users, train_users = pick_users(with_history & first["test"].keys(), with_history & first["valid"].keys(), cfg)
+    chosen = eval_users + train_users
+
+    rows = ordered.filter(pl.col("user_id").is_in(chosen))
+    seen = {u: set(g["item_id"].to_list()) for (u,), g in rows.group_by("user_id")}
+    by_user = {u: g for (u,), g in rows.group_by("user_id")}
+    hard_top: dict[int, np.ndarray] = {}
+    if cfg.sampler == "hard":
+        extra = max((len(seen[u]) for u in chosen), default=0)
+        top = recommend(rec, cfg.hard_pool + extra + 1, user_ids=chosen)
+        for (u,), g in top.sort("user_id", "rank").group_by("user_id", maintain_order=True):
+            ids = [i for i in g["item_id"].to_list() if i not in seen[u]][: cfg.hard_pool]
+            hard_top[u] = rec.item_cols(ids)
+
+    sets, short = [], 0
+    for split, users in (("eval", eval_users), ("train", train_users)):
+        for user in users:
+            frame = by_user[user]
+            target = first["test" if split == "eval" else "valid"][user]
+            before = frame.filter(pl.col("split") == "train") if split == "train" else frame.filter(pl.col("split") != "test")
+            history = before["item_id"].to_list()[-cfg.history_length:]
+            rng = np.random.default_rng([cfg.seed, user])  # per user: stable when other users change
+            pool_mask = np.ones(len(catalogue), bool)
+            seen_cols = rec.item_cols(list(seen[user]))
+            pool_mask[seen_cols[seen_cols >= 0]] = False
+            pool = np.flatnonzero(pool_mask)
+            order = negative_order(cfg.sampler, pool, rng, popularity=popularity, hard=hard_top.get(user))
+            ids, drawn = draw_candidates(target, catalogue[order], titles, cfg.negatives, rng)
+            short += drawn < cfg.negatives
+            sets.append(CandidateSet(
+                set_id=f"{split}-{user}", split=split, user_id=user, history=[movies[i] for i in history],
+                candidates=[movies[i] for i in ids], target=movies[target],
+            ))
+    with open(Path(out) / "candidates.jsonl", "w") as fh:
+        for s in sets:
+            fh.write(s.model_dump_json() + "\n")
+    in_catalogue = set(catalogue.tolist())
+    stats = {
+        "sampler": cfg.sampler,
+        "negatives": cfg.negatives,
+        "sets": {"eval": len(eval_users), "train": len(train_users)},
+        "sets_short_of_negatives": int(short),
+        "targets_outside_catalogue": sum(s.target.item_id not in in_catalogue for s in sets),
+        "mean_history": round(float(np.mean([len(s.history) for s in sets])), 2),
+        "mean_target_position": round(float(np.mean([[c.item_id for c in s.candidates].index(s.target.item_id) + 1
+                                                     for s in sets])), 2),
+    }
+    (Path(out) / "stats.json").write_text(json.dumps(stats, indent=2))
+
+
+# ---------------------------------------------------------------------------------------------
+# Prompts
+
+
+def _shown(movies: Sequence[Movie]) -> list[dict]:
+    return [{"title": display_title(m)} for m in movies]
+
+
+def recommend_messages(cs: CandidateSet, answer: ReclaifAnswerConfig, templates: Templates) -> list[dict]:
+    """The RecLAIF recommender prompt for one candidate set (teacher, students and evaluation)."""
+    return render_messages(answer.prompt, templates, history=_shown(cs.history), candidates=_shown(cs.candidates),
+                           k=wanted_picks(cs, answer))
+
+
+def judge_context(cs: CandidateSet) -> dict[str, Any]:
+    """Template variables of RecLAIF's judge and explainability prompts for one candidate set."""
+    return {"history": _shown(cs.history), "candidates": _shown(cs.candidates), "label": {"title": display_title(cs.target)}}
+
+
+def wanted_picks(cs: CandidateSet, answer: ReclaifAnswerConfig) -> int:
+    return min(answer.top_k, len(cs.candidates))
+
+
+# ---------------------------------------------------------------------------------------------
+# Reading an answer
+
+
+@dataclass
+class RecommendationAnswer:
+    """A recommender answer as parsed against its candidates.
+
+    Attributes:
+        preferences: the key preferences stated.
+        picks: item ids of the candidates named, in the answer's order, each once.
+        reasons: the reason given with each pick ("" when none).
+        fuzzy: how many picks matched only by fuzzy title similarity.
+        not_candidates: listed titles that match no candidate.
+        duplicates: candidates named again (ignored after their first mention).
+        problems: why the answer is invalid; empty when it is valid.
+    """
+
+    preferences: list[str] = field(default_factory=list)
+    picks: list[int] = field(default_factory=list)
+    reasons: list[str] = field(default_factory=list)
+    fuzzy: int = 0
+    not_candidates: list[str] = field(default_factory=list)
+    duplicates: list[str] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)
+
+    @property
+    def valid(self) -> bool:
+        return not self.problems
+
+    def rank_of(self, item_id: int) -> float:
+        """1-based position of `item_id` among the picks; inf when not picked."""
+        return float(self.picks.index(item_id) + 1) if item_id in self.picks else math.inf
+
+
+_BULLET = re.compile(r"^\s*(?:[-*\u2022]+|\(?\d{1,2}[.):]|#\d{1,2}[.):]?)\s*")
+_DASH = re.compile(r"\s+[-\u2013\u2014]+\s+|\s*[\u2013\u2014]\s*|\s+-(?=[A-Z])")
+_PREFERENCES = re.compile(r"^\W*key\s+preferences?\b\W*(.*)$", re.IGNORECASE)
+_LIST_HEADING = re.compile(r"^\W*(?:recommended\s+(?:movies?|films?|items?)|recommendations|top\s+\d+\s+(?:movies?|recommendations))\b",
+                           re.IGNORECASE)
+_PREFERENCE_LABEL = re.compile(r"^\s*preference\s*\d*\s*:\s*", re.IGNORECASE)
+_YEAR = re.compile(r"\s*\(\d{4}\)")
+# A line "Reason: ..." under a pick belongs to that pick; it names no movie.
+_REASON_LABELS = {"reason", "reasons", "why", "explanation", "because", "note"}
+_PLACEHOLDERS = {"movie title", "description", "reason for recommendation", "title", "..."}
+
+
+class _TitleIndex:
+    """Candidate titles by their normalised forms (unambiguous forms only), for one candidate set."""
+
+    def __init__(self, candidates: Sequence[Movie]):
+        owners: dict[str, set[int]] = {}
+        for movie in candidates:
+            for form in title_forms(movie.title) | title_forms(display_title(movie)):
+                owners.setdefault(form, set()).add(movie.item_id)
+        # A form two candidates share ("star trek" before a subtitle) identifies neither.
+        self.forms = sorted(((f, next(iter(o))) for f, o in owners.items() if len(o) == 1), key=lambda x: -len(x[0]))
+        self.full = {m.item_id: _title_key(_YEAR.sub("", display_title(m))) for m in candidates}
+        self.titles = {m.item_id: display_title(m) for m in candidates}
+
+    def at_start(self, text: str) -> int | None:
+        """The candidate whose (longest) title form starts `text`."""
+        padded = normalize(text)
+        return next((item for form, item in self.forms if padded.startswith(f" {form} ")), None)
+
+    def anywhere(self, text: str) -> int | None:
+        """The candidate with the earliest multi-word title form anywhere in `text`."""
+        padded = normalize(text)
+        found = [(padded.find(f" {form} "), -len(form), item) for form, item in self.forms
+                 if len(form.split()) >= 2 and f" {form} " in padded]
+        return min(found)[2] if found else None
+
+    def similar(self, name: str, threshold: float) -> int | None:
+        """The candidate whose title is most similar to `name` (difflib ratio >= threshold)."""
+        key = _title_key(_YEAR.sub("", name))
+        if not key:
+            return None
+        scored = [(difflib.SequenceMatcher(None, key, full).ratio(), item) for item, full in self.full.items()]
+        best, item = max(scored, default=(0.0, None))
+        return item if best >= threshold else None
+
+
+def _split_reason(body: str) -> tuple[str, str]:
+    """(named title, reason) of an item line: at the first dash separator, else the first ': '."""
+    dash = _DASH.search(body)
+    if dash:
+        return body[: dash.start()].strip(), body[dash.end():].strip()
+    head, colon, rest = body.partition(": ")
+    return (head.strip(), rest.strip()) if colon else (body.strip(), "")
+
+
+def _clean_line(line: str) -> str:
+    return re.sub(r"[*_`#]+", "", line).strip()
+
+
+def parse_recommendation(text: str, candidates: Sequence[Movie], k: int, fuzzy_threshold: float = 0.85) -> RecommendationAnswer:
+    """Parse a RecLAIF answer (key preferences, then a ranked list) against its candidates.
+
+    Never raises: what is wrong goes to `problems` (see `RecommendationAnswer`). A list line is
+    a line after the list heading (or, without a heading, any bulleted or numbered line outside
+    the preferences) that starts with a bullet or number or has a "Title - reason" separator;
+    other lines (an introduction, a closing summary) are prose and ignored.
+    """
+    index = _TitleIndex(candidates)
+    answer = RecommendationAnswer()
+    section, heading_seen = None, False
+    lines = [_clean_line(line) for line in text.splitlines()]
+    for line in lines:
+        if not line:
+            continue
+        match = _PREFERENCES.match(line)
+        if match:
+            section = "preferences"
+            rest = _PREFERENCE_LABEL.sub("", match.group(1)).strip()
+            if rest and _title_key(rest) not in _PLACEHOLDERS:
+                answer.preferences.append(rest)
+            continue
+        if _LIST_HEADING.match(line) and (line.rstrip().endswith(":") or len(words(line)) <= 8):
+            section, heading_seen = "list", True
+            continue
+        bulleted = bool(_BULLET.match(line))
+        if section == "preferences" and (bulleted or _PREFERENCE_LABEL.match(line)):
+            preference = _PREFERENCE_LABEL.sub("", _BULLET.sub("", line, count=1)).strip()
+            if preference and _title_key(preference) not in _PLACEHOLDERS:
+                answer.preferences.append(preference)
+            continue
+        if section == "list" or (not heading_seen and section != "preferences" and bulleted):
+            _read_list_line(line, bulleted, index, fuzzy_threshold, answer)
+    if not answer.preferences:
+        answer.problems.append('no key preferences: start with "Key Preferences:" and 2-3 preferences')
+    if not heading_seen:
+        answer.problems.append('no "Recommended Movies (from most to least likely):" list')
+    if answer.not_candidates:
+        answer.problems.append(f"not among the available movies: {'; '.join(answer.not_candidates)}")
+    if answer.duplicates:
+        answer.problems.append(f"named more than once: {'; '.join(answer.duplicates)}")
+    if len(answer.picks) != k:
+        answer.problems.append(f"named {len(answer.picks)} different available movies; recommend exactly {k}")
+    return answer
+
+
+def _read_list_line(line: str, bulleted: bool, index: _TitleIndex, threshold: float, answer: RecommendationAnswer) -> None:
+    body = _BULLET.sub("", line, count=1).strip()
+    body = re.sub(r"[\[\]\"\u201c\u201d]", "", body).strip()
+    name, reason = _split_reason(body)
+    if _title_key(name) in _REASON_LABELS:  # "Reason: ..." continues the previous pick
+        if answer.reasons and not answer.reasons[-1]:
+            answer.reasons[-1] = reason
+        return
+    if _title_key(name) in _PLACEHOLDERS:
+        answer.not_candidates.append(name)
+        return
+    item, fuzzy = index.at_start(body), False
+    if item is None:
+        item = index.similar(name, threshold)
+        fuzzy = item is not None
+    if item is None:
+        item = index.anywhere(body)
+        if item is not None:
+            reason = body
+    if item is None:
+        if bulleted or reason:  # a list line naming no candidate; prose lines are ignored
+            answer.not_candidates.append(name[:80])
+        return
+    if item in answer.picks:
+        answer.duplicates.append(index.titles[item])
+        return
+    answer.picks.append(item)
+    answer.reasons.append(reason)
+    answer.fuzzy += fuzzy
+
+
+def require_valid(text: str, candidates: Sequence[Movie], k: int, fuzzy_threshold: float) -> RecommendationAnswer:
+    """`parse_recommendation`, raising ValueError with the problems (a re-ask message) when invalid."""
+    parsed = parse_recommendation(text, candidates, k, fuzzy_threshold)
+    if not parsed.valid:
+        raise ValueError("; ".join(parsed.problems))
+    return parsed
+
+
+# ---------------------------------------------------------------------------------------------
+# Verifiable scores of an answer (the rubric judge) and the metrics
+
+
+def genre_diversity(genres: Sequence[Sequence[str]]) -> float:
+    """Mean pairwise Jaccard distance of the picks' genre sets (0 with fewer than two picks)."""
+    pairs = list(combinations([set(g) for g in genres], 2))
+    if not pairs:
+        return 0.0
+    return float(np.mean([1 - len(a & b) / len(a | b) if a | b else 0.0 for a, b in pairs]))
+
+
+def answer_scores(parsed: RecommendationAnswer, text: str, cs: CandidateSet, k: int) -> CandidateScores:
+    """RecLAIF's three criteria, 0-5, computed from a parsed answer (the `rubric` judge).
+
+    relevance: 5 x NDCG@k of the next movie among the picks (5: ranked first). diversity:
+    5 x `genre_diversity` of the picks. explainability: 5 x the mean of (2+ key preferences
+    given, share of picks with a reason of 4+ words, the answer does not loop).
+    """
+    rank = parsed.rank_of(cs.target.item_id)
+    relevance = 5.0 / math.log2(rank + 1) if rank <= k else 0.0
+    genres = {m.item_id: m.genres for m in cs.candidates}
+    diversity = 5.0 * genre_diversity([genres[i] for i in parsed.picks[:k]])
+    reasons = [len(words(r)) >= 4 for r in parsed.reasons[:k]]
+    parts = [min(len(parsed.preferences), 2) / 2, float(np.mean(reasons)) if reasons else 0.0,
+             float(repetition(text) is None)]
+    return CandidateScores(relevance=round(relevance, 6), diversity=round(diversity, 6),
+                           explainability=round(5.0 * float(np.mean(parts)), 6))
+
+
+def ranking_values(rank: float, k: int) -> dict[str, float]:
+    """Hit@1, Hit@3, NDCG@3 and Precision@k of one answer from the rank of the next movie
+    (tasks.recommend.ranks_to_metrics' definitions, one user at a time)."""
+    values = ranks_to_metrics(np.array([rank]), sorted({1, 3, k}))
+    return {"Hit@1": values["HR@1"], "Hit@3": values["HR@3"], "NDCG@3": values["NDCG@3"],
+            f"Precision@{k}": values[f"Precision@{k}"]}
+
+
+# ---------------------------------------------------------------------------------------------
+# Models
+
+
+def _load(cfg, artifacts_dir: Path, cache_path: Path) -> ChatModel:
+    from recxplain.llm import load_chat_model
+
+    cache_path.parent.mkdir(parents=True, exist_ok=True)
+    return load_chat_model(cfg, Path(artifacts_dir), cache_path)
+
+
+def _free(model: Any) -> None:
+    del model
+    gc.collect()
+
+
+def _parsers(sets: Sequence[CandidateSet], answer: ReclaifAnswerConfig) -> list:
+    return [partial(require_valid, candidates=cs.candidates, k=wanted_picks(cs, answer),
+                    fuzzy_threshold=answer.fuzzy_threshold) for cs in sets]
+
+
+# ---------------------------------------------------------------------------------------------
+# Stage: the teacher's answers (SFT data)
+
+
+def reclaif_teacher(
+    out: Path,
+    *,
+    answer: ReclaifAnswerConfig,
+    teacher: TeacherConfig,
+    candidates: Path,
+    templates: dict[str, str],
+    artifacts_dir: Path,
+) -> None:
+    """The teacher answers every train set; write sft.jsonl (valid answers only, trl
+    conversational rows with case_id = set_id), generations.parquet (every sample) and stats.json.
+
+    Uses teacher.llm, teacher.sampling, teacher.max_parse_retries (re-asks of an invalid answer
+    with its problems fed back) and teacher.best_of: with more than one sample per set, the
+    valid sample with the best `answer_scores` quality is kept. Those scores know the next
+    movie, so best-of is rejection sampling on the training labels (never used on eval sets).
+    `templates`: `read_templates(answer.prompt)`.
+    """
+    out = Path(out)
+    sets = read_candidate_sets(candidates, "train")
+    prompts = [recommend_messages(cs, answer, templates) for cs in sets]
+    model = _load(teacher.llm, artifacts_dir, out / "cache" / "teacher.sqlite")
+    results = generate_parsed(model, prompts, _parsers(sets, answer), teacher.sampling, n=teacher.best_of,
+                              max_retries=teacher.max_parse_retries)
+    rows, kept_rows = [], 0
+    with open(out / "sft.jsonl", "w") as fh:
+        for cs, messages, samples in zip(sets, prompts, results, strict=True):
+            k = wanted_picks(cs, answer)
+            quality = [answer_scores(p.value, p.text, cs, k).quality if p.valid else None for p in samples]
+            valid = [j for j, p in enumerate(samples) if p.valid]
+            kept = max(valid, key=lambda j: (quality[j], -j)) if valid else None
+            for j, parsed in enumerate(samples):
+                rows.append({
+                    "case_id": cs.set_id, "sample": j, "text": parsed.text, "valid": parsed.valid,
+                    "attempts": parsed.attempts, "error": parsed.errors[-1] if parsed.errors and not parsed.valid else None,
+                    "quality": quality[j], "kept": j == kept, "prompt_tokens": parsed.prompt_tokens,
+                    "completion_tokens": parsed.completion_tokens, "latency_s": parsed.latency_s,
+                })
+            if kept is not None:
+                kept_rows += 1
+                reply = {"role": "assistant", "content": samples[kept].text.strip()}
+                fh.write(json.dumps({"messages": [*messages, reply], "case_id": cs.set_id}) + "\n")
+    pl.DataFrame(rows, infer_schema_length=None).write_parquet(out / "generations.parquet")
+    samples = [p for s in results for p in s]
+    stats = {
+        "sets": len(sets),
+        "samples": len(samples),
+        "valid_samples": sum(p.valid for p in samples),
+        "valid_first_try": sum(p.valid and p.attempts == 1 for p in samples),
+        "retries": sum(p.attempts - 1 for p in samples),
+        "validity_ratio": round(sum(p.valid for p in samples) / len(samples), 4),
+        "first_try_validity_ratio": round(sum(p.valid and p.attempts == 1 for p in samples) / len(samples), 4),
+        "sft_rows": kept_rows,
+        "best_of": teacher.best_of,
+        "model": teacher.llm.model,
+        "template_hash": template_hash(template_source(answer.prompt, templates)),
+        "usage": dict(getattr(model, "usage", {}) or {}),
+    }
+    (out / "stats.json").write_text(json.dumps(stats, indent=2))
+    if kept_rows == 0:
+        raise ValueError(f"reclaif_teacher: none of the teacher's {len(samples)} answers is valid "
+                         f"(first problem: {samples[0].errors[-1] if samples[0].errors else 'none'}); "
+                         "nothing to fine-tune on: raise teacher.sampling.max_new_tokens or teacher.max_parse_retries, "
+                         "or use a stronger teacher")
+
+
+def _plural(genre: str) -> str:
+    return {"Comedy": "comedies", "Documentary": "documentaries", "Mystery": "mysteries", "Children's": "children's movies",
+            "Film-Noir": "film noirs", "Sci-Fi": "science fiction movies"}.get(genre, f"{genre.lower()} movies")
+
+
+def template_answer(cs: CandidateSet, ranking: Sequence[int], k: int) -> str:
+    """A RecLAIF answer written from a classic recommender's ranking (the `template` teacher).
+
+    Key preferences: the history's two most frequent genres and its dominant decade, with
+    counts. Each of the top k picks gets a reason naming its genres and the most recent
+    history movie sharing the most genres with it (or its decade when none shares a genre).
+    Every statement is true of the data; nothing is invented.
+    """
+    genres = [g for m in cs.history for g in m.genres]
+    counts = {g: genres.count(g) for g in dict.fromkeys(genres)}
+    top = sorted(counts, key=lambda g: -counts[g])[:2]
+    n = len(cs.history)
+    lines = ["Key Preferences:"]
+    for i, genre in enumerate(top, 1):
+        lines.append(f"- Preference {i}: {genre} ({counts[genre]} of the {n} movies watched are {_plural(genre)})")
+    decades = [m.year // 10 * 10 for m in cs.history if m.year]
+    if decades:
+        decade = max(dict.fromkeys(decades), key=decades.count)
+        lines.append(f"- Preference {len(top) + 1}: movies from the {decade}s ({decades.count(decade)} of {n})")
+    lines += ["", "Recommended Movies (from most to least likely):"]
+    by_id = {m.item_id: m for m in cs.candidates}
+    for rank, item in enumerate(ranking[:k], 1):
+        movie = by_id[item]
+        shared = [(len(set(movie.genres) & set(h.genres)), i, h) for i, h in enumerate(cs.history)]
+        overlap, _, like = max(shared, key=lambda x: (x[0], x[1]), default=(0, 0, None))
+        kinds = "/".join(movie.genres[:2]) or "movie"
+        article = "An" if kinds[0].lower() in "aeiou" else "A"
+        if like is not None and overlap:
+            reason = f"{article} {kinds} like {display_title(like)}, which you watched"
+        elif movie.year:
+            reason = f"{article} {kinds} from {movie.year}, a change from your recent {_plural(top[0]) if top else 'movies'}"
+        else:
+            reason = f"{article} {kinds} to broaden your recent choices"
+        lines.append(f"{rank}. {display_title(movie)} - {reason}.")
+    return "\n".join(lines)
+
+
+def reclaif_template_teacher(
+    out: Path, *, answer: ReclaifAnswerConfig, recommender: RecommenderConfig, candidates: Path, data: Path,
+    templates: dict[str, str],
+) -> None:
+    """The `template` teacher: the classic recommender (`recommender.model`, fit on the train
+    split, so it never sees the train sets' targets) ranks each train set's candidates and
+    `template_answer` writes its top k in RecLAIF's format. Writes the same files as
+    `reclaif_teacher` (sft.jsonl, generations.parquet, stats.json); every answer is checked by
+    `parse_recommendation`. `templates`: `read_templates(answer.prompt)`."""
+    out = Path(out)
+    sets = read_candidate_sets(candidates, "train")
+    interactions = read_interactions(Path(data)).filter(pl.col("split") == "train")
+    rec = fit_recommender(recommender, interactions)
+    matrix = np.array([[c.item_id for c in cs.candidates] for cs in sets], dtype=np.int64)
+    scores = score_candidates(rec, [cs.user_id for cs in sets], matrix)
+    order = np.argsort(-scores, axis=1, kind="stable")
+    rows, invalid = [], []
+    with open(out / "sft.jsonl", "w") as fh:
+        for i, cs in enumerate(sets):
+            k = wanted_picks(cs, answer)
+            text = template_answer(cs, matrix[i, order[i]].tolist(), k)
+            parsed = parse_recommendation(text, cs.candidates, k, answer.fuzzy_threshold)
+            if not parsed.valid:  # a template bug, not a model's slip: report it
+                invalid.append(f"{cs.set_id}: {'; '.join(parsed.problems)}")
+            messages = recommend_messages(cs, answer, templates)
+            fh.write(json.dumps({"messages": [*messages, {"role": "assistant", "content": text}], "case_id": cs.set_id}) + "\n")
+            rows.append({"case_id": cs.set_id, "sample": 0, "text": text, "valid": parsed.valid, "kept": True,
+                         "quality": answer_scores(parsed, text, cs, k).quality})
+    if invalid:
+        raise ValueError(f"template teacher wrote answers its own parser rejects: {invalid[:3]}")
+    pl.DataFrame(rows).write_parquet(out / "generations.parquet")
+    stats = {"sets": len(sets), "samples": len(sets), "validity_ratio": 1.0, "sft_rows": len(sets),
+             "teacher": f"template ({recommender.model})",
+             "template_hash": template_hash(template_source(answer.prompt, templates))}
+    (out / "stats.json").write_text(json.dumps(stats, indent=2))
+
+
+# ---------------------------------------------------------------------------------------------
+# Stage: two answers per train set from the current student (RecLAIF Algorithm 1, step 1)
+
+
+def reclaif_sample_pairs(
+    out: Path,
+    *,
+    answer: ReclaifAnswerConfig,
+    pairs: PairsConfig,
+    teacher: TeacherConfig,
+    training: TrainingConfig,
+    candidates: Path,
+    student: Path | None,
+    templates: dict[str, str],
+    artifacts_dir: Path,
+) -> None:
+    """Write pairs.parquet (case_id = set_id, text_a, text_b, source, prompt as JSON messages,
+    model, valid_a, valid_b) and stats.json: two samples per train set at `pairs.sampling`.
+
+    From the student in `student` (pairs.source `student`, RecLAIF) or the teacher. Samples are
+    not re-asked (an invalid answer is what the judge should reject); identical twins carry no
+    preference and are dropped.
+    """
+    out = Path(out)
+    if pairs.source == "student":
+        if student is None:
+            raise ValueError("pairs.source is 'student' but no student folder was given")
+        cfg = student_llm(training, student)
+    else:
+        cfg = teacher.llm
+    sets = read_candidate_sets(candidates, "train")
+    prompts = [recommend_messages(cs, answer, templates) for cs in sets]
+    model = _load(cfg, artifacts_dir, out / "cache" / "pairs.sqlite")
+    outputs = model.generate(prompts, pairs.sampling, n=2)
+    rows, identical, tokens = [], 0, 0
+    name = cfg.model if cfg.adapter is None else f"{cfg.model}+{cfg.adapter}"
+    for cs, messages, samples in zip(sets, prompts, outputs, strict=True):
+        text_a, text_b = (g.text.strip() for g in samples)
+        tokens += sum(g.completion_tokens for g in samples)
+        if " ".join(text_a.split()) == " ".join(text_b.split()):
+            identical += 1
+            continue
+        k = wanted_picks(cs, answer)
+        valid_a, valid_b = (parse_recommendation(t, cs.candidates, k, answer.fuzzy_threshold).valid for t in (text_a, text_b))
+        rows.append({"case_id": cs.set_id, "text_a": text_a, "text_b": text_b, "source": pairs.source,
+                     "prompt": json.dumps(messages), "model": name, "valid_a": valid_a, "valid_b": valid_b})
+    schema = {"case_id": pl.String, "text_a": pl.String, "text_b": pl.String, "source": pl.String,
+              "prompt": pl.String, "model": pl.String, "valid_a": pl.Boolean, "valid_b": pl.Boolean}
+    pl.DataFrame(rows, schema=schema).write_parquet(out / "pairs.parquet")
+    answers = 2 * len(rows)
+    stats = {
+        "sets": len(sets), "pairs": len(rows), "identical_dropped": identical, "source": pairs.source, "model": name,
+        "validity_ratio": round(sum(r["valid_a"] + r["valid_b"] for r in rows) / answers, 4) if answers else None,
+        "completion_tokens": tokens, "usage": dict(getattr(model, "usage", {}) or {}),
+    }
+    (out / "stats.json").write_text(json.dumps(stats, indent=2))
+
+
+# ---------------------------------------------------------------------------------------------
+# Judging two answers (RecLAIF Algorithm 1, step 2)
+
+
+@dataclass
+class RecommendationJudgement:
+    """The judgement of answers A and B of one candidate set: the judge's `PairJudgement` (verdict,
+    LLM verdicts of both orders, 0-1 scores) plus the parsed answers and their rubric scores."""
+
+    judgement: PairJudgement
+    answer_a: RecommendationAnswer
+    answer_b: RecommendationAnswer
+    rubric_a: CandidateScores
+    rubric_b: CandidateScores
+
+
+def judge_recommendation_pairs(
+    items: Sequence[tuple[CandidateSet, str, str]],
+    *,
+    judge: JudgeConfig,
+    answer: ReclaifAnswerConfig,
+    templates: Templates | None = None,
+    model: ChatModel | None = None,
+) -> list[RecommendationJudgement]:
+    """Judge each (candidate set, answer A, answer B) with the configured judge.
+
+    `llm`: RecLAIF's judge through `tasks.judge.judge_explanation_pairs` (both orders when
+    judge.both_orders, order-consistent choices only; score = mean 0-5 score / 5). `rubric`:
+    the `answer_scores` quality margin decides (tie below judge.tie_margin; both-bad when neither
+    answer is valid). `ensemble`: margin = w * LLM vote + (1 - w) * rubric margin, w =
+    judge.llm_weight, with the rubric's validity gate.
+    """
+    needs_llm = judge.kind in ("llm", "ensemble")
+    if needs_llm and (model is None or templates is None):
+        raise ValueError(f"judge.kind={judge.kind!r} needs a model and the judge template ({judge.prompt})")
+    llm: list[PairJudgement | None] = [None] * len(items)
+    if needs_llm and items:
+        llm = judge_explanation_pairs([(judge_context(cs), a, b) for cs, a, b in items],
+                                      judge=judge.model_copy(update={"kind": "llm"}), templates=templates, model=model)
+    judged = []
+    for (cs, text_a, text_b), verdict_llm in zip(items, llm, strict=True):
+        k = wanted_picks(cs, answer)
+        parsed_a, parsed_b = (parse_recommendation(t, cs.candidates, k, answer.fuzzy_threshold) for t in (text_a, text_b))
+        rubric_a, rubric_b = answer_scores(parsed_a, text_a, cs, k), answer_scores(parsed_b, text_b, cs, k)
+        gate = parsed_a.valid or parsed_b.valid
+        fields: dict[str, Any] = {}
+        if verdict_llm is not None:
+            fields = {name: getattr(verdict_llm, name) for name in ("llm_choice", "llm_ab", "llm_ba", "raw_ab", "raw_ba")}
+        w = judge.llm_weight
+        if judge.kind == "llm":
+            verdict, score_a, score_b = verdict_llm.verdict, verdict_llm.score_a, verdict_llm.score_b
+        elif judge.kind == "rubric":
+            verdict = _decide(rubric_a.quality - rubric_b.quality, gate, judge)
+            score_a, score_b = rubric_a.quality, rubric_b.quality
+        else:
+            vote = {"a": 1.0, "b": -1.0}.get(verdict_llm.llm_choice, 0.0)
+            verdict = _decide(w * vote + (1 - w) * (rubric_a.quality - rubric_b.quality), gate, judge)
+            if verdict_llm.score_a is None:
+                score_a, score_b = rubric_a.quality, rubric_b.quality
+            else:
+                score_a = w * verdict_llm.score_a + (1 - w) * rubric_a.quality
+                score_b = w * verdict_llm.score_b + (1 - w) * rubric_b.quality
+        judged.append(RecommendationJudgement(
+            PairJudgement(verdict=verdict, score_a=score_a, score_b=score_b, **fields),
+            parsed_a, parsed_b, rubric_a, rubric_b,
+        ))
+    return judged
+
+
+def reclaif_judge_pairs(
+    out: Path,
+    *,
+    judge: JudgeConfig,
+    answer: ReclaifAnswerConfig,
+    candidates: Path,
+    pairs: Path,
+    templates: dict[str, str],
+    artifacts_dir: Path,
+) -> None:
+    """Judge every sampled pair; write preferences.jsonl (kept pairs in trl's conversational
+    preference format + case_id and scores: what train_dpo reads), verdicts.parquet (every pair)
+    and stats.json (tasks.judge.judge_stats counts: kept, ties, both-bad, order-inconsistent,
+    invalid, position-bias rate, LLM validity ratio). `templates`: `read_templates(judge.prompt)`.
+    """
+    out = Path(out)
+    sets = {cs.set_id: cs for cs in read_candidate_sets(candidates, "train")}
+    pairs_path = Path(pairs) / "pairs.parquet"
+    if not pairs_path.exists():
+        raise FileNotFoundError(f"{pairs_path}: missing (written by reclaif_sample_pairs)")
+    frame = pl.read_parquet(pairs_path)
+    missing = [c for c in ("case_id", "text_a", "text_b", "prompt") if c not in frame.columns]
+    if missing:
+        raise ValueError(f"{pairs_path}: lacks column(s) {missing}; has {frame.columns}")
+    rows = frame.to_dicts()
+    unknown = sorted({r["case_id"] for r in rows} - sets.keys())
+    if unknown:
+        raise ValueError(f"{pairs_path}: case_id(s) {unknown[:5]} are not train sets of {candidates}")
+    model = None
+    if judge.kind != "rubric":
+        model = _load(judge.llm, artifacts_dir, out / "cache" / "judge.sqlite")
+    judged = judge_recommendation_pairs([(sets[r["case_id"]], r["text_a"], r["text_b"]) for r in rows],
+                                        judge=judge, answer=answer, templates=templates, model=model)
+    verdict_rows = []
+    with open(out / "preferences.jsonl", "w") as fh:
+        for row, result in zip(rows, judged, strict=True):
+            j = result.judgement
+            verdict_rows.append({
+                "case_id": row["case_id"], "judge": judge.kind, "verdict": j.verdict, "kept": j.kept,
+                "score_a": j.score_a, "score_b": j.score_b, "llm_choice": j.llm_choice,
+                "llm_choice_ab": j.llm_ab.choice if j.llm_ab else None,
+                "llm_choice_ba": j.llm_ba.choice if j.llm_ba else None, "order_consistent": j.order_consistent,
+                "rubric_a": result.rubric_a.model_dump_json(), "rubric_b": result.rubric_b.model_dump_json(),
+                "valid_a": result.answer_a.valid, "valid_b": result.answer_b.valid,
+                "raw_ab": json.dumps(j.raw_ab), "raw_ba": json.dumps(j.raw_ba),
+            })
+            if not j.kept:
+                continue
+            a_wins = j.verdict == "a"
+            chosen, rejected = (row["text_a"], row["text_b"]) if a_wins else (row["text_b"], row["text_a"])
+            scores = (j.score_a, j.score_b) if a_wins else (j.score_b, j.score_a)
+            fh.write(json.dumps({
+                "prompt": json.loads(row["prompt"]),
+                "chosen": [{"role": "assistant", "content": chosen}],
+                "rejected": [{"role": "assistant", "content": rejected}],
+                "case_id": row["case_id"], "scores": {"chosen": scores[0], "rejected": scores[1]},
+            }) + "\n")
+    pl.DataFrame(verdict_rows, infer_schema_length=None).write_parquet(out / "verdicts.parquet")
+    stats = judge_stats([r.judgement for r in judged]) | {
+        "judge": judge.kind,
+        "llm": judge.llm.model if model is not None else None,
+        "usage": dict(getattr(model, "usage", {}) or {}),
+        "template_hash": template_hash(template_source(judge.prompt, templates)) if model is not None else None,
+    }
+    (out / "stats.json").write_text(json.dumps(stats, indent=2))
+
+
+def kept_preferences(folder: Path) -> int:
+    """How many preference pairs a reclaif_judge_pairs folder kept (0: nothing for DPO to learn)."""
+    path = Path(folder) / "preferences.jsonl"
+    return sum(1 for line in path.read_text().splitlines() if line.strip()) if path.exists() else 0
+
+
+# ---------------------------------------------------------------------------------------------
+# Stage: every LLM recommender answers the eval sets
+
+
+def recommender_names(evaluation: ReclaifEvaluationConfig, training: TrainingConfig) -> list[str]:
+    """The configured LLM recommenders with `dpo` expanded to one name per DPO round."""
+    names: list[str] = []
+    for name in evaluation.recommenders:
+        expanded = [f"dpo_r{r}" for r in range(1, training.rounds + 1)] if name == "dpo" else [name]
+        names += [n for n in expanded if n not in names]
+    return names
+
+
+def student_recommenders(evaluation: ReclaifEvaluationConfig, training: TrainingConfig) -> list[str]:
+    """The recommenders that need a trained student folder (the flow passes them as `students`)."""
+    return [n for n in recommender_names(evaluation, training) if n not in ("teacher", "base")]
+
+
+def reclaif_recommend(
+    out: Path,
+    *,
+    evaluation: ReclaifEvaluationConfig,
+    answer: ReclaifAnswerConfig,
+    teacher: TeacherConfig,
+    training: TrainingConfig,
+    candidates: Path,
+    templates: dict[str, str],
+    artifacts_dir: Path,
+    students: dict[str, Path] | None = None,
+) -> None:
+    """Every LLM recommender answers every eval set once at `evaluation.sampling` (no re-asks);
+    write answers.parquet (case_id = set_id, model, text, prompt_tokens, completion_tokens,
+    latency_s, cached, finish_reason). `students`: name -> student folder for every name
+    `student_recommenders` lists. `templates`: `read_templates(answer.prompt)`."""
+    out, students = Path(out), dict(students or {})
+    sets = read_candidate_sets(candidates, "eval")
+    prompts = [recommend_messages(cs, answer, templates) for cs in sets]
+    rows = []
+    for name in recommender_names(evaluation, training):
+        started = time.perf_counter()
+        model = _load(explainer_llm(name, teacher=teacher, training=training, students=students), artifacts_dir,
+                      out / "cache" / f"{name}.sqlite")
+        for cs, (generation, *_) in zip(sets, model.generate(prompts, evaluation.sampling, n=1), strict=True):
+            rows.append({"case_id": cs.set_id, "model": name, "text": generation.text.strip(),
+                         "prompt_tokens": int(generation.prompt_tokens),
+                         "completion_tokens": int(generation.completion_tokens),
+                         "latency_s": float(generation.latency_s), "cached": bool(generation.cached),
+                         "finish_reason": getattr(generation, "finish_reason", None)})
+        log.info("recommender %s: %d sets in %.1f s", name, len(sets), time.perf_counter() - started)
+        _free(model)
+    pl.DataFrame(rows, infer_schema_length=None).write_parquet(out / "answers.parquet")
+
+
+# ---------------------------------------------------------------------------------------------
+# Stage: the comparison table
+
+
+def classic_rankings(
+    recommender: RecommenderConfig, baselines: Sequence[str], interactions: pl.DataFrame, sets: Sequence[CandidateSet]
+) -> dict[str, list[list[int]]]:
+    """Each baseline's full ranking of every set's candidates (item ids, best first).
+
+    Every baseline is fit on the interactions before the eval targets (train + valid splits),
+    as the LLM sees them in its history. Ties keep the candidates' shown order; a candidate
+    outside the model's catalogue scores -inf (ranked last).
+    """
+    known = interactions.filter(pl.col("split") != "test")
+    users = [cs.user_id for cs in sets]
+    matrix = np.array([[c.item_id for c in cs.candidates] for cs in sets], dtype=np.int64)
+    rankings = {}
+    for name in baselines:
+        rec = fit_recommender(recommender.model_copy(update={"model": name}), known)
+        scores = score_candidates(rec, users, matrix)
+        order = np.argsort(-scores, axis=1, kind="stable")
+        rankings[name] = [matrix[i, order[i]].tolist() for i in range(len(sets))]
+    return rankings
+
+
+def item_text(movie: Movie) -> str:
+    """The text of a movie that diversity embeds: title, year and genres."""
+    return f"{display_title(movie)}. Genres: {', '.join(movie.genres) or 'unknown'}."
+
+
+def embedding_diversity(picks: Sequence[Sequence[int]], movies: dict[int, Movie], model_name: str) -> list[float]:
+    """Mean pairwise cosine distance of each answer's picked movies (NaN with fewer than two)."""
+    from tasks.evaluate import load_embedder, mean_cosine_distance
+
+    distinct = sorted({i for p in picks for i in p})
+    if not distinct:
+        return [math.nan] * len(picks)
+    vectors = load_embedder(model_name).encode([item_text(movies[i]) for i in distinct], batch_size=64,
+                                               show_progress_bar=False, convert_to_numpy=True)
+    row = {item: n for n, item in enumerate(distinct)}
+    return [float(mean_cosine_distance(vectors[[row[i] for i in p]]).mean()) if len(p) >= 2 else math.nan for p in picks]
+
+
+METRICS = ("ValidRatio", "Hit@1", "Hit@3", "NDCG@3", "Precision@K", "Diversity", "Explainability")
+
+
+def per_answer_table(
+    sets: Sequence[CandidateSet], answers: pl.DataFrame, rankings: dict[str, list[list[int]]], answer: ReclaifAnswerConfig,
+) -> pl.DataFrame:
+    """One row per (recommender, eval set): kind, valid, rank of the next movie, picks and the
+    ranking metrics. LLM answers are parsed; a classic model's picks are its top k."""
+    by_id = {cs.set_id: cs for cs in sets}
+    rows = []
+    for row in answers.iter_rows(named=True):
+        cs = by_id.get(row["case_id"])
+        if cs is None:
+            raise ValueError(f"answers: case_id {row['case_id']!r} is not an eval set")
+        k = wanted_picks(cs, answer)
+        parsed = parse_recommendation(row["text"], cs.candidates, k, answer.fuzzy_threshold)
+        rank = parsed.rank_of(cs.target.item_id)
+        rows.append({"model": row["model"], "kind": "llm", "case_id": cs.set_id, "user_id": cs.user_id,
+                     "valid": parsed.valid, "rank": rank, "picks": parsed.picks[:k], "fuzzy": parsed.fuzzy,
+                     "not_candidates": len(parsed.not_candidates), "duplicates": len(parsed.duplicates),
+                     "problems": "; ".join(parsed.problems), "text": row["text"], **_ranking(rank, k)})
+    for name, ranked in rankings.items():
+        for cs, order in zip(sets, ranked, strict=True):
+            k = wanted_picks(cs, answer)
+            rank = float(order.index(cs.target.item_id) + 1)
+            rows.append({"model": name, "kind": "classic", "case_id": cs.set_id, "user_id": cs.user_id, "valid": True,
+                         "rank": rank, "picks": order[:k], "fuzzy": 0, "not_candidates": 0, "duplicates": 0,
+                         "problems": "", "text": None, **_ranking(rank, k)})
+    return pl.DataFrame(rows, infer_schema_length=None)
+
+
+def _ranking(rank: float, k: int) -> dict[str, float]:
+    values = ranking_values(rank, k)
+    values["Precision@K"] = values.pop(f"Precision@{k}")
+    return values
+
+
+
+def summarise(per_answer: pl.DataFrame, order: Sequence[str], n_boot: int, seed: int) -> pl.DataFrame:
+    """Long table (model, kind, metric, value, ci_low, ci_high, n): mean over eval sets and the
+    percentile bootstrap CI (recxplain.stats.bootstrap_ci); NaN values (no explainability score,
+    fewer than two picks) are left out of their metric."""
+    rows = []
+    for name in order:
+        frame = per_answer.filter(pl.col("model") == name)
+        if frame.height == 0:
+            continue
+        kind = frame["kind"][0]
+        for metric in METRICS:
+            column = "valid" if metric == "ValidRatio" else metric
+            if column not in frame.columns:
+                continue
+            values = frame[column].cast(pl.Float64).to_numpy()
+            values = values[~np.isnan(values)]
+            if metric == "Explainability" and kind == "classic":
+                continue
+            low, high = bootstrap_ci(values, n_boot=n_boot, seed=seed)
+            rows.append({"model": name, "kind": kind, "metric": metric,
+                         "value": float(values.mean()) if len(values) else math.nan,
+                         "ci_low": low, "ci_high": high, "n": int(len(values))})
+    return pl.DataFrame(rows, schema={"model": pl.String, "kind": pl.String, "metric": pl.String, "value": pl.Float64,
+                                      "ci_low": pl.Float64, "ci_high": pl.Float64, "n": pl.Int64})
+
+
+def comparison_markdown(summary: pl.DataFrame, k: int, sets: int, negatives: int, sampler: str) -> str:
+    """The comparison table as markdown: one row per recommender, `value [ci_low, ci_high]` cells."""
+    header = ["recommender", "kind", *[m.replace("@K", f"@{k}") for m in METRICS]]
+    lines = [
+        f"RecLAIF comparison on {sets} eval users, each ranking 1 held-out next movie + {negatives} {sampler} "
+        f"negatives; mean [95% bootstrap CI]. Explainability: the judge's 1-100 score (LLM answers only).",
+        "",
+        "| " + " | ".join(header) + " |",
+        "|" + "|".join(["---", "---"] + ["---:"] * len(METRICS)) + "|",
+    ]
+    for name in summary["model"].unique(maintain_order=True).to_list():
+        frame = summary.filter(pl.col("model") == name)
+        cells = {r["metric"]: r for r in frame.iter_rows(named=True)}
+        values = []
+        for metric in METRICS:
+            r = cells.get(metric)
+            if r is None or r["n"] == 0:
+                values.append("–")
+            elif metric == "Explainability":
+                values.append(f"{r['value']:.1f} [{r['ci_low']:.1f}, {r['ci_high']:.1f}]")
+            else:
+                values.append(f"{r['value']:.3f} [{r['ci_low']:.3f}, {r['ci_high']:.3f}]")
+        lines.append(f"| {name} | {frame['kind'][0]} | " + " | ".join(values) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def reclaif_evaluate(
+    out: Path,
+    *,
+    evaluation: ReclaifEvaluationConfig,
+    answer: ReclaifAnswerConfig,
+    judge: JudgeConfig,
+    recommender: RecommenderConfig,
+    data: Path,
+    candidates: Path,
+    answers: Path,
+    templates: dict[str, str],
+    artifacts_dir: Path,
+    training: TrainingConfig | None = None,
+) -> None:
+    """The comparison table: classic baselines and LLM recommenders on the same eval sets.
+
+    Writes per_answer.parquet (one row per recommender and set), comparison.parquet (model, kind,
+    metric, value, ci_low, ci_high, n), comparison.md and stats.json. `templates`:
+    `read_templates(judge.explainability_prompt)`. `training`: only orders the DPO rounds.
+    """
+    out = Path(out)
+    sets = read_candidate_sets(candidates, "eval")
+    answers_path = Path(answers) / "answers.parquet"
+    if not answers_path.exists():
+        raise FileNotFoundError(f"{answers_path}: missing (written by reclaif_recommend)")
+    llm_answers = pl.read_parquet(answers_path)
+    interactions = read_interactions(Path(data))
+    rankings = classic_rankings(recommender, evaluation.baselines, interactions, sets)
+    per_answer = per_answer_table(sets, llm_answers, rankings, answer)
+
+    movies = {m.item_id: m for cs in sets for m in cs.candidates}
+    diversity = [math.nan] * per_answer.height
+    if evaluation.diversity:
+        diversity = embedding_diversity(per_answer["picks"].to_list(), movies, evaluation.embedding_model)
+    explainability = [math.nan] * per_answer.height
+    usage = {}
+    if evaluation.explainability:
+        by_id = {cs.set_id: cs for cs in sets}
+        llm_rows = [i for i, kind in enumerate(per_answer["kind"].to_list()) if kind == "llm"]
+        model = _load(judge.llm, artifacts_dir, out / "cache" / "explainability.sqlite")
+        scored = explainability_scores(
+            [({"history": _shown(by_id[per_answer["case_id"][i]].history)}, per_answer["text"][i]) for i in llm_rows],
+            judge=judge.model_copy(update={"sampling": evaluation.explainability_sampling}), templates=templates,
+            model=model,
+        )
+        for i, parsed in zip(llm_rows, scored, strict=True):
+            explainability[i] = float(parsed.value) if parsed.valid else math.nan
+        usage = dict(getattr(model, "usage", {}) or {})
+        _free(model)
+    per_answer = per_answer.with_columns(pl.Series("Diversity", diversity, dtype=pl.Float64),
+                                         pl.Series("Explainability", explainability, dtype=pl.Float64))
+    per_answer.write_parquet(out / "per_answer.parquet")
+
+    order = list(evaluation.baselines) + recommender_names(evaluation, training or TrainingConfig())
+    order += [m for m in llm_answers["model"].unique(maintain_order=True).to_list() if m not in order]
+    summary = summarise(per_answer, order, evaluation.bootstrap, evaluation.seed)
+    summary.write_parquet(out / "comparison.parquet")
+    k = min(answer.top_k, min(len(cs.candidates) for cs in sets))
+    negatives = max(len(cs.candidates) for cs in sets) - 1
+    (out / "comparison.md").write_text(comparison_markdown(summary, k, len(sets), negatives, _sampler(candidates)))
+    llm_rows_frame = per_answer.filter(pl.col("kind") == "llm")
+    stats = {
+        "eval_sets": len(sets), "recommenders": order, "top_k": answer.top_k,
+        "explainability_scored": int(np.isfinite(np.array(explainability, dtype=float)).sum()),
+        "explainability_requests": int(llm_rows_frame.height) if evaluation.explainability else 0,
+        "fuzzy_matches": int(llm_rows_frame["fuzzy"].sum()) if llm_rows_frame.height else 0,
+        "usage": usage,
+    }
+    (out / "stats.json").write_text(json.dumps(stats, indent=2))
+
+
+def _sampler(candidates: Path) -> str:
+    path = Path(candidates) / "stats.json"
+    return json.loads(path.read_text()).get("sampler", "sampled") if path.exists() else "sampled"
