@@ -152,6 +152,7 @@ class Parsed:
     completion_tokens: int = 0
     latency_s: float = 0.0
     cached: bool = True
+    _errors: list = field(default_factory=list, repr=False)
 
     @property
     def valid(self) -> bool:
@@ -166,7 +167,13 @@ class Parsed:
         """The last raw answer (the one `value` was parsed from when valid)."""
         return self.raw[-1] if self.raw else ""
 
+    @property
+    def provider_error(self) -> str | None:
+        """The provider's error for the last attempt (no answer came back), else None."""
+        return self._errors[-1] if self._errors else None
+
     def _add(self, generation: Any) -> None:
+        self._errors.append(getattr(generation, "error", None))
         self.raw.append(generation.text)
         self.prompt_tokens += generation.prompt_tokens
         self.completion_tokens += generation.completion_tokens
@@ -188,8 +195,10 @@ def generate_parsed(
     `parse(text)` returns the parsed value or raises ValueError with a message the model can act
     on; a sequence gives one parser per prompt (when what is valid depends on the prompt). A
     failed answer is re-asked as a continuation of its own conversation (the bad answer as the
-    assistant turn, then `RETRY_MESSAGE` with the error), all failures of a round in one batch.
-    Returns `n` `Parsed` per prompt, in order; invalid ones have `value=None`.
+    assistant turn, then `RETRY_MESSAGE` with the error), all failures of a round in one batch;
+    an answer that never came (a Generation with `error` set: the provider gave up after its own
+    retries) is asked again unchanged. Returns `n` `Parsed` per prompt, in order; invalid ones
+    have `value=None`.
     """
     parsers = list(parse) if isinstance(parse, Sequence) else [parse] * len(prompts)
     if len(parsers) != len(prompts):
@@ -207,10 +216,14 @@ def generate_parsed(
         retry = []
         for i, j, conversation in pending:
             result = results[i][j]
+            result.value = None
+            if result.provider_error:  # no answer at all (the provider gave up): ask again unchanged
+                result.errors.append(f"provider error: {result.provider_error}")
+                retry.append((i, j, conversation))
+                continue
             try:
                 result.value = parsers[i](result.text)
             except ValueError as err:
-                result.value = None
                 result.errors.append(str(err))
                 followup = [
                     *conversation,

@@ -89,17 +89,67 @@ def title_forms(title: str) -> set[str]:
     return forms
 
 
-def _spans(haystack: str, form: str) -> list[tuple[int, int]]:
-    needle = f" {form} "
-    spans, start = [], haystack.find(needle)
-    while start != -1:
-        spans.append((start, start + len(needle)))
-        start = haystack.find(needle, start + 1)
-    return spans
+# Words a title or a name may keep in lowercase ("Back to the Future", "Sex, Lies, and Videotape").
+LOWER_WORDS = {"a", "an", "the", "and", "or", "of", "in", "on", "at", "to", "for", "with", "from", "by",
+               "as", "vs", "nor", "but", "de", "la", "le", "du", "des", "et"}
 
 
-def _overlaps(span: tuple[int, int], taken: list[tuple[int, int]]) -> bool:
-    return any(span[0] < end and start < span[1] for start, end in taken)
+def _tokens(text: str) -> tuple[list[str], list[bool], list[bool]]:
+    """Lowercased alphanumeric tokens of `text` (apostrophes dropped, as `normalize`), whether
+    each started with a capital letter, and whether punctuation separates it from the previous."""
+    text = text.replace("'", "").replace("\u2019", "")
+    tokens, caps, breaks, last = [], [], [], 0
+    for match in re.finditer(r"[A-Za-z0-9]+", text):
+        tokens.append(match.group().lower())
+        caps.append(match.group()[0].isupper())
+        breaks.append(bool(re.search(r"[^\s-]", text[last : match.start()])))
+        last = match.end()
+    return tokens, caps, breaks
+
+
+class _Phrases:
+    """Token sequences to find in a text (titles, genres), longest match first at each position."""
+
+    def __init__(self, phrases: dict[tuple[str, ...], str]):
+        self.by_first: dict[str, list[tuple[tuple[str, ...], str]]] = {}
+        for tokens, label in phrases.items():
+            self.by_first.setdefault(tokens[0], []).append((tokens, label))
+        for options in self.by_first.values():
+            options.sort(key=lambda option: -len(option[0]))
+
+    def find(self, tokens: list[str]) -> list[tuple[int, int, str]]:
+        """(start, end, label) of every non-overlapping match, left to right."""
+        found, i = [], 0
+        while i < len(tokens):
+            for phrase, label in self.by_first.get(tokens[i], ()):
+                if tuple(tokens[i : i + len(phrase)]) == phrase:
+                    found.append((i, i + len(phrase), label))
+                    i += len(phrase)
+                    break
+            else:
+                i += 1
+        return found
+
+
+def _title_case(tokens: list[str], caps: list[bool], start: int, end: int) -> bool:
+    """Written like a title: every word but the small ones capitalised (so "a chain reaction"
+    is not the movie "Chain Reaction")."""
+    words = [i for i in range(start, end) if tokens[i] not in LOWER_WORDS and not tokens[i].isdigit()]
+    return bool(words) and all(caps[i] for i in words)
+
+
+def _genre_phrases(genres: Sequence[str]) -> dict[tuple[str, ...], str]:
+    """Token sequences naming each genre, singular and plural ("comedy", "comedies")."""
+    phrases = {}
+    for genre in genres:
+        tokens = tuple(normalize(genre).split())
+        if not tokens:
+            continue
+        last = tokens[-1]
+        plurals = {last + "s", last + "es"} | ({last[:-1] + "ies"} if last.endswith("y") else set())
+        for variant in {last, *plurals}:
+            phrases[tokens[:-1] + (variant,)] = genre
+    return phrases
 
 
 # Leftovers of the recommender's internals that a user-facing explanation must not contain
@@ -171,6 +221,7 @@ class RubricResult(BaseModel):
     words: int
     unknown_titles: list[str] = []
     unknown_genres: list[str] = []
+    unknown_names: list[str] = []
     technical_terms: list[str] = []
     repeated: str | None = None
 
@@ -196,9 +247,15 @@ class Catalogue:
 
     def __post_init__(self) -> None:
         # Single-word titles ("Heat", "Big") are common words: only multi-word forms are searched.
-        self._title_forms = {
-            form: title for title in self.titles for form in title_forms(title) if len(form.split()) >= 2
-        }
+        # Full titles are added last so that they win over a shorter form of another title
+        # ("The Godfather" over the "The Godfather" form of "The Godfather: Part II").
+        forms: dict[tuple[str, ...], str] = {}
+        for title in self.titles:
+            for form in title_forms(title) - {normalize(title).strip()}:
+                forms.setdefault(tuple(form.split()), title)
+        for title in self.titles:
+            forms[tuple(normalize(title).split())] = title
+        self.title_phrases = _Phrases({form: title for form, title in forms.items() if len(form) >= 2})
 
     @classmethod
     def read(cls, cases_dir: Path) -> "Catalogue":
@@ -209,20 +266,31 @@ class Catalogue:
         return cls(titles=data["titles"], genres=data["genres"])
 
 
-def _genre_pattern(genre: str) -> str:
-    form = normalize(genre).strip()
-    if form.endswith("y"):  # comedy / comedies, mystery / mysteries
-        return rf" {re.escape(form[:-1])}(?:y|ies) "
-    return rf" {re.escape(form)}(?:s|es)? "
+def _capitalised_runs(tokens: list[str], caps: list[bool], breaks: list[bool], covered: list[bool]) -> list[str]:
+    """Runs of two or more capitalised words (small words such as "of the" may sit inside, as in
+    "Lord of the Rings") outside `covered` tokens and not split by punctuation."""
+    runs, current = [], []
 
+    def close() -> None:
+        while current and current[-1] in LOWER_WORDS:
+            current.pop()
+        if sum(t not in LOWER_WORDS for t in current) >= 2:
+            runs.append(" ".join(current))
+        current.clear()
 
-def _mentioned_genres(haystack: str, genres: Sequence[str], taken: list[tuple[int, int]]) -> set[str]:
-    found = set()
-    for genre in genres:
-        for match in re.finditer(_genre_pattern(genre), haystack):
-            if not _overlaps(match.span(), taken):
-                found.add(genre)
-    return found
+    for i, token in enumerate(tokens):
+        if breaks[i] or covered[i]:
+            close()
+        if covered[i]:
+            continue
+        if caps[i] and not token.isdigit() and token != "i":  # "When I ..." names nobody
+            current.append(token)
+        elif current and token in LOWER_WORDS and token not in ("and", "or", "nor", "but"):
+            current.append(token)  # "Lord of the Rings"; "A and B" are two names
+        else:
+            close()
+    close()
+    return runs
 
 
 def rubric_checks(
@@ -235,46 +303,69 @@ def rubric_checks(
 ) -> RubricResult:
     """Run the verifiable checks of `text` as an explanation of `case`.
 
-    Evidence = the recommended movie, the history, the neighbours and whatever the path texts
-    mention (not `next_item`: explainers never see it). Ungrounded = a catalogue title (of two or
-    more words) or a quoted capitalised phrase that is not an evidence title, or a catalogue genre
-    that no evidence movie or path has. Without a catalogue only quoted phrases are checked.
+    Evidence = the recommended movie, the history, the neighbours, their genres and whatever the
+    path texts name (not `next_item`: explainers never see it). Ungrounded, each listed in the
+    result:
+    - `unknown_titles`: a catalogue title (two or more words, written in title case) or a quoted
+      capitalised phrase that is not an evidence title;
+    - `unknown_genres`: a catalogue genre no evidence movie or path has;
+    - `unknown_names`: a run of two or more capitalised words (a person, a place, an invented
+      title) that appears nowhere in the evidence.
+    Without a catalogue, titles are checked through quoted phrases and capitalised runs only.
     """
     catalogue = catalogue or Catalogue()
-    haystack = normalize(text)
-    item_forms = title_forms(case.item.title)
+    tokens, caps, breaks = _tokens(text)
+    path_tokens = _tokens(" ".join(p.text for p in case.paths))[0]
     evidence_titles = [case.item.title, *(m.title for m in case.history), *(n.title for n in case.neighbours)]
-    path_text = normalize(" ".join(p.text for p in case.paths))
-    evidence_titles += [t for form, t in catalogue._title_forms.items() if f" {form} " in path_text]
+    evidence_titles += [title for _, _, title in catalogue.title_phrases.find(path_tokens)]
     evidence_forms = {form for title in evidence_titles for form in title_forms(title)}
-
-    taken = [span for form in evidence_forms for span in _spans(haystack, form)]
-    used = {form for form in evidence_forms if _spans(haystack, form)}
-    unknown_titles = sorted(
-        {title for form, title in catalogue._title_forms.items()
-         if form not in evidence_forms and any(not _overlaps(s, taken) for s in _spans(haystack, form))}
-    )
-    for quoted in re.findall(r"[\"\u201c*]([A-Z][^\"\u201d*\n]{1,60})[\"\u201d*]", text):
-        forms = title_forms(quoted)
-        if len(quoted.split()) <= 8 and not forms & evidence_forms and quoted not in unknown_titles:
-            if not _mentioned_genres(normalize(quoted), catalogue.genres, []):
-                unknown_titles.append(quoted.strip())
-
+    evidence = _Phrases({tuple(form.split()): title for title in reversed(evidence_titles) for form in title_forms(title)})
+    genre_phrases = _Phrases(_genre_phrases(sorted(set(catalogue.genres) | {g for m in [case.item, *case.history] for g in m.genres})))
     evidence_genres = {g for m in [case.item, *case.history] for g in m.genres}
-    evidence_genres |= _mentioned_genres(path_text, catalogue.genres, [])
-    # Words inside a title ("Star Wars", "The Wild Bunch") do not name a genre.
-    in_titles = taken + [span for form in catalogue._title_forms for span in _spans(haystack, form)]
-    named_genres = _mentioned_genres(haystack, sorted(set(catalogue.genres) | evidence_genres), in_titles)
+    evidence_genres |= {genre for _, _, genre in genre_phrases.find(path_tokens)}
+
+    covered = [False] * len(tokens)
+
+    def cover(start: int, end: int) -> None:
+        covered[start:end] = [True] * (end - start)
+
+    used_titles = set()
+    for start, end, title in evidence.find(tokens):
+        used_titles.add(title)
+        cover(start, end)
+    unknown_titles = []
+    for start, end, title in catalogue.title_phrases.find(tokens):
+        if any(covered[start:end]) or not _title_case(tokens, caps, start, end):
+            continue
+        cover(start, end)
+        if not title_forms(title) & evidence_forms and title not in unknown_titles:
+            unknown_titles.append(title)
+    for quoted in re.findall(r"[\"\u201c*]([A-Z][^\"\u201d*\n]{1,60})[\"\u201d*]", text):
+        quoted = quoted.strip()
+        if len(quoted.split()) <= 8 and not title_forms(quoted) & evidence_forms and quoted not in unknown_titles:
+            if not genre_phrases.find(_tokens(quoted)[0]):
+                unknown_titles.append(quoted)
+
+    named_genres = set()
+    for start, end, genre in genre_phrases.find(tokens):
+        if not any(covered[start:end]):  # a word inside a title ("Star Wars") names no genre
+            named_genres.add(genre)
+            cover(start, end)
     unknown_genres = sorted(named_genres - evidence_genres)
 
-    used_items = {title for title in evidence_titles if title_forms(title) & used} | (named_genres & evidence_genres)
-    used_items.discard(case.item.title)
+    evidence_text = normalize(" ".join([*evidence_titles, *(p.text for p in case.paths), *evidence_genres]))
+    unknown_names = []
+    for name in _capitalised_runs(tokens, caps, breaks, covered):
+        if f" {name} " not in evidence_text and not any(name in t.lower() for t in unknown_titles):
+            unknown_names.append(name)
+
+    used_items = (used_titles - {case.item.title}) | (named_genres & evidence_genres)
     count = len(words(text))
     repeated = repetition(text)
     technical = find_technical_terms(text)
     return RubricResult(
-        mentions_title=bool(item_forms & used),
-        grounded=not unknown_titles and not unknown_genres,
+        mentions_title=case.item.title in used_titles,
+        grounded=not unknown_titles and not unknown_genres and not unknown_names,
         no_technical_terms=not technical,
         length_ok=min_words <= count <= max_words,
         no_repetition=repeated is None,
@@ -282,6 +373,7 @@ def rubric_checks(
         words=count,
         unknown_titles=unknown_titles,
         unknown_genres=unknown_genres,
+        unknown_names=unknown_names,
         technical_terms=technical,
         repeated=repeated,
     )
@@ -709,7 +801,7 @@ def judge_pairs(
     if unknown:
         raise ValueError(f"{pairs_path}: case_id(s) {unknown[:5]} are not in {cases}")
 
-    judge_model = load_judge_model(judge, artifacts_dir, Path(out) / "cache" / "judge.jsonl")
+    judge_model = load_judge_model(judge, artifacts_dir, Path(out) / "cache" / "judge.sqlite")
     catalogue = Catalogue.read(cases)
     judgements = judge_explanation_pairs(
         [(by_id[r["case_id"]], r["text_a"], r["text_b"]) for r in rows],
@@ -756,7 +848,7 @@ def make_pair_judge(judge: JudgeConfig, artifacts_dir: Path, cache_dir: Path, te
     "a", "b", "tie", "both_bad", or "invalid" when the LLM's answer never parsed (llm judge).
     """
     single = judge.model_copy(update={"both_orders": False})
-    model = load_judge_model(judge, artifacts_dir, Path(cache_dir) / "judge.jsonl")
+    model = load_judge_model(judge, artifacts_dir, Path(cache_dir) / "judge.sqlite")
     templates = templates if templates is not None else read_templates(judge.prompt)
 
     def judge_requests(requests: list[tuple[Case, str, str]]) -> list[str]:
@@ -772,7 +864,7 @@ def make_explainability_scorer(judge: JudgeConfig, artifacts_dir: Path, cache_di
     unparsable), from the judge's language model (`judge.llm`, even for the rubric judge)."""
     from recxplain.llm import load_chat_model
 
-    model = load_chat_model(judge.llm, artifacts_dir, Path(cache_dir) / "explainability.jsonl")
+    model = load_chat_model(judge.llm, artifacts_dir, Path(cache_dir) / "explainability.sqlite")
     templates = templates if templates is not None else read_templates(judge.explainability_prompt)
 
     def score(requests: list[tuple[Case, str]]) -> list[int | None]:

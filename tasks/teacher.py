@@ -101,7 +101,7 @@ def _pick_best(
         slots = [(i, j) for i, samples in enumerate(results) for j, p in enumerate(samples) if p.valid]
         model = None
         if judge.kind != "rubric":
-            model = _load(judge.llm, artifacts_dir, Path(out) / "cache" / "best_of_judge.jsonl")
+            model = _load(judge.llm, artifacts_dir, Path(out) / "cache" / "best_of_judge.sqlite")
         for (i, j), score in zip(slots, score_explanations(
             items, judge=judge, templates=templates, model=model, catalogue=Catalogue.read(cases)
         )):
@@ -135,7 +135,7 @@ def teacher_generate(
     out = Path(out)
     train = _train_cases(cases)
     prompts = [explain_messages(case, teacher.prompt, templates) for case in train]
-    model = _load(teacher.llm, artifacts_dir, out / "cache" / "teacher.jsonl")
+    model = _load(teacher.llm, artifacts_dir, out / "cache" / "teacher.sqlite")
     parse = partial(parse_explanation, min_words=teacher.min_words, max_words=teacher.max_words)
     results = generate_parsed(
         model, prompts, parse, teacher.sampling, n=teacher.best_of, max_retries=teacher.max_parse_retries
@@ -214,7 +214,7 @@ def sample_pairs(
         cfg = teacher.llm
     train = _train_cases(cases)
     prompts = [explain_messages(case, teacher.prompt, templates) for case in train]
-    model = _load(cfg, artifacts_dir, out / "cache" / "pairs.jsonl")
+    model = _load(cfg, artifacts_dir, out / "cache" / "pairs.sqlite")
     outputs = model.generate(prompts, pairs.sampling, n=2)
 
     def usable(text: str) -> bool:

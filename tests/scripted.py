@@ -8,23 +8,15 @@ through `load_chat_model` with the real local model.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Callable
 
+from recxplain.llm import Generation
 from recxplain.schemas import Case, Movie, Neighbour, PathEvidence, RatedMovie
 
 
-@dataclass
-class Generation:
-    text: str
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-    latency_s: float = 0.0
-    cached: bool = False
-
-
 class ScriptedModel:
-    """`reply(messages, sample_index) -> str` answers every prompt; `prompts` records each call."""
+    """`reply(messages, sample_index) -> str` answers every prompt; `prompts` records each call.
+    A reply that is a Generation is returned as is (e.g. one with `error` set)."""
 
     def __init__(self, reply: Callable[[list[dict], int], str]):
         self.reply = reply
@@ -38,6 +30,9 @@ class ScriptedModel:
             samples = []
             for j in range(n):
                 text = self.reply(messages, j)
+                if isinstance(text, Generation):
+                    samples.append(text)
+                    continue
                 samples.append(Generation(text, prompt_tokens=10, completion_tokens=len(text.split())))
                 self.usage["calls"] += 1
                 self.usage["prompt_tokens"] += 10

@@ -146,6 +146,21 @@ def test_rubric_flags_titles_and_genres_outside_the_evidence():
     assert western.unknown_genres == ["Western"]  # action is Heat's genre: grounded
 
 
+def test_rubric_flags_invented_names_and_reads_titles_carefully():
+    catalogue = Catalogue(titles=[*TITLES, "Chain Reaction", "The Godfather", "The Godfather: Part II"], genres=GENRES)
+    text = ("Babe, like Toy Story, was made by directors such as JK Rowling and Martin Balsmoak; When I saw "
+            "it, a chain reaction of joy followed, as in The Godfather.")
+    result = rubric_checks(toy_case(), text, catalogue=catalogue)
+    assert result.unknown_names == ["jk rowling", "martin balsmoak"]  # not "when i", not "babe"
+    assert result.unknown_titles == ["The Godfather"]  # not "Chain Reaction" (lowercase), not "Part II"
+    assert not result.grounded
+    # names the evidence holds are grounded (ml-latest paths name people)
+    case = toy_case()
+    case.paths[0].text = "You rated Toy Story 5/5; it shares the director John Lasseter with Babe."
+    assert rubric_checks(case, "Babe shares the director John Lasseter with Toy Story, which you loved; "
+                         "give it a try tonight.", catalogue=catalogue).grounded
+
+
 def test_rubric_length_repetition_and_title():
     short = rubric_checks(toy_case(), "Watch Babe.", catalogue=CATALOGUE)
     assert not short.length_ok and short.words == 2 and short.mentions_title

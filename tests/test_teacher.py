@@ -4,14 +4,16 @@ files; and (with the real local model) the stages end to end through load_chat_m
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import polars as pl
 import pytest
 
 import tasks.teacher as teacher_module
-from recxplain.config import JudgeConfig, PairsConfig, SamplingConfig, TeacherConfig, TrainingConfig
+from recxplain.config import JudgeConfig, LLMConfig, PairsConfig, SamplingConfig, TeacherConfig, TrainingConfig
 from recxplain.prompts import explain_messages, read_templates
 from recxplain.schemas import write_cases
+from tasks.judge import judge_pairs
 from tasks.teacher import clean_explanation, parse_explanation, sample_pairs, student_llm, teacher_generate
 from tests.scripted import GENRES, GOOD, TECHNICAL, TITLES, ScriptedModel, toy_case
 
@@ -131,3 +133,93 @@ def test_student_pairs_need_a_student(tmp_path, cases_dir):
     assert (cfg.provider, cfg.model, cfg.adapter) == ("local", "smollm2", student / "adapter")
     with pytest.raises(FileNotFoundError, match="no adapter/ or merged/"):
         student_llm(TrainingConfig(), tmp_path)
+
+
+# ------------------------------------------------------------------ end to end, real local model
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    """A random 2-layer Llama with the SmolLM2 tokenizer and chat template."""
+    import torch
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    from recxplain.models import resolve_model
+
+    artifacts = Path(__file__).resolve().parents[1] / "artifacts"
+    tokenizer = AutoTokenizer.from_pretrained(resolve_model("smollm2", artifacts))
+    config = LlamaConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                         num_key_value_heads=2, vocab_size=len(tokenizer), tie_word_embeddings=True,
+                         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+                         pad_token_id=tokenizer.pad_token_id)
+    torch.manual_seed(0)
+    folder = tmp_path_factory.mktemp("tiny-llama")
+    LlamaForCausalLM(config).save_pretrained(folder / "base")
+    tokenizer.save_pretrained(folder / "base")
+    return folder
+
+
+def tiny_teacher(tiny) -> TeacherConfig:
+    llm = LLMConfig(model=str(tiny / "base"), dtype="float32", device="cpu", batch_size=8)
+    short = SamplingConfig(temperature=1.0, top_p=0.95, max_new_tokens=12, seed=1)
+    return TeacherConfig(llm=llm, sampling=short, min_words=1, max_words=60, max_parse_retries=1)
+
+
+def test_teacher_generate_through_load_chat_model(tmp_path, cases_dir, tiny):
+    """A real (random, tiny) local model: the SFT file holds exactly the valid answers, the
+    accounting adds up, and a rerun of the killed or finished stage is answered from its cache."""
+    teacher, templates = tiny_teacher(tiny), read_templates("explain_seed.j2")
+    out = tmp_path / "teacher"
+    out.mkdir()
+    teacher_generate(out, teacher=teacher, cases=cases_dir, templates=templates, artifacts_dir=tmp_path)
+    stats = json.loads((out / "stats.json").read_text())
+    generations = pl.read_parquet(out / "generations.parquet")
+    rows = (out / "sft.jsonl").read_text().splitlines()
+    assert stats["cases"] == 3 and len(rows) == stats["sft_rows"] == generations["valid"].sum()
+    assert stats["usage"]["calls"] == 3 + stats["retries"] and stats["usage"]["cache_hits"] == 0
+    first = (out / "sft.jsonl").read_text()
+    teacher_generate(out, teacher=teacher, cases=cases_dir, templates=templates, artifacts_dir=tmp_path)
+    again = json.loads((out / "stats.json").read_text())
+    assert again["usage"]["calls"] == 0 and again["usage"]["cache_hits"] == stats["usage"]["calls"]
+    assert (out / "sft.jsonl").read_text() == first
+
+
+@pytest.mark.slow
+def test_pairs_and_judge_through_load_chat_model(tmp_path, cases_dir, tiny):
+    """sample_pairs (teacher, then a student adapter) -> judge_pairs (ensemble with the tiny model
+    as the LLM judge): every file is written and gibberish verdicts are counted, never raised."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    student = tmp_path / "sft"
+    base = AutoModelForCausalLM.from_pretrained(tiny / "base")
+    get_peft_model(base, LoraConfig(r=4, target_modules=["q_proj", "v_proj"])).save_pretrained(student / "adapter")
+    teacher, templates = tiny_teacher(tiny), read_templates("explain_seed.j2")
+    pairs_out = {}
+    for source, folder in (("teacher", None), ("student", student)):
+        pairs_out[source] = tmp_path / f"pairs-{source}"
+        pairs_out[source].mkdir()
+        sample_pairs(pairs_out[source], pairs=PairsConfig(source=source, sampling=teacher.sampling), teacher=teacher,
+                     training=TrainingConfig(base_model=str(tiny / "base")), cases=cases_dir, student=folder,
+                     templates=templates, artifacts_dir=tmp_path)
+        frame = pl.read_parquet(pairs_out[source] / "pairs.parquet")
+        pair_stats = json.loads((pairs_out[source] / "stats.json").read_text())
+        assert frame.height + pair_stats["identical_dropped"] == 3 and set(frame["source"]) <= {source}
+    assert "+" in pl.read_parquet(pairs_out["student"] / "pairs.parquet")["model"][0]  # base + adapter
+
+    judged = tmp_path / "judged"
+    judged.mkdir()
+    judge = JudgeConfig(kind="ensemble", llm=teacher.llm, max_parse_retries=1,
+                        sampling=SamplingConfig(temperature=0.0, max_new_tokens=16))
+    judge_pairs(judged, judge=judge, cases=cases_dir, pairs=pairs_out["teacher"],
+                templates=read_templates("judge_pair.j2"), artifacts_dir=tmp_path)
+    verdicts = pl.read_parquet(judged / "verdicts.parquet")
+    stats = json.loads((judged / "stats.json").read_text())
+    preferences = [json.loads(line) for line in (judged / "preferences.jsonl").read_text().splitlines()]
+    assert verdicts.height == stats["pairs_judged"] == pl.read_parquet(pairs_out["teacher"] / "pairs.parquet").height
+    # a random model writes no JSON: every LLM verdict is invalid after its retry, the rubric decides
+    assert stats["llm_invalid"] == verdicts.height and stats["validity_ratio"] == 0.0
+    assert set(verdicts["attempts"]) == {4}  # (1 + 1 retry) x 2 orders
+    assert len(preferences) == stats["kept"] == verdicts["kept"].sum()
+    for row in preferences:
+        assert row["prompt"][-1]["role"] == "user" and row["chosen"][0]["role"] == "assistant"
