@@ -1,0 +1,382 @@
+"""RecLAIF (tasks/reclaif.py): candidate sampler, answer parser, metrics, judge, evaluation table.
+
+Toy data: 14 users x 40 movies with hand-made titles; the recommender is item-KNN through the
+real train_recommender stage. Models are scripted (tests/scripted.py) so that OUR parsing and
+verdict logic is tested on known answers.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import pytest
+
+from recxplain.config import (
+    JudgeConfig,
+    ReclaifAnswerConfig,
+    ReclaifCandidatesConfig,
+    ReclaifEvaluationConfig,
+    RecommenderConfig,
+)
+from recxplain.prompts import read_templates
+from recxplain.schemas import Movie
+from tasks.recommend import train_recommender
+from tasks.reclaif import (
+    CandidateSet,
+    answer_scores,
+    build_candidate_sets,
+    draw_candidates,
+    genre_diversity,
+    judge_recommendation_pairs,
+    negative_order,
+    parse_recommendation,
+    ranking_values,
+    read_candidate_sets,
+    reclaif_evaluate,
+    recommend_messages,
+    summarise,
+    template_answer,
+)
+from tests.scripted import ScriptedModel
+
+GENRES = ["Drama", "Comedy", "Action", "Horror"]
+
+
+def movie(i: int, title: str | None = None, year: int = 1990, genres: list[str] | None = None) -> Movie:
+    return Movie(item_id=i, title=title or f"Movie Number {i}", year=year, genres=genres or [GENRES[i % 4]])
+
+
+# ---------------------------------------------------------------------------------------------
+# Toy data folder + recommender
+
+
+@pytest.fixture(scope="module")
+def toy(tmp_path_factory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("reclaif")
+    data, rec = root / "data", root / "rec"
+    data.mkdir(), rec.mkdir()
+    rng = np.random.default_rng(0)
+    rows = []
+    for user in range(1, 15):
+        items = rng.choice(np.arange(1, 41), size=12, replace=False)
+        for t, item in enumerate(items):
+            split = "train" if t < 10 else ("valid" if t == 10 else "test")
+            rows.append((user, int(item), 4.0, 1000 * user + t, split))
+    pl.DataFrame(rows, schema=["user_id", "item_id", "rating", "timestamp", "split"], orient="row").with_columns(
+        pl.col("timestamp").cast(pl.Int64)).write_parquet(data / "interactions.parquet")
+    titles = {i: f"Movie Number {i}" for i in range(1, 41)}
+    titles[7] = "The Godfather"
+    titles[8] = "Star Trek: The Motion Picture"
+    titles[9] = "Star Trek: Generations"
+    titles[10] = "Movie Number 7"  # a second title spelled like an id: candidate titles must differ
+    pl.DataFrame({"item_id": list(titles), "title": list(titles.values()), "year": [1990] * 40,
+                  "genres": [[GENRES[i % 4]] for i in titles]}).write_parquet(data / "items.parquet")
+    train_recommender(rec, recommender=RecommenderConfig(k=5, top_n=5, neighbours_per_item=3, sampled_negatives=5),
+                      data=data)
+    return {"data": data, "recommender": rec, "root": root}
+
+
+def build(toy, name: str, **fields) -> list[CandidateSet]:
+    out = toy["root"] / name
+    out.mkdir()
+    cfg = ReclaifCandidatesConfig(**({"train_users": 6, "eval_users": 5, "negatives": 9} | fields))
+    build_candidate_sets(out, candidates=cfg, data=toy["data"], recommender=toy["recommender"])
+    return read_candidate_sets(out)
+
+
+# ---------------------------------------------------------------------------------------------
+# Candidate sampler
+
+
+def test_candidate_sets_hold_the_next_item_and_unseen_distinct_negatives(toy):
+    sets = build(toy, "uniform")
+    frame = pl.read_parquet(toy["data"] / "interactions.parquet")
+    assert [s.split for s in sets] == ["eval"] * 5 + ["train"] * 6
+    assert len({s.user_id for s in sets}) == 11  # train and eval users are disjoint
+    for s in sets:
+        mine = frame.filter(pl.col("user_id") == s.user_id)
+        target_split = "test" if s.split == "eval" else "valid"
+        assert s.target.item_id == mine.filter(pl.col("split") == target_split)["item_id"][0]
+        ids = [c.item_id for c in s.candidates]
+        assert len(ids) == 10 and s.target.item_id in ids
+        negatives = set(ids) - {s.target.item_id}
+        assert not negatives & set(mine["item_id"].to_list())  # never an item the user touched
+        assert len({c.title.lower() for c in s.candidates}) == 10  # titles tell candidates apart
+        history_split = ["train"] if s.split == "train" else ["train", "valid"]
+        expected = mine.filter(pl.col("split").is_in(history_split)).sort("timestamp")["item_id"].to_list()[-10:]
+        assert [m.item_id for m in s.history] == expected
+
+
+def test_candidate_sets_are_deterministic_and_stable_per_user(toy):
+    first, again = build(toy, "det1"), build(toy, "det2")
+    assert [s.model_dump() for s in first] == [s.model_dump() for s in again]
+    other_seed = build(toy, "det3", seed=12)
+    assert [s.model_dump() for s in other_seed] != [s.model_dump() for s in first]
+    # Fewer train users: the remaining users keep exactly the same sets.
+    fewer = {s.set_id: s for s in build(toy, "det4", train_users=3)}
+    for s in first:
+        if s.set_id in fewer:
+            assert fewer[s.set_id] == s
+
+
+def test_negative_order_samplers():
+    rng = np.random.default_rng(0)
+    pool = np.arange(10)
+    uniform = negative_order("uniform", pool, rng)
+    assert sorted(uniform.tolist()) == list(range(10))
+    # popularity: item 9 has weight 1001, the others 1: it comes first in almost every draw.
+    popularity = np.array([0] * 9 + [1000])
+    firsts = [negative_order("popularity", pool, np.random.default_rng(s), popularity=popularity)[0] for s in range(50)]
+    assert firsts.count(9) >= 45
+    # hard: the recommender's pool comes first (in random order), then the rest.
+    hard = negative_order("hard", pool, rng, hard=np.array([7, 3]))
+    assert set(hard[:2].tolist()) == {3, 7} and sorted(hard.tolist()) == list(range(10))
+    with pytest.raises(ValueError, match="unknown sampler"):
+        negative_order("nope", pool, rng)
+
+
+def test_draw_candidates_skips_title_clashes_and_the_target():
+    titles = {1: "Heat", 2: "Heat", 3: "Big", 4: "heat", 5: "Fargo"}
+    ids, drawn = draw_candidates(1, np.array([1, 2, 3, 4, 5]), titles, 3, np.random.default_rng(0))
+    assert sorted(ids) == [1, 3, 5] and drawn == 2  # 2 and 4 share the target's title: short of 3
+
+
+def test_hard_sampler_draws_from_the_recommenders_top(toy):
+    from tasks.recommend import load_recommender, recommend
+
+    sets = build(toy, "hard", sampler="hard", hard_pool=9)
+    rec = load_recommender(toy["recommender"] / "model")
+    frame = pl.read_parquet(toy["data"] / "interactions.parquet")
+    for s in sets:
+        seen = set(frame.filter(pl.col("user_id") == s.user_id)["item_id"].to_list())
+        top = [i for i in recommend(rec, 40, user_ids=[s.user_id])["item_id"].to_list() if i not in seen][:9]
+        negatives = {c.item_id for c in s.candidates} - {s.target.item_id}
+        assert negatives <= set(top) | {i for i in top}  # 9 negatives from a pool of 9 (title clashes aside)
+        assert len(negatives & set(top)) >= 8
+
+
+# ---------------------------------------------------------------------------------------------
+# Parser
+
+CANDIDATES = [movie(1, "The Godfather", 1972, ["Crime", "Drama"]), movie(2, "Star Wars", 1977, ["Sci-Fi", "Action"]),
+              movie(3, "Fargo", 1996, ["Crime", "Thriller"]), movie(4, "Star Trek: Generations", 1994, ["Sci-Fi"]),
+              movie(5, "Star Trek: First Contact", 1996, ["Sci-Fi", "Action"]), movie(6, "Babe", 1995, ["Comedy"])]
+
+GOOD = """Key Preferences:
+- Preference 1: Crime dramas with strong characters
+- Preference 2: Science fiction adventures
+
+Recommended Movies (from most to least likely):
+1. Fargo (1996) - A dark crime story with memorable characters.
+2. Godfather, The - The classic crime family saga you will love.
+3. Star Trek: First Contact (1996) - Space adventure with action and heart.
+
+These picks balance crime and science fiction."""
+
+
+def test_parser_exact_titles_in_any_common_form():
+    parsed = parse_recommendation(GOOD, CANDIDATES, 3)
+    assert parsed.valid, parsed.problems
+    assert parsed.picks == [3, 1, 5]  # "Godfather, The" is The Godfather; the closing line is prose
+    assert parsed.preferences == ["Crime dramas with strong characters", "Science fiction adventures"]
+    assert parsed.reasons[0] == "A dark crime story with memorable characters."
+    assert parsed.fuzzy == 0 and parsed.rank_of(1) == 2 and math.isinf(parsed.rank_of(6))
+
+
+def test_parser_fuzzy_titles_and_markdown():
+    text = ("**Key Preferences:**\n* Preference 1: Family comedies\n\n**Recommended Movies:**\n"
+            "1. **Star Trek: Generatons** – a Trek movie\n2. [Babe (1995)] - talking pig\n3. The Godfathr: crime")
+    parsed = parse_recommendation(text, CANDIDATES, 3)
+    assert parsed.picks == [4, 6, 1] and parsed.fuzzy == 2 and parsed.valid
+    # The threshold is a real bound: at 0.99 the misspellings are not candidates.
+    strict = parse_recommendation(text, CANDIDATES, 3, fuzzy_threshold=0.99)
+    assert strict.picks == [6] and not strict.valid
+    assert strict.not_candidates == ["Star Trek: Generatons", "The Godfathr"]
+
+
+def test_parser_invalid_non_candidates_and_format():
+    text = GOOD.replace("Fargo (1996)", "Titanic (1997)")
+    parsed = parse_recommendation(text, CANDIDATES, 3)
+    assert parsed.picks == [1, 5] and parsed.not_candidates == ["Titanic (1997)"]
+    assert not parsed.valid and any("Titanic" in p for p in parsed.problems)
+    # The template's placeholders are not movies.
+    placeholder = parse_recommendation("Key Preferences:\n- Preference 1: [Description]\n\nRecommended Movies:\n"
+                                       "1. [Movie Title] - [Reason for Recommendation]", CANDIDATES, 3)
+    assert placeholder.picks == [] and placeholder.preferences == [] and not placeholder.valid
+    # No list heading and no preferences: the numbered titles still count for relevance.
+    bare = parse_recommendation("1. Babe\n2. Fargo\n3. Star Wars", CANDIDATES, 3)
+    assert bare.picks == [6, 3, 2] and len(bare.problems) == 2
+
+
+def test_parser_duplicate_picks_and_count():
+    text = GOOD.replace("Star Trek: First Contact (1996)", "Fargo")
+    parsed = parse_recommendation(text, CANDIDATES, 3)
+    assert parsed.picks == [3, 1] and parsed.duplicates == ["Fargo (1996)"]
+    assert not parsed.valid and any("more than once" in p for p in parsed.problems)
+    assert any("named 2 different" in p for p in parsed.problems)
+    four = GOOD.replace("\n\nThese picks", "\n4. Babe - a pig.\n\nThese picks")
+    assert parse_recommendation(four, CANDIDATES, 3).picks == [3, 1, 5, 6]
+    assert not parse_recommendation(four, CANDIDATES, 3).valid
+    # A "Star Trek" that could be either Star Trek candidate is not guessed.
+    ambiguous = parse_recommendation("Key Preferences:\n- sci-fi\nRecommended Movies:\n1. Star Trek - space", CANDIDATES, 1)
+    assert ambiguous.picks == [] and ambiguous.not_candidates == ["Star Trek"]
+
+
+def test_template_teacher_answers_parse_valid():
+    cs = CandidateSet(set_id="train-1", split="train", user_id=1, candidates=CANDIDATES, target=CANDIDATES[2],
+                      history=[movie(11, "Heat", 1995, ["Action", "Crime"]), movie(12, "Se7en", 1995, ["Crime"])])
+    text = template_answer(cs, [3, 1, 2, 4, 5, 6], 3)
+    assert "Preference 1: Crime (2 of the 2 movies watched are crime movies)" in text
+    assert "1. Fargo (1996) - A Crime/Thriller like Se7en (1995), which you watched." in text
+    parsed = parse_recommendation(text, CANDIDATES, 3)
+    assert parsed.valid and parsed.picks == [3, 1, 2]
+    messages = recommend_messages(cs, ReclaifAnswerConfig(), read_templates("reclaif_recommend.j2"))
+    assert "- Star Trek: First Contact (1996)\n" in messages[-1]["content"] and "top 3 movies" in messages[-1]["content"]
+
+
+# ---------------------------------------------------------------------------------------------
+# Metrics
+
+
+def test_ranking_values_hand_computed():
+    assert ranking_values(1, 3) == {"Hit@1": 1.0, "Hit@3": 1.0, "NDCG@3": 1.0, "Precision@3": pytest.approx(1 / 3)}
+    second = ranking_values(2, 3)
+    assert second["Hit@1"] == 0.0 and second["Hit@3"] == 1.0 and second["NDCG@3"] == pytest.approx(1 / math.log2(3))
+    assert ranking_values(3, 5)["Precision@5"] == pytest.approx(0.2)
+    assert ranking_values(math.inf, 3) == {"Hit@1": 0.0, "Hit@3": 0.0, "NDCG@3": 0.0, "Precision@3": 0.0}
+
+
+def test_genre_diversity_and_answer_scores():
+    assert genre_diversity([["A"], ["A"]]) == 0.0
+    assert genre_diversity([["A", "B"], ["B", "C"], ["D"]]) == pytest.approx((2 / 3 + 1 + 1) / 3)
+    cs = CandidateSet(set_id="train-1", split="train", user_id=1, history=[], candidates=CANDIDATES, target=CANDIDATES[0])
+    parsed = parse_recommendation(GOOD, CANDIDATES, 3)  # the target (The Godfather) is ranked 2nd
+    scores = answer_scores(parsed, GOOD, cs, 3)
+    assert scores.relevance == pytest.approx(5 / math.log2(3))
+    # Fargo {Crime, Thriller}, Godfather {Crime, Drama}, First Contact {Sci-Fi, Action}
+    assert scores.diversity == pytest.approx(5 * (2 / 3 + 1 + 1) / 3)
+    assert scores.explainability == pytest.approx(5.0)  # 2 preferences, 3 reasons of 4+ words, no loop
+
+
+def test_summarise_means_and_bootstrap_intervals():
+    frame = pl.DataFrame({
+        "model": ["a"] * 4 + ["b"] * 4, "kind": ["llm"] * 4 + ["classic"] * 4,
+        "valid": [True, False, True, True] + [True] * 4,
+        "Hit@1": [1.0, 0.0, 0.0, 0.0, 1.0, 1.0, 1.0, 1.0], "Hit@3": [1.0] * 8, "NDCG@3": [0.5] * 8,
+        "Precision@K": [0.25] * 8, "Diversity": [0.2, math.nan, 0.4, 0.6] + [0.1] * 4,
+        "Explainability": [50.0, 70.0, math.nan, math.nan] + [math.nan] * 4,
+    })
+    table = summarise(frame, ["b", "a"], n_boot=200, seed=0)
+    value = {(r["model"], r["metric"]): r for r in table.iter_rows(named=True)}
+    assert value[("a", "ValidRatio")]["value"] == 0.75 and value[("a", "Hit@1")]["value"] == 0.25
+    assert value[("a", "Diversity")]["value"] == pytest.approx(0.4) and value[("a", "Diversity")]["n"] == 3
+    assert value[("a", "Explainability")]["value"] == 60.0 and value[("a", "Explainability")]["n"] == 2
+    assert 0.0 <= value[("a", "Hit@1")]["ci_low"] <= 0.25 <= value[("a", "Hit@1")]["ci_high"] <= 1.0
+    assert value[("b", "Hit@1")]["ci_low"] == value[("b", "Hit@1")]["ci_high"] == 1.0  # no spread
+    assert ("b", "Explainability") not in value  # classic models are not scored on explanations
+    assert table["model"].to_list()[0] == "b"  # the requested order
+
+
+# ---------------------------------------------------------------------------------------------
+# Judge
+
+
+def reclaif_verdict(a: float, b: float, choice: str) -> str:
+    return (f"Option A Evaluation:\n- Relevance Score: {a}\n- Diversity Score: 3\n- Explainability Score: 3\n\n"
+            f"Option B Evaluation:\n- Relevance Score: {b}\n- Diversity Score: 3\n- Explainability Score: 3\n\n"
+            f"Decision:\n- Chosen Option: {choice}\n- Reasoning: relevance.")
+
+
+def test_judge_both_orders_rubric_and_ensemble():
+    cs = CandidateSet(set_id="train-1", split="train", user_id=1, history=[CANDIDATES[5]], candidates=CANDIDATES,
+                      target=CANDIDATES[2])
+    better = GOOD  # Fargo first: the next movie ranked first
+    worse = GOOD.replace("1. Fargo (1996)", "1. Babe (1995)")
+    invalid = "I like movies."
+    templates = read_templates("reclaif_judge.j2")
+
+    def position_biased(messages, _):  # always prefers the option shown first
+        assert "Next Preferred Movie: Fargo (1996)" in messages[-1]["content"]
+        return reclaif_verdict(4, 2, "A")
+
+    llm = JudgeConfig(kind="llm", prompt="reclaif_judge.j2", both_orders=True)
+    model = ScriptedModel(position_biased)
+    [result] = judge_recommendation_pairs([(cs, better, worse)], judge=llm, answer=ReclaifAnswerConfig(),
+                                          templates=templates, model=model)
+    assert len(model.prompts) == 2 and result.judgement.verdict == "inconsistent"  # A then B: not consistent
+
+    def consistent(messages, _):
+        first = messages[-1]["content"].split("Option B:")[0]
+        return reclaif_verdict(5, 1, "A") if "1. Fargo" in first else reclaif_verdict(1, 5, "B")
+
+    [result] = judge_recommendation_pairs([(cs, better, worse)], judge=llm, answer=ReclaifAnswerConfig(),
+                                          templates=templates, model=ScriptedModel(consistent))
+    assert result.judgement.verdict == "a" and result.judgement.order_consistent
+    assert result.judgement.score_a == pytest.approx((5 + 3 + 3) / 15)
+
+    rubric = JudgeConfig(kind="rubric")
+    verdicts = judge_recommendation_pairs([(cs, worse, better), (cs, invalid, invalid)], judge=rubric,
+                                          answer=ReclaifAnswerConfig())
+    assert [v.judgement.verdict for v in verdicts] == ["b", "both_bad"]
+    assert verdicts[0].rubric_b.relevance == 5.0 and verdicts[0].rubric_a.relevance == 0.0
+
+    # Ensemble: a position-biased (inconsistent) LLM casts no vote; the rubric decides.
+    ensemble = JudgeConfig(kind="ensemble", prompt="reclaif_judge.j2", llm_weight=0.3)
+    [result] = judge_recommendation_pairs([(cs, worse, better)], judge=ensemble, answer=ReclaifAnswerConfig(),
+                                          templates=templates, model=ScriptedModel(position_biased))
+    assert result.judgement.llm_choice == "inconsistent" and result.judgement.verdict == "b"
+
+
+# ---------------------------------------------------------------------------------------------
+# Evaluation table end to end (classic baselines on the same sets; scripted LLM answers)
+
+
+def test_reclaif_evaluate_on_hand_made_answers(toy, tmp_path):
+    candidates = toy["root"] / "eval_sets"
+    candidates.mkdir()
+    cfg = ReclaifCandidatesConfig(train_users=2, eval_users=4, negatives=5)
+    build_candidate_sets(candidates, candidates=cfg, data=toy["data"], recommender=toy["recommender"])
+    sets = read_candidate_sets(candidates, "eval")
+    rows = []
+    for n, cs in enumerate(sets):
+        others = [c for c in cs.candidates if c.item_id != cs.target.item_id]
+        # "oracle" names the next movie first for every set; "half" only for the first two sets.
+        oracle = [cs.target, *others[:2]]
+        half = oracle if n < 2 else others[:3]
+        for name, picks in (("oracle", oracle), ("half", half)):
+            text = "Key Preferences:\n- Preference 1: stories\n\nRecommended Movies:\n" + "\n".join(
+                f"{i}. {m.title} ({m.year}) - because it fits your taste" for i, m in enumerate(picks, 1))
+            rows.append({"case_id": cs.set_id, "model": name, "text": text})
+    rows.append({"case_id": sets[0].set_id, "model": "broken", "text": "no idea"})
+    answers = tmp_path / "answers"
+    answers.mkdir()
+    pl.DataFrame(rows).write_parquet(answers / "answers.parquet")
+    out = tmp_path / "out"
+    out.mkdir()
+    evaluation = ReclaifEvaluationConfig(recommenders=["base"], baselines=["popular", "itemknn"], diversity=False,
+                                         explainability=False, bootstrap=50)
+    reclaif_evaluate(out, evaluation=evaluation, answer=ReclaifAnswerConfig(), judge=JudgeConfig(),
+                     recommender=RecommenderConfig(k=5), data=toy["data"], candidates=candidates, answers=answers,
+                     templates={}, artifacts_dir=tmp_path)
+    table = pl.read_parquet(out / "comparison.parquet")
+    value = {(r["model"], r["metric"]): r["value"] for r in table.iter_rows(named=True)}
+    assert value[("oracle", "Hit@1")] == 1.0 and value[("oracle", "NDCG@3")] == 1.0
+    assert value[("oracle", "Precision@K")] == pytest.approx(1 / 3) and value[("oracle", "ValidRatio")] == 1.0
+    assert value[("half", "Hit@1")] == 0.5 and value[("half", "Hit@3")] == 0.5
+    assert value[("broken", "ValidRatio")] == 0.0 and value[("broken", "Hit@3")] == 0.0
+    # Classic baselines ranked the same sets; popularity's rank follows the train counts.
+    per = pl.read_parquet(out / "per_answer.parquet")
+    interactions = pl.read_parquet(toy["data"] / "interactions.parquet").filter(pl.col("split") != "test")
+    counts = dict(interactions.group_by("item_id").len().iter_rows())
+    for cs in sets:
+        ids = [c.item_id for c in cs.candidates]
+        expected = sorted(ids, key=lambda i: -counts.get(i, 0))  # stable: ties keep the shown order
+        row = per.filter((pl.col("model") == "popular") & (pl.col("case_id") == cs.set_id))
+        assert row["rank"][0] == expected.index(cs.target.item_id) + 1
+    markdown = (out / "comparison.md").read_text()
+    assert "| oracle | llm | 1.000 [1.000, 1.000] |" in markdown and "| popular | classic |" in markdown
+    assert json.loads((out / "stats.json").read_text())["eval_sets"] == 4
