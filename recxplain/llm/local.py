@@ -35,6 +35,9 @@ TOP_K_FAST = 256  # partial sort width before the exact full-vocabulary fallback
 
 _MODELS: dict[tuple, tuple] = {}
 _LOAD_LOCK = threading.Lock()
+# One batch at a time per process: stages running in parallel threads would only fight over
+# the same cores (and share model objects), so their batches take turns.
+_GENERATE_LOCK = threading.Lock()
 
 
 def adapter_hash(adapter: Path) -> str:
@@ -101,8 +104,9 @@ def make_run(cfg: LLMConfig, artifacts_dir: Path) -> Run:
         order = sorted(range(len(jobs)), key=lambda j: -len(prompt_ids[j]))
         for start in range(0, len(order), cfg.batch_size):
             batch = order[start:start + cfg.batch_size]
-            generations = generate_batch(model, tokenizer, [prompt_ids[j] for j in batch],
-                                         [sampling.seed + jobs[j].index for j in batch], sampling, device)
+            with _GENERATE_LOCK:
+                generations = generate_batch(model, tokenizer, [prompt_ids[j] for j in batch],
+                                             [sampling.seed + jobs[j].index for j in batch], sampling, device)
             yield from zip(batch, generations)
 
     return run
@@ -181,6 +185,8 @@ def sample_tokens(logits: torch.Tensor, temperature: float, top_p: float, unifor
     the full vocabulary, so the result is exact.
     """
     probs = torch.softmax(logits / temperature, dim=-1)
+    if top_p >= 1.0:  # no nucleus: the inverse CDF over the vocabulary in its own order needs no sort
+        return _inverse_cdf(probs, None, 1.0, uniforms)
     k = min(top_k, probs.shape[-1])
     top, ids = probs.topk(k, dim=-1)  # sorted, most probable first
     short = top.sum(-1) < top_p
@@ -191,10 +197,13 @@ def sample_tokens(logits: torch.Tensor, temperature: float, top_p: float, unifor
     return tokens
 
 
-def _inverse_cdf(sorted_probs: torch.Tensor, ids: torch.Tensor, top_p: float, uniforms: torch.Tensor) -> torch.Tensor:
-    before = sorted_probs.cumsum(-1) - sorted_probs  # mass of the more probable tokens
-    kept = sorted_probs * (before < top_p)
-    cdf = kept.cumsum(-1)
+def _inverse_cdf(probs: torch.Tensor, ids: torch.Tensor | None, top_p: float, uniforms: torch.Tensor) -> torch.Tensor:
+    """Token ids drawn from `probs` rows (sorted most probable first when top_p < 1; `ids` maps
+    positions to token ids, None: positions are the ids)."""
+    if top_p < 1.0:
+        before = probs.cumsum(-1) - probs  # mass of the more probable tokens
+        probs = probs * (before < top_p)
+    cdf = probs.cumsum(-1)
     targets = (uniforms * cdf[:, -1])[:, None]
     index = torch.searchsorted(cdf, targets, right=True).clamp(max=cdf.shape[-1] - 1)
-    return ids.gather(1, index).squeeze(1)
+    return (index if ids is None else ids.gather(1, index)).squeeze(1)

@@ -1,0 +1,177 @@
+"""The `local` provider: batching, sampling, token counts, adapters and the cache.
+
+Most tests use a tiny random Llama (hidden 64, 2 layers) with the SmolLM2 tokenizer, saved as
+an ordinary Hugging Face folder, so they exercise exactly the code path of a real model in a
+fraction of a second; one test runs the embedded SmolLM2 for a few tokens.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+from recxplain.config import LLMConfig, SamplingConfig
+from recxplain.llm import load_chat_model
+from recxplain.llm.local import adapter_hash, load_local_model, sample_tokens
+from recxplain.models import resolve_model
+
+ARTIFACTS = Path(__file__).resolve().parents[1] / "artifacts"
+GREEDY = SamplingConfig(temperature=0.0, max_new_tokens=12)
+SAMPLED = SamplingConfig(temperature=0.5, top_p=0.9, max_new_tokens=10, seed=3)
+PROMPTS = [
+    [{"role": "user", "content": "Why Fargo?"}],
+    [{"role": "system", "content": "You explain movie recommendations."},
+     {"role": "user", "content": "I liked Heat and Casino, rated 5/5. Why would I like Goodfellas, a crime drama?"}],
+    [{"role": "user", "content": "Toy Story, Babe and Balto: what do they share?"}],
+]
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory) -> Path:
+    """A random 2-layer Llama with the SmolLM2 tokenizer and chat template."""
+    tokenizer = AutoTokenizer.from_pretrained(resolve_model("smollm2", ARTIFACTS))
+    config = LlamaConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                         num_key_value_heads=2, vocab_size=len(tokenizer), tie_word_embeddings=True,
+                         initializer_range=0.2,  # peaked logits: greedy choices are not float-noise ties
+                         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+                         pad_token_id=tokenizer.pad_token_id)
+    torch.manual_seed(0)
+    folder = tmp_path_factory.mktemp("tiny-llama")
+    LlamaForCausalLM(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+def tiny_cfg(folder: Path, **changes) -> LLMConfig:
+    return LLMConfig(**({"model": str(folder), "dtype": "float32", "batch_size": 8, "device": "cpu"} | changes))
+
+
+def texts(outs) -> list[list[str]]:
+    return [[g.text for g in samples] for samples in outs]
+
+
+def test_sample_tokens_hand_computed():
+    probs = torch.tensor([[0.5, 0.3, 0.15, 0.05]])
+    logits = probs.log()
+    # top_p 0.7: the nucleus is {0, 1} (0.5 < 0.7, then 0.8 crosses it), renormalised to 0.625 / 0.375.
+    for u, token in [(0.0, 0), (0.6, 0), (0.63, 1), (0.999, 1)]:
+        for k in (4, 2, 1):  # 1: the top-1 mass 0.5 < 0.7 takes the exact full-vocabulary path
+            assert sample_tokens(logits, 1.0, 0.7, torch.tensor([u]), top_k=k).item() == token
+    # top_p 1 keeps all four tokens; u = 0.96 lands in the last 5%.
+    assert sample_tokens(logits, 1.0, 1.0, torch.tensor([0.96])).item() == 3
+    # temperature 2 flattens to sqrt(p) / sum: 0.379, 0.294, 0.208, 0.120; top_p 0.7 keeps 3 tokens
+    # (mass before the third: 0.673 < 0.7), renormalised cdf 0.431, 0.764, 1.0.
+    assert sample_tokens(logits, 2.0, 0.7, torch.tensor([0.75])).item() == 1
+    assert sample_tokens(logits, 2.0, 0.7, torch.tensor([0.77])).item() == 2
+    # rows are independent
+    both = sample_tokens(torch.cat([logits, logits.flip(-1)]), 1.0, 0.7, torch.tensor([0.0, 0.0]))
+    assert both.tolist() == [0, 3]
+
+
+def test_batched_greedy_equals_one_at_a_time_and_plain_generate(tiny):
+    model = load_chat_model(tiny_cfg(tiny), ARTIFACTS)
+    batched = model.generate(PROMPTS, GREEDY)
+    for prompt, samples in zip(PROMPTS, batched):
+        [[alone]] = load_chat_model(tiny_cfg(tiny, batch_size=1), ARTIFACTS).generate([prompt], GREEDY)
+        assert samples[0].text == alone.text and samples[0].completion_tokens == alone.completion_tokens
+    # ... and both equal transformers' own greedy generate on the unpadded prompt.
+    tokenizer = AutoTokenizer.from_pretrained(tiny)
+    reference = AutoModelForCausalLM.from_pretrained(tiny)
+    for prompt, samples in zip(PROMPTS, batched):
+        ids = tokenizer.apply_chat_template(prompt, add_generation_prompt=True, return_tensors="pt", return_dict=True)
+        out = reference.generate(**ids, max_new_tokens=12, do_sample=False, pad_token_id=tokenizer.pad_token_id)
+        new = out[0, ids["input_ids"].shape[1]:]
+        assert samples[0].text == tokenizer.decode(new, skip_special_tokens=True).strip()
+        assert samples[0].prompt_tokens == ids["input_ids"].shape[1]
+        # a random model never says end-of-turn here: every answer uses the whole budget
+        assert (samples[0].completion_tokens, samples[0].finish_reason) == (12, "length")
+    assert model.usage["calls"] == 3 and model.usage["completion_tokens"] == 36
+    assert model.usage["prompt_tokens"] == sum(g[0].prompt_tokens for g in batched)
+
+
+def test_sample_i_is_reproducible_whatever_the_batch(tiny):
+    alone = load_chat_model(tiny_cfg(tiny), ARTIFACTS).generate(PROMPTS[:1], SAMPLED, n=3)
+    mixed = load_chat_model(tiny_cfg(tiny, batch_size=4), ARTIFACTS).generate(PROMPTS, SAMPLED, n=3)
+    assert texts(mixed)[0] == texts(alone)[0]  # batch size, neighbours and padding do not matter
+    assert len(set(texts(alone)[0])) == 3  # three different samples
+    again = load_chat_model(tiny_cfg(tiny), ARTIFACTS).generate(PROMPTS, SAMPLED, n=3)
+    assert texts(again) == texts(mixed)  # reruns reproduce
+    other_seed = load_chat_model(tiny_cfg(tiny), ARTIFACTS).generate(
+        PROMPTS[:1], SAMPLED.model_copy(update={"seed": 4}), n=2)
+    # sample i uses seed + i, so seed 4's sample 0 is seed 3's sample 1
+    assert texts(other_seed)[0][0] == texts(alone)[0][1] and texts(other_seed)[0][1] == texts(alone)[0][2]
+
+
+def test_cache_second_run_makes_zero_calls(tiny, tmp_path):
+    cache = tmp_path / "cache.sqlite"
+    first = load_chat_model(tiny_cfg(tiny), ARTIFACTS, cache_path=cache).generate(PROMPTS, SAMPLED, n=2)
+    model = load_chat_model(tiny_cfg(tiny), ARTIFACTS, cache_path=cache)
+    second = model.generate(PROMPTS, SAMPLED, n=2)
+    assert texts(second) == texts(first) and all(g.cached for s in second for g in s)
+    assert [[g.completion_tokens for g in s] for s in second] == [[g.completion_tokens for g in s] for s in first]
+    assert model.usage["calls"] == 0 and model.usage["cache_hits"] == 6
+    # a different dtype is a different model
+    model = load_chat_model(tiny_cfg(tiny, dtype="bfloat16"), ARTIFACTS, cache_path=cache)
+    model.generate(PROMPTS[:1], SAMPLED)
+    assert model.usage["calls"] == 1
+
+
+def test_adapter_is_merged_hashed_and_matches_peft(tiny, tmp_path):
+    from peft import LoraConfig, PeftModel, get_peft_model
+
+    torch.manual_seed(1)
+    base = AutoModelForCausalLM.from_pretrained(tiny)
+    # init_lora_weights=False: random A and B, so the adapter changes the answers
+    peft_model = get_peft_model(base, LoraConfig(r=4, lora_alpha=8, target_modules="all-linear",
+                                                 init_lora_weights=False))
+    adapter = tmp_path / "adapter"
+    peft_model.save_pretrained(adapter)
+    with_adapter = load_chat_model(tiny_cfg(tiny, adapter=adapter), ARTIFACTS).generate(PROMPTS, GREEDY)
+    without = load_chat_model(tiny_cfg(tiny), ARTIFACTS).generate(PROMPTS, GREEDY)
+    assert texts(with_adapter) != texts(without)
+    # merged weights answer like the unmerged peft model
+    tokenizer = AutoTokenizer.from_pretrained(tiny)
+    unmerged = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny), adapter).eval()
+    ids = tokenizer.apply_chat_template(PROMPTS[1], add_generation_prompt=True, return_tensors="pt", return_dict=True)
+    out = unmerged.generate(**ids, max_new_tokens=12, do_sample=False, pad_token_id=tokenizer.pad_token_id)
+    assert with_adapter[1][0].text == tokenizer.decode(out[0, ids["input_ids"].shape[1]:], skip_special_tokens=True).strip()
+    # the cache key follows the adapter's content, not its folder name
+    before = adapter_hash(adapter)
+    weights = adapter / "adapter_model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-1] + b"\0")
+    assert adapter_hash(adapter) != before
+    with pytest.raises(Exception, match="adapter_config.json"):
+        adapter_hash(tmp_path)
+
+
+def test_models_load_once_per_process(tiny):
+    first = load_local_model(tiny, None, "float32", "cpu")
+    assert load_local_model(Path(str(tiny) + "/"), None, "float32", "cpu") is first
+    assert load_local_model(tiny, None, "bfloat16", "cpu") is not first
+    assert next(load_local_model(tiny, None, "bfloat16", "cpu")[0].parameters()).dtype == torch.bfloat16
+
+
+def test_bad_prompts_name_the_prompt(tiny):
+    model = load_chat_model(tiny_cfg(tiny), ARTIFACTS)
+    with pytest.raises(ValueError, match="prompt 1, message 0"):
+        model.generate([PROMPTS[0], [{"role": "robot", "content": "hi"}]], GREEDY)
+    with pytest.raises(ValueError, match="prompt 0"):
+        model.generate(["just a string"], GREEDY)
+    assert model.generate([], GREEDY) == []
+
+
+def test_embedded_smollm2_stops_at_end_of_turn():
+    """The real model in bf16: a short answer ends with <|im_end|>, counted as a completion token."""
+    model = load_chat_model(LLMConfig(device="cpu"), ARTIFACTS)
+    prompts = [[{"role": "user", "content": "What is the capital of France? Answer in one word."}],
+               [{"role": "user", "content": "Name a famous movie about a shark."}]]
+    outs = model.generate(prompts, SamplingConfig(temperature=0.0, max_new_tokens=24))
+    capital = outs[0][0]
+    assert "Paris" in capital.text and capital.finish_reason == "stop"
+    tokenizer = AutoTokenizer.from_pretrained(resolve_model("smollm2", ARTIFACTS))
+    assert capital.completion_tokens == len(tokenizer(capital.text, add_special_tokens=False)["input_ids"]) + 1
+    assert math.isclose(capital.latency_s, outs[1][0].latency_s)  # one batch, one wall time
