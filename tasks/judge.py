@@ -826,7 +826,10 @@ def judge_pairs(
                 "case_id": row["case_id"],
                 "scores": {"chosen": score_chosen, "rejected": score_rejected},
             }) + "\n")
-    pl.DataFrame(verdict_rows, infer_schema_length=None).write_parquet(Path(out) / "verdicts.parquet")
+    frame = pl.DataFrame(verdict_rows, infer_schema_length=None) if verdict_rows else pl.DataFrame(
+        schema=[*_verdict_row("", PairJudgement(verdict="invalid"), judge.kind), "source"]
+    )
+    frame.write_parquet(Path(out) / "verdicts.parquet")
     stats = judge_stats(judgements) | {
         "judge": judge.kind,
         "llm": judge.llm.model if judge_model is not None else None,

@@ -312,3 +312,18 @@ def test_judge_pairs_rejects_unknown_cases(tmp_path):
     with pytest.raises(ValueError, match=r"case_id\(s\) \['9-9'\] are not in"):
         judge_pairs(tmp_path, judge=JudgeConfig(kind="rubric"), cases=cases, pairs=pairs, templates={},
                     artifacts_dir=tmp_path)
+
+
+def test_judge_pairs_with_no_pairs_writes_empty_files(tmp_path):
+    cases, pairs, out = tmp_path / "cases", tmp_path / "pairs", tmp_path / "out"
+    for folder in (cases, pairs, out):
+        folder.mkdir()
+    write_cases([toy_case("1-2")], cases / "train.jsonl")
+    (cases / "catalogue.json").write_text(json.dumps({"titles": TITLES, "genres": GENRES}))
+    pl.DataFrame(schema={"case_id": pl.String, "text_a": pl.String, "text_b": pl.String, "source": pl.String,
+                         "prompt": pl.String}).write_parquet(pairs / "pairs.parquet")
+    judge_pairs(out, judge=JudgeConfig(kind="rubric"), cases=cases, pairs=pairs, templates={}, artifacts_dir=tmp_path)
+    assert (out / "preferences.jsonl").read_text() == ""
+    verdicts = pl.read_parquet(out / "verdicts.parquet")
+    assert verdicts.height == 0 and {"case_id", "verdict", "kept", "source"} <= set(verdicts.columns)
+    assert json.loads((out / "stats.json").read_text())["pairs_judged"] == 0
