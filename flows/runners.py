@@ -120,6 +120,11 @@ class ConfigTaskRunner(TaskRunner):
     def duplicate(self) -> "ConfigTaskRunner":
         return type(self)()
 
+    def __reduce__(self):
+        # Prefect ships the flow (and so its task runner) to Dask/Ray workers with each task:
+        # they get a fresh, unstarted runner (a lock and a running cluster do not pickle).
+        return (type(self), ())
+
     def inner(self) -> TaskRunner:
         """The configured runner, started on first use."""
         with self._lock:

@@ -4,6 +4,7 @@ work pool and worker of deployments/prefect.yaml, and a local Dask cluster."""
 import ast
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -65,10 +66,13 @@ def fan_out(config_path: str, overrides: list[str] | None = None, sleep_s: float
     from prefect.context import FlowRunContext
 
     cfg = load_config(config_path, overrides or [])
+    runner = FlowRunContext.get().task_runner.inner()
+    if cfg.runtime.task_runner == "dask":  # a local cluster's workers start one by one: time them all
+        runner.client.wait_for_workers(cfg.runtime.max_workers, timeout=300)
     log = StageLog(cfg.runtime.artifacts_dir)
     done = run_parallel(log, {f"double-{v}": (DOUBLE, {"job": Job(value=v, sleep_s=sleep_s)}) for v in (1, 2)})
     results = {label: json.loads((folder / "result.json").read_text()) for label, folder in done.items()}
-    return log.rows, results, type(FlowRunContext.get().task_runner.inner()).__name__
+    return log.rows, results, type(runner).__name__
 
 
 def overlap(results: dict) -> bool:
@@ -106,7 +110,7 @@ def test_stages_run_on_a_local_dask_cluster(tmp_path):
         tmp_path / "dask.yaml",
         f"runtime: {{artifacts_dir: {artifacts}, task_runner: dask, max_workers: 2}}\n",
     )
-    rows, results, runner = fan_out(config, sleep_s=3.0)
+    rows, results, runner = fan_out(config, sleep_s=5.0)
     assert runner == "DaskTaskRunner"
     assert [r["state"] for r in rows] == ["Completed", "Completed"]
     pids = {r["pid"] for r in results.values()}
@@ -194,12 +198,12 @@ def prefect_server(tmp_path):
                     raise RuntimeError(f"prefect server did not start: {(tmp_path / 'server.log').read_text()[-2000:]}")
                 time.sleep(0.5)
         yield env
-    finally:
-        server.terminate()
+    finally:  # the server's whole process group (the CLI and the uvicorn it runs)
+        os.killpg(server.pid, signal.SIGTERM)
         try:
             server.wait(timeout=30)
         except subprocess.TimeoutExpired:
-            server.kill()
+            os.killpg(server.pid, signal.SIGKILL)
             server.wait()
         log.close()
 
