@@ -85,10 +85,21 @@ def local_dask_cluster(**cluster_kwargs: Any):
     address to the workers keeps each of them from starting one more.
     """
     from distributed import LocalCluster
+
+    api_url = flow_api_url()
+    return LocalCluster(env={"PREFECT_API_URL": api_url} if api_url else {}, **cluster_kwargs)
+
+
+def flow_api_url() -> str | None:
+    """The Prefect API this process reports to: PREFECT_API_URL, or inside a flow run without
+    it, the temporary server the run started (None outside a flow run)."""
+    if os.environ.get("PREFECT_API_URL"):
+        return os.environ["PREFECT_API_URL"]
+    if FlowRunContext.get() is None:
+        return None
     from prefect.client.orchestration import get_client
 
-    api_url = os.environ.get("PREFECT_API_URL") or str(get_client(sync_client=True).api_url)
-    return LocalCluster(env={"PREFECT_API_URL": api_url}, **cluster_kwargs)
+    return str(get_client(sync_client=True).api_url)
 
 
 def ray_task_runner(runtime: RuntimeConfig) -> TaskRunner:
@@ -99,7 +110,10 @@ def ray_task_runner(runtime: RuntimeConfig) -> TaskRunner:
             "runtime.task_runner is 'ray' but prefect-ray is not installed: pip install -e '.[ray]'"
         ) from None
     address = os.environ.get("RAY_ADDRESS")
-    init_kwargs = {"num_cpus": runtime.max_workers, "include_dashboard": False} if not address else {}
+    init_kwargs: dict[str, Any] = {} if address else {"num_cpus": runtime.max_workers, "include_dashboard": False}
+    api_url = flow_api_url()
+    if api_url:  # as for Dask: Ray's workers report to this run's Prefect API
+        init_kwargs["runtime_env"] = {"env_vars": {"PREFECT_API_URL": api_url}}
     return RayTaskRunner(address=address, init_kwargs=init_kwargs)
 
 
