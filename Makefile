@@ -43,20 +43,22 @@ arena: setup
 PREFECT := $(VENV)/bin/prefect
 PREFECT_PORT ?= 4200
 PREFECT_URL := http://127.0.0.1:$(PREFECT_PORT)
+# The UI asks the API at PREFECT_API_URL: it must name the same port. Workers log at INFO, so
+# each run's messages (e.g. the retraining decision) show on its page in the UI.
 PREFECT_ENV := PREFECT_HOME=$(CURDIR)/.prefect PREFECT_SERVER_ANALYTICS_ENABLED=false DO_NOT_TRACK=1 \
-	PREFECT_LOGGING_LEVEL=WARNING PREFECT_API_URL=$(PREFECT_URL)/api
+	PREFECT_API_URL=$(PREFECT_URL)/api
 
 .PHONY: ui deploy worker serve
 
 ui: setup
 	@echo "Prefect UI at $(PREFECT_URL) (Ctrl-C stops the server; state in .prefect/)"
-	$(PREFECT_ENV) $(PREFECT) server start --host 127.0.0.1 --port $(PREFECT_PORT)
+	$(PREFECT_ENV) PREFECT_LOGGING_LEVEL=WARNING $(PREFECT) server start --host 127.0.0.1 --port $(PREFECT_PORT)
 
 deploy: setup
-	$(PREFECT_ENV) $(PY) -m flows.deploy --config $(CONFIG)
+	$(PREFECT_ENV) PREFECT_LOGGING_LEVEL=WARNING $(PY) -m flows.deploy --config $(CONFIG)
 
 worker: setup
-	$(PREFECT_ENV) $(PREFECT) worker start --pool recxplain
+	$(PREFECT_ENV) PREFECT_LOGGING_LEVEL=INFO $(PREFECT) worker start --pool recxplain
 
 serve: setup
-	$(PREFECT_ENV) $(PY) -m flows.serve --config $(CONFIG)
+	$(PREFECT_ENV) PREFECT_LOGGING_LEVEL=INFO $(PY) -m flows.serve --config $(CONFIG)
