@@ -15,7 +15,8 @@ gets the same prompt the teacher was given for its SFT data (`teacher.prompt`, r
 
 Outputs in `out`:
 - `explanations.parquet`: case_id, model, text (cleaned like the teacher's answers:
-  `tasks.teacher.clean_explanation`), tokens (completion tokens; 0 for the template), latency_s,
+  `tasks.teacher.clean_explanation`), tokens (completion tokens; 0 for the template), latency_s
+  (as the provider reports it: for batched local generation, the wall time of the whole batch),
   valid (the teacher's format rule, `tasks.teacher.parse_explanation`: within
   teacher.min_words..max_words, not looping), prompt_tokens, cached.
 - `attributes.parquet` (when `evaluation.attribute_prediction`): LLMXRec's attribute prediction,
