@@ -279,3 +279,18 @@ result = {{"state": run.state_name, "artifacts": sorted(a.key for a in artifacts
     assert {"retrain-decision", "run-summary"} <= set(finished["artifacts"])
     record = json.loads((tmp_path / "artifacts" / "runs" / "nightly" / "retrain.json").read_text())
     assert record["executed"] == ["prepare_data", "train_recommender", "mine_paths"]
+
+
+def test_served_variant_has_the_same_deployments_and_the_config_schedule():
+    from flows.serve import served_deployments
+
+    served = {d.name: d for d in served_deployments("configs/smoke.yaml", ["retrain.cron=15 4 * * *"])}
+    declared = {d["name"]: d for d in yaml.safe_load(PREFECT_FILE.read_text())["deployments"]}
+    assert sorted(served) == sorted(declared)
+    for name, d in served.items():
+        assert d.entrypoint == declared[name]["entrypoint"]
+        assert d.parameters["config_path"] == "configs/smoke.yaml"
+    assert [(s.schedule.cron, s.schedule.timezone, s.active) for s in served["retrain"].schedules] == [
+        ("15 4 * * *", "UTC", True)
+    ]
+    assert served["pipeline"].schedules == [] and served["evaluate"].parameters["students_from"] is None
