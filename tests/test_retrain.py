@@ -131,3 +131,24 @@ def test_retrain_recomputes_nothing_unchanged_and_only_what_a_changed_file_affec
 def differing_files(a: Path, b: Path) -> list[str]:
     names = sorted(p.name for p in a.iterdir() if p.is_file() and not p.name.startswith("_"))
     return [n for n in names if (a / n).read_bytes() != (b / n).read_bytes()]
+
+
+def test_evaluate_only_takes_the_students_an_earlier_run_recorded(tmp_path):
+    from flows.evaluate_only import trained_students
+
+    artifacts = tmp_path / "artifacts"
+    with pytest.raises(FileNotFoundError, match="no such run"):
+        trained_students(artifacts, "paper", ["sft"])
+    # Completed stage folders stand for the students (only their integrity is checked here).
+    sft = run_stage("timed_double", timed_double, artifacts, {"job": Job(value=1)})
+    orpo = run_stage("timed_double", timed_double, artifacts, {"job": Job(value=2)})
+    run = artifacts / "runs" / "paper"
+    run.mkdir(parents=True)
+    (run / "summary.json").write_text(json.dumps({"artifacts": {"cases": "x", "sft": str(sft), "orpo": str(orpo)}}))
+
+    assert trained_students(artifacts, "paper", ["sft", "orpo"]) == {"sft": sft, "orpo": orpo}
+    with pytest.raises(ValueError, match=r"no student\(s\) \['dpo_r1'\]; it has \['orpo', 'sft'\]"):
+        trained_students(artifacts, "paper", ["sft", "dpo_r1"])
+    (sft / "result.json").write_text("{}")
+    with pytest.raises(ValueError, match="deleted or altered"):
+        trained_students(artifacts, "paper", ["sft"])
