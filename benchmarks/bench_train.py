@@ -6,7 +6,8 @@
 Per trainer (each in its own process, so peak memory is that trainer's alone): seconds per
 optimiser step, real (non-padding) tokens per second and peak RSS, measured by the stage
 functions of tasks/train.py themselves (their training.json). Compared side by side:
-- SFT with the plain cross-entropy (our CPU default) vs trl's chunked LM-head loss;
+- SFT with the plain cross-entropy (our CPU default) vs trl's chunked LM-head loss, and with
+  batch 2 x 2 accumulation steps vs batch 4 (same rows per step, less memory);
 - DPO with the reference log-probs computed by an extra forward pass each step vs precomputed
   once before training (`training.precompute_ref_log_probs`; the precompute time is reported).
 
@@ -106,11 +107,13 @@ def run_one(kind: str, work: Path, steps: int) -> dict:
     overrides = {"valid_fraction": 0.0, **cap}
     if kind == "dpo_precomputed":
         overrides["precompute_ref_log_probs"] = True
+    if kind == "sft_batch2x2":  # same 4 rows per optimiser step, half the activations at a time
+        overrides.update(batch_size=2, gradient_accumulation_steps=2)
     training = TrainingConfig(**overrides)
     artifacts = REPO / "artifacts"
     out = work / kind
     out.mkdir()
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), time.process_time()
     if kind == "sft_trl_loss":
         train._PlainLossSFTTrainer = train.SFTTrainer  # trl's own chunked LM-head loss
     if kind.startswith("sft"):
@@ -120,9 +123,10 @@ def run_one(kind: str, work: Path, steps: int) -> dict:
     else:
         train.train_dpo(out, training=training, preferences=work / "pairs", init=work / "sft_plain_loss",
                         artifacts_dir=artifacts)  # fmt: skip
-    wall = time.perf_counter() - start
+    wall, cpu = time.perf_counter() - start, time.process_time() - cpu_start
     report = json.loads((out / "training.json").read_text())
     return {
+        "stage_cpu_s": cpu,  # CPU seconds of the whole stage: steadier than wall time under load
         "trainer": kind,
         "steps": report["steps"],
         "s_per_step": report["train_runtime_s"] / report["steps"],
@@ -143,29 +147,31 @@ def default_flow(work: Path) -> None:
 
     training = TrainingConfig()
     artifacts = REPO / "artifacts"
-    total = 0.0
-    print(f"{'stage':10} {'steps':>5} {'wall_s':>7} {'train_s':>7} {'valid_loss first->last':>24} {'peak_GB':>7}")
+    total = total_cpu = 0.0
+    print(f"load average at start {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores (shared machine)")
+    print(f"{'stage':10} {'steps':>5} {'wall_s':>7} {'cpu_s':>7} {'train_s':>7} {'valid_loss first->last':>24} {'peak_GB':>7}")
     previous = None
     for name in ("sft", "orpo", "dpo_r1", "dpo_r2"):
         out = work / name
         out.mkdir()
-        start = time.perf_counter()
+        start, cpu_start = time.perf_counter(), time.process_time()
         if name == "sft":
             train.train_sft(out, training=training, sft=work / "sft", artifacts_dir=artifacts)
         elif name == "orpo":
             train.train_orpo(out, training=training, preferences=work / "pairs", artifacts_dir=artifacts)
         else:
             train.train_dpo(out, training=training, preferences=work / "pairs", init=previous, artifacts_dir=artifacts)
-        wall = time.perf_counter() - start
+        wall, cpu = time.perf_counter() - start, time.process_time() - cpu_start
         total += wall
+        total_cpu += cpu
         if name != "orpo":
             previous = out
         report = json.loads((out / "training.json").read_text())
         valid = [row["valid_loss"] for row in report["curve"] if "valid_loss" in row]
         first_last = f"{valid[0]:.3f} -> {valid[-1]:.3f}" if valid else "-"
-        print(f"{name:10} {report['steps']:>5} {wall:>7.1f} {report['train_runtime_s']:>7.1f} "
+        print(f"{name:10} {report['steps']:>5} {wall:>7.1f} {cpu:>7.1f} {report['train_runtime_s']:>7.1f} "
               f"{first_last:>24} {report['peak_memory_mb'] / 1024:>7.2f}", flush=True)  # fmt: skip
-    print(f"total training wall time: {total:.1f} s")
+    print(f"total training: wall {total:.1f} s, CPU {total_cpu:.1f} s (2 cores: unloaded wall ~ CPU / 2)")
 
 
 def main() -> None:
@@ -174,7 +180,7 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=64, help="synthetic rows / pairs")
     parser.add_argument("--default-flow", action="store_true", help="time the default flow's training stages")
     parser.add_argument("--trainers", nargs="+",
-                        default=["sft_plain_loss", "sft_trl_loss", "orpo", "dpo_per_step", "dpo_precomputed"])  # fmt: skip
+                        default=["sft_plain_loss", "sft_trl_loss", "sft_batch2x2", "orpo", "dpo_per_step", "dpo_precomputed"])  # fmt: skip
     parser.add_argument("--one", help=argparse.SUPPRESS)  # internal: run one trainer in this process
     parser.add_argument("--work", help=argparse.SUPPRESS)
     args = parser.parse_args()

@@ -43,6 +43,7 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
 
+import huggingface_hub.constants  # noqa: E402
 import torch  # noqa: E402
 from datasets import Dataset  # noqa: E402
 from peft import LoraConfig as PeftLoraConfig  # noqa: E402
@@ -54,6 +55,9 @@ from trl.experimental.orpo import ORPOConfig, ORPOTrainer  # noqa: E402
 
 from recxplain.config import TrainingConfig  # noqa: E402
 from recxplain.models import resolve_model  # noqa: E402
+
+# huggingface_hub reads HF_HUB_OFFLINE once, at its first import, which may precede this module's.
+huggingface_hub.constants.HF_HUB_DISABLE_TELEMETRY = True
 
 ROLES = {"system", "user", "assistant"}
 
@@ -138,25 +142,28 @@ def train_dpo(
 ) -> None:
     """One DPO round on `preferences/preferences.jsonl`, starting from the student in `init`.
 
-    `init` is the folder of the previous student (SFT, or DPO round r-1). With an adapter there,
-    that adapter is loaded trainable and trl keeps a frozen copy of it as the reference, so the
-    reference is the previous student (RecLAIF) and the result is still base + ONE adapter; the
-    adapter's own LoRA settings are kept (`training.lora` applies when it is created, in SFT).
-    With a full model there (`merged/` only, full fine-tuning), training.lora.enabled decides:
-    a fresh adapter on top of it (reference: adapter disabled = the init model), or full
-    fine-tuning with a second frozen copy as reference.
+    `init` is the folder of the previous student (SFT, or DPO round r-1). Its adapter is loaded
+    trainable and trl keeps a frozen copy of it (adapter "ref") as the reference, so the
+    reference is the previous student (RecLAIF Algorithm 1), not the base model, and the result
+    is still base + ONE adapter; the adapter's own LoRA settings are kept (`training.lora`
+    applies when it is created, in SFT). With full fine-tuning (`training.lora.enabled` false,
+    `init` holds `merged/` only) the reference is a second frozen copy of the init model, or
+    nothing in memory with `training.precompute_ref_log_probs`.
     """
     out, init = Path(out), Path(init)
     path = Path(preferences) / "preferences.jsonl"
     rows = [_preference_row(row, path, line) for line, row in _read_jsonl(path)]
     init_adapter, init_merged = init / "adapter", init / "merged"
-    if (init_adapter / "adapter_config.json").exists():
+    if training.lora.enabled:
+        if not (init_adapter / "adapter_config.json").exists():
+            raise FileNotFoundError(f"{init}: no adapter/ to continue (training.lora.enabled is true)")
         base = Path(json.loads((init_adapter / "adapter_config.json").read_text())["base_model_name_or_path"])
-    elif (init_merged / "config.json").exists():
-        base = init_merged
+        tokenizer = _load_tokenizer(init_adapter)
     else:
-        raise FileNotFoundError(f"{init}: no student to start DPO from (neither adapter/ nor merged/)")
-    tokenizer = _load_tokenizer(init_adapter if init_adapter.exists() else init_merged)
+        if not (init_merged / "config.json").exists():
+            raise FileNotFoundError(f"{init}: no merged/ model to continue (training.lora.enabled is false)")
+        base = init_merged
+        tokenizer = _load_tokenizer(init_merged)
     _check_lengths(tokenizer, rows, "chosen", training.max_length, path)
     _check_lengths(tokenizer, rows, "rejected", training.max_length, path)
     train_rows, valid_rows = _split(rows, training.valid_fraction, training.seed)
@@ -169,15 +176,12 @@ def train_dpo(
         beta=training.beta,
         precompute_ref_log_probs=training.precompute_ref_log_probs,
     )
-    model = _load_model(base, device)
-    peft_config, ref_model = None, None
-    if init_adapter.exists():
+    model, ref_model = _load_model(base, device), None
+    if training.lora.enabled:
         # Trainable "default" adapter = the previous student; trl adds the frozen "ref" copy.
         model = PeftModel.from_pretrained(model, init_adapter, is_trainable=True)
-    elif training.lora.enabled:
-        peft_config = _peft_config(training)  # reference = adapter disabled = the init model
     elif not training.precompute_ref_log_probs:
-        ref_model = _load_model(base, device)  # full fine-tuning needs its own frozen copy
+        ref_model = _load_model(base, device)
     set_seed(training.seed)
     trainer = DPOTrainer(
         model=model,
@@ -186,7 +190,6 @@ def train_dpo(
         train_dataset=_dataset(train_rows),
         eval_dataset=_dataset(valid_rows) if valid_rows else None,
         processing_class=tokenizer,
-        peft_config=peft_config,
     )
     _fit_and_export(trainer, out, training, base=base, method="dpo", device=device, rows=len(rows), init=init)
 

@@ -179,9 +179,10 @@ def _adapter_weights(folder: Path) -> dict[str, torch.Tensor]:
 
 
 def test_two_dpo_rounds_continue_one_adapter(sft_student, tiny_model, data, tmp_path):
-    config = _config(tiny_model)
     students = [sft_student]
     for r in (1, 2):
+        # Round 2 precomputes the reference log-probs once, round 1 computes them every step.
+        config = _config(tiny_model, precompute_ref_log_probs=r == 2)
         out = tmp_path / f"dpo_r{r}"
         out.mkdir()
         train.train_dpo(out, training=config, preferences=data["pairs"], init=students[-1], artifacts_dir=tmp_path)
@@ -201,6 +202,26 @@ def test_two_dpo_rounds_continue_one_adapter(sft_student, tiny_model, data, tmp_
         config_json = json.loads((out / "adapter" / "adapter_config.json").read_text())
         assert config_json["base_model_name_or_path"] == str(tiny_model.resolve())
         assert not (out / "adapter" / "ref").exists()
+        sft_report = json.loads((sft_student / "training.json").read_text())
+        assert report["trainable_parameters"] == sft_report["trainable_parameters"]  # "ref" stays frozen
+
+
+def test_full_fine_tuning_sft_then_dpo(tiny_model, data, tmp_path):
+    config = _config(tiny_model, lora=LoraConfig(enabled=False), learning_rate=1e-3, dpo_learning_rate=1e-3,
+                     sft_max_steps=2, dpo_max_steps=2)  # fmt: skip
+    sft_out, dpo_out = tmp_path / "sft", tmp_path / "dpo"
+    sft_out.mkdir(), dpo_out.mkdir()
+    train.train_sft(sft_out, training=config, sft=data["sft"], artifacts_dir=tmp_path)
+    assert not (sft_out / "adapter").exists() and (sft_out / "merged" / "model.safetensors").exists()
+    train.train_dpo(dpo_out, training=config, preferences=data["pairs"], init=sft_out, artifacts_dir=tmp_path)
+    report = json.loads((dpo_out / "training.json").read_text())
+    assert report["adapter"] is None and report["merged"] == "merged"
+    assert report["trainable_parameters"] == sum(p.numel() for p in LlamaForCausalLM.from_pretrained(tiny_model).parameters())
+    # The reference is a frozen copy of the SFT model, so the first DPO loss is log 2.
+    assert report["curve"][0]["valid_loss"] == pytest.approx(math.log(2), abs=1e-4)
+    with pytest.raises(FileNotFoundError, match="no adapter/ to continue"):
+        train.train_dpo(tmp_path / "x", training=_config(tiny_model), preferences=data["pairs"], init=sft_out,
+                        artifacts_dir=tmp_path)  # fmt: skip
 
 
 class Crash(Exception):
