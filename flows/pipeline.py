@@ -20,6 +20,7 @@ import flows  # noqa: F401  (quiet offline Prefect settings, before prefect is i
 from prefect import flow
 
 from flows.runners import ConfigTaskRunner
+from flows.reclaif import reclaif_stages
 from flows.summary import StageLog, publish_run_summary
 from recxplain.config import Config, ConfigError, load_config
 from recxplain.prompts import read_templates
@@ -128,6 +129,9 @@ def pipeline(config_path: str = "configs/default.yaml", overrides: list[str] | N
     cfg = load_config(config_path, overrides or [])
     log = StageLog(cfg.runtime.artifacts_dir)
     artifacts = evidence_stages(cfg, log)
+    if cfg.task == "recommend":  # RecLAIF: the LLM itself recommends (flows/reclaif.py)
+        artifacts |= reclaif_stages(cfg, log, artifacts)
+        return str(publish_run_summary(cfg, config_path, overrides or [], log, artifacts))
     artifacts["cases"] = log.run(
         BUILD_CASES, cases=cfg.cases, data=artifacts["data"], recommender=artifacts["recommender"],
         paths=artifacts["paths"],
