@@ -52,6 +52,9 @@ def evaluate_only(
     """Explanations, metrics and report for already trained students; return the run's folder."""
     overrides = overrides or []
     cfg = load_config(config_path, overrides)
+    if cfg.task != "explain":
+        raise ValueError(f"{config_path}: evaluate_only evaluates explanation students (task: explain), "
+                         f"not task {cfg.task!r}; run the pipeline instead")
     log = StageLog(cfg.runtime.artifacts_dir)
     students = trained_students(
         cfg.runtime.artifacts_dir, students_from or cfg.runtime.run_name, student_explainers(cfg.evaluation, cfg.training)

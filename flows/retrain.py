@@ -9,7 +9,9 @@ schedule of the config's `retrain` section. One run:
    of the source files), then refits the recommender and mines paths again. These are the
    pipeline's own cached stages: when nothing changed, nothing is recomputed, and a changed file
    recomputes only the stages whose input content changed;
-2. builds the cases of the new data (task `explain` only; `recommend` stops after step 1);
+2. builds the cases of the new data (task `explain`; for task `recommend` the RecLAIF stages
+   run on the new evidence instead, as in the pipeline, and the run ends there). With
+   `retrain.evidence_only` the run ends after step 1: no language-model stage runs;
 3. compares the new interactions with those the current student learned from. Only when the
    new ratings reach `retrain.min_new_ratings`, or `retrain.min_new_fraction` of all ratings,
    is the student trained again (teacher answers, judged pairs, SFT, ORPO, DPO rounds) on the
@@ -43,6 +45,7 @@ from flows.pipeline import (
     student_stages,
 )
 from flows.cli import run_flow
+from flows.reclaif import reclaif_stages
 from flows.runners import ConfigTaskRunner
 from flows.summary import StageLog, publish_run_summary
 from recxplain.config import Config, RetrainConfig, load_config
@@ -172,7 +175,9 @@ def retrain(config_path: str = "configs/default.yaml", overrides: list[str] | No
         else None
     )
     decision = None
-    if cfg.task == "explain":
+    if cfg.task == "recommend" and not cfg.retrain.evidence_only:
+        artifacts |= reclaif_stages(cfg, log, artifacts)
+    if cfg.task == "explain" and not cfg.retrain.evidence_only:
         artifacts["cases"] = log.run(
             BUILD_CASES, cases=cfg.cases, data=artifacts["data"], recommender=artifacts["recommender"],
             paths=artifacts["paths"],

@@ -527,6 +527,8 @@ class RetrainConfig(Section):
         min_new_ratings: train the student again when at least this many ratings of the new
             data are not in the data it learned from (same user, item, rating and timestamp)...
         min_new_fraction: ...or when those new ratings are at least this share of all ratings.
+        evidence_only: refresh only the data, recommender and paths; no language-model stage
+            runs (e.g. a nightly refresh of the recommendations next to a weekly full run).
     """
 
     cron: str = "0 3 * * 1"
@@ -534,6 +536,7 @@ class RetrainConfig(Section):
     scheduled: bool = True
     min_new_ratings: int = Field(10_000, ge=1)
     min_new_fraction: float = Field(0.05, gt=0, le=1)
+    evidence_only: bool = False
 
     @model_validator(mode="after")
     def _schedule(self) -> "RetrainConfig":

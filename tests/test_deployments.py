@@ -232,12 +232,11 @@ def test_scheduled_deployment_runs_through_a_worker(tmp_path, prefect_server):
     source = write_ml_latest(tmp_path / "ml", ratings=ratings, movies=MOVIES)
     config = write_config(
         tmp_path / "retrain.yaml",
-        "task: recommend\n"
         f"data: {{source: ml-latest, path: {source}}}\n"
         "recommender: {model: itemknn, k: 5, top_n: 3, sampled_negatives: 5}\n"
         "paths: {similar_k: 5}\n"
         f"runtime: {{artifacts_dir: {tmp_path / 'artifacts'}, run_name: nightly}}\n"
-        "retrain: {cron: '30 4 * * *', timezone: Europe/Berlin}\n",
+        "retrain: {cron: '30 4 * * *', timezone: Europe/Berlin, evidence_only: true}\n",
     )
     # Registered as `make deploy` does it: the process work pool, then `prefect deploy`.
     deploy(config, env["PREFECT_API_URL"], names=["retrain"], environment=env)

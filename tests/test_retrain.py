@@ -86,11 +86,11 @@ def test_retrain_recomputes_nothing_unchanged_and_only_what_a_changed_file_affec
     source = write_ml_latest(tmp_path / "ml", ratings=ratings, movies=MOVIES)
     config = tmp_path / "retrain.yaml"
     config.write_text(
-        f"task: recommend\n"
         f"data: {{source: ml-latest, path: {source}}}\n"
         "recommender: {model: itemknn, k: 5, top_n: 3, sampled_negatives: 5}\n"
         "paths: {similar_k: 5}\n"
         f"runtime: {{artifacts_dir: {tmp_path / 'artifacts'}, run_name: weekly}}\n"
+        "retrain: {evidence_only: true}\n"
     )
 
     def run() -> dict:
@@ -112,7 +112,7 @@ def test_retrain_recomputes_nothing_unchanged_and_only_what_a_changed_file_affec
     history = (tmp_path / "artifacts" / "retrain" / "weekly" / "history.jsonl").read_text().splitlines()
     assert [len(json.loads(line)["executed"]) for line in history] == [3, 0, 3]
     state = json.loads((tmp_path / "artifacts" / "retrain" / "weekly" / "state.json").read_text())
-    assert state["previous"]["data"] == more["data"] and "student" not in state  # task: recommend
+    assert state["previous"]["data"] == more["data"] and "student" not in state  # evidence only
 
     # A tag that is already there (case and spaces are normalised): the source hash changes, so
     # the data is prepared again, but to the same content: nothing downstream runs.
