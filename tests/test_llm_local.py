@@ -36,7 +36,7 @@ def tiny(tmp_path_factory) -> Path:
     tokenizer = AutoTokenizer.from_pretrained(resolve_model("smollm2", ARTIFACTS))
     config = LlamaConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
                          num_key_value_heads=2, vocab_size=len(tokenizer), tie_word_embeddings=True,
-                         initializer_range=0.2,  # peaked logits: greedy choices are not float-noise ties
+                         initializer_range=0.5,  # peaked logits: no float-noise ties, and the nucleus fits the top 256
                          bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
                          pad_token_id=tokenizer.pad_token_id)
     torch.manual_seed(0)
@@ -169,7 +169,7 @@ def test_embedded_smollm2_stops_at_end_of_turn():
     model = load_chat_model(LLMConfig(device="cpu"), ARTIFACTS)
     prompts = [[{"role": "user", "content": "What is the capital of France? Answer in one word."}],
                [{"role": "user", "content": "Name a famous movie about a shark."}]]
-    outs = model.generate(prompts, SamplingConfig(temperature=0.0, max_new_tokens=24))
+    outs = model.generate(prompts, SamplingConfig(temperature=0.0, max_new_tokens=8))
     capital = outs[0][0]
     assert "Paris" in capital.text and capital.finish_reason == "stop"
     tokenizer = AutoTokenizer.from_pretrained(resolve_model("smollm2", ARTIFACTS))
