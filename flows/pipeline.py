@@ -11,9 +11,7 @@ summary (what ran, what was cached, seconds per stage) and the report land in
 
 from __future__ import annotations
 
-import argparse
 import sys
-import time
 from pathlib import Path
 
 import flows  # noqa: F401  (quiet offline Prefect settings, before prefect is imported)
@@ -22,7 +20,7 @@ from prefect import flow
 from flows.runners import ConfigTaskRunner
 from flows.reclaif import reclaif_stages
 from flows.summary import StageLog, publish_run_summary
-from recxplain.config import Config, ConfigError, load_config
+from recxplain.config import Config, load_config
 from recxplain.prompts import read_templates
 from recxplain.stage import stage
 from tasks.cases import build_cases

@@ -411,7 +411,8 @@ def prepare_data(out: Path, *, data: DataConfig, source_digest: str | None = Non
         "users": users.height,
         "items": items.height,
         "kg_edges": kg.height,
-        "kg_relations": kg["relation"].value_counts(sort=True).head(30).rows(),
-        "splits": dict(interactions["split"].value_counts().iter_rows()),
+        # Sorted: the summary is part of the artifact's content hash and must be byte-stable.
+        "kg_relations": kg["relation"].value_counts().sort(["count", "relation"], descending=[True, False]).head(30).rows(),
+        "splits": dict(sorted(interactions["split"].value_counts().iter_rows())),
     }
     (out / "data_summary.json").write_text(json.dumps(summary, indent=2))

@@ -9,3 +9,5 @@ os.environ.setdefault("PREFECT_HOME", tempfile.mkdtemp(prefix="recxplain-prefect
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("DO_NOT_TRACK", "1")
 os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+# The temporary Prefect API can take longer than the default 20 s to start on a busy machine.
+os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
