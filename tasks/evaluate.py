@@ -32,7 +32,8 @@ Metric definitions (all per explanation, then averaged per explainer unless said
   is exactly the mean pairwise distance.
 - `distinct_1`, `distinct_2`: distinct n-grams over all n-grams of an explainer's explanations
   (Li et al. 2016). A corpus statistic: no interval (a bootstrap with repeated cases is biased).
-- `explainability`: the judge's 1-100 score (RecLAIF).
+- `explainability`: the judge's 1-100 score (RecLAIF); `explainability_parsed`: the share of
+  explanations whose score the judge gave in a parsable form (unparsable ones are left out).
 - `win_ratio`: points / comparisons over the tournament (LLMXRec), a win 1, a tie or both-bad
   0.5 each; `avg_rank`: per case, explainers ranked by their points (1 = best, ties averaged),
   averaged over cases (LLMXRec's ranking order); `bt_strength`: Bradley-Terry strength.
@@ -571,6 +572,7 @@ def per_explanation_metrics(cases: dict[str, Case], explanations: pd.DataFrame,
 PER_EXPLANATION_METRICS = (
     "validity", "words", "tokens", "latency_s", "rouge_l", "domain_terms", "technical_terms", "subjective_terms",
     "sentiment", "faithfulness", "hallucination_rate", "mentions_item", "diversity", "explainability",
+    "explainability_parsed",
 )
 
 
@@ -610,7 +612,10 @@ def evaluate(out: Path, *, evaluation: EvaluationConfig, judge: JudgeConfig, cas
         pair_judge, scorer = _judge_functions(judge, evaluation, Path(artifacts_dir), out / "cache", Path(cases),
                                               templates)
         if evaluation.explainability:
-            table["explainability"] = scorer([(by_id[c], t) for c, t in zip(table["case_id"], table["text"])])
+            scores = scorer([(by_id[c], t) for c, t in zip(table["case_id"], table["text"])])
+            table["explainability"] = pd.to_numeric(pd.Series(scores, index=table.index, dtype=object), errors="coerce")
+            # A small judge often never answers in the score format: say so rather than go blank.
+            table["explainability_parsed"] = table["explainability"].notna().astype(float)
         if evaluation.tournament and len(explainers) > 1:
             case_ids = list(dict.fromkeys(frame["case_id"]))[: evaluation.tournament_cases]
             subset = frame[frame["case_id"].isin(case_ids)]

@@ -35,6 +35,7 @@ METRICS: dict[str, tuple[str, int, int]] = {
     "win_ratio": ("Win ratio", 1, 3),
     "avg_rank": ("Average rank", -1, 2),
     "explainability": ("Explainability (1-100)", 1, 1),
+    "explainability_parsed": ("Explainability scores parsed", 0, 3),
     "faithfulness": ("Faithfulness", 1, 3),
     "hallucination_rate": ("Hallucinated-title rate", -1, 3),
     "mentions_item": ("Names the recommended movie", 1, 3),

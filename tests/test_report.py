@@ -75,6 +75,7 @@ def test_tournament_metrics_of_the_scripted_judge(run):
     assert value[("teacher", "win_ratio")] == 1.0 and value[("sft", "win_ratio")] == 0.0
     assert value[("template", "avg_rank")] == 2.0
     assert value[("teacher", "explainability")] == 80.0
+    assert value[("teacher", "explainability_parsed")] == 1.0
     tournament = pd.read_parquet(run["metrics"] / "tournament.parquet")
     assert len(tournament) == 6 * 3 and tournament["consistent"].all()
 
