@@ -399,10 +399,11 @@ class CandidateScores(BaseModel):
 
 
 class PairVerdict(BaseModel):
-    """A judge's structured answer for one ordering: scores of A and B, then its choice."""
+    """A judge's structured answer for one ordering: scores of A and B, then its choice.
+    Scores are None when the judge named only its choice (a bare "A", "Option B")."""
 
-    a: CandidateScores
-    b: CandidateScores
+    a: CandidateScores | None = None
+    b: CandidateScores | None = None
     choice: Literal["a", "b", "tie", "both_bad"]
     reasoning: str = ""
 
@@ -490,13 +491,33 @@ def _verdict_from_reclaif_text(text: str) -> PairVerdict:
                                "reasoning": reasoning.group(1).strip() if reasoning else ""})
 
 
+_BARE_CHOICE = re.compile(
+    r"^\W*(?:(?:i\s+)?(?:choose|pick|prefer|select)\s+|(?:you\s+can\s+)?choose\s+)?(?:option\s+|answer\s*:?\s*|choice\s*:?\s*)?"
+    r"(a|b|tie|both[\s_]bad|neither)\W*$",
+    re.IGNORECASE,
+)
+
+
+def _bare_choice(text: str) -> PairVerdict:
+    """A short answer that only names the choice ("A", "Option B.", "You can choose option A.")."""
+    match = _BARE_CHOICE.match(text.strip()) if len(text.split()) <= 8 else None
+    if not match:
+        raise ValueError("no JSON object found in the answer; answer with one JSON object in the form shown")
+    return PairVerdict(choice=_choice(match.group(1)))
+
+
 def parse_verdict(text: str) -> PairVerdict:
     """Parse a judge's answer: a JSON object (bare, fenced or amid prose), else RecLAIF's text
-    format. Raises ValueError with a message the judge can act on when it is neither."""
+    format, else a short answer naming only the choice (then without scores: small models often
+    answer just "A", and counting that as a choice lets their position bias show in the stats).
+    Raises ValueError with a message the judge can act on when it is none of these."""
     try:
         data = extract_json(text)
     except ValueError:
-        return _verdict_from_reclaif_text(text)
+        try:
+            return _verdict_from_reclaif_text(text)
+        except ValueError:
+            return _bare_choice(text)
     return _verdict_from_json(data)
 
 
@@ -643,9 +664,10 @@ def judge_explanation_pairs(
                 out["llm_choice"] = verdict_ab.choice
             else:
                 out["llm_choice"] = "inconsistent"
-            if valid:
-                llm_a = sum(v.a.quality for v in valid) / len(valid)
-                llm_b = sum(v.b.quality for v in valid) / len(valid)
+            scored = [v for v in valid if v.a is not None and v.b is not None]
+            if scored:
+                llm_a = sum(v.a.quality for v in scored) / len(scored)
+                llm_b = sum(v.b.quality for v in scored) / len(scored)
         if judge.kind in ("rubric", "ensemble"):
             bounds = {"catalogue": catalogue, "min_words": judge.min_words, "max_words": judge.max_words}
             out["rubric_a"] = rubric_checks(case, text_a, **bounds)

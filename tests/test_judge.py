@@ -54,6 +54,15 @@ def test_parse_valid_fenced_and_prose_wrapped_json():
     assert verdict.choice == "b" and verdict.a.relevance == 1 and verdict.a.faithfulness is None
 
 
+def test_parse_a_bare_choice_without_scores():
+    for text, choice in (("A", "a"), ("Option B.", "b"), ("You can choose option A.", "a"), ("tie", "tie"),
+                         ("Both bad", "both_bad"), ('"B"', "b")):
+        verdict = parse_verdict(text)
+        assert verdict.choice == choice and verdict.a is None and verdict.b is None
+    with pytest.raises(ValueError, match="no JSON object found"):
+        parse_verdict("A is better because it names more movies the user liked.")
+
+
 def test_parse_tie_and_both_bad():
     assert parse_verdict(answer("tie")).choice == "tie"
     assert parse_verdict(answer("both_bad")).choice == "both_bad"
@@ -208,6 +217,9 @@ def test_position_bias_is_inconsistent_and_rejected():
     judgement = judge_explanation_pair(toy_case(), "x", "y", judge=LLM, templates=TEMPLATES, model=model)
     assert judgement.verdict == "inconsistent" and not judgement.kept
     assert judgement.order_consistent is False
+    bare = scripted_judge(lambda first, second, m: "A")  # what SmolLM2-135M answers
+    judgement = judge_explanation_pair(toy_case(), "x", "y", judge=LLM, templates=TEMPLATES, model=bare)
+    assert judgement.verdict == "inconsistent" and judgement.score_a is None
     stats = judge_stats([judgement])
     assert stats["position_bias_rate"] == 1.0 and stats["order_inconsistent"] == 1 and stats["kept"] == 0
 
