@@ -184,7 +184,6 @@ def test_teacher_generate_through_load_chat_model(tmp_path, cases_dir, tiny):
     assert (out / "sft.jsonl").read_text() == first
 
 
-@pytest.mark.slow
 def test_pairs_and_judge_through_load_chat_model(tmp_path, cases_dir, tiny):
     """sample_pairs (teacher, then a student adapter) -> judge_pairs (ensemble with the tiny model
     as the LLM judge): every file is written and gibberish verdicts are counted, never raised."""
