@@ -21,7 +21,9 @@ import hashlib
 import inspect
 import json
 import shutil
+import sys
 import time
+import types
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -82,10 +84,39 @@ def _describe(value: Any) -> Any:
     raise TypeError(f"stage argument of type {type(value).__name__} cannot be part of a cache key")
 
 
+# Packages whose source counts as a stage's code. recxplain.config is left out: a stage's key
+# already holds its config values, and a docstring edit there should not rerun every stage.
+PROJECT_PACKAGES = ("recxplain", "tasks", "arena", "flows")
+NOT_CODE = {"recxplain.config", "recxplain.stage"}
+
+
+def _project_module(name: str | None) -> bool:
+    return bool(name) and name.split(".")[0] in PROJECT_PACKAGES and name not in NOT_CODE
+
+
+def code_modules(fn: Callable) -> list[types.ModuleType]:
+    """The stage's module and every project module it uses, transitively (through its globals),
+    so that a change in a helper the stage calls (a judge, a prompt renderer) reruns it."""
+    start = inspect.getmodule(fn)
+    seen: dict[str, types.ModuleType] = {}
+    todo = [start] if start else []
+    while todo:
+        module = todo.pop()
+        if module.__name__ in seen:
+            continue
+        seen[module.__name__] = module
+        for value in vars(module).values():
+            name = value.__name__ if isinstance(value, types.ModuleType) else getattr(value, "__module__", None)
+            if isinstance(name, str) and _project_module(name) and name not in seen and name in sys.modules:
+                todo.append(sys.modules[name])
+    return [seen[name] for name in sorted(seen)]
+
+
 def code_version(fn: Callable) -> str:
-    module = inspect.getmodule(fn)
-    source = inspect.getsource(module) if module else inspect.getsource(fn)
-    return hashlib.sha256(source.encode()).hexdigest()[:16]
+    digest = hashlib.sha256()
+    for module in code_modules(fn):
+        digest.update(module.__name__.encode() + b"\0" + inspect.getsource(module).encode())
+    return digest.hexdigest()[:16]
 
 
 def stage_key(name: str, fn: Callable, inputs: dict[str, Any]) -> str:

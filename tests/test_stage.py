@@ -92,3 +92,12 @@ def test_digest_ignores_prefect_record_and_checkpoints(tmp_path):
     assert folder_digest(folder) == before
     (folder / "data.txt").write_text("y")
     assert folder_digest(folder) != before
+
+
+def test_code_version_covers_the_project_helpers_a_stage_uses():
+    from recxplain.stage import code_modules
+    from tasks.teacher import teacher_generate
+
+    names = [m.__name__ for m in code_modules(teacher_generate)]
+    assert {"tasks.teacher", "tasks.judge", "recxplain.prompts"} <= set(names)
+    assert "recxplain.config" not in names  # configs are in the key by value
