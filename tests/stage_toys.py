@@ -1,6 +1,8 @@
 """Toy stages for the caching tests (in a module of their own: keys hash a module's source)."""
 
 import json
+import os
+import time
 from pathlib import Path
 
 from pydantic import BaseModel
@@ -25,4 +27,7 @@ def scale_numbers(out: Path, *, numbers: Numbers, source: Path) -> None:
         FAIL_ONCE.discard("scale_numbers")
         raise RuntimeError("scale_numbers failed on purpose")
     values = json.loads((source / "numbers.json").read_text())
+    if os.environ.get("TOY_SLEEP"):  # the kill -9 test kills the process here
+        (out / "started").write_text("")
+        time.sleep(float(os.environ["TOY_SLEEP"]))
     (out / "scaled.json").write_text(json.dumps([v * numbers.factor for v in values]))

@@ -101,3 +101,37 @@ def test_code_version_covers_the_project_helpers_a_stage_uses():
     names = [m.__name__ for m in code_modules(teacher_generate)]
     assert {"tasks.teacher", "tasks.judge", "recxplain.prompts"} <= set(names)
     assert "recxplain.config" not in names  # configs are in the key by value
+
+
+@pytest.mark.slow
+def test_kill_9_mid_stage_resumes_at_that_stage(tmp_path):
+    """A run killed with SIGKILL inside a stage leaves only a .partial folder; the next run
+    loads the finished upstream stage from cache and redoes the killed one."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    root = Path(__file__).resolve().parent.parent
+    script = f"from tests.test_stage import toy_flow; print(toy_flow({str(tmp_path)!r}, start=7))"
+    env = dict(os.environ, TOY_SLEEP="600")
+    process = subprocess.Popen([sys.executable, "-c", script], cwd=root, env=env,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 240
+        while not list(tmp_path.glob("scale_numbers/*.partial/started")):
+            assert time.monotonic() < deadline and process.poll() is None, "the stage never started"
+            time.sleep(0.5)
+        os.kill(process.pid, signal.SIGKILL)
+        process.wait(30)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert not list(tmp_path.glob("scale_numbers/*/" + MANIFEST))
+
+    CALLS.clear()
+    rows, scaled = toy_flow(str(tmp_path), start=7)
+    assert states(rows) == {"make_numbers": "Cached", "scale_numbers": "Completed"}
+    assert CALLS == ["scale_numbers"]
+    assert json.loads((Path(scaled) / "scaled.json").read_text()) == [14, 16, 18]
