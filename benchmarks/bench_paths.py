@@ -35,9 +35,12 @@ def synthetic_ml32m(folder: Path, ratings: int, seed: int = 0) -> None:
     item_p /= item_p.sum()
     per_user = np.maximum(20, rng.lognormal(np.log(ratings / n_users) - 0.5, 1.0, n_users)).astype(int)
     per_user = np.maximum(20, (per_user * ratings / per_user.sum()).astype(int))
-    users = np.repeat(np.arange(1, n_users + 1), per_user)
+    # Draw ~30% more (user, item) pairs than wanted: popular items repeat and duplicates are
+    # dropped; then keep exactly `ratings` of the distinct pairs.
+    users = np.repeat(np.arange(1, n_users + 1), (per_user * 1.3).astype(int))
     items = rng.choice(n_items, size=len(users), p=item_p) + 1
     frame = pl.DataFrame({"user_id": users, "item_id": items}).unique(maintain_order=True)
+    frame = frame.sample(n=min(ratings, frame.height), seed=seed)
     frame = frame.with_columns(
         rating=pl.Series(rng.integers(1, 11, frame.height) / 2.0),
         timestamp=pl.Series(1_500_000_000 + rng.integers(0, 10**8, frame.height)),
