@@ -44,7 +44,7 @@ def test_smoke_flow_end_to_end_then_fully_cached(tmp_path):
     sft_rows = [json.loads(line) for line in open(Path(folders["teacher"]) / "sft.jsonl")]
     assert all(row["messages"][-1]["role"] == "assistant" for row in sft_rows)
     verdicts = pl.read_parquet(Path(folders["preferences"]) / "verdicts.parquet")
-    assert verdicts.height == 6
+    assert 1 <= verdicts.height <= 6  # identical sample pairs are dropped before judging
     for name in ("sft", "orpo", "dpo_r1", "dpo_r2"):
         assert (Path(folders[name]) / "adapter" / "adapter_config.json").exists()
         assert json.loads((Path(folders[name]) / "training.json").read_text())
