@@ -181,6 +181,21 @@ class Parsed:
         self.cached = self.cached and bool(generation.cached)
 
 
+def validity_stats(samples: list["Parsed"]) -> dict:
+    """Counts every generating stage reports: samples, valid ones, valid at the first try, re-asks."""
+    n = max(len(samples), 1)
+    valid = sum(p.valid for p in samples)
+    first_try = sum(p.valid and p.attempts == 1 for p in samples)
+    return {
+        "samples": len(samples),
+        "valid_samples": valid,
+        "valid_first_try": first_try,
+        "retries": sum(p.attempts - 1 for p in samples),
+        "validity_ratio": round(valid / n, 4),
+        "first_try_validity_ratio": round(first_try / n, 4),
+    }
+
+
 def generate_parsed(
     model: ChatModel,
     prompts: list[list[dict]],

@@ -65,7 +65,9 @@ from recxplain.config import (
     TeacherConfig,
     TrainingConfig,
 )
-from recxplain.prompts import ChatModel, Templates, generate_parsed, render_messages, template_hash, template_source
+from recxplain.prompts import (
+    ChatModel, Templates, generate_parsed, render_messages, template_hash, template_source, validity_stats,
+)
 from recxplain.schemas import Movie
 from recxplain.stats import bootstrap_ci
 from tasks.explain import explainer_llm
@@ -594,12 +596,7 @@ def reclaif_teacher(
     samples = [p for s in results for p in s]
     stats = {
         "sets": len(sets),
-        "samples": len(samples),
-        "valid_samples": sum(p.valid for p in samples),
-        "valid_first_try": sum(p.valid and p.attempts == 1 for p in samples),
-        "retries": sum(p.attempts - 1 for p in samples),
-        "validity_ratio": round(sum(p.valid for p in samples) / len(samples), 4),
-        "first_try_validity_ratio": round(sum(p.valid and p.attempts == 1 for p in samples) / len(samples), 4),
+        **validity_stats(samples),
         "sft_rows": kept_rows,
         "best_of": teacher.best_of,
         "model": teacher.llm.model,

@@ -34,6 +34,7 @@ from recxplain.prompts import (
     generate_parsed,
     template_hash,
     template_source,
+    validity_stats,
 )
 from recxplain.schemas import Case, read_cases
 from tasks.judge import Catalogue, repetition, score_explanations, words
@@ -162,11 +163,7 @@ def teacher_generate(
     samples = [p for s in results for p in s]
     stats = {
         "cases": len(train),
-        "samples": len(samples),
-        "valid_samples": sum(p.valid for p in samples),
-        "valid_first_try": sum(p.valid and p.attempts == 1 for p in samples),
-        "retries": sum(p.attempts - 1 for p in samples),
-        "validity_ratio": round(sum(p.valid for p in samples) / len(samples), 4),
+        **validity_stats(samples),
         "sft_rows": sum(b is not None for b in best),
         "best_of": teacher.best_of,
         "model": teacher.llm.model,
