@@ -47,13 +47,19 @@ log = logging.getLogger(__name__)
 STUDENT = re.compile(r"sft|orpo|dpo_r[1-9][0-9]*")
 
 
+def expand_rounds(names: list[str], rounds: int) -> list[str]:
+    """`names` with `dpo` expanded to one name per DPO round (`dpo_r1` ... `dpo_rN`), no repeats."""
+    expanded: list[str] = []
+    for name in names:
+        for n in [f"dpo_r{r}" for r in range(1, rounds + 1)] if name == "dpo" else [name]:
+            if n not in expanded:
+                expanded.append(n)
+    return expanded
+
+
 def explainer_names(evaluation: EvaluationConfig, training: TrainingConfig) -> list[str]:
     """The configured explainers with `dpo` expanded to one name per DPO round."""
-    names: list[str] = []
-    for name in evaluation.explainers:
-        expanded = [f"dpo_r{r}" for r in range(1, training.rounds + 1)] if name == "dpo" else [name]
-        names += [n for n in expanded if n not in names]
-    return names
+    return expand_rounds(evaluation.explainers, training.rounds)
 
 
 def student_explainers(evaluation: EvaluationConfig, training: TrainingConfig) -> list[str]:

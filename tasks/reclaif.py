@@ -70,7 +70,7 @@ from recxplain.prompts import (
 )
 from recxplain.schemas import Movie
 from recxplain.stats import bootstrap_ci
-from tasks.explain import explainer_llm
+from tasks.explain import expand_rounds, explainer_llm
 from tasks.judge import (
     CandidateScores,
     PairJudgement,
@@ -84,7 +84,7 @@ from tasks.judge import (
     words,
 )
 from tasks.recommend import fit_recommender, load_recommender, ranks_to_metrics, read_interactions, recommend, score_candidates
-from tasks.teacher import student_llm
+from tasks.teacher import pair_sampler_llm, student_llm
 
 log = logging.getLogger(__name__)
 
@@ -714,12 +714,7 @@ def reclaif_sample_pairs(
     preference and are dropped.
     """
     out = Path(out)
-    if pairs.source == "student":
-        if student is None:
-            raise ValueError("pairs.source is 'student' but no student folder was given")
-        cfg = student_llm(training, student)
-    else:
-        cfg = teacher.llm
+    cfg = pair_sampler_llm(pairs, teacher, training, student)
     sets = read_candidate_sets(candidates, "train")
     prompts = [recommend_messages(cs, answer, templates) for cs in sets]
     model = _load(cfg, artifacts_dir, out / "cache" / "pairs.sqlite")
@@ -896,11 +891,7 @@ def kept_preferences(folder: Path) -> int:
 
 def recommender_names(evaluation: ReclaifEvaluationConfig, training: TrainingConfig) -> list[str]:
     """The configured LLM recommenders with `dpo` expanded to one name per DPO round."""
-    names: list[str] = []
-    for name in evaluation.recommenders:
-        expanded = [f"dpo_r{r}" for r in range(1, training.rounds + 1)] if name == "dpo" else [name]
-        names += [n for n in expanded if n not in names]
-    return names
+    return expand_rounds(evaluation.recommenders, training.rounds)
 
 
 def student_recommenders(evaluation: ReclaifEvaluationConfig, training: TrainingConfig) -> list[str]:

@@ -185,6 +185,17 @@ def student_llm(training: TrainingConfig, student: Path) -> LLMConfig:
     raise FileNotFoundError(f"{student}: no adapter/ or merged/ folder (written by the training stages)")
 
 
+def pair_sampler_llm(pairs: PairsConfig, teacher: TeacherConfig, training: TrainingConfig,
+                     student: Path | None) -> LLMConfig:
+    """The model that samples candidate pairs: the current student (RecLAIF Algorithm 1) or the
+    teacher (first seed), as `pairs.source` says."""
+    if pairs.source == "teacher":
+        return teacher.llm
+    if student is None:
+        raise ValueError("pairs.source is 'student' but no student folder was given")
+    return student_llm(training, student)
+
+
 def sample_pairs(
     out: Path,
     *,
@@ -203,12 +214,7 @@ def sample_pairs(
     `pairs.source` is `student`. `templates`: `read_templates(teacher.prompt)`.
     """
     out = Path(out)
-    if pairs.source == "student":
-        if student is None:
-            raise ValueError("pairs.source is 'student' but no student folder was given")
-        cfg = student_llm(training, student)
-    else:
-        cfg = teacher.llm
+    cfg = pair_sampler_llm(pairs, teacher, training, student)
     train = _train_cases(cases)
     prompts = [explain_messages(case, teacher.prompt, templates) for case in train]
     model = _load(cfg, artifacts_dir, out / "cache" / "pairs.sqlite")
