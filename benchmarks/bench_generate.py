@@ -4,6 +4,8 @@ Writes 64 movie-recommendation explanations (~100 new tokens, temperature 0.7, t
 the embedded SmolLM2-135M-Instruct:
 - one at a time: transformers' `model.generate` on each prompt alone (its own sampling), on the
   first `--single` prompts (a rate, so a subset measures it; the full 64 would take minutes);
+- generate batched: transformers' `model.generate` on the same length-sorted, left-padded
+  batches (what the provider did before it had its own decode loop);
 - batched: `recxplain.llm` (`load_chat_model(...).generate`), prompts sorted by length and
   left-padded into batches of `--batch-sizes`, seeded per-row sampling, no response cache.
 
@@ -83,6 +85,28 @@ def one_at_a_time(model, tokenizer, prompts: list[list[dict]], sampling: Samplin
     return tokens, time.perf_counter() - start
 
 
+def generate_batched(model, tokenizer, prompts: list[list[dict]], sampling: SamplingConfig,
+                     batch_size: int) -> tuple[int, float]:
+    """transformers' generate on length-sorted, left-padded batches; (new tokens, seconds)."""
+    stop = model.generation_config.eos_token_id
+    stop = set(stop if isinstance(stop, list) else [stop])
+    ids = sorted((prompt_token_ids(tokenizer, m) for m in prompts), key=len, reverse=True)
+    tokens, start = 0, time.perf_counter()
+    for first in range(0, len(ids), batch_size):
+        batch = ids[first:first + batch_size]
+        width = max(map(len, batch))
+        input_ids = torch.tensor([[tokenizer.pad_token_id] * (width - len(p)) + p for p in batch])
+        mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in batch])
+        torch.manual_seed(sampling.seed + first)
+        with torch.inference_mode():
+            out = model.generate(input_ids=input_ids, attention_mask=mask, do_sample=True,
+                                 temperature=sampling.temperature, top_p=sampling.top_p, top_k=0,
+                                 max_new_tokens=sampling.max_new_tokens, pad_token_id=tokenizer.pad_token_id)
+        for row in out[:, width:].tolist():
+            tokens += next((k + 1 for k, t in enumerate(row) if t in stop), len(row))
+    return tokens, time.perf_counter() - start
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--prompts", type=int, default=64)
@@ -115,6 +139,13 @@ def main() -> None:
                             "seconds": round(seconds, 2), "tokens_per_s": round(single_rate, 1)})
     print(f"one at a time  {args.single:3d} prompts {tokens:5d} tokens {seconds:7.1f} s {single_rate:7.1f} tok/s", flush=True)
     for batch_size in [int(b) for b in args.batch_sizes.split(",")]:
+        tokens, seconds = generate_batched(model, tokenizer, prompts, sampling, batch_size)
+        rate = tokens / seconds
+        results["runs"].append({"path": f"generate_batched_{batch_size}", "prompts": len(prompts), "tokens": tokens,
+                                "seconds": round(seconds, 2), "tokens_per_s": round(rate, 1),
+                                "ratio_vs_one_at_a_time": round(rate / single_rate, 2)})
+        print(f"generate bs={batch_size:<3d}{len(prompts):3d} prompts {tokens:5d} tokens {seconds:7.1f} s {rate:7.1f} tok/s"
+              f"  x{rate / single_rate:.1f}", flush=True)
         chat = load_chat_model(LLMConfig(dtype=args.dtype, batch_size=batch_size), args.artifacts)
         outs = chat.generate(prompts, sampling)
         tokens, seconds = chat.usage["completion_tokens"], chat.usage["seconds"]
