@@ -41,16 +41,32 @@ PREFECT_RECORD = "_prefect_result"
 NOT_CONTENT = {PREFECT_RECORD, "checkpoints"}
 
 
+# (folder, every file's name, inode, size and mtime) -> content digest. A run computes each folder's
+# digest several times (its own check, then once per downstream key); files are read once per
+# process unless one is rewritten (new inode, size or mtime).
+_DIGESTS: dict[tuple, str] = {}
+
+
+def _stat(path: Path) -> tuple[int, int, int]:
+    info = path.stat()
+    return info.st_ino, info.st_size, info.st_mtime_ns
+
+
 def _content_digest(folder: Path) -> str:
-    digest = hashlib.sha256()
+    files = []
     for path in sorted(p for p in folder.rglob("*") if p.is_file()):
         relative = path.relative_to(folder)
-        if relative.parts[0] in NOT_CONTENT or relative.name == MANIFEST:
-            continue
-        digest.update(str(relative).encode() + b"\0")
-        with open(path, "rb") as fh:
-            digest.update(hashlib.file_digest(fh, "sha256").digest())
-    return digest.hexdigest()
+        if relative.parts[0] not in NOT_CONTENT and relative.name != MANIFEST:
+            files.append((path, relative))
+    stats = (str(folder.resolve()),) + tuple((str(r), *_stat(p)) for p, r in files)
+    if stats not in _DIGESTS:
+        digest = hashlib.sha256()
+        for path, relative in files:
+            digest.update(str(relative).encode() + b"\0")
+            with open(path, "rb") as fh:
+                digest.update(hashlib.file_digest(fh, "sha256").digest())
+        _DIGESTS[stats] = digest.hexdigest()
+    return _DIGESTS[stats]
 
 
 def is_intact(folder: Path) -> bool:
