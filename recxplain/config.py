@@ -208,7 +208,9 @@ class LLMConfig(Section):
         retry_max_s: longest single wait, Retry-After included.
         timeout_s: per-request timeout for API providers.
         batch_size: prompts (times samples) per `generate` batch for `local`; prompts are sorted
-            by length first, so batches hold similar lengths and little padding.
+            by length first, so batches hold similar lengths and little padding. Larger batches
+            spread the fixed cost of each decoding step over more rows (benchmarks/
+            bench_generate.py); the KV cache grows with batch x (prompt + new tokens).
         dtype: weights dtype for `local` (`bfloat16` is ~2x faster on CPUs with bf16 support).
         device: where a `local` model runs: `auto` (CUDA when torch sees a GPU, else CPU),
             `cpu` or `cuda`.
@@ -226,7 +228,7 @@ class LLMConfig(Section):
     retry_base_s: float = Field(1.0, ge=0)
     retry_max_s: float = Field(60.0, ge=0)
     timeout_s: float = Field(60.0, gt=0)
-    batch_size: int = Field(16, ge=1)
+    batch_size: int = Field(64, ge=1)
     dtype: Literal["float32", "bfloat16"] = "bfloat16"
     device: Literal["auto", "cpu", "cuda"] = "auto"
     price_per_million_input: float = Field(0.0, ge=0)

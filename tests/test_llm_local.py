@@ -104,6 +104,9 @@ def test_sample_i_is_reproducible_whatever_the_batch(tiny):
         PROMPTS[:1], SAMPLED.model_copy(update={"seed": 4}), n=2)
     # sample i uses seed + i, so seed 4's sample 0 is seed 3's sample 1
     assert texts(other_seed)[0][0] == texts(alone)[0][1] and texts(other_seed)[0][1] == texts(alone)[0][2]
+    # Samples of one prompt share its prefill in a batch; one at a time (batch 1) they cannot.
+    one_by_one = load_chat_model(tiny_cfg(tiny, batch_size=1), ARTIFACTS).generate(PROMPTS[:1], SAMPLED, n=3)
+    assert texts(one_by_one) == texts(alone)
 
 
 def test_cache_second_run_makes_zero_calls(tiny, tmp_path):

@@ -127,10 +127,11 @@ def generate_batch(model, tokenizer, prompts: list[list[int]], seeds: list[int],
                    device: str) -> list[Generation]:
     """Answer one batch of tokenised prompts (left-padded); one seed per row.
 
-    Our own decode loop around the model's forward rather than `model.generate`, for two savings
+    Our own decode loop around the model's forward rather than `model.generate`, for savings
     measured in benchmarks/bench_generate.py: keys and values are written into buffers allocated
-    once (`GrowingCache`), and rows that reached end-of-turn leave the batch (`COMPACT_AT`), so
-    one long answer does not drag the finished ones through every remaining step.
+    once (`GrowingCache`), rows that reached end-of-turn leave the batch (`COMPACT_AT`), so one
+    long answer does not drag the finished ones through every remaining step, and samples of
+    the same prompt share one prefill.
     """
     start = time.perf_counter()
     rows, width = len(prompts), max(len(p) for p in prompts)
@@ -147,12 +148,25 @@ def generate_batch(model, tokenizer, prompts: list[list[int]], seeds: list[int],
     finished = [False] * rows
     live = torch.arange(rows)  # batch position -> row of `prompts`
     cache = GrowingCache(model.config.num_hidden_layers, capacity)
-    step_ids, positions, length = input_ids, (attention_mask[:, :width].cumsum(-1) - 1).clamp(min=0), width
+    positions = (attention_mask[:, :width].cumsum(-1) - 1).clamp(min=0)
+
+    def next_token_logits(ids: torch.Tensor, positions: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        return model(input_ids=ids.to(device), attention_mask=mask.to(device), position_ids=positions.to(device),
+                     past_key_values=cache, use_cache=True, logits_to_keep=1).logits[:, -1].float().cpu()
+
+    # Samples of one prompt (n > 1: the pairs of every round) share its prefill: each distinct
+    # prompt is read once, then its cache rows are copied to its samples.
+    distinct: dict[tuple[int, ...], int] = {}
+    source = torch.tensor([distinct.setdefault(tuple(ids), row) for row, ids in enumerate(prompts)])
+    firsts = source.unique()  # sorted first rows of each distinct prompt
     with torch.inference_mode():
-        for _ in range(sampling.max_new_tokens):
-            logits = model(input_ids=step_ids.to(device), attention_mask=attention_mask[:, :length].to(device),
-                           position_ids=positions.to(device), past_key_values=cache, use_cache=True,
-                           logits_to_keep=1).logits[:, -1].float().cpu()
+        logits = next_token_logits(input_ids[firsts], positions[firsts], attention_mask[firsts, :width])
+        if len(firsts) < rows:
+            expand = torch.searchsorted(firsts, source)
+            cache.batch_select_indices(expand.to(device))
+            logits = logits[expand]
+        length = width
+        for step in range(sampling.max_new_tokens):
             if sampling.temperature > 0:
                 uniforms = torch.cat([torch.rand(1, generator=generators[row]) for row in live.tolist()])
                 tokens = sample_tokens(logits, sampling.temperature, sampling.top_p, uniforms)
@@ -163,7 +177,7 @@ def generate_batch(model, tokenizer, prompts: list[list[int]], seeds: list[int],
                     answers[row].append(token)
                     finished[row] = token in stop_ids
             done = torch.tensor([finished[row] for row in live.tolist()])
-            if done.all():
+            if done.all() or step == sampling.max_new_tokens - 1:
                 break
             attention_mask[:, length] = 1
             step_ids, positions, length = tokens[:, None], positions[:, -1:] + 1, length + 1
@@ -171,6 +185,7 @@ def generate_batch(model, tokenizer, prompts: list[list[int]], seeds: list[int],
                 keep = (~done).nonzero().squeeze(1)
                 live, step_ids, positions, attention_mask = live[keep], step_ids[keep], positions[keep], attention_mask[keep]
                 cache.batch_select_indices(keep.to(device))
+            logits = next_token_logits(step_ids, positions, attention_mask[:, :length])
     latency = time.perf_counter() - start
     return [Generation(tokenizer.decode(answer[:-1] if ended else answer, skip_special_tokens=True).strip(),
                        prompt_tokens=len(ids), completion_tokens=len(answer), latency_s=latency,
