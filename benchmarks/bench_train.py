@@ -5,11 +5,17 @@
 
 Per trainer (each in its own process, so peak memory is that trainer's alone): seconds per
 optimiser step, real (non-padding) tokens per second and peak RSS, measured by the stage
-functions of tasks/train.py themselves (their training.json). Compared side by side:
+functions of tasks/train.py themselves (their training.json), plus the fastest step after the
+first (the closest to an unloaded machine's when others share it) and CPU seconds per step.
+Compared side by side:
 - SFT with the plain cross-entropy (our CPU default) vs trl's chunked LM-head loss, and with
   batch 2 x 2 accumulation steps vs batch 4 (same rows per step, less memory);
 - DPO with the reference log-probs computed by an extra forward pass each step vs precomputed
-  once before training (`training.precompute_ref_log_probs`; the precompute time is reported).
+  once before training (`training.precompute_ref_log_probs`). The precompute runs in the
+  DPOTrainer's constructor over every pair, before the timed steps, so it is timed separately
+  (trainer construction and trl's `_precompute_ref_logps`), and the number of optimiser steps in
+  one round from which precomputing pays off is printed. The reference is the round's init
+  student, so the precompute is paid again every DPO round.
 
 `--default-flow` runs SFT, ORPO and two DPO rounds with the default TrainingConfig (what
 `make flow` trains) and reports each stage's wall time, for the 15-minute flow budget.
@@ -23,6 +29,7 @@ noisy: compare rows of one run, not runs.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import random
@@ -97,8 +104,55 @@ def _write(folder: Path, name: str, rows: list[dict]) -> Path:
     return folder
 
 
-def run_one(kind: str, work: Path, steps: int) -> dict:
-    """One trainer, in this process; returns its training.json summary."""
+def _timed(cls: type, name: str, seconds: dict, calls: list | None = None) -> None:
+    """Add the wall and CPU time of every call of `cls.name` to `seconds[name]` and
+    `seconds[name + "_cpu"]`; with `calls`, also append each call's wall time to it."""
+    method = getattr(cls, name)
+    seconds[name] = seconds[name + "_cpu"] = 0.0
+
+    @functools.wraps(method)
+    def timed(*args, **kwargs):
+        start, cpu_start = time.perf_counter(), time.process_time()
+        try:
+            return method(*args, **kwargs)
+        finally:
+            seconds[name] += time.perf_counter() - start
+            seconds[name + "_cpu"] += time.process_time() - cpu_start
+            if calls is not None:
+                calls.append(time.perf_counter() - start)
+
+    setattr(cls, name, timed)
+
+
+def _record_step_times(trainer_class: type, step_times: list) -> None:
+    """Append the wall time of every optimiser step (all its micro-batches) to `step_times`."""
+    from transformers import TrainerCallback
+
+    class StepTimes(TrainerCallback):
+        def on_step_begin(self, args, state, control, **kwargs):
+            self.start = time.perf_counter()
+
+        def on_step_end(self, args, state, control, **kwargs):
+            step_times.append(time.perf_counter() - self.start)
+
+    train = trainer_class.train
+
+    @functools.wraps(train)
+    def train_with_step_times(self, *args, **kwargs):
+        self.add_callback(StepTimes())
+        return train(self, *args, **kwargs)
+
+    trainer_class.train = train_with_step_times
+
+
+def run_one(kind: str, work: Path, steps: int, threads: int | None = None) -> dict:
+    """One trainer, in this process; returns its training.json summary and timings."""
+    import torch
+    from transformers import Trainer
+
+    if threads:
+        torch.set_num_threads(threads)
+
     from recxplain.config import TrainingConfig
     from tasks import train
 
@@ -113,9 +167,26 @@ def run_one(kind: str, work: Path, steps: int) -> dict:
     artifacts = REPO / "artifacts"
     out = work / kind
     out.mkdir()
-    start, cpu_start = time.perf_counter(), time.process_time()
+
+    # On a shared machine the fastest step is the closest to an unloaded one; CPU seconds of the
+    # training loop (all threads) are another, steadier view than wall time.
+    seconds: dict[str, float] = {}
+    step_times: list[float] = []
+    ref_forwards: list[float] = []
+    _record_step_times(Trainer, step_times)
+    _timed(Trainer, "train", seconds)
     if kind == "sft_trl_loss":
-        train._PlainLossSFTTrainer = train.SFTTrainer  # trl's own chunked LM-head loss
+        from trl import SFTTrainer
+
+        train._plain_loss_sft_trainer = lambda: SFTTrainer  # trl's own chunked LM-head loss
+    if kind.startswith("dpo"):
+        from trl import DPOTrainer
+
+        _timed(DPOTrainer, "__init__", seconds)  # includes the precompute and its model hash
+        _timed(DPOTrainer, "_precompute_ref_logps", seconds)
+        # Called once per batch of pairs by the precompute (the per-step reference is computed inline).
+        _timed(DPOTrainer, "compute_ref_log_probs", seconds, ref_forwards)
+    start, cpu_start = time.perf_counter(), time.process_time()
     if kind.startswith("sft"):
         train.train_sft(out, training=training, sft=work / "sft", artifacts_dir=artifacts)
     elif kind == "orpo":
@@ -125,18 +196,32 @@ def run_one(kind: str, work: Path, steps: int) -> dict:
                         artifacts_dir=artifacts)  # fmt: skip
     wall, cpu = time.perf_counter() - start, time.process_time() - cpu_start
     report = json.loads((out / "training.json").read_text())
+    tokens_per_step = report["train_tokens"] / report["steps"]
+    later = step_times[1:] or step_times  # the first step also warms up
     return {
-        "stage_cpu_s": cpu,  # CPU seconds of the whole stage: steadier than wall time under load
         "trainer": kind,
         "steps": report["steps"],
         "s_per_step": report["train_runtime_s"] / report["steps"],
-        "tokens_per_step": report["train_tokens"] / report["steps"],
+        "min_step_s": min(later),
+        "step_times_s": step_times,
+        "cpu_s_per_step": seconds["train_cpu"] / report["steps"],
+        "tokens_per_step": tokens_per_step,
         "tokens_per_s": report["tokens_per_second"],
+        "tokens_per_s_min_step": tokens_per_step / min(later),
         "peak_rss_gb": report["peak_memory_mb"] / 1024,
         "train_runtime_s": report["train_runtime_s"],
         "stage_wall_s": wall,
+        "stage_cpu_s": cpu,
         "bf16": report["bf16"],
         "trainable_parameters": report["trainable_parameters"],
+        "rows": report["rows"],
+        "batch_size": report["batch_size"],
+        "trainer_init_s": seconds.get("__init__"),
+        "precompute_s": seconds.get("_precompute_ref_logps"),
+        "precompute_cpu_s": seconds.get("_precompute_ref_logps_cpu"),
+        "ref_forward_s": ref_forwards,
+        "load_average": os.getloadavg()[0],
+        "threads": torch.get_num_threads(),
     }
 
 
@@ -174,6 +259,43 @@ def default_flow(work: Path) -> None:
     print(f"total training: wall {total:.1f} s, CPU {total_cpu:.1f} s (2 cores: unloaded wall ~ CPU / 2)")
 
 
+def _compare(results: list[dict]) -> None:
+    """Ratios between the rows of this run, by mean step time and by fastest step."""
+    by = {r["trainer"]: r for r in results}
+
+    def ratio(slow: dict, fast: dict) -> str:
+        return f"{slow['s_per_step'] / fast['s_per_step']:.2f}x by mean step, {slow['min_step_s'] / fast['min_step_s']:.2f}x by fastest step"
+
+    if "sft_plain_loss" in by and "sft_trl_loss" in by:
+        print(f"SFT plain loss faster than trl chunked loss: {ratio(by['sft_trl_loss'], by['sft_plain_loss'])}")
+    if "sft_plain_loss" in by and "sft_batch2x2" in by:
+        a, b = by["sft_plain_loss"], by["sft_batch2x2"]
+        print(f"SFT batch 2 x 2 accumulation vs batch 4: step time {ratio(b, a)}; "
+              f"peak {b['peak_rss_gb']:.2f} vs {a['peak_rss_gb']:.2f} GB")  # fmt: skip
+    if "dpo_per_step" in by and "dpo_precomputed" in by:
+        a, b = by["dpo_per_step"], by["dpo_precomputed"]
+        print(f"DPO precomputed faster than per-step reference: {ratio(a, b)}; "
+              f"peak {b['peak_rss_gb']:.2f} vs {a['peak_rss_gb']:.2f} GB")  # fmt: skip
+        batches = b["ref_forward_s"]
+        print(f"precompute: {b['precompute_s']:.1f} s wall ({b['precompute_cpu_s']:.1f} s CPU) for {b['rows']} pairs "
+              f"in {len(batches)} batches (fastest batch {min(batches):.2f} s)")  # fmt: skip
+        steps_per_epoch = b["rows"] / b["batch_size"]
+        # The fixed cost of a round (precompute over every pair + trl's model hash) against the
+        # time saved per step; by wall time of this run, and from the fastest step and batch.
+        estimates = (
+            ("wall", b["trainer_init_s"] - a["trainer_init_s"], a["s_per_step"] - b["s_per_step"]),
+            ("fastest", min(batches) * len(batches), a["min_step_s"] - b["min_step_s"]),
+        )
+        for label, extra, saved in estimates:
+            if saved <= 0:
+                print(f"  {label}: no step time saved, precomputing does not pay off")
+                continue
+            even = extra / saved
+            print(f"  {label}: +{extra:.1f} s per round, {saved:.2f} s saved per step -> pays off from ~{even:.0f} "
+                  f"steps in one round (= {even / steps_per_epoch:.1f} epochs over {b['rows']} pairs, "
+                  f"{b['batch_size']} pairs/step); paid again every round")  # fmt: skip
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=4, help="optimiser steps per trainer")
@@ -181,12 +303,14 @@ def main() -> None:
     parser.add_argument("--default-flow", action="store_true", help="time the default flow's training stages")
     parser.add_argument("--trainers", nargs="+",
                         default=["sft_plain_loss", "sft_trl_loss", "sft_batch2x2", "orpo", "dpo_per_step", "dpo_precomputed"])  # fmt: skip
+    parser.add_argument("--threads", type=int, help="torch threads (default: torch's, one per core); 1 keeps "
+                        "the timings steadier while other processes share the cores")  # fmt: skip
     parser.add_argument("--one", help=argparse.SUPPRESS)  # internal: run one trainer in this process
     parser.add_argument("--work", help=argparse.SUPPRESS)
     args = parser.parse_args()
 
     if args.one:
-        print("RESULT " + json.dumps(run_one(args.one, Path(args.work), args.steps)))
+        print("RESULT " + json.dumps(run_one(args.one, Path(args.work), args.steps, args.threads)))
         return
     with tempfile.TemporaryDirectory(prefix="bench-train-") as tmp:
         work = Path(tmp)
@@ -196,13 +320,16 @@ def main() -> None:
         if args.default_flow:
             default_flow(work)
             return
-        print(f"SmolLM2-135M-Instruct, default LoRA, {args.steps} steps per trainer, {args.rows} synthetic rows; "
+        print(f"SmolLM2-135M-Instruct, default LoRA, {args.steps} steps per trainer, {args.rows} synthetic rows, "
+              f"torch threads: {args.threads or 'default'}; "
               f"load average at start {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores (shared machine)")  # fmt: skip
-        print(f"{'trainer':16} {'s/step':>7} {'tok/step':>8} {'tok/s':>7} {'peak_GB':>7} {'stage_wall_s':>12}")
+        print(f"{'trainer':16} {'s/step':>7} {'fastest':>7} {'cpu_s/step':>10} {'tok/step':>8} {'tok/s':>6} "
+              f"{'tok/s@fastest':>13} {'peak_GB':>7} {'init_s':>6} {'precompute_s':>12} {'load':>5}")  # fmt: skip
         results = []
         for kind in args.trainers:
             proc = subprocess.run(
-                [sys.executable, __file__, "--one", kind, "--work", str(work), "--steps", str(args.steps)],
+                [sys.executable, __file__, "--one", kind, "--work", str(work), "--steps", str(args.steps)]
+                + (["--threads", str(args.threads)] if args.threads else []),
                 capture_output=True, text=True, cwd=REPO,
             )  # fmt: skip
             line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")), None)
@@ -211,8 +338,12 @@ def main() -> None:
                 continue
             r = json.loads(line[len("RESULT ") :])
             results.append(r)
-            print(f"{kind:16} {r['s_per_step']:>7.2f} {r['tokens_per_step']:>8.0f} {r['tokens_per_s']:>7.0f} "
-                  f"{r['peak_rss_gb']:>7.2f} {r['stage_wall_s']:>12.1f}", flush=True)  # fmt: skip
+            init = f"{r['trainer_init_s']:.1f}" if r["trainer_init_s"] is not None else "-"
+            precompute = f"{r['precompute_s']:.1f}" if r["precompute_s"] else "-"
+            print(f"{kind:16} {r['s_per_step']:>7.2f} {r['min_step_s']:>7.2f} {r['cpu_s_per_step']:>10.2f} "
+                  f"{r['tokens_per_step']:>8.0f} {r['tokens_per_s']:>6.0f} {r['tokens_per_s_min_step']:>13.0f} "
+                  f"{r['peak_rss_gb']:>7.2f} {init:>6} {precompute:>12} {r['load_average']:>5.1f}", flush=True)  # fmt: skip
+        _compare(results)
         print(f"load average at end {os.getloadavg()[0]:.1f}")
         print(json.dumps(results, indent=1))
 

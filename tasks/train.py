@@ -29,6 +29,7 @@ a chat template.
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
@@ -44,20 +45,16 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
 
 import huggingface_hub.constants  # noqa: E402
-import torch  # noqa: E402
-from datasets import Dataset  # noqa: E402
-from peft import LoraConfig as PeftLoraConfig  # noqa: E402
-from peft import PeftModel  # noqa: E402
-from transformers import AutoModelForCausalLM, AutoTokenizer, Trainer, set_seed  # noqa: E402
-from transformers.trainer_utils import get_last_checkpoint  # noqa: E402
-from trl import DPOConfig, DPOTrainer, SFTConfig, SFTTrainer  # noqa: E402
-from trl.experimental.orpo import ORPOConfig, ORPOTrainer  # noqa: E402
 
 from recxplain.config import TrainingConfig  # noqa: E402
 from recxplain.models import resolve_model  # noqa: E402
 
 # huggingface_hub reads HF_HUB_OFFLINE once, at its first import, which may precede this module's.
 huggingface_hub.constants.HF_HUB_DISABLE_TELEMETRY = True
+
+# torch, transformers, peft, trl and datasets are imported inside the functions that use them:
+# together they take ~9 s to import on 2 cores, and the flows import this module for its stage
+# functions even when every training stage is cached and nothing here runs.
 
 ROLES = {"system", "user", "assistant"}
 
@@ -75,6 +72,9 @@ def train_sft(out: Path, *, training: TrainingConfig, sft: Path, artifacts_dir: 
     prompt tokens out of the loss, which works with any chat template (no {% generation %}
     markers needed).
     """
+    from transformers import set_seed
+    from trl import SFTConfig, SFTTrainer
+
     out = Path(out)
     path = Path(sft) / "sft.jsonl"
     rows = [_sft_row(row, path, line) for line, row in _read_jsonl(path)]
@@ -95,7 +95,7 @@ def train_sft(out: Path, *, training: TrainingConfig, sft: Path, artifacts_dir: 
     # trl's chunked LM-head loss is ~1.5x slower than the plain cross-entropy on CPU (FACTS.md,
     # benchmarks/bench_train.py); on a GPU it saves memory, so keep it there.
     set_seed(training.seed)  # the adapter is initialised in the trainer's constructor, unseeded
-    trainer_class = _PlainLossSFTTrainer if device["name"] == "cpu" else SFTTrainer
+    trainer_class = _plain_loss_sft_trainer() if device["name"] == "cpu" else SFTTrainer
     trainer = trainer_class(
         model=model,
         args=args,
@@ -109,6 +109,9 @@ def train_sft(out: Path, *, training: TrainingConfig, sft: Path, artifacts_dir: 
 
 def train_orpo(out: Path, *, training: TrainingConfig, preferences: Path, artifacts_dir: Path) -> None:
     """ORPO (reference-free) from the base student on `preferences/preferences.jsonl`."""
+    from transformers import set_seed
+    from trl.experimental.orpo import ORPOConfig, ORPOTrainer
+
     out = Path(out)
     path = Path(preferences) / "preferences.jsonl"
     rows = [_preference_row(row, path, line) for line, row in _read_jsonl(path)]
@@ -150,6 +153,10 @@ def train_dpo(
     `init` holds `merged/` only) the reference is a second frozen copy of the init model, or
     nothing in memory with `training.precompute_ref_log_probs`.
     """
+    from peft import PeftModel
+    from transformers import set_seed
+    from trl import DPOConfig, DPOTrainer
+
     out, init = Path(out), Path(init)
     path = Path(preferences) / "preferences.jsonl"
     rows = [_preference_row(row, path, line) for line, row in _read_jsonl(path)]
@@ -201,6 +208,10 @@ def merge_adapter(adapter_dir: Path, out_dir: Path) -> Path:
     chat template are copied from `adapter_dir`. The result loads with
     `AutoModelForCausalLM.from_pretrained(out_dir)` and serves with `vllm serve out_dir`.
     """
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
     adapter_dir, out_dir = Path(adapter_dir), Path(out_dir)
     config_path = adapter_dir / "adapter_config.json"
     if not config_path.exists():
@@ -296,6 +307,8 @@ def _preference_row(row: dict, path: Path, line: int) -> dict:
 
 
 def _load_tokenizer(folder: Path):
+    from transformers import AutoTokenizer
+
     tokenizer = AutoTokenizer.from_pretrained(folder)
     if not tokenizer.chat_template:
         raise ValueError(
@@ -334,6 +347,8 @@ def _split(rows: list[dict], valid_fraction: float, seed: int) -> tuple[list[dic
 
 
 def _dataset(rows: list[dict]) -> Dataset:
+    from datasets import Dataset
+
     # In memory (Dataset.from_list): `load_dataset("json")` would write an HF cache outside `out`.
     keep = [k for k in ("prompt", "completion", "chosen", "rejected") if k in rows[0]]
     return Dataset.from_list([{k: row[k] for k in keep} for row in rows])
@@ -354,6 +369,8 @@ def _cpu_has_bf16() -> bool:
 
 def _device(training: TrainingConfig) -> dict:
     """Where and how to train: a CUDA GPU when present, else the CPU."""
+    import torch
+
     if torch.cuda.is_available():
         bf16 = training.precision == "bf16" or (training.precision == "auto" and torch.cuda.is_bf16_supported())
         return {"name": "cuda", "bf16": bf16, "batch_size": training.gpu_batch_size}
@@ -362,6 +379,9 @@ def _device(training: TrainingConfig) -> dict:
 
 
 def _load_model(folder: Path, device: dict):
+    import torch
+    from transformers import AutoModelForCausalLM
+
     # fp32 master weights with bf16 autocast on CPU (bf16 weights would also train the adapter in
     # bf16); bf16 weights on a GPU to halve memory for larger students.
     dtype = torch.bfloat16 if device["name"] == "cuda" and device["bf16"] else torch.float32
@@ -369,6 +389,8 @@ def _load_model(folder: Path, device: dict):
 
 
 def _peft_config(training: TrainingConfig) -> PeftLoraConfig | None:
+    from peft import LoraConfig as PeftLoraConfig
+
     if not training.lora.enabled:
         return None
     lora = training.lora
@@ -410,16 +432,23 @@ def _common_args(
     )
 
 
-class _PlainLossSFTTrainer(SFTTrainer):
+@functools.cache
+def _plain_loss_sft_trainer() -> type:
     """SFTTrainer with the model's own cross-entropy instead of trl's chunked LM-head loss.
 
     Same loss (the prompt tokens are already -100 in the labels), faster on CPU; trl's token
-    accuracy and entropy metrics are not logged.
+    accuracy and entropy metrics are not logged. A factory so that trl is imported only when a
+    trainer is built (see the imports at the top).
     """
+    from transformers import Trainer
+    from trl import SFTTrainer
 
-    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        inputs = {k: v for k, v in inputs.items() if k in ("input_ids", "attention_mask", "labels")}
-        return Trainer.compute_loss(self, model, inputs, return_outputs, num_items_in_batch)
+    class PlainLossSFTTrainer(SFTTrainer):
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            inputs = {k: v for k, v in inputs.items() if k in ("input_ids", "attention_mask", "labels")}
+            return Trainer.compute_loss(self, model, inputs, return_outputs, num_items_in_batch)
+
+    return PlainLossSFTTrainer
 
 
 # ---------------------------------------------------------------------------------------------
@@ -445,6 +474,9 @@ def _fit_and_export(
     init: Path | None = None,
 ) -> None:
     """Train (resuming from the last checkpoint in `out`), export, write training.json."""
+    from peft import PeftModel
+    from transformers.trainer_utils import get_last_checkpoint
+
     checkpoints = out / "checkpoints"
     resume = get_last_checkpoint(str(checkpoints)) if checkpoints.is_dir() else None
     tokens = _count_training_tokens(trainer)
@@ -536,6 +568,8 @@ class _PeakMemory:
 
     def __enter__(self):
         if self.device == "cuda":
+            import torch
+
             torch.cuda.reset_peak_memory_stats()
         else:
             try:
@@ -546,6 +580,8 @@ class _PeakMemory:
 
     def __exit__(self, *exc):
         if self.device == "cuda":
+            import torch
+
             self.mb, self.kind = torch.cuda.max_memory_allocated() / 2**20, "cuda_max_allocated"
             return False
         try:

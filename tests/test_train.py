@@ -16,6 +16,7 @@ import torch
 from peft import PeftModel
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM, Trainer
+from trl import SFTConfig
 
 from recxplain.config import LoraConfig, TrainingConfig
 from recxplain.models import resolve_model
@@ -132,9 +133,9 @@ def test_completion_only_loss(tiny_model, data):
     """The SFT labels cover exactly the assistant answer (+ end of turn), not the prompt."""
     tokenizer = AutoTokenizer.from_pretrained(tiny_model)
     row = train._sft_row(_sft_rows(1)[0], Path("x"), 1)
-    trainer = train._PlainLossSFTTrainer(
+    trainer = train._plain_loss_sft_trainer()(
         model=AutoModelForCausalLM.from_pretrained(tiny_model),
-        args=train.SFTConfig(output_dir="/tmp/unused", report_to="none", use_cpu=True, bf16=False),
+        args=SFTConfig(output_dir="/tmp/unused", report_to="none", use_cpu=True, bf16=False),
         train_dataset=train._dataset([row]),
         processing_class=tokenizer,
     )
