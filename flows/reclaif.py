@@ -7,7 +7,8 @@ flows/pipeline.py calls `reclaif_stages(cfg, log, evidence)` when `cfg.task == "
     answers per train set from the round r-1 student -> judge -> DPO -> the round r student
     -> every LLM recommender answers the eval sets -> comparison table (classic baselines vs
     base LLM vs SFT vs DPO rounds), written as markdown + parquet and published as a Prefect
-    table artifact (`reclaif-comparison`).
+    table artifact (`reclaif-comparison`) -> the run's report (`report`: report.html / .md,
+    copied to runs/<run_name>/ by the run summary).
 
 A round whose judge keeps no pair trains nothing: its student is the previous one (logged).
 """
@@ -35,6 +36,7 @@ from tasks.reclaif import (
     reclaif_template_teacher,
     student_recommenders,
 )
+from tasks.report import write_reclaif_report
 from tasks.train import train_dpo, train_sft
 
 logger = logging.getLogger(__name__)
@@ -48,11 +50,13 @@ RECLAIF_RECOMMEND = stage(reclaif_recommend)
 RECLAIF_EVALUATE = stage(reclaif_evaluate)
 TRAIN_SFT = stage(train_sft)
 TRAIN_DPO = stage(train_dpo)
+WRITE_RECLAIF_REPORT = stage(write_reclaif_report)
 
 
 def reclaif_stages(cfg: Config, log: StageLog, evidence: dict[str, Path]) -> dict[str, Path]:
     """Run the RecLAIF stages on the evidence folders (`data`, `recommender`); return every
-    artifact folder by name (`reclaif_evaluate` holds comparison.md / comparison.parquet)."""
+    artifact folder by name (`reclaif_evaluate` holds comparison.md / comparison.parquet, `report`
+    the report)."""
     r = cfg.reclaif
     recommend_prompt = read_templates(r.answer.prompt)
     out: dict[str, Path] = {}
@@ -71,6 +75,7 @@ def reclaif_stages(cfg: Config, log: StageLog, evidence: dict[str, Path]) -> dic
     students = {"sft": log.run(TRAIN_SFT, label="reclaif_train_sft", training=cfg.training, sft=out["reclaif_teacher"])}
     pairs_cfg = cfg.pairs.model_copy(update={"source": "student"})  # RecLAIF samples the current student
     current = students["sft"]
+    feedback = {"teacher": out["reclaif_teacher"]}
     for round_ in range(1, cfg.training.rounds + 1):
         pairs = log.run(
             RECLAIF_SAMPLE_PAIRS, label=f"reclaif_sample_pairs_r{round_}", answer=r.answer, pairs=pairs_cfg,
@@ -82,6 +87,7 @@ def reclaif_stages(cfg: Config, log: StageLog, evidence: dict[str, Path]) -> dic
             candidates=candidates, pairs=pairs, templates=read_templates(r.judge.prompt),
         )
         out[f"reclaif_pairs_r{round_}"], out[f"reclaif_preferences_r{round_}"] = pairs, preferences
+        feedback |= {f"pairs_r{round_}": pairs, f"judge_r{round_}": preferences}
         if kept_preferences(preferences) == 0:
             logger.warning("reclaif round %d: the judge kept no pair; the round-%d student is the previous one",
                         round_, round_)
@@ -102,6 +108,8 @@ def reclaif_stages(cfg: Config, log: StageLog, evidence: dict[str, Path]) -> dic
         templates=read_templates(r.judge.explainability_prompt),
     )
     publish_comparison(evaluation)
+    out["report"] = log.run(WRITE_RECLAIF_REPORT, label="write_report", evaluation=evaluation, candidates=candidates,
+                            feedback=feedback, students=wanted)
     return out
 
 

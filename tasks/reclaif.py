@@ -360,11 +360,14 @@ class _TitleIndex:
     def __init__(self, candidates: Sequence[Movie]):
         owners: dict[str, set[int]] = {}
         for movie in candidates:
-            for form in title_forms(movie.title) | title_forms(display_title(movie)):
-                owners.setdefault(form, set()).add(movie.item_id)
+            # Answer lines lose markdown characters (`_clean_line`), and with them the stars of
+            # "M*A*S*H": index the title as it reads after that cleaning too.
+            for name in {movie.title, display_title(movie), _clean_line(movie.title), _clean_line(display_title(movie))}:
+                for form in title_forms(name):
+                    owners.setdefault(form, set()).add(movie.item_id)
         # A form two candidates share ("star trek" before a subtitle) identifies neither.
         self.forms = sorted(((f, next(iter(o))) for f, o in owners.items() if len(o) == 1), key=lambda x: -len(x[0]))
-        self.full = {m.item_id: _title_key(_YEAR.sub("", display_title(m))) for m in candidates}
+        self.full = {m.item_id: _title_key(_YEAR.sub("", _clean_line(display_title(m)))) for m in candidates}
         self.titles = {m.item_id: display_title(m) for m in candidates}
 
     def at_start(self, text: str) -> int | None:
@@ -619,10 +622,13 @@ def _plural(genre: str) -> str:
 def template_answer(cs: CandidateSet, ranking: Sequence[int], k: int) -> str:
     """A RecLAIF answer written from a classic recommender's ranking (the `template` teacher).
 
-    Key preferences: the history's two most frequent genres and its dominant decade, with
-    counts. Each of the top k picks gets a reason naming its genres and the most recent
-    history movie sharing the most genres with it (or its decade when none shares a genre).
-    Every statement is true of the data; nothing is invented.
+    Key preferences: the history's two most frequent genres with counts (its dominant decade
+    when it has a single genre). Each of the top k picks gets a reason naming its genres and the
+    most recent history movie sharing the most genres with it (title without year or alternative
+    title; its own year when none shares a genre). Every statement is true of the data; nothing
+    is invented. Kept terse: the student imitates it, and an answer longer than the students'
+    `max_new_tokens` is cut before its last pick and counts as invalid (SmolLM2 spends a token
+    per digit, so years are costly).
     """
     genres = [g for m in cs.history for g in m.genres]
     counts = {g: genres.count(g) for g in dict.fromkeys(genres)}
@@ -630,25 +636,24 @@ def template_answer(cs: CandidateSet, ranking: Sequence[int], k: int) -> str:
     n = len(cs.history)
     lines = ["Key Preferences:"]
     for i, genre in enumerate(top, 1):
-        lines.append(f"- Preference {i}: {genre} ({counts[genre]} of the {n} movies watched are {_plural(genre)})")
+        lines.append(f"- Preference {i}: {_plural(genre)} ({counts[genre]} of {n} watched)")
     decades = [m.year // 10 * 10 for m in cs.history if m.year]
-    if decades:
+    if decades and len(top) < 2:
         decade = max(dict.fromkeys(decades), key=decades.count)
-        lines.append(f"- Preference {len(top) + 1}: movies from the {decade}s ({decades.count(decade)} of {n})")
+        lines.append(f"- Preference {len(top) + 1}: {decade}s movies ({decades.count(decade)} of {n} watched)")
     lines += ["", "Recommended Movies (from most to least likely):"]
     by_id = {m.item_id: m for m in cs.candidates}
     for rank, item in enumerate(ranking[:k], 1):
         movie = by_id[item]
         shared = [(len(set(movie.genres) & set(h.genres)), i, h) for i, h in enumerate(cs.history)]
         overlap, _, like = max(shared, key=lambda x: (x[0], x[1]), default=(0, 0, None))
-        kinds = "/".join(movie.genres[:2]) or "movie"
-        article = "An" if kinds[0].lower() in "aeiou" else "A"
+        kinds = "/".join(movie.genres[:2]) or "Movie"
         if like is not None and overlap:
-            reason = f"{article} {kinds} like {display_title(like)}, which you watched"
+            reason = f"{kinds}, like {re.split(r' [(]', like.title)[0]}"
         elif movie.year:
-            reason = f"{article} {kinds} from {movie.year}, a change from your recent {_plural(top[0]) if top else 'movies'}"
+            reason = f"{kinds} from {movie.year}, a change from your {_plural(top[0]) if top else 'recent movies'}"
         else:
-            reason = f"{article} {kinds} to broaden your recent choices"
+            reason = f"{kinds} to broaden your recent choices"
         lines.append(f"{rank}. {display_title(movie)} - {reason}.")
     return "\n".join(lines)
 
@@ -771,21 +776,30 @@ def judge_recommendation_pairs(
 
     `llm`: RecLAIF's judge through `tasks.judge.judge_explanation_pairs` (both orders when
     judge.both_orders, order-consistent choices only; score = mean 0-5 score / 5). `rubric`:
-    the `answer_scores` quality margin decides (tie below judge.tie_margin; both-bad when neither
-    answer is valid). `ensemble`: margin = w * LLM vote + (1 - w) * rubric margin, w =
-    judge.llm_weight, with the rubric's validity gate.
+    validity first: both-bad when neither answer is valid, the valid one when only one is (its
+    three criteria can tie with a broken answer's, and teaching the format is the point of the
+    first rounds); between two valid answers the `answer_scores` quality margin decides (tie
+    below judge.tie_margin). `ensemble`: the same validity rule, then margin = w * LLM vote +
+    (1 - w) * rubric margin, w = judge.llm_weight. The LLM cannot change a validity decision,
+    so the ensemble asks it only about pairs of two valid answers (each question is two long
+    generations; `llm_choice` stays None for the rest).
     """
     needs_llm = judge.kind in ("llm", "ensemble")
     if needs_llm and (model is None or templates is None):
         raise ValueError(f"judge.kind={judge.kind!r} needs a model and the judge template ({judge.prompt})")
+    parsed = [tuple(parse_recommendation(t, cs.candidates, wanted_picks(cs, answer), answer.fuzzy_threshold)
+                    for t in (text_a, text_b)) for cs, text_a, text_b in items]
+    ask = [i for i, (pa, pb) in enumerate(parsed) if judge.kind == "llm" or (pa.valid and pb.valid)] if needs_llm else []
     llm: list[PairJudgement | None] = [None] * len(items)
-    if needs_llm and items:
-        llm = judge_explanation_pairs([(judge_context(cs), a, b) for cs, a, b in items],
-                                      judge=judge.model_copy(update={"kind": "llm"}), templates=templates, model=model)
+    if ask:
+        verdicts = judge_explanation_pairs([(judge_context(items[i][0]), items[i][1], items[i][2]) for i in ask],
+                                           judge=judge.model_copy(update={"kind": "llm"}), templates=templates,
+                                           model=model)
+        for i, found in zip(ask, verdicts, strict=True):
+            llm[i] = found
     judged = []
-    for (cs, text_a, text_b), verdict_llm in zip(items, llm, strict=True):
+    for (cs, text_a, text_b), (parsed_a, parsed_b), verdict_llm in zip(items, parsed, llm, strict=True):
         k = wanted_picks(cs, answer)
-        parsed_a, parsed_b = (parse_recommendation(t, cs.candidates, k, answer.fuzzy_threshold) for t in (text_a, text_b))
         rubric_a, rubric_b = answer_scores(parsed_a, text_a, cs, k), answer_scores(parsed_b, text_b, cs, k)
         gate = parsed_a.valid or parsed_b.valid
         fields: dict[str, Any] = {}
@@ -794,13 +808,16 @@ def judge_recommendation_pairs(
         w = judge.llm_weight
         if judge.kind == "llm":
             verdict, score_a, score_b = verdict_llm.verdict, verdict_llm.score_a, verdict_llm.score_b
+        elif parsed_a.valid != parsed_b.valid:
+            verdict = "a" if parsed_a.valid else "b"
+            score_a, score_b = rubric_a.quality, rubric_b.quality
         elif judge.kind == "rubric":
             verdict = _decide(rubric_a.quality - rubric_b.quality, gate, judge)
             score_a, score_b = rubric_a.quality, rubric_b.quality
         else:
-            vote = {"a": 1.0, "b": -1.0}.get(verdict_llm.llm_choice, 0.0)
+            vote = {"a": 1.0, "b": -1.0}.get(verdict_llm.llm_choice, 0.0) if verdict_llm else 0.0
             verdict = _decide(w * vote + (1 - w) * (rubric_a.quality - rubric_b.quality), gate, judge)
-            if verdict_llm.score_a is None:
+            if verdict_llm is None or verdict_llm.score_a is None:
                 score_a, score_b = rubric_a.quality, rubric_b.quality
             else:
                 score_a = w * verdict_llm.score_a + (1 - w) * rubric_a.quality
@@ -871,6 +888,7 @@ def reclaif_judge_pairs(
             }) + "\n")
     pl.DataFrame(verdict_rows, infer_schema_length=None).write_parquet(out / "verdicts.parquet")
     stats = judge_stats([r.judgement for r in judged]) | {
+        "llm_asked": sum(r.judgement.llm_choice is not None for r in judged),
         "judge": judge.kind,
         "llm": judge.llm.model if model is not None else None,
         "usage": dict(getattr(model, "usage", {}) or {}),
@@ -918,17 +936,25 @@ def reclaif_recommend(
     out, students = Path(out), dict(students or {})
     sets = read_candidate_sets(candidates, "eval")
     prompts = [recommend_messages(cs, answer, templates) for cs in sets]
-    rows = []
+    rows: list[dict] = []
+    answered: dict[str, list[dict]] = {}  # model config -> its rows
     for name in recommender_names(evaluation, training):
         started = time.perf_counter()
-        model = _load(explainer_llm(name, teacher=teacher, training=training, students=students), artifacts_dir,
-                      out / "cache" / f"{name}.sqlite")
+        llm = explainer_llm(name, teacher=teacher, training=training, students=students)
+        same = answered.get(llm.model_dump_json())
+        if same is not None:  # a DPO round that kept no pair is the previous student: same answers
+            rows += [row | {"model": name} for row in same]
+            continue
+        model = _load(llm, artifacts_dir, out / "cache" / f"{name}.sqlite")
+        mine = []
         for cs, (generation, *_) in zip(sets, model.generate(prompts, evaluation.sampling, n=1), strict=True):
-            rows.append({"case_id": cs.set_id, "model": name, "text": generation.text.strip(),
+            mine.append({"case_id": cs.set_id, "model": name, "text": generation.text.strip(),
                          "prompt_tokens": int(generation.prompt_tokens),
                          "completion_tokens": int(generation.completion_tokens),
                          "latency_s": float(generation.latency_s), "cached": bool(generation.cached),
                          "finish_reason": getattr(generation, "finish_reason", None)})
+        rows += mine
+        answered[llm.model_dump_json()] = mine
         log.info("recommender %s: %d sets in %.1f s", name, len(sets), time.perf_counter() - started)
         _free(model)
     pl.DataFrame(rows, infer_schema_length=None).write_parquet(out / "answers.parquet")

@@ -1,5 +1,9 @@
 """The run's report: one self-contained HTML page, plus markdown and tables for Prefect artifacts.
 
+`write_reclaif_report` is the same for `task: recommend` (RecLAIF): the comparison table of
+classic and LLM recommenders, the AI-feedback counts per round, training curves and example
+answers (see its docstring).
+
 `write_report(out, ...)` is the pipeline stage. It reads the evaluate folder (metrics and the
 tables beside it), the explanations, the cases and each student's `training.json`, and writes:
 
@@ -28,6 +32,8 @@ import pandas as pd
 
 from recxplain.config import EvaluationConfig
 from recxplain.schemas import Case, read_cases
+from tasks.reclaif import METRICS as RECLAIF_METRICS
+from tasks.reclaif import display_title, read_candidate_sets
 
 # metric -> (label, direction: +1 higher is better, -1 lower is better, 0 neither; digits)
 METRICS: dict[str, tuple[str, int, int]] = {
@@ -314,12 +320,8 @@ def examples(cases: list[Case], explanations: pd.DataFrame, explainers: list[str
 # --------------------------------------------------------------------------------------------
 # The page
 
-PAGE = """<!DOCTYPE html>
-<html lang="en"><head><meta charset="utf-8">
-<meta http-equiv="Content-Security-Policy" content="default-src 'none'; img-src data:; style-src 'unsafe-inline'">
-<title>recxplain report</title>
-<style>
-body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1200px; color: #222; }
+# The style of both report pages (one self-contained page each: no external assets).
+STYLE = """body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1200px; color: #222; }
 table { border-collapse: collapse; margin: 1em 0; font-size: 0.85em; }
 th, td { border: 1px solid #ccc; padding: 4px 8px; text-align: left; vertical-align: top; }
 th { background: #f3f3f3; }
@@ -330,7 +332,14 @@ td.num { text-align: right; white-space: nowrap; }
 .explanations { display: grid; grid-template-columns: repeat(auto-fill, minmax(260px, 1fr)); gap: 0.6em; }
 .explanation { background: #fafafa; border: 1px solid #e3e3e3; padding: 0.5em; white-space: pre-wrap; }
 .muted { color: #777; font-size: 0.9em; }
-</style></head><body>
+"""
+
+PAGE = """<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8">
+<meta http-equiv="Content-Security-Policy" content="default-src 'none'; img-src data:; style-src 'unsafe-inline'">
+<title>recxplain report</title>
+<style>
+""" + STYLE + """</style></head><body>
 <h1>recxplain: which explainer writes the explanations people prefer, and why</h1>
 <p class="muted">{{ n_cases }} held-out cases; explainers: {{ explainers | join(", ") }}.
 Values are means over explanations with bootstrap 95% intervals in brackets; n is the number of values.
@@ -487,3 +496,156 @@ def write_report(out: Path, *, evaluation: EvaluationConfig, metrics: Path, expl
     )
     (out / "report.md").write_text(report_markdown(metrics))
     (out / "metrics_table.json").write_text(json.dumps(metrics_table(metrics), indent=2))
+
+
+# --------------------------------------------------------------------------------------------
+# RecLAIF (`task: recommend`): the comparison table as the run's report
+
+RECLAIF_PAGE = """<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8">
+<meta http-equiv="Content-Security-Policy" content="default-src 'none'; img-src data:; style-src 'unsafe-inline'">
+<title>recxplain RecLAIF report</title>
+<style>
+""" + STYLE + """</style></head><body>
+<h1>recxplain RecLAIF: the language model as the recommender</h1>
+<p class="muted">{{ caption }} Bold: the best recommender on a metric.</p>
+
+<h2>Classic recommenders vs LLM recommenders on the same candidate sets</h2>
+<table><tr><th>recommender</th><th>kind</th>{% for m in metrics %}<th>{{ m }}</th>{% endfor %}</tr>
+{% for row in table %}<tr><th>{{ row.model }}</th><td>{{ row.kind }}</td>
+{% for cell in row.cells %}<td class="num{% if cell.best %} best{% endif %}">{{ cell.text }}</td>{% endfor %}</tr>
+{% endfor %}</table>
+{% if plot %}<div class="plots"><img alt="comparison plot" src="data:image/png;base64,{{ plot }}"></div>{% endif %}
+
+{% if feedback %}<h2>AI feedback</h2>
+<p>The SFT data and, per DPO round, the student's sampled answer pairs and what the judge kept
+(only order-consistent verdicts on pairs where an answer is valid become DPO pairs).</p>
+<table><tr>{% for c in feedback.columns %}<th>{{ c }}</th>{% endfor %}</tr>
+{% for r in feedback.rows %}<tr>{% for v in r %}<td>{{ v }}</td>{% endfor %}</tr>{% endfor %}</table>{% endif %}
+
+{% if curves %}<h2>Training curves</h2>
+<div class="plots"><img alt="training curves" src="data:image/png;base64,{{ curves }}"></div>{% endif %}
+
+<h2>Examples</h2>
+{% for ex in examples %}<div class="example">
+<h3>{{ ex.set_id }}: next movie "{{ ex.target }}"</h3>
+<p class="muted">History: {{ ex.history | join("; ") }}.</p>
+<p class="muted">Candidates: {{ ex.candidates | join("; ") }}.</p>
+<div class="explanations">{% for a in ex.answers %}<div class="explanation"><b>{{ a.model }}</b> ({{ a.verdict }})
+{{ a.text }}</div>{% endfor %}</div></div>
+{% endfor %}
+</body></html>
+"""
+
+# Feedback stage stats shown in the report: (column, stats.json key), for answer stages (teacher,
+# sampled pairs) and for judge stages (their validity_ratio is that of the LLM's verdicts).
+ANSWER_COLUMNS = (("sets", "sets"), ("answers valid", "validity_ratio"), ("SFT rows", "sft_rows"),
+                  ("pairs", "pairs"), ("identical dropped", "identical_dropped"))
+JUDGE_COLUMNS = (("judged", "pairs_judged"), ("LLM asked", "llm_asked"), ("kept", "kept"), ("both bad", "both_bad"),
+                 ("ties", "ties"), ("LLM verdicts parsed", "validity_ratio"), ("LLM order-inconsistent", "llm_order_inconsistent"))
+
+
+def _comparison_rows(summary: pd.DataFrame, metrics: list[str]) -> list[dict]:
+    """One row per recommender: cells 'value [ci_low, ci_high]', the best per metric marked."""
+    best = {}
+    for metric in metrics:
+        rows = summary[(summary["metric"] == metric) & (summary["n"] > 0)].dropna(subset=["value"])
+        if len(rows) > 1 and rows["value"].nunique() > 1:
+            best[metric] = set(rows.loc[rows["value"] == rows["value"].max(), "model"])
+    table = []
+    for model in dict.fromkeys(summary["model"]):
+        frame = summary[summary["model"] == model].set_index("metric")
+        cells = []
+        for metric in metrics:
+            if metric not in frame.index or frame.loc[metric, "n"] == 0:
+                cells.append({"text": "–", "best": False})
+                continue
+            r = frame.loc[metric]
+            digits = 1 if metric == "Explainability" else 3
+            cells.append({"text": format_cell(r["value"], r["ci_low"], r["ci_high"], digits),
+                          "best": model in best.get(metric, ())})
+        table.append({"model": model, "kind": frame["kind"].iloc[0], "cells": cells})
+    return table
+
+
+def _feedback_table(feedback: dict[str, Path]) -> pd.DataFrame | None:
+    """One row per feedback stage (its stats.json); columns only where some stage has a value."""
+    rows = []
+    for name, folder in feedback.items():
+        path = Path(folder) / "stats.json"
+        if path.exists():
+            stats = json.loads(path.read_text())
+            columns = JUDGE_COLUMNS if "pairs_judged" in stats else ANSWER_COLUMNS
+            rows.append({"stage": name} | {column: stats.get(key) for column, key in columns})
+    if not rows:
+        return None
+    frame = pd.DataFrame(rows, dtype=object)  # object: counts stay integers
+    return frame.dropna(axis=1, how="all").fillna("")
+
+
+def reclaif_examples(evaluation: Path, candidates: Path, count: int) -> list[dict]:
+    """The first `count` eval sets: history, candidates, the next movie, and each recommender's
+    answer (LLM text, or a classic model's top picks) with whether it parsed as valid."""
+    answers = pd.read_parquet(Path(evaluation) / "per_answer.parquet")
+    examples = []
+    for cs in read_candidate_sets(candidates, "eval")[:count]:
+        titles = {m.item_id: display_title(m) for m in cs.candidates}
+        rows = answers[answers["case_id"] == cs.set_id]
+        shown = []
+        for r in rows.itertuples(index=False):
+            text = r.text if r.kind == "llm" else "\n".join(f"{i}. {titles[p]}" for i, p in enumerate(r.picks, 1))
+            verdict = "valid" if r.valid else f"invalid: {r.problems}"
+            hit = f"next movie ranked {int(r.rank)}" if math.isfinite(r.rank) else "next movie not picked"
+            shown.append({"model": r.model, "text": text, "verdict": f"{verdict}; {hit}" if r.kind == "llm" else hit})
+        examples.append({"set_id": cs.set_id, "target": display_title(cs.target),
+                         "history": [display_title(m) for m in cs.history],
+                         "candidates": [titles[m.item_id] for m in cs.candidates], "answers": shown})
+    return examples
+
+
+def write_reclaif_report(out: Path, *, evaluation: Path, candidates: Path, feedback: dict[str, Path] | None = None,
+                         students: dict[str, Path] | None = None, examples: int = 3) -> None:
+    """The report of a `task: recommend` run: report.html, report.md and metrics_table.json.
+
+    Args:
+        out: the stage folder.
+        evaluation: the reclaif_evaluate folder (comparison.parquet / .md, per_answer.parquet).
+        candidates: the build_candidate_sets folder (the examples' history and candidates).
+        feedback: stage label -> folder with a stats.json (teacher, sampled pairs and judge per round).
+        students: recommender name -> student folder (training curves; a round that trained
+            nothing shares its folder with the previous student and is drawn once).
+        examples: eval sets shown with every recommender's answer.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    out, evaluation = Path(out), Path(evaluation)
+    summary = pd.read_parquet(evaluation / "comparison.parquet")
+    comparison_md = (evaluation / "comparison.md").read_text()
+    metrics = [m for m in RECLAIF_METRICS if m in set(summary["metric"])]
+    table = _comparison_rows(summary, metrics)
+    feedback_frame = _feedback_table(dict(feedback or {}))
+    curves: dict[str, Path] = {}
+    for name, folder in (students or {}).items():
+        if Path(folder) not in curves.values():
+            curves[name] = Path(folder)
+    plot = grouped_bars(summary.rename(columns={"model": "explainer"}),
+                        tuple(m for m in metrics if m != "Explainability"), list(dict.fromkeys(summary["model"])),
+                        "Classic vs LLM recommenders (95% CI)", "value")
+    stats_path = evaluation / "stats.json"
+    k = json.loads(stats_path.read_text()).get("top_k", "K") if stats_path.exists() else "K"
+    page = jinja2.Environment(autoescape=True, undefined=jinja2.StrictUndefined).from_string(RECLAIF_PAGE).render(
+        caption=comparison_md.splitlines()[0], metrics=[m.replace("@K", f"@{k}") for m in metrics], table=table, plot=plot,
+        feedback=_rows(feedback_frame), curves=training_curves(curves),
+        examples=reclaif_examples(evaluation, candidates, examples),
+    )
+    (out / "report.html").write_text(page)
+    markdown = ["# recxplain RecLAIF evaluation", "", comparison_md]
+    if feedback_frame is not None:
+        markdown += ["## AI feedback", "", "| " + " | ".join(feedback_frame.columns) + " |",
+                     "|" + "---|" * len(feedback_frame.columns)]
+        markdown += ["| " + " | ".join(str(v) for v in row) + " |" for row in feedback_frame.itertuples(index=False)]
+    (out / "report.md").write_text("\n".join(markdown) + "\n")
+    rows = [{"recommender": row["model"], "kind": row["kind"]} | {m: c["text"] for m, c in zip(metrics, row["cells"])}
+            for row in table]
+    (out / "metrics_table.json").write_text(json.dumps(rows, indent=2))

@@ -231,12 +231,49 @@ def test_template_teacher_answers_parse_valid():
     cs = CandidateSet(set_id="train-1", split="train", user_id=1, candidates=CANDIDATES, target=CANDIDATES[2],
                       history=[movie(11, "Heat", 1995, ["Action", "Crime"]), movie(12, "Se7en", 1995, ["Crime"])])
     text = template_answer(cs, [3, 1, 2, 4, 5, 6], 3)
-    assert "Preference 1: Crime (2 of the 2 movies watched are crime movies)" in text
-    assert "1. Fargo (1996) - A Crime/Thriller like Se7en (1995), which you watched." in text
+    assert "Preference 1: crime movies (2 of 2 watched)" in text
+    assert "1. Fargo (1996) - Crime/Thriller, like Se7en." in text
     parsed = parse_recommendation(text, CANDIDATES, 3)
     assert parsed.valid and parsed.picks == [3, 1, 2]
     messages = recommend_messages(cs, ReclaifAnswerConfig(), read_templates("reclaif_recommend.j2"))
     assert "- Star Trek: First Contact (1996)\n" in messages[-1]["content"] and "top 3 movies" in messages[-1]["content"]
+
+
+def test_parser_titles_with_markdown_characters():
+    # Answer lines lose markdown stars; "M*A*S*H" must still be a candidate, written either way.
+    candidates = [*CANDIDATES, movie(7, "M*A*S*H", 1970, ["Comedy", "War"])]
+    for written in ("M*A*S*H (1970)", "MASH"):
+        text = GOOD.replace("Star Trek: First Contact (1996)", written)
+        parsed = parse_recommendation(text, candidates, 3)
+        assert parsed.valid and parsed.picks == [3, 1, 7], (written, parsed.problems)
+
+
+def test_template_answers_fit_the_students_token_budget(tmp_path):
+    # The students imitate the template teacher; an answer longer than the configured
+    # max_new_tokens is cut before its last pick and can never be valid. Checked on every
+    # ml-100k user's train set with the default config's teacher and the SmolLM2 tokenizer.
+    from transformers import AutoTokenizer
+
+    from recxplain.config import load_config
+    from recxplain.models import resolve_model
+    from tasks.data import prepare_data
+    from tasks.reclaif import reclaif_template_teacher
+
+    cfg = load_config("configs/reclaif.yaml", [])
+    budget = min(cfg.pairs.sampling.max_new_tokens, cfg.reclaif.evaluation.sampling.max_new_tokens)
+    data, rec, sets, teacher = (tmp_path / name for name in ("data", "rec", "sets", "teacher"))
+    for folder in (data, rec, sets, teacher):
+        folder.mkdir()
+    prepare_data(data, data=cfg.data)
+    train_recommender(rec, recommender=cfg.recommender, data=data)
+    every_user = cfg.reclaif.candidates.model_copy(update={"train_users": 900})
+    build_candidate_sets(sets, candidates=every_user, data=data, recommender=rec)
+    reclaif_template_teacher(teacher, answer=cfg.reclaif.answer, recommender=cfg.recommender, candidates=sets,
+                             data=data, templates=read_templates(cfg.reclaif.answer.prompt))
+    tokenizer = AutoTokenizer.from_pretrained(resolve_model("smollm2", Path(__file__).resolve().parents[1] / "artifacts"))
+    texts = pl.read_parquet(teacher / "generations.parquet")["text"].to_list()
+    longest = max(len(tokenizer(text)["input_ids"]) for text in texts)
+    assert len(texts) == 900 and longest + 1 <= budget, longest  # + the end-of-turn token
 
 
 # ---------------------------------------------------------------------------------------------
@@ -330,6 +367,18 @@ def test_judge_both_orders_rubric_and_ensemble():
     [result] = judge_recommendation_pairs([(cs, worse, better)], judge=ensemble, answer=ReclaifAnswerConfig(),
                                           templates=templates, model=ScriptedModel(position_biased))
     assert result.judgement.llm_choice == "inconsistent" and result.judgement.verdict == "b"
+    # Validity first: a valid answer beats a broken one even when their criteria are close, and
+    # the ensemble asks the LLM only about two valid answers (it cannot change the rest).
+    broken = better.replace("3. Star Trek: First Contact (1996) - Space adventure with action and heart.", "")
+    for judge in (rubric, ensemble):
+        model = ScriptedModel(position_biased)
+        verdicts = judge_recommendation_pairs([(cs, invalid, invalid), (cs, worse, broken), (cs, worse, better)],
+                                              judge=judge, answer=ReclaifAnswerConfig(), templates=templates,
+                                              model=model)
+        assert [v.judgement.verdict for v in verdicts] == ["both_bad", "a", "b"]
+        assert verdicts[1].rubric_b.relevance > verdicts[1].rubric_a.relevance  # the broken one ranked Fargo first
+        assert len(model.prompts) == (2 if judge is ensemble else 0)
+    assert [v.judgement.llm_choice for v in verdicts] == [None, None, "inconsistent"]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -381,3 +430,21 @@ def test_reclaif_evaluate_on_hand_made_answers(toy, tmp_path):
     markdown = (out / "comparison.md").read_text()
     assert "| oracle | llm | 1.000 [1.000, 1.000] |" in markdown and "| popular | classic |" in markdown
     assert json.loads((out / "stats.json").read_text())["eval_sets"] == 4
+
+    # The run's report: the same table, the feedback counts, the answers (escaped).
+    from tasks.report import write_reclaif_report
+
+    judged = tmp_path / "judge"
+    judged.mkdir()
+    (judged / "stats.json").write_text(json.dumps({"pairs_judged": 6, "llm_asked": 2, "kept": 2, "both_bad": 4}))
+    report = tmp_path / "report"
+    report.mkdir()
+    write_reclaif_report(report, evaluation=out, candidates=candidates, feedback={"judge_r1": judged}, examples=2)
+    assert markdown in (report / "report.md").read_text()
+    assert "| judge_r1 | 6 | 2 | 2 | 4 |" in (report / "report.md").read_text()
+    page = (report / "report.html").read_text()
+    assert "<th>oracle</th>" in page and "<th>popular</th>" in page and "Precision@3" in page
+    assert page.count('class="example"') == 2 and "no idea" in page
+    rows = json.loads((report / "metrics_table.json").read_text())
+    assert [r["recommender"] for r in rows] == ["popular", "itemknn", "base", "oracle", "half", "broken"] or \
+        {r["recommender"] for r in rows} == {"popular", "itemknn", "oracle", "half", "broken"}
