@@ -16,7 +16,9 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, Llama
 
 from recxplain.config import LLMConfig, SamplingConfig
 from recxplain.llm import load_chat_model
-from recxplain.llm.local import adapter_hash, load_local_model, sample_tokens
+from recxplain.llm.local import (
+    adapter_hash, batch_order, load_local_model, prompt_token_ids, sample_tokens, shared_prefixes,
+)
 from recxplain.models import resolve_model
 
 ARTIFACTS = Path(__file__).resolve().parents[1] / "artifacts"
@@ -107,6 +109,50 @@ def test_sample_i_is_reproducible_whatever_the_batch(tiny):
     # Samples of one prompt share its prefill in a batch; one at a time (batch 1) they cannot.
     one_by_one = load_chat_model(tiny_cfg(tiny, batch_size=1), ARTIFACTS).generate(PROMPTS[:1], SAMPLED, n=3)
     assert texts(one_by_one) == texts(alone)
+
+
+def test_shared_prefixes_hand_made():
+    a = [1, 2, 3, 4, 5, 6, 7, 8]
+    prompts = [a + [9, 9], [5, 5, 5], a + [7], a + [9, 8, 1], [1, 2, 9, 9, 9, 9, 9, 9, 9, 9], a + [9, 9]]
+    group, prefix = shared_prefixes(prompts)
+    # a + ... share 8 tokens (>= half of the shortest, 9); [1, 2, 9...] shares only 2 of 10
+    assert group[0] == group[2] == group[3] == group[5] and prefix[group[0]] == 8
+    assert len(set(group)) == 3
+    # alone, a prompt's "prefix" is all but its last token; identical prompts share as much
+    assert prefix[group[1]] == 2 and prefix[group[4]] == 9
+    assert shared_prefixes([a, a]) == ([0, 0], [7])
+    # a prefix never swallows the shortest prompt's last token
+    assert shared_prefixes([a, a + [1]]) == ([0, 0], [7])
+    # the batch order keeps a group together, longest groups first
+    order = batch_order(prompts)
+    assert order[:4] == [3, 0, 5, 2] or sorted(order[:4]) == [0, 2, 3, 5]
+    assert order[4] == 4 and order[5] == 1
+
+
+JUDGE_LIKE = [
+    [{"role": "system", "content": "You compare two explanations of one recommendation and answer in JSON."},
+     {"role": "user", "content": "Evidence: the user rated Heat 5/5, Casino 4/5 and Goodfellas 5/5; Heat and "
+                                 "Ronin share Robert De Niro; Heat is a crime thriller like Ronin.\n" + tail}]
+    for tail in ("Option A: because of Heat. Option B: because of De Niro.",
+                 "Option A: because of De Niro. Option B: because of Heat.",
+                 "Option A: crime. Option B: thrillers with heists and a long ending about the city at night.")
+]
+
+
+def test_shared_starts_answer_as_read_alone(tiny):
+    """Judge-like prompts share their evidence; a batch reads it once, next to a prompt that
+    shares nothing and one sampled twice, and every answer is the one its prompt gets alone."""
+    prompts = JUDGE_LIKE + PROMPTS
+    batched = load_chat_model(tiny_cfg(tiny), ARTIFACTS).generate(prompts, GREEDY)
+    for prompt, samples in zip(prompts, batched):
+        [[alone]] = load_chat_model(tiny_cfg(tiny, batch_size=1), ARTIFACTS).generate([prompt], GREEDY)
+        assert samples[0].text == alone.text and samples[0].prompt_tokens == alone.prompt_tokens
+    tokenizer = AutoTokenizer.from_pretrained(tiny)
+    group, prefix = shared_prefixes([prompt_token_ids(tokenizer, p) for p in prompts])
+    assert group[0] == group[1] == group[2] and prefix[group[0]] > 40  # the evidence was shared
+    sampled = load_chat_model(tiny_cfg(tiny), ARTIFACTS).generate(prompts, SAMPLED, n=2)
+    one_by_one = load_chat_model(tiny_cfg(tiny, batch_size=1), ARTIFACTS).generate(prompts, SAMPLED, n=2)
+    assert texts(sampled) == texts(one_by_one)
 
 
 def test_cache_second_run_makes_zero_calls(tiny, tmp_path):

@@ -5,9 +5,14 @@
   Loaded models are kept per process, keyed by (folder, adapter content, dtype, device), so a
   stage that calls `generate` many times loads once.
 - Jobs are sorted by prompt length (longest first: a batch that does not fit in memory fails
-  on the first batch, not after an hour) and cut into batches of `llm.batch_size`, left-padded,
-  and decoded by `generate_batch`: our own loop over the model's forward with a KV cache written
-  in place (`GrowingCache`) and finished rows dropped from the batch as they end.
+  on the first batch, not after an hour), prompts that share most of their start kept together
+  (`batch_order`), and cut into batches of `llm.batch_size`, left-padded, and decoded by
+  `generate_batch`: our own loop over the model's forward with a KV cache written in place
+  (`GrowingCache`) and finished rows dropped from the batch as they end.
+- Shared prefixes: a judge reads the same evidence before each pair of answers it compares
+  (both orders; every pair of explainers in the tournament), and the samples of one prompt are
+  the same prompt. `generate_batch` reads each shared start once and copies its KV cache rows
+  to the prompts that share it (`shared_prefixes`), then reads the rest of every prompt.
 - Sampling: each row's next token is drawn with its own `torch.Generator` seeded with
   `sampling.seed + sample index`, so sample i of a prompt is the same whatever else is in the
   batch (up to the float noise padding brings) and across runs. `sample_tokens` applies
@@ -37,6 +42,10 @@ TOP_K_FAST = 256  # partial sort width before the exact full-vocabulary fallback
 # Drop finished rows from the batch once this share of it has finished: each compaction copies
 # the KV cache, so it pays once enough rows leave, not for every single one.
 COMPACT_AT = 0.25
+# Prompts share one prefill of their common start when it covers at least this share of the
+# shorter prompt: every prompt of a stage shares the template's first sentences, which is not
+# worth giving up the length order of the batches for.
+SHARED_FRACTION = 0.5
 
 _MODELS: dict[tuple, tuple] = {}
 _LOAD_LOCK = threading.Lock()
@@ -106,7 +115,7 @@ def make_run(cfg: LLMConfig, artifacts_dir: Path) -> Run:
         device = pick_device(cfg.device)
         model, tokenizer = load_local_model(resolve_model(cfg.model, artifacts_dir), cfg.adapter, cfg.dtype, device)
         prompt_ids = [prompt_token_ids(tokenizer, job.messages) for job in jobs]
-        order = sorted(range(len(jobs)), key=lambda j: -len(prompt_ids[j]))
+        order = batch_order(prompt_ids)
         for start in range(0, len(order), cfg.batch_size):
             batch = order[start:start + cfg.batch_size]
             with _GENERATE_LOCK:
@@ -123,6 +132,46 @@ def prompt_token_ids(tokenizer, messages: list[dict]) -> list[int]:
     return tokenizer(text, add_special_tokens=False)["input_ids"]
 
 
+def _common_length(a: list[int], b: list[int]) -> int:
+    n = min(len(a), len(b))
+    return next((i for i in range(n) if a[i] != b[i]), n)
+
+
+def shared_prefixes(prompts: list[list[int]], fraction: float | None = None) -> tuple[list[int], list[int]]:
+    """Group prompts by a shared start: (group of each prompt, prefix length of each group).
+
+    In lexicographic order, a prompt joins the group before it while the group's common start
+    stays at least `fraction` of the shorter of its shortest prompt and the newcomer. A prefix
+    stops before the last token of its shortest prompt (that token's logits start the answer),
+    so a group of one prompt has all of it but the last token. `fraction`: SHARED_FRACTION when
+    None (read at call time: benchmarks/bench_shared_prefix.py sets it to inf to share nothing).
+    """
+    fraction = SHARED_FRACTION if fraction is None else fraction
+    order = sorted(range(len(prompts)), key=lambda r: prompts[r])
+    group, common, shortest, first = [0] * len(prompts), [], [], 0
+    for r in order:
+        ids = prompts[r]
+        if common:
+            shared = min(common[-1], _common_length(prompts[first], ids))
+            if shared >= fraction * min(shortest[-1], len(ids)):
+                group[r], common[-1], shortest[-1] = len(common) - 1, shared, min(shortest[-1], len(ids))
+                continue
+        group[r], first = len(common), r
+        common.append(len(ids))
+        shortest.append(len(ids))
+    return group, [min(c, low - 1) for c, low in zip(common, shortest)]
+
+
+def batch_order(prompts: list[list[int]]) -> list[int]:
+    """Prompt indices longest first, with the prompts that share a start (`shared_prefixes`)
+    next to each other so that a batch holds them together."""
+    group, _ = shared_prefixes(prompts)
+    longest: dict[int, int] = {}
+    for r, g in enumerate(group):
+        longest[g] = max(longest.get(g, 0), len(prompts[r]))
+    return sorted(range(len(prompts)), key=lambda r: (-longest[group[r]], group[r], -len(prompts[r])))
+
+
 def generate_batch(model, tokenizer, prompts: list[list[int]], seeds: list[int], sampling: SamplingConfig,
                    device: str) -> list[Generation]:
     """Answer one batch of tokenised prompts (left-padded); one seed per row.
@@ -130,17 +179,40 @@ def generate_batch(model, tokenizer, prompts: list[list[int]], seeds: list[int],
     Our own decode loop around the model's forward rather than `model.generate`, for savings
     measured in benchmarks/bench_generate.py: keys and values are written into buffers allocated
     once (`GrowingCache`), rows that reached end-of-turn leave the batch (`COMPACT_AT`), so one
-    long answer does not drag the finished ones through every remaining step, and samples of
-    the same prompt share one prefill.
+    long answer does not drag the finished ones through every remaining step, and prompts that
+    share a start read it once (`shared_prefixes`; the samples of one prompt share all of it).
     """
     start = time.perf_counter()
-    rows, width = len(prompts), max(len(p) for p in prompts)
+    rows = len(prompts)
+    # Two reads: the distinct shared starts (one row per group), then the rest of every prompt,
+    # attending to a copy of its group's cache rows. Both reads are left-padded: row r's tokens
+    # sit at [lead - cut, lead) and [width - rest, width). The second read is `tail` wide (the
+    # longest rest after a shared start), so each group moves into it what fits: padding costs
+    # as much as tokens, and a shorter first read is cheaper.
+    group, prefix = shared_prefixes(prompts)
+    tail = max(len(ids) - prefix[group[r]] for r, ids in enumerate(prompts))
+    groups = len(prefix)
+    cut = [0] * groups
+    for r, ids in enumerate(prompts):
+        cut[group[r]] = max(cut[group[r]], len(ids) - tail)
+    lead = max(cut)
+    width = lead + tail
     capacity = width + sampling.max_new_tokens
-    input_ids = torch.full((rows, width), tokenizer.pad_token_id, dtype=torch.long)
+    pad = tokenizer.pad_token_id
+    head_ids = torch.full((groups, lead), pad, dtype=torch.long)
+    head_mask = torch.zeros((groups, lead), dtype=torch.long)
+    input_ids = torch.full((rows, tail), pad, dtype=torch.long)
     attention_mask = torch.zeros((rows, capacity), dtype=torch.long)
-    for row, ids in enumerate(prompts):
-        input_ids[row, width - len(ids):] = torch.tensor(ids)
-        attention_mask[row, width - len(ids):width] = 1
+    members = [next(r for r in range(rows) if group[r] == g) for g in range(groups)]
+    for g, r in enumerate(members):
+        if cut[g]:
+            head_ids[g, lead - cut[g]:] = torch.tensor(prompts[r][:cut[g]])
+            head_mask[g, lead - cut[g]:] = 1
+    for r, ids in enumerate(prompts):
+        own = ids[cut[group[r]]:]
+        input_ids[r, tail - len(own):] = torch.tensor(own)
+        attention_mask[r, :lead] = head_mask[group[r]]
+        attention_mask[r, width - len(own):width] = 1
     stop_ids = model.generation_config.eos_token_id
     stop_ids = set(stop_ids if isinstance(stop_ids, list) else [stop_ids if stop_ids is not None else tokenizer.eos_token_id])
     generators = [torch.Generator().manual_seed(seed) for seed in seeds]
@@ -148,23 +220,18 @@ def generate_batch(model, tokenizer, prompts: list[list[int]], seeds: list[int],
     finished = [False] * rows
     live = torch.arange(rows)  # batch position -> row of `prompts`
     cache = GrowingCache(model.config.num_hidden_layers, capacity)
-    positions = (attention_mask[:, :width].cumsum(-1) - 1).clamp(min=0)
+    starts = torch.tensor([cut[group[r]] for r in range(rows)])
+    positions = (starts[:, None] + attention_mask[:, lead:width].cumsum(-1) - 1).clamp(min=0)
 
     def next_token_logits(ids: torch.Tensor, positions: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         return model(input_ids=ids.to(device), attention_mask=mask.to(device), position_ids=positions.to(device),
                      past_key_values=cache, use_cache=True, logits_to_keep=1).logits[:, -1].float().cpu()
 
-    # Samples of one prompt (n > 1: the pairs of every round) share its prefill: each distinct
-    # prompt is read once, then its cache rows are copied to its samples.
-    distinct: dict[tuple[int, ...], int] = {}
-    source = torch.tensor([distinct.setdefault(tuple(ids), row) for row, ids in enumerate(prompts)])
-    firsts = source.unique()  # sorted first rows of each distinct prompt
     with torch.inference_mode():
-        logits = next_token_logits(input_ids[firsts], positions[firsts], attention_mask[firsts, :width])
-        if len(firsts) < rows:
-            expand = torch.searchsorted(firsts, source)
-            cache.batch_select_indices(expand.to(device))
-            logits = logits[expand]
+        if lead:
+            next_token_logits(head_ids, (head_mask.cumsum(-1) - 1).clamp(min=0), head_mask)
+            cache.batch_select_indices(torch.tensor(group).to(device))
+        logits = next_token_logits(input_ids, positions, attention_mask[:, :width])
         length = width
         for step in range(sampling.max_new_tokens):
             if sampling.temperature > 0:
