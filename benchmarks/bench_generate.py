@@ -31,7 +31,7 @@ import torch  # noqa: E402
 
 from recxplain.config import LLMConfig, SamplingConfig  # noqa: E402
 from recxplain.llm import load_chat_model  # noqa: E402
-from recxplain.llm.local import load_local_model, pick_device, prompt_token_ids  # noqa: E402
+from recxplain.llm.local import load_local_model, local_dtype, pick_device, prompt_token_ids  # noqa: E402
 from recxplain.models import resolve_model  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
@@ -113,11 +113,13 @@ def main() -> None:
     parser.add_argument("--single", type=int, default=8, help="prompts for the one-at-a-time path")
     parser.add_argument("--batch-sizes", default="64,16")
     parser.add_argument("--max-new-tokens", type=int, default=100)
-    parser.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float32"])
+    parser.add_argument("--dtype", default="auto", choices=["auto", "bfloat16", "float32"],
+                        help="auto: bfloat16 where it is the faster one (recxplain.models.fast_bf16)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     parser.add_argument("--artifacts", type=Path, default=REPO / "artifacts")
     parser.add_argument("--json", type=Path, default=None, help="also write the results here")
     args = parser.parse_args()
+    args.dtype = local_dtype(LLMConfig(dtype=args.dtype))
     if args.threads:
         torch.set_num_threads(args.threads)
     sampling = SamplingConfig(temperature=0.7, top_p=0.9, max_new_tokens=args.max_new_tokens, seed=0)

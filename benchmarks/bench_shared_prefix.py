@@ -31,6 +31,7 @@ from bench_generate import MOVIES, explanation_prompts  # noqa: E402
 
 from recxplain.config import LLMConfig, SamplingConfig  # noqa: E402
 from recxplain.llm import load_chat_model, local  # noqa: E402
+from recxplain.llm.local import local_dtype  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 JUDGE = ("You are an expert evaluator of explanations for movie recommendations. You compare two explanations "
@@ -65,10 +66,12 @@ def main() -> None:
     parser.add_argument("--explainers", type=int, default=7)
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--max-new-tokens", type=int, default=48)
-    parser.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float32"])
+    parser.add_argument("--dtype", default="auto", choices=["auto", "bfloat16", "float32"],
+                        help="auto: bfloat16 where it is the faster one (recxplain.models.fast_bf16)")
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--artifacts", type=Path, default=REPO / "artifacts")
     args = parser.parse_args()
+    args.dtype = local_dtype(LLMConfig(dtype=args.dtype))
     if args.threads:
         torch.set_num_threads(args.threads)
     prompts = judge_prompts(args.cases, args.explainers)

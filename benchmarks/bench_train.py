@@ -10,6 +10,8 @@ first (the closest to an unloaded machine's when others share it) and CPU second
 Compared side by side:
 - SFT with the plain cross-entropy (our CPU default) vs trl's chunked LM-head loss, and with
   batch 2 x 2 accumulation steps vs batch 4 (same rows per step, less memory);
+- SFT in fp32 vs bf16 autocast (`--trainers sft_fp32 sft_bf16`): bf16 pays only where the CPU
+  multiplies bf16 matrices in hardware (AMX);
 - DPO with the reference log-probs computed by an extra forward pass each step vs precomputed
   once before training (`training.precompute_ref_log_probs`). The precompute runs in the
   DPOTrainer's constructor over every pair, before the timed steps, so it is timed separately
@@ -163,6 +165,8 @@ def run_one(kind: str, work: Path, steps: int, threads: int | None = None) -> di
         overrides["precompute_ref_log_probs"] = True
     if kind == "sft_batch2x2":  # same 4 rows per optimiser step, half the activations at a time
         overrides.update(batch_size=2, gradient_accumulation_steps=2)
+    if kind in ("sft_fp32", "sft_bf16"):  # training.precision pinned either way (`auto` picks one)
+        overrides["precision"] = kind.removeprefix("sft_")
     training = TrainingConfig(**overrides)
     artifacts = REPO / "artifacts"
     out = work / kind

@@ -211,7 +211,9 @@ class LLMConfig(Section):
             by length first, so batches hold similar lengths and little padding. Larger batches
             spread the fixed cost of each decoding step over more rows (benchmarks/
             bench_generate.py); the KV cache grows with batch x (prompt + new tokens).
-        dtype: weights dtype for `local` (`bfloat16` is ~2x faster on CPUs with bf16 support).
+        dtype: weights dtype for `local`: `auto` is bfloat16 where it is the faster one (a GPU
+            with bf16, a CPU with AMX: `recxplain.models.fast_bf16`), else float32. Answers
+            differ slightly between the two, so the response cache keys the resolved dtype.
         device: where a `local` model runs: `auto` (CUDA when torch sees a GPU, else CPU),
             `cpu` or `cuda`.
         price_per_million_input: USD per million prompt tokens (cost accounting; 0 for local).
@@ -229,7 +231,7 @@ class LLMConfig(Section):
     retry_max_s: float = Field(60.0, ge=0)
     timeout_s: float = Field(60.0, gt=0)
     batch_size: int = Field(64, ge=1)
-    dtype: Literal["float32", "bfloat16"] = "bfloat16"
+    dtype: Literal["auto", "float32", "bfloat16"] = "auto"
     device: Literal["auto", "cpu", "cuda"] = "auto"
     price_per_million_input: float = Field(0.0, ge=0)
     price_per_million_output: float = Field(0.0, ge=0)
@@ -357,8 +359,9 @@ class TrainingConfig(Section):
         gradient_accumulation_steps: micro-batches per optimiser step.
         gradient_checkpointing: recompute activations in the backward pass (less memory, ~30%
             slower on CPU; trl turns it on by default, here it is explicit).
-        precision: `auto` uses bf16 mixed precision on a GPU that supports it and on CPUs with
-            native bf16 (avx512_bf16 / AMX; ~1.6x faster than fp32 here), else fp32.
+        precision: `auto` uses bf16 mixed precision where bf16 is the faster one (a GPU with
+            bf16, a CPU with AMX: `recxplain.models.fast_bf16`; ~1.6x faster than fp32 with AMX,
+            1.25x slower without it), else fp32.
         max_length: longest tokenised prompt + answer; a longer row fails before training,
             naming its file, line and case_id.
         beta: DPO beta / ORPO lambda.

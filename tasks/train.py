@@ -47,7 +47,7 @@ os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
 import huggingface_hub.constants  # noqa: E402
 
 from recxplain.config import TrainingConfig  # noqa: E402
-from recxplain.models import resolve_model  # noqa: E402
+from recxplain.models import fast_bf16, resolve_model  # noqa: E402
 
 # huggingface_hub reads HF_HUB_OFFLINE once, at its first import, which may precede this module's.
 huggingface_hub.constants.HF_HUB_DISABLE_TELEMETRY = True
@@ -359,22 +359,14 @@ def _dataset(rows: list[dict]) -> Dataset:
 # ---------------------------------------------------------------------------------------------
 
 
-def _cpu_has_bf16() -> bool:
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
-
-
 def _device(training: TrainingConfig) -> dict:
     """Where and how to train: a CUDA GPU when present, else the CPU."""
     import torch
 
     if torch.cuda.is_available():
-        bf16 = training.precision == "bf16" or (training.precision == "auto" and torch.cuda.is_bf16_supported())
+        bf16 = training.precision == "bf16" or (training.precision == "auto" and fast_bf16("cuda"))
         return {"name": "cuda", "bf16": bf16, "batch_size": training.gpu_batch_size}
-    bf16 = training.precision == "bf16" or (training.precision == "auto" and _cpu_has_bf16())
+    bf16 = training.precision == "bf16" or (training.precision == "auto" and fast_bf16("cpu"))
     return {"name": "cpu", "bf16": bf16, "batch_size": training.batch_size}
 
 

@@ -17,7 +17,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, Llama
 from recxplain.config import LLMConfig, SamplingConfig
 from recxplain.llm import load_chat_model
 from recxplain.llm.local import (
-    adapter_hash, batch_order, load_local_model, prompt_token_ids, sample_tokens, shared_prefixes,
+    adapter_hash, batch_order, identity, load_local_model, prompt_token_ids, sample_tokens, shared_prefixes,
 )
 from recxplain.models import resolve_model
 
@@ -195,6 +195,12 @@ def test_adapter_is_merged_hashed_and_matches_peft(tiny, tmp_path):
     assert adapter_hash(adapter) != before
     with pytest.raises(Exception, match="adapter_config.json"):
         adapter_hash(tmp_path)
+
+
+def test_auto_dtype_is_resolved_before_it_names_the_cache():
+    auto = identity(LLMConfig(device="cpu"))
+    assert auto["dtype"] in ("float32", "bfloat16")
+    assert auto == identity(LLMConfig(device="cpu", dtype=auto["dtype"]))  # same answers, same cache entries
 
 
 def test_models_load_once_per_process(tiny):

@@ -36,7 +36,7 @@ from transformers.cache_utils import Cache, DynamicCache, DynamicLayer
 
 from recxplain.config import LLMConfig, SamplingConfig
 from recxplain.llm.chat import Generation, Job, ProviderError, Run, Usage
-from recxplain.models import resolve_model
+from recxplain.models import fast_bf16, resolve_model
 
 TOP_K_FAST = 256  # partial sort width before the exact full-vocabulary fallback
 # Drop finished rows from the batch once this share of it has finished: each compaction copies
@@ -68,13 +68,20 @@ def adapter_hash(adapter: Path) -> str:
     return digest.hexdigest()[:16]
 
 
+def local_dtype(cfg: LLMConfig) -> str:
+    """The weights dtype `cfg.dtype` means on this machine (`auto`: see LLMConfig)."""
+    if cfg.dtype != "auto":
+        return cfg.dtype
+    return "bfloat16" if fast_bf16(pick_device(cfg.device)) else "float32"
+
+
 def identity(cfg: LLMConfig) -> dict:
     """What names this model's answers in the cache: model name, adapter content and dtype.
 
     The base model is named as configured (`smollm2` or a folder path), like an API model
     name; adapters are hashed by content because training writes new ones under old names.
     """
-    return {"provider": "local", "model": cfg.model, "dtype": cfg.dtype,
+    return {"provider": "local", "model": cfg.model, "dtype": local_dtype(cfg),
             "adapter": adapter_hash(cfg.adapter) if cfg.adapter is not None else None}
 
 
@@ -113,7 +120,7 @@ def load_local_model(folder: Path, adapter: Path | None, dtype: str, device: str
 def make_run(cfg: LLMConfig, artifacts_dir: Path) -> Run:
     def run(jobs: list[Job], sampling: SamplingConfig, usage: Usage) -> Iterator[tuple[int, Generation]]:
         device = pick_device(cfg.device)
-        model, tokenizer = load_local_model(resolve_model(cfg.model, artifacts_dir), cfg.adapter, cfg.dtype, device)
+        model, tokenizer = load_local_model(resolve_model(cfg.model, artifacts_dir), cfg.adapter, local_dtype(cfg), device)
         prompt_ids = [prompt_token_ids(tokenizer, job.messages) for job in jobs]
         order = batch_order(prompt_ids)
         for start in range(0, len(order), cfg.batch_size):
@@ -225,7 +232,7 @@ def generate_batch(model, tokenizer, prompts: list[list[int]], seeds: list[int],
 
     def next_token_logits(ids: torch.Tensor, positions: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         return model(input_ids=ids.to(device), attention_mask=mask.to(device), position_ids=positions.to(device),
-                     past_key_values=cache, use_cache=True, logits_to_keep=1).logits[:, -1].float().cpu()
+                     cache=cache, use_cache=True, logits_to_keep=1).logits[:, -1].float().cpu()
 
     with torch.inference_mode():
         if lead:
