@@ -473,10 +473,12 @@ def style_significance(per_explanation: pd.DataFrame, metrics: Iterable[str] = S
 
 
 def judge_tournament(cases: dict[str, Case], explanations: pd.DataFrame, explainers: list[str],
-                     judge_pairs: Callable[[list[tuple[Case, str, str]]], list[str]], both_orders: bool) -> pd.DataFrame:
-    """Every pair of explainers on every case, in both orders; one row per (case, pair).
+                     judge_pairs: Callable[[list[tuple[Case, str, str]]], list[tuple[str, str | None]]]) -> pd.DataFrame:
+    """Every pair of explainers on every case; one row per (case, pair).
 
-    `judge_pairs` takes (case, text_a, text_b) triples and returns one verdict each in OUTCOMES.
+    `judge_pairs` takes (case, text_a, text_b) triples and returns, for each, the verdict with A
+    shown first and the verdict with B shown first (as shown: its "a" means B; None when the
+    judge asks one order only), each in OUTCOMES or INVALID (tasks.judge.make_pair_judge).
     """
     text = explanations.set_index(["case_id", "model"])["text"]
     jobs = []
@@ -484,17 +486,12 @@ def judge_tournament(cases: dict[str, Case], explanations: pd.DataFrame, explain
         present = [e for e in explainers if (case_id, e) in text.index]
         for a, b in itertools.combinations(present, 2):
             jobs.append((case_id, a, b))
-    requests = [(cases[c], text[(c, a)], text[(c, b)]) for c, a, b in jobs]
-    if both_orders:
-        requests += [(cases[c], text[(c, b)], text[(c, a)]) for c, a, b in jobs]
-    verdicts = judge_pairs(requests) if requests else []
-    forward = verdicts[: len(jobs)]
-    backward = verdicts[len(jobs) :] if both_orders else [None] * len(jobs)
+    verdicts = judge_pairs([(cases[c], text[(c, a)], text[(c, b)]) for c, a, b in jobs]) if jobs else []
     rows = [
         {"case_id": c, "model_a": a, "model_b": b, "verdict_ab": ab, "verdict_ba": ba,
          "outcome": consistent_outcome(ab, ba),
          "consistent": ba is None or INVALID in (ab, ba) or consistent_outcome(ab, ba) == ab}
-        for (c, a, b), ab, ba in zip(jobs, forward, backward)
+        for (c, a, b), (ab, ba) in zip(jobs, verdicts, strict=True)
     ]
     columns = ["case_id", "model_a", "model_b", "verdict_ab", "verdict_ba", "outcome", "consistent"]
     return pd.DataFrame(rows, columns=columns)
@@ -619,7 +616,7 @@ def evaluate(out: Path, *, evaluation: EvaluationConfig, judge: JudgeConfig, cas
         if evaluation.tournament and len(explainers) > 1:
             case_ids = list(dict.fromkeys(frame["case_id"]))[: evaluation.tournament_cases]
             subset = frame[frame["case_id"].isin(case_ids)]
-            tournament = judge_tournament(by_id, subset, explainers, pair_judge, judge.both_orders)
+            tournament = judge_tournament(by_id, subset, explainers, pair_judge)
     metric_frames.append(summarise(table, PER_EXPLANATION_METRICS, n_boot, seed))
     table.drop(columns=["text"]).to_parquet(out / "per_explanation.parquet", index=False)
 

@@ -869,19 +869,35 @@ def judge_pairs(
 
 
 def make_pair_judge(judge: JudgeConfig, artifacts_dir: Path, cache_dir: Path, templates: Templates | None = None,
-                    catalogue: Catalogue | None = None):
-    """A function (case, text_a, text_b) triples -> one single-order verdict each.
+                    catalogue: Catalogue | None = None, model: ChatModel | None = None):
+    """A function (case, text_a, text_b) triples -> (verdict with A shown first, verdict with B
+    shown first or None) each, both as shown: "a", "b", "tie", "both_bad" or "invalid".
 
-    The caller runs both orders itself, so each triple is judged as given (`both_orders` off):
-    "a", "b", "tie", "both_bad", or "invalid" when the LLM's answer never parsed (llm judge).
+    The `llm` judge answers each order on its own (the caller sees its position bias). The
+    rubric and ensemble judges give one verdict whatever the order (the ensemble's LLM votes
+    only when its two orders agree, `judge_explanation_pairs`), returned for both orders when
+    `judge.both_orders`: a position-biased 135M judge would otherwise cast a vote for whichever
+    answer is shown first, and every pair would come out a tie. `model`: the judge's language
+    model (default: `load_judge_model`).
     """
-    single = judge.model_copy(update={"both_orders": False})
-    model = load_judge_model(judge, artifacts_dir, Path(cache_dir) / "judge.sqlite")
+    if model is None:
+        model = load_judge_model(judge, artifacts_dir, Path(cache_dir) / "judge.sqlite")
     templates = templates if templates is not None else read_templates(judge.prompt)
 
-    def judge_requests(requests: list[tuple[Case, str, str]]) -> list[str]:
-        judged = judge_explanation_pairs(requests, judge=single, templates=templates, model=model, catalogue=catalogue)
-        return [j.verdict for j in judged]
+    def as_shown_swapped(verdict: str) -> str:
+        return {"a": "b", "b": "a"}.get(verdict, verdict)
+
+    def both(j: PairJudgement) -> tuple[str, str | None]:
+        if judge.kind == "llm":
+            ab = j.llm_ab.choice if j.llm_ab is not None else "invalid"
+            if not judge.both_orders:
+                return ab, None
+            return ab, as_shown_swapped(j.llm_ba.choice) if j.llm_ba is not None else "invalid"
+        return j.verdict, as_shown_swapped(j.verdict) if judge.both_orders else None
+
+    def judge_requests(requests: list[tuple[Case, str, str]]) -> list[tuple[str, str | None]]:
+        judged = judge_explanation_pairs(requests, judge=judge, templates=templates, model=model, catalogue=catalogue)
+        return [both(j) for j in judged]
 
     return judge_requests
 

@@ -164,14 +164,18 @@ VERDICTS = {  # (case, model shown first, model shown second) -> verdict
 }
 
 
-def scripted_judge(requests):
-    return [VERDICTS[(case.case_id, a.split("@")[0], b.split("@")[0])] for case, a, b in requests]
+def scripted_judge(requests):  # both orders, as tasks.judge.make_pair_judge answers
+    verdicts = []
+    for case, a, b in requests:
+        a, b = a.split("@")[0], b.split("@")[0]
+        verdicts.append((VERDICTS[(case.case_id, a, b)], VERDICTS[(case.case_id, b, a)]))
+    return verdicts
 
 
 def fixed_tournament() -> pd.DataFrame:
     cases = {c: make_case().model_copy(update={"case_id": c}) for c in ("c1", "c2")}
     explanations = pd.DataFrame([{"case_id": c, "model": m, "text": f"{m}@{c}"} for c in cases for m in "xyz"])
-    return ev.judge_tournament(cases, explanations, ["x", "y", "z"], scripted_judge, both_orders=True)
+    return ev.judge_tournament(cases, explanations, ["x", "y", "z"], scripted_judge)
 
 
 def test_tournament_combines_both_orders():

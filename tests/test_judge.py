@@ -20,6 +20,7 @@ from tasks.judge import (
     judge_explanation_pairs,
     judge_pairs,
     judge_stats,
+    make_pair_judge,
     parse_score,
     parse_verdict,
     repetition,
@@ -270,6 +271,20 @@ def test_ensemble_falls_back_to_the_rubric_when_the_llm_is_position_biased():
     judgement = judge_explanation_pair(toy_case(), TECHNICAL, GOOD, judge=ensemble, templates=TEMPLATES,
                                        model=fan, catalogue=CATALOGUE)
     assert judgement.llm_choice == "a" and judgement.verdict == "a"
+
+
+def test_tournament_judge_answers_both_orders(tmp_path):
+    """The evaluation tournament's judge: the llm judge's orders as shown (its position bias
+    visible: the tournament scores it a tie); the ensemble's order-free verdict for both."""
+    biased = scripted_judge(lambda first, second, m: answer("A"))
+    pairs = [(toy_case(), TECHNICAL, GOOD), (toy_case(), GOOD, TECHNICAL)]
+    llm = make_pair_judge(LLM, tmp_path, tmp_path, templates=TEMPLATES, model=biased)
+    assert llm(pairs) == [("a", "a"), ("a", "a")]
+    ensemble = make_pair_judge(JudgeConfig(kind="ensemble", llm_weight=0.3), tmp_path, tmp_path, templates=TEMPLATES,
+                               catalogue=CATALOGUE, model=biased)
+    assert ensemble(pairs) == [("b", "a"), ("a", "b")]  # GOOD wins wherever it is shown
+    one_order = make_pair_judge(JudgeConfig(kind="rubric", both_orders=False), tmp_path, tmp_path, catalogue=CATALOGUE)
+    assert one_order(pairs) == [("b", None), ("a", None)]
 
 
 def test_score_explanations_mixes_rubric_and_explainability():
