@@ -234,6 +234,8 @@ def generate_explanations(
     templates: dict[str, str] | None = None,
 ) -> None:
     """Explain every held-out case with every explainer; predict user attributes with each LLM.
+    An explainer whose model config equals an earlier one's gets that one's answers (same model,
+    prompts and seeds: the same text) without generating them again.
 
     Args:
         out: the stage folder.
@@ -260,8 +262,15 @@ def generate_explanations(
     (out / "cache").mkdir(parents=True, exist_ok=True)
 
     explanation_rows, attribute_rows = [], []
+    answered: dict[str, str] = {}  # model config -> the first explainer that ran it
     for name in names:
         config = configs[name]
+        same = answered.get(config.model_dump_json()) if config is not None else None
+        if same is not None:  # e.g. `teacher` and `base` are both the embedded model: same answers
+            explanation_rows += [row | {"model": name} for row in explanation_rows if row["model"] == same]
+            attribute_rows += [row | {"model": name} for row in attribute_rows if row["model"] == same]
+            log.info("explainer %s: the same model as %s, its answers copied", name, same)
+            continue
         if config is None:
             for case in eval_cases:
                 start = time.perf_counter()
@@ -271,6 +280,7 @@ def generate_explanations(
                                          "prompt_tokens": 0, "cached": False})
             continue
         started = time.perf_counter()
+        answered[config.model_dump_json()] = name
         model = load_model(config, Path(artifacts_dir), out / "cache" / f"{name}.jsonl")
         prompts_list = [explain_messages(case, teacher.prompt, templates) for case in eval_cases]
         outputs = model.generate(prompts_list, evaluation.sampling, n=1)

@@ -642,21 +642,30 @@ def judge_explanation_pairs(
     `templates` must hold `judge.prompt` and `model` must be given for the `llm` and `ensemble`
     judges (see `load_judge_model`); all LLM calls go out as one batch per retry round. With
     `judge.both_orders` each pair is also judged as (B, A) and the LLM's choice counts only when
-    both orders agree.
+    both orders agree. The ensemble asks the LLM only where its vote can change the verdict
+    (`_vote_can_change_verdict`); elsewhere `llm_choice` stays None.
     """
     needs_llm = judge.kind in ("llm", "ensemble")
     if needs_llm and (model is None or templates is None):
         raise ValueError(f"judge.kind={judge.kind!r} needs a model and the judge template ({judge.prompt})")
+    rubrics: list[tuple[RubricResult, RubricResult] | None] = [None] * len(items)
+    if judge.kind in ("rubric", "ensemble"):
+        bounds = {"catalogue": catalogue, "min_words": judge.min_words, "max_words": judge.max_words}
+        rubrics = [(rubric_checks(case, a, **bounds), rubric_checks(case, b, **bounds)) for case, a, b in items]
+    ask = [i for i, (item, rubric) in enumerate(zip(items, rubrics)) if judge.kind == "llm"
+           or (judge.kind == "ensemble" and _vote_can_change_verdict(item, rubric, judge))]
     ab: list[Parsed | None] = [None] * len(items)
     ba: list[Parsed | None] = [None] * len(items)
-    if needs_llm and items:
-        ab, ba = _llm_verdicts(items, judge, templates, model)
+    if ask:
+        asked_ab, asked_ba = _llm_verdicts([items[i] for i in ask], judge, templates, model)
+        for i, first, second in zip(ask, asked_ab, asked_ba, strict=True):
+            ab[i], ba[i] = first, second
 
     judgements = []
-    for (case, text_a, text_b), first, second in zip(items, ab, ba):
+    for (case, text_a, text_b), first, second, rubric in zip(items, ab, ba, rubrics):
         out: dict[str, Any] = {}
         llm_a = llm_b = None
-        if needs_llm:
+        if first is not None:
             verdict_ab = first.value
             verdict_ba = second.value.swapped() if second is not None and second.valid else None
             out.update(llm_ab=verdict_ab, llm_ba=verdict_ba, raw_ab=first.raw, raw_ba=second.raw if second else [])
@@ -671,30 +680,41 @@ def judge_explanation_pairs(
             if scored:
                 llm_a = sum(v.a.quality for v in scored) / len(scored)
                 llm_b = sum(v.b.quality for v in scored) / len(scored)
-        if judge.kind in ("rubric", "ensemble"):
-            bounds = {"catalogue": catalogue, "min_words": judge.min_words, "max_words": judge.max_words}
-            out["rubric_a"] = rubric_checks(case, text_a, **bounds)
-            out["rubric_b"] = rubric_checks(case, text_b, **bounds)
-            gate = any(acceptable(out[k], judge.min_rubric_score) for k in ("rubric_a", "rubric_b"))
 
         if judge.kind == "llm":
             verdict = out["llm_choice"]
             score_a, score_b = llm_a, llm_b
-        elif judge.kind == "rubric":
-            r_a, r_b = out["rubric_a"].score, out["rubric_b"].score
-            verdict = decide_verdict(r_a - r_b, gate, judge)
-            score_a, score_b = r_a, r_b
         else:
-            w = judge.llm_weight
-            r_a, r_b = out["rubric_a"].score, out["rubric_b"].score
-            vote = {"a": 1.0, "b": -1.0}.get(out["llm_choice"], 0.0)
-            verdict = decide_verdict(w * vote + (1 - w) * (r_a - r_b), gate, judge)
+            out["rubric_a"], out["rubric_b"] = rubric
+            r_a, r_b = rubric[0].score, rubric[1].score
+            vote = {"a": 1.0, "b": -1.0}.get(out.get("llm_choice"), 0.0)
+            verdict = _ensemble_verdict(vote, rubric, judge)
             if llm_a is None:
                 score_a, score_b = r_a, r_b
             else:
+                w = judge.llm_weight
                 score_a, score_b = w * llm_a + (1 - w) * r_a, w * llm_b + (1 - w) * r_b
         judgements.append(PairJudgement(verdict=verdict, score_a=score_a, score_b=score_b, **out))
     return judgements
+
+
+def _ensemble_verdict(vote: float, rubric: tuple[RubricResult, RubricResult], judge: JudgeConfig) -> Verdict:
+    """The rubric judge's verdict (`vote` 0) or the ensemble's: margin = w * vote + (1 - w) *
+    rubric margin, w = `judge.llm_weight` (0 for the rubric judge); both-bad when neither
+    explanation passes the rubric's gate."""
+    w = judge.llm_weight if judge.kind == "ensemble" else 0.0
+    gate = any(acceptable(r, judge.min_rubric_score) for r in rubric)
+    return decide_verdict(w * vote + (1 - w) * (rubric[0].score - rubric[1].score), gate, judge)
+
+
+def _vote_can_change_verdict(item: tuple[Case, str, str], rubric: tuple[RubricResult, RubricResult],
+                             judge: JudgeConfig) -> bool:
+    """Whether the ensemble needs the LLM for this pair: not when both explanations fail the
+    rubric's gate, when the rubric margin outweighs any vote, or when the two texts are the same
+    (the LLM's two orders then cannot agree on either one). Each question is two long prompts."""
+    if " ".join(item[1].split()) == " ".join(item[2].split()):
+        return False
+    return len({_ensemble_verdict(vote, rubric, judge) for vote in (-1.0, 0.0, 1.0)}) > 1
 
 
 def judge_explanation_pair(case: Case, text_a: str, text_b: str, **kwargs: Any) -> PairJudgement:
@@ -775,8 +795,8 @@ def _verdict_row(case_id: str, judgement: PairJudgement, kind: str) -> dict:
 
 
 def judge_stats(judgements: Sequence[PairJudgement]) -> dict:
-    """Counts of a judging run: pairs judged, kept, ties, both-bad, order-inconsistent, invalid,
-    the LLM's position-bias rate (share of pairs with valid verdicts in both orders whose choices
+    """Counts of a judging run: pairs judged, pairs the LLM was asked about, kept, ties, both-bad,
+    order-inconsistent, invalid, the LLM's position-bias rate (share of pairs with valid verdicts in both orders whose choices
     disagree) and its validity ratio (share of LLM judgements that parsed)."""
     count = {v: sum(j.verdict == v for j in judgements) for v in ("a", "b", "tie", "both_bad", "inconsistent", "invalid")}
     both = [j for j in judgements if j.order_consistent is not None]
@@ -784,6 +804,7 @@ def judge_stats(judgements: Sequence[PairJudgement]) -> dict:
     llm_valid = sum(j.llm_ab is not None for j in judgements if j.raw_ab) + sum(j.llm_ba is not None for j in judgements if j.raw_ba)
     return {
         "pairs_judged": len(judgements),
+        "llm_asked": sum(j.llm_choice is not None for j in judgements),
         "kept": count["a"] + count["b"],
         "chosen_a": count["a"],
         "chosen_b": count["b"],

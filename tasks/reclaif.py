@@ -888,7 +888,6 @@ def reclaif_judge_pairs(
             }) + "\n")
     pl.DataFrame(verdict_rows, infer_schema_length=None).write_parquet(out / "verdicts.parquet")
     stats = judge_stats([r.judgement for r in judged]) | {
-        "llm_asked": sum(r.judgement.llm_choice is not None for r in judged),
         "judge": judge.kind,
         "llm": judge.llm.model if model is not None else None,
         "usage": dict(getattr(model, "usage", {}) or {}),

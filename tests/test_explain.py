@@ -199,6 +199,16 @@ def test_generate_explanations_with_template_and_scripted_models(tmp_path, monke
     assert right.loc[("2-3", "age"), "truth"] == "56 or older" and right.loc[("2-3", "age"), "predicted"] == "25-34"
     assert set(attributes.loc[attributes["attribute"] == "occupation", "n_options"]) == {2}
 
+    # A teacher that is the base model (the embedded default) is not run twice: same answers.
+    loaded.clear()
+    ex.generate_explanations(out, evaluation=evaluation, teacher=TeacherConfig(), training=TrainingConfig(),
+                             cases=cases_dir, artifacts_dir=tmp_path)
+    assert [c.model for c in loaded] == ["smollm2"]
+    frame = pd.read_parquet(out / "explanations.parquet").set_index(["model", "case_id"])
+    assert frame.loc["teacher", "text"].equals(frame.loc["base", "text"])
+    attributes = pd.read_parquet(out / "attributes.parquet")
+    assert (attributes["model"] == "teacher").sum() == (attributes["model"] == "base").sum() == 6
+
 
 def test_generate_explanations_needs_eval_cases(tmp_path):
     (tmp_path / "cases").mkdir(), (tmp_path / "out").mkdir()

@@ -273,6 +273,23 @@ def test_ensemble_falls_back_to_the_rubric_when_the_llm_is_position_biased():
     assert judgement.llm_choice == "a" and judgement.verdict == "a"
 
 
+def test_ensemble_asks_the_llm_only_where_its_vote_can_change_the_verdict():
+    model = scripted_judge(lambda first, second, m: answer("A"))
+    items = [(toy_case(), "Hmm.", "node node"),  # both fail the rubric's gate: both-bad whatever the vote
+             (toy_case(), GOOD, GOOD),  # the same text: its two orders cannot agree on one of them
+             (toy_case(), TECHNICAL, GOOD)]  # rubric margin 0.7 * -0.222: a vote of 0.3 can flip it
+    ensemble = JudgeConfig(kind="ensemble", llm_weight=0.3)
+    judged = judge_explanation_pairs(items, judge=ensemble, templates=TEMPLATES, model=model, catalogue=CATALOGUE)
+    assert [j.verdict for j in judged] == ["both_bad", "tie", "b"]
+    assert [j.llm_choice for j in judged] == [None, None, "inconsistent"]
+    assert len(model.prompts) == 2  # one pair, both orders
+    assert judge_stats(judged)["position_bias_rate"] == 1.0
+    # with llm_weight 0.1 the rubric margin 0.9 * -0.222 outweighs any vote: nothing to ask
+    light = JudgeConfig(kind="ensemble", llm_weight=0.1)
+    [judged] = judge_explanation_pairs(items[2:], judge=light, templates=TEMPLATES, model=model, catalogue=CATALOGUE)
+    assert judged.verdict == "b" and judged.llm_choice is None and len(model.prompts) == 2
+
+
 def test_tournament_judge_answers_both_orders(tmp_path):
     """The evaluation tournament's judge: the llm judge's orders as shown (its position bias
     visible: the tournament scores it a tie); the ensemble's order-free verdict for both."""

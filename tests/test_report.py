@@ -49,9 +49,9 @@ def run(tmp_path_factory):
     (student / "training.json").write_text(json.dumps({"curve": [
         {"step": 1, "train_loss": 2.0}, {"step": 2, "train_loss": 1.5, "valid_loss": 1.7}, {"step": 3, "train_loss": 1.2}]}))
 
-    def prefer_teacher(requests):  # the teacher beats everyone; template beats sft
+    def prefer_teacher(requests):  # the teacher beats everyone; template beats sft (both orders)
         rank = {texts["teacher"]: 0, texts["template"]: 1, EVIL: 2}
-        return ["a" if rank[a] < rank[b] else "b" for _, a, b in requests]
+        return [("a", "b") if rank[a] < rank[b] else ("b", "a") for _, a, b in requests]
 
     def score(requests):
         return [80 if text == texts["teacher"] else 40 for _, text in requests]

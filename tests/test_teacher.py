@@ -208,8 +208,10 @@ def test_pairs_and_judge_through_load_chat_model(tmp_path, cases_dir, tiny):
 
     judged = tmp_path / "judged"
     judged.mkdir()
-    judge = JudgeConfig(kind="ensemble", llm=teacher.llm, max_parse_retries=1,
-                        sampling=SamplingConfig(temperature=0.0, max_new_tokens=16))
+    # A lenient gate and a heavy LLM weight: the random model's vote could change every verdict,
+    # so the ensemble asks it about every pair (it asks only where the vote can matter).
+    judge = JudgeConfig(kind="ensemble", llm=teacher.llm, max_parse_retries=1, llm_weight=0.9, min_rubric_score=0.0,
+                        min_words=1, max_words=10_000, sampling=SamplingConfig(temperature=0.0, max_new_tokens=16))
     judge_pairs(judged, judge=judge, cases=cases_dir, pairs=pairs_out["teacher"],
                 templates=read_templates("judge_pair.j2"), artifacts_dir=tmp_path)
     verdicts = pl.read_parquet(judged / "verdicts.parquet")
@@ -217,7 +219,7 @@ def test_pairs_and_judge_through_load_chat_model(tmp_path, cases_dir, tiny):
     preferences = [json.loads(line) for line in (judged / "preferences.jsonl").read_text().splitlines()]
     assert verdicts.height == stats["pairs_judged"] == pl.read_parquet(pairs_out["teacher"] / "pairs.parquet").height
     # a random model writes no JSON: every LLM verdict is invalid after its retry, the rubric decides
-    assert stats["llm_invalid"] == verdicts.height and stats["validity_ratio"] == 0.0
+    assert stats["llm_invalid"] == stats["llm_asked"] == verdicts.height and stats["validity_ratio"] == 0.0
     assert set(verdicts["attempts"]) == {4}  # (1 + 1 retry) x 2 orders
     assert len(preferences) == stats["kept"] == verdicts["kept"].sum()
     for row in preferences:
