@@ -781,15 +781,24 @@ def judge_recommendation_pairs(
     first rounds); between two valid answers the `answer_scores` quality margin decides (tie
     below judge.tie_margin). `ensemble`: the same validity rule, then margin = w * LLM vote +
     (1 - w) * rubric margin, w = judge.llm_weight. The LLM cannot change a validity decision,
-    so the ensemble asks it only about pairs of two valid answers (each question is two long
-    generations; `llm_choice` stays None for the rest).
+    so the ensemble asks it only about pairs of two valid answers whose verdict its vote can
+    change (each question is two long generations; `llm_choice` stays None for the rest).
     """
     needs_llm = judge.kind in ("llm", "ensemble")
     if needs_llm and (model is None or templates is None):
         raise ValueError(f"judge.kind={judge.kind!r} needs a model and the judge template ({judge.prompt})")
     parsed = [tuple(parse_recommendation(t, cs.candidates, wanted_picks(cs, answer), answer.fuzzy_threshold)
                     for t in (text_a, text_b)) for cs, text_a, text_b in items]
-    ask = [i for i, (pa, pb) in enumerate(parsed) if judge.kind == "llm" or (pa.valid and pb.valid)] if needs_llm else []
+    rubrics = [tuple(answer_scores(p, t, cs, wanted_picks(cs, answer)) for p, t in zip(pair, (text_a, text_b)))
+               for pair, (cs, text_a, text_b) in zip(parsed, items)]
+
+    def vote_matters(i: int) -> bool:  # the ensemble's LLM vote can change this verdict
+        (pa, pb), (ra, rb) = parsed[i], rubrics[i]
+        margin = ra.quality - rb.quality
+        w = judge.llm_weight
+        return pa.valid and pb.valid and len({decide_verdict(w * v + (1 - w) * margin, True, judge) for v in (-1, 0, 1)}) > 1
+
+    ask = [i for i in range(len(items)) if judge.kind == "llm" or (judge.kind == "ensemble" and vote_matters(i))]
     llm: list[PairJudgement | None] = [None] * len(items)
     if ask:
         verdicts = judge_explanation_pairs([(judge_context(items[i][0]), items[i][1], items[i][2]) for i in ask],
@@ -798,9 +807,7 @@ def judge_recommendation_pairs(
         for i, found in zip(ask, verdicts, strict=True):
             llm[i] = found
     judged = []
-    for (cs, text_a, text_b), (parsed_a, parsed_b), verdict_llm in zip(items, parsed, llm, strict=True):
-        k = wanted_picks(cs, answer)
-        rubric_a, rubric_b = answer_scores(parsed_a, text_a, cs, k), answer_scores(parsed_b, text_b, cs, k)
+    for (parsed_a, parsed_b), (rubric_a, rubric_b), verdict_llm in zip(parsed, rubrics, llm, strict=True):
         gate = parsed_a.valid or parsed_b.valid
         fields: dict[str, Any] = {}
         if verdict_llm is not None:

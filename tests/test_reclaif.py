@@ -379,6 +379,12 @@ def test_judge_both_orders_rubric_and_ensemble():
         assert verdicts[1].rubric_b.relevance > verdicts[1].rubric_a.relevance  # the broken one ranked Fargo first
         assert len(model.prompts) == (2 if judge is ensemble else 0)
     assert [v.judgement.llm_choice for v in verdicts] == [None, None, "inconsistent"]
+    # ... and only where its vote can change the verdict: at weight 0.01 the rubric margin decides alone.
+    light = JudgeConfig(kind="ensemble", prompt="reclaif_judge.j2", llm_weight=0.01)
+    model = ScriptedModel(position_biased)
+    [result] = judge_recommendation_pairs([(cs, worse, better)], judge=light, answer=ReclaifAnswerConfig(),
+                                          templates=templates, model=model)
+    assert result.judgement.verdict == "b" and result.judgement.llm_choice is None and not model.prompts
 
 
 # ---------------------------------------------------------------------------------------------
