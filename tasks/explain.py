@@ -306,17 +306,18 @@ def generate_explanations(
 
 def _predict_attributes(model, name: str, eval_cases: list[Case], all_cases: list[Case],
                         evaluation: EvaluationConfig) -> list[dict]:
-    rows = []
+    # One generate call for every attribute: a user's prompts start with the same history, which
+    # the local provider then reads once for all of them (recxplain.llm.local.shared_prefixes).
+    jobs = []  # (case, attribute, truth, options)
     for attribute in evaluation.attributes:
         options = attribute_options(attribute, all_cases)
         targets = [(c, t) for c in eval_cases if (t := attribute_truth(c, attribute)) is not None]
         if not targets or len(options) < 2:
             log.warning("attribute %s: no profile values in the cases, not predicted", attribute)
             continue
-        outputs = model.generate([attribute_messages(c, attribute, options) for c, _ in targets],
-                                 evaluation.attribute_sampling, n=1)
-        for (case, truth), (generation, *_) in zip(targets, outputs, strict=True):
-            rows.append({"case_id": case.case_id, "model": name, "attribute": attribute, "truth": truth,
-                         "predicted": parse_attribute(generation.text, attribute, options),
-                         "answer": generation.text, "n_options": len(options)})
-    return rows
+        jobs += [(case, attribute, truth, options) for case, truth in targets]
+    outputs = model.generate([attribute_messages(c, a, o) for c, a, _, o in jobs], evaluation.attribute_sampling, n=1)
+    return [{"case_id": case.case_id, "model": name, "attribute": attribute, "truth": truth,
+             "predicted": parse_attribute(generation.text, attribute, options),
+             "answer": generation.text, "n_options": len(options)}
+            for (case, attribute, truth, options), (generation, *_) in zip(jobs, outputs, strict=True)]
