@@ -796,8 +796,9 @@ def _verdict_row(case_id: str, judgement: PairJudgement, kind: str) -> dict:
 
 def judge_stats(judgements: Sequence[PairJudgement]) -> dict:
     """Counts of a judging run: pairs judged, pairs the LLM was asked about, kept, ties, both-bad,
-    order-inconsistent, invalid, the LLM's position-bias rate (share of pairs with valid verdicts in both orders whose choices
-    disagree) and its validity ratio (share of LLM judgements that parsed)."""
+    order-inconsistent, invalid, the LLM's position-bias rate (share of pairs with valid verdicts
+    in both orders whose choices disagree) and its validity ratio (share of LLM judgements that
+    parsed)."""
     count = {v: sum(j.verdict == v for j in judgements) for v in ("a", "b", "tie", "both_bad", "inconsistent", "invalid")}
     both = [j for j in judgements if j.order_consistent is not None]
     llm_runs = [r for j in judgements if j.llm_choice is not None for r in (j.raw_ab, j.raw_ba) if r]

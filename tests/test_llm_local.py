@@ -135,7 +135,10 @@ JUDGE_LIKE = [
                                  "Ronin share Robert De Niro; Heat is a crime thriller like Ronin.\n" + tail}]
     for tail in ("Option A: because of Heat. Option B: because of De Niro.",
                  "Option A: because of De Niro. Option B: because of Heat.",
-                 "Option A: crime. Option B: thrillers with heists and a long ending about the city at night.")
+                 # a long rest: shorter prompts of the batch then have nothing to read before it
+                 "Option A: crime. Option B: thrillers with heists and a long ending about the city at night, "
+                 "two men on either side of the law, a diner scene, a bank robbery that goes wrong, a chase "
+                 "through the streets of Los Angeles and a final shoot-out at the airport under the lights.")
 ]
 
 
@@ -150,6 +153,8 @@ def test_shared_starts_answer_as_read_alone(tiny):
     tokenizer = AutoTokenizer.from_pretrained(tiny)
     group, prefix = shared_prefixes([prompt_token_ids(tokenizer, p) for p in prompts])
     assert group[0] == group[1] == group[2] and prefix[group[0]] > 40  # the evidence was shared
+    ids = [prompt_token_ids(tokenizer, p) for p in prompts]
+    assert max(len(i) - prefix[group[0]] for i in ids[:3]) > min(map(len, ids))  # a row with no first read
     sampled = load_chat_model(tiny_cfg(tiny), ARTIFACTS).generate(prompts, SAMPLED, n=2)
     one_by_one = load_chat_model(tiny_cfg(tiny, batch_size=1), ARTIFACTS).generate(prompts, SAMPLED, n=2)
     assert texts(sampled) == texts(one_by_one)
