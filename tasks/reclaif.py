@@ -796,7 +796,8 @@ def judge_recommendation_pairs(
         (pa, pb), (ra, rb) = parsed[i], rubrics[i]
         margin = ra.quality - rb.quality
         w = judge.llm_weight
-        return pa.valid and pb.valid and len({decide_verdict(w * v + (1 - w) * margin, True, judge) for v in (-1, 0, 1)}) > 1
+        verdicts = {decide_verdict(w * vote + (1 - w) * margin, True, judge) for vote in (-1, 0, 1)}
+        return pa.valid and pb.valid and len(verdicts) > 1
 
     ask = [i for i in range(len(items)) if judge.kind == "llm" or (judge.kind == "ensemble" and vote_matters(i))]
     llm: list[PairJudgement | None] = [None] * len(items)
