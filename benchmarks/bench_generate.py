@@ -68,6 +68,16 @@ def explanation_prompts(n: int, seed: int = 0) -> list[list[dict]]:
     return prompts
 
 
+def matmul_gflops(dtype: torch.dtype, n: int = 2048, repeats: int = 10) -> float:
+    """GFLOP/s of an n x n matrix product: the ceiling the model's matrix work runs against."""
+    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
+    a @ b  # warm-up
+    start = time.perf_counter()
+    for _ in range(repeats):
+        a @ b
+    return 2 * n**3 * repeats / (time.perf_counter() - start) / 1e9
+
+
 def one_at_a_time(model, tokenizer, prompts: list[list[dict]], sampling: SamplingConfig) -> tuple[int, float]:
     """transformers' generate on each prompt alone; (new tokens, seconds)."""
     stop = model.generation_config.eos_token_id
@@ -131,6 +141,9 @@ def main() -> None:
                "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"), "load_before": os.getloadavg()[0],
                "prompts": len(prompts), "prompt_tokens_mean": sum(lengths) / len(lengths),
                "max_new_tokens": args.max_new_tokens, "runs": []}
+    results["matmul_gflops"] = {name: round(matmul_gflops(getattr(torch, name))) for name in ("bfloat16", "float32")}
+    print(f"2048^2 matrix product: {results['matmul_gflops']['bfloat16']} GFLOP/s bf16, "
+          f"{results['matmul_gflops']['float32']} GFLOP/s fp32 (llm.dtype auto picked {args.dtype})", flush=True)
     print(f"{device}, {torch.get_num_threads()} threads, {args.dtype}, prompts of {min(lengths)}-{max(lengths)} "
           f"tokens (mean {results['prompt_tokens_mean']:.0f}), load average {results['load_before']:.1f}", flush=True)
     one_at_a_time(model, tokenizer, prompts[:1], sampling.model_copy(update={"max_new_tokens": 4}))  # warm-up

@@ -31,7 +31,8 @@ from bench_generate import MOVIES, explanation_prompts  # noqa: E402
 
 from recxplain.config import LLMConfig, SamplingConfig  # noqa: E402
 from recxplain.llm import load_chat_model, local  # noqa: E402
-from recxplain.llm.local import local_dtype  # noqa: E402
+from recxplain.llm.local import load_local_model, local_dtype, pick_device, prompt_token_ids  # noqa: E402
+from recxplain.models import resolve_model  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 JUDGE = ("You are an expert evaluator of explanations for movie recommendations. You compare two explanations "
@@ -76,9 +77,10 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     prompts = judge_prompts(args.cases, args.explainers)
     sampling = SamplingConfig(temperature=0.0, max_new_tokens=args.max_new_tokens)
-    timed(prompts[:2], sampling.model_copy(update={"max_new_tokens": 2}), 2, args.dtype, args.artifacts)  # load, warm up
-    _, tokenizer = next(iter(local._MODELS.values()))
-    lengths = [len(local.prompt_token_ids(tokenizer, p)) for p in prompts]
+    timed(prompts[:2], sampling.model_copy(update={"max_new_tokens": 2}), 2, args.dtype, args.artifacts)  # warm up
+    # the model the provider loaded (models are kept per process)
+    _, tokenizer = load_local_model(resolve_model("smollm2", args.artifacts), None, args.dtype, pick_device("auto"))
+    lengths = [len(prompt_token_ids(tokenizer, p)) for p in prompts]
     print(f"{len(prompts)} judge prompts of {min(lengths)}-{max(lengths)} tokens, {torch.get_num_threads()} threads, "
           f"{args.dtype}, batch {args.batch_size}, load average {os.getloadavg()[0]:.1f}", flush=True)
     shared_fraction = local.SHARED_FRACTION
@@ -92,7 +94,7 @@ def main() -> None:
     (whole, texts_whole), (shared, texts_shared) = results["whole prompts"], results["shared prefixes"]
     same = sum(a == b for a, b in zip(texts_whole, texts_shared))
     print(f"speed-up x{whole / shared:.2f}; identical greedy answers {same}/{len(prompts)} "
-          f"(bf16 rounding differs between the two reads); load average after {os.getloadavg()[0]:.1f}")
+          f"(float rounding differs between the two reads); load average after {os.getloadavg()[0]:.1f}")
 
 
 if __name__ == "__main__":

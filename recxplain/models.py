@@ -13,11 +13,13 @@ import os
 import shutil
 from pathlib import Path
 
+
 def fast_bf16(device: str) -> bool:
     """Whether bf16 is faster than fp32 on `device` ("cpu" or "cuda"): on a GPU that supports it,
     and on a CPU with AMX tiles. With AVX-512 bf16 instructions alone (no AMX), bf16 matrix
-    products ran at half fp32's speed (161 vs 331 GFLOP/s, 2048^2, 2 cores), generation 1.38x and
-    an SFT step 1.25x slower; with AMX, bf16 products ran ~4x faster than fp32."""
+    products ran at half fp32's speed (161 vs 331 GFLOP/s, `benchmarks/bench_generate.py`'s
+    first line), generation 1.38x and an SFT step 1.25x slower; the project brief measured ~890
+    vs ~220 GFLOP/s on a machine with AMX."""
     import torch
 
     if device == "cuda":

@@ -409,8 +409,7 @@ class PairVerdict(BaseModel):
 
     def swapped(self) -> "PairVerdict":
         """The same verdict with A and B exchanged (maps a (B, A) judgement back)."""
-        choice = {"a": "b", "b": "a"}.get(self.choice, self.choice)
-        return PairVerdict(a=self.b, b=self.a, choice=choice, reasoning=self.reasoning)
+        return PairVerdict(a=self.b, b=self.a, choice=swap_choice(self.choice), reasoning=self.reasoning)
 
 
 def extract_json(text: str) -> dict:
@@ -615,6 +614,11 @@ def acceptable(result: RubricResult, min_score: float) -> bool:
     return result.length_ok and result.no_repetition and result.score >= min_score
 
 
+def swap_choice(choice: str) -> str:
+    """A choice as read with the two options exchanged: "a" <-> "b"; anything else unchanged."""
+    return {"a": "b", "b": "a"}.get(choice, choice)
+
+
 def decide_verdict(margin: float, any_acceptable: bool, judge: JudgeConfig) -> Verdict:
     """The verdict of a score margin (A's minus B's): both-bad when neither answer is acceptable,
     a tie below `judge.tie_margin`, else the side the margin favours. Shared by the explanation
@@ -643,7 +647,7 @@ def judge_explanation_pairs(
     judges (see `load_judge_model`); all LLM calls go out as one batch per retry round. With
     `judge.both_orders` each pair is also judged as (B, A) and the LLM's choice counts only when
     both orders agree. The ensemble asks the LLM only where its vote can change the verdict
-    (`_vote_can_change_verdict`); elsewhere `llm_choice` stays None.
+    (`vote_can_change_verdict`); elsewhere `llm_choice` stays None.
     """
     needs_llm = judge.kind in ("llm", "ensemble")
     if needs_llm and (model is None or templates is None):
@@ -652,8 +656,11 @@ def judge_explanation_pairs(
     if judge.kind in ("rubric", "ensemble"):
         bounds = {"catalogue": catalogue, "min_words": judge.min_words, "max_words": judge.max_words}
         rubrics = [(rubric_checks(case, a, **bounds), rubric_checks(case, b, **bounds)) for case, a, b in items]
-    ask = [i for i, (item, rubric) in enumerate(zip(items, rubrics)) if judge.kind == "llm"
-           or (judge.kind == "ensemble" and _vote_can_change_verdict(item, rubric, judge))]
+    # The ensemble asks only where the vote can matter; two identical texts get no vote either
+    # way (the LLM's two orders cannot agree on one of them).
+    ask = [i for i, ((_, text_a, text_b), rubric) in enumerate(zip(items, rubrics)) if judge.kind == "llm"
+           or (judge.kind == "ensemble" and " ".join(text_a.split()) != " ".join(text_b.split())
+               and vote_can_change_verdict(*_margin_and_gate(rubric, judge), judge))]
     ab: list[Parsed | None] = [None] * len(items)
     ba: list[Parsed | None] = [None] * len(items)
     if ask:
@@ -662,7 +669,7 @@ def judge_explanation_pairs(
             ab[i], ba[i] = first, second
 
     judgements = []
-    for (case, text_a, text_b), first, second, rubric in zip(items, ab, ba, rubrics):
+    for first, second, rubric in zip(ab, ba, rubrics):
         out: dict[str, Any] = {}
         llm_a = llm_b = None
         if first is not None:
@@ -687,8 +694,7 @@ def judge_explanation_pairs(
         else:
             out["rubric_a"], out["rubric_b"] = rubric
             r_a, r_b = rubric[0].score, rubric[1].score
-            vote = {"a": 1.0, "b": -1.0}.get(out.get("llm_choice"), 0.0)
-            verdict = _ensemble_verdict(vote, rubric, judge)
+            verdict = ensemble_verdict(out.get("llm_choice"), *_margin_and_gate(rubric, judge), judge)
             if llm_a is None:
                 score_a, score_b = r_a, r_b
             else:
@@ -698,23 +704,26 @@ def judge_explanation_pairs(
     return judgements
 
 
-def _ensemble_verdict(vote: float, rubric: tuple[RubricResult, RubricResult], judge: JudgeConfig) -> Verdict:
-    """The rubric judge's verdict (`vote` 0) or the ensemble's: margin = w * vote + (1 - w) *
-    rubric margin, w = `judge.llm_weight` (0 for the rubric judge); both-bad when neither
-    explanation passes the rubric's gate."""
+def ensemble_verdict(llm_choice: str | None, rubric_margin: float, gate: bool, judge: JudgeConfig) -> Verdict:
+    """The rubric or ensemble verdict: margin = w * vote + (1 - w) * rubric margin, where the vote
+    is +1 / -1 for an LLM choice of "a" / "b" (0 otherwise: tie, both-bad, inconsistent, invalid,
+    not asked) and w = `judge.llm_weight` for the ensemble, 0 for the rubric judge; both-bad
+    when `gate` is False (no answer acceptable). Shared with RecLAIF's judge (tasks/reclaif.py)."""
     w = judge.llm_weight if judge.kind == "ensemble" else 0.0
-    gate = any(acceptable(r, judge.min_rubric_score) for r in rubric)
-    return decide_verdict(w * vote + (1 - w) * (rubric[0].score - rubric[1].score), gate, judge)
+    vote = {"a": 1.0, "b": -1.0}.get(llm_choice, 0.0)
+    return decide_verdict(w * vote + (1 - w) * rubric_margin, gate, judge)
 
 
-def _vote_can_change_verdict(item: tuple[Case, str, str], rubric: tuple[RubricResult, RubricResult],
-                             judge: JudgeConfig) -> bool:
-    """Whether the ensemble needs the LLM for this pair: not when both explanations fail the
-    rubric's gate, when the rubric margin outweighs any vote, or when the two texts are the same
-    (the LLM's two orders then cannot agree on either one). Each question is two long prompts."""
-    if " ".join(item[1].split()) == " ".join(item[2].split()):
-        return False
-    return len({_ensemble_verdict(vote, rubric, judge) for vote in (-1.0, 0.0, 1.0)}) > 1
+def vote_can_change_verdict(rubric_margin: float, gate: bool, judge: JudgeConfig) -> bool:
+    """Whether the ensemble's LLM vote can change `ensemble_verdict` here: not when no answer
+    passes the gate, nor when the rubric margin outweighs any vote. Each question the LLM is
+    spared is two long prompts (both orders)."""
+    return len({ensemble_verdict(choice, rubric_margin, gate, judge) for choice in ("a", None, "b")}) > 1
+
+
+def _margin_and_gate(rubric: tuple[RubricResult, RubricResult], judge: JudgeConfig) -> tuple[float, bool]:
+    """A's rubric score minus B's, and whether either explanation passes the rubric's gate."""
+    return rubric[0].score - rubric[1].score, any(acceptable(r, judge.min_rubric_score) for r in rubric)
 
 
 def judge_explanation_pair(case: Case, text_a: str, text_b: str, **kwargs: Any) -> PairJudgement:
@@ -906,16 +915,13 @@ def make_pair_judge(judge: JudgeConfig, artifacts_dir: Path, cache_dir: Path, te
         model = load_judge_model(judge, artifacts_dir, Path(cache_dir) / "judge.sqlite")
     templates = templates if templates is not None else read_templates(judge.prompt)
 
-    def as_shown_swapped(verdict: str) -> str:
-        return {"a": "b", "b": "a"}.get(verdict, verdict)
-
     def both(j: PairJudgement) -> tuple[str, str | None]:
         if judge.kind == "llm":
             ab = j.llm_ab.choice if j.llm_ab is not None else "invalid"
             if not judge.both_orders:
                 return ab, None
-            return ab, as_shown_swapped(j.llm_ba.choice) if j.llm_ba is not None else "invalid"
-        return j.verdict, as_shown_swapped(j.verdict) if judge.both_orders else None
+            return ab, swap_choice(j.llm_ba.choice) if j.llm_ba is not None else "invalid"
+        return j.verdict, swap_choice(j.verdict) if judge.both_orders else None
 
     def judge_requests(requests: list[tuple[Case, str, str]]) -> list[tuple[str, str | None]]:
         judged = judge_explanation_pairs(requests, judge=judge, templates=templates, model=model, catalogue=catalogue)

@@ -74,10 +74,11 @@ from tasks.explain import expand_rounds, explainer_llm
 from tasks.judge import (
     CandidateScores,
     PairJudgement,
-    decide_verdict,
+    ensemble_verdict,
     explainability_scores,
     judge_explanation_pairs,
     judge_stats,
+    vote_can_change_verdict,
     normalize,
     repetition,
     title_forms,
@@ -792,14 +793,9 @@ def judge_recommendation_pairs(
     rubrics = [tuple(answer_scores(p, t, cs, wanted_picks(cs, answer)) for p, t in zip(pair, (text_a, text_b)))
                for pair, (cs, text_a, text_b) in zip(parsed, items)]
 
-    def vote_matters(i: int) -> bool:  # the ensemble's LLM vote can change this verdict
-        (pa, pb), (ra, rb) = parsed[i], rubrics[i]
-        margin = ra.quality - rb.quality
-        w = judge.llm_weight
-        verdicts = {decide_verdict(w * vote + (1 - w) * margin, True, judge) for vote in (-1, 0, 1)}
-        return pa.valid and pb.valid and len(verdicts) > 1
-
-    ask = [i for i in range(len(items)) if judge.kind == "llm" or (judge.kind == "ensemble" and vote_matters(i))]
+    ask = [i for i, ((pa, pb), (ra, rb)) in enumerate(zip(parsed, rubrics)) if judge.kind == "llm"
+           or (judge.kind == "ensemble" and pa.valid and pb.valid
+               and vote_can_change_verdict(ra.quality - rb.quality, True, judge))]
     llm: list[PairJudgement | None] = [None] * len(items)
     if ask:
         verdicts = judge_explanation_pairs([(judge_context(items[i][0]), items[i][1], items[i][2]) for i in ask],
@@ -814,20 +810,15 @@ def judge_recommendation_pairs(
         if verdict_llm is not None:
             fields = {name: getattr(verdict_llm, name) for name in ("llm_choice", "llm_ab", "llm_ba", "raw_ab", "raw_ba")}
         w = judge.llm_weight
+        score_a, score_b = rubric_a.quality, rubric_b.quality
         if judge.kind == "llm":
             verdict, score_a, score_b = verdict_llm.verdict, verdict_llm.score_a, verdict_llm.score_b
         elif parsed_a.valid != parsed_b.valid:
             verdict = "a" if parsed_a.valid else "b"
-            score_a, score_b = rubric_a.quality, rubric_b.quality
-        elif judge.kind == "rubric":
-            verdict = decide_verdict(rubric_a.quality - rubric_b.quality, gate, judge)
-            score_a, score_b = rubric_a.quality, rubric_b.quality
-        else:
-            vote = {"a": 1.0, "b": -1.0}.get(verdict_llm.llm_choice, 0.0) if verdict_llm else 0.0
-            verdict = decide_verdict(w * vote + (1 - w) * (rubric_a.quality - rubric_b.quality), gate, judge)
-            if verdict_llm is None or verdict_llm.score_a is None:
-                score_a, score_b = rubric_a.quality, rubric_b.quality
-            else:
+        else:  # rubric (its LLM weight is 0) or ensemble
+            choice = verdict_llm.llm_choice if verdict_llm is not None else None
+            verdict = ensemble_verdict(choice, rubric_a.quality - rubric_b.quality, gate, judge)
+            if judge.kind == "ensemble" and verdict_llm is not None and verdict_llm.score_a is not None:
                 score_a = w * verdict_llm.score_a + (1 - w) * rubric_a.quality
                 score_b = w * verdict_llm.score_b + (1 - w) * rubric_b.quality
         judged.append(RecommendationJudgement(

@@ -199,9 +199,10 @@ def generate_batch(model, tokenizer, prompts: list[list[int]], seeds: list[int],
     group, prefix = shared_prefixes(prompts)
     tail = max(len(ids) - prefix[group[r]] for r, ids in enumerate(prompts))
     groups = len(prefix)
-    cut = [0] * groups
+    cut, member = [0] * groups, {}  # member: group -> a row of it (whose start the first read takes)
     for r, ids in enumerate(prompts):
         cut[group[r]] = max(cut[group[r]], len(ids) - tail)
+        member.setdefault(group[r], r)
     lead = max(cut)
     width = lead + tail
     capacity = width + sampling.max_new_tokens
@@ -210,8 +211,7 @@ def generate_batch(model, tokenizer, prompts: list[list[int]], seeds: list[int],
     head_mask = torch.zeros((groups, lead), dtype=torch.long)
     input_ids = torch.full((rows, tail), pad, dtype=torch.long)
     attention_mask = torch.zeros((rows, capacity), dtype=torch.long)
-    members = [next(r for r in range(rows) if group[r] == g) for g in range(groups)]
-    for g, r in enumerate(members):
+    for g, r in member.items():
         if cut[g]:
             head_ids[g, lead - cut[g]:] = torch.tensor(prompts[r][:cut[g]])
             head_mask[g, lead - cut[g]:] = 1
