@@ -58,7 +58,7 @@ def build_bundle(folder: Path, n_cases: int, explainers: list[str]) -> Path:
     write_cases(cases, cases_dir / "eval.jsonl")
     rows = [
         {"case_id": case.case_id, "model": model, "text": f"{model}: because you liked Movie {n % 10}, try Pick {n}. " * 3,
-         "tokens": 40, "latency_s": 0.5, "valid": True}
+         "tokens": 40, "valid": True}
         for n, case in enumerate(cases) for model in explainers
     ]
     pd.DataFrame(rows).to_parquet(expl_dir / "explanations.parquet")

@@ -63,11 +63,7 @@ def feedback_stages(cfg: Config, log: StageLog, cases: Path) -> dict[str, Path]:
     """AI feedback on the train cases: teacher explanations (SFT data) and judged teacher pairs."""
     explain_prompt = read_templates(cfg.teacher.prompt)
     judge_prompts = read_templates(cfg.judge.prompt)
-    teacher = log.run(
-        TEACHER_GENERATE, teacher=cfg.teacher, cases=cases,
-        templates=explain_prompt | (read_templates(cfg.judge.explainability_prompt) if cfg.teacher.best_of > 1 else {}),
-        judge=cfg.judge if cfg.teacher.best_of > 1 else None,
-    )
+    teacher = log.run(TEACHER_GENERATE, teacher=cfg.teacher, cases=cases, templates=explain_prompt)
     pairs = log.run(
         SAMPLE_PAIRS, pairs=cfg.pairs, teacher=cfg.teacher, training=cfg.training, cases=cases,
         student=None, templates=explain_prompt,

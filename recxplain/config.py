@@ -177,12 +177,28 @@ class SamplingConfig(Section):
         top_p: nucleus sampling mass.
         max_new_tokens: generation budget per answer.
         seed: base seed; sample i of a prompt uses seed + i.
+        repetition_penalty: CTRL-style penalty (transformers' RepetitionPenaltyLogitsProcessor) on
+            the tokens the answer has already generated, not on the prompt's: an explanation must
+            stay free to copy titles from its evidence. 1.0 = off.
+        no_repeat_ngram_size: no word-piece n-gram of this size occurs twice in the answer
+            (transformers' NoRepeatNGramLogitsProcessor over the generated tokens only). 0 = off.
+        stop_on_repeat: end an answer when a sentence it just completed repeats an earlier one of
+            the same answer (`recxplain.text.cut_at_repeated_sentence`): the repeat is cut off and
+            finish_reason is `stop`.
+
+    The token-level controls (repetition_penalty, no_repeat_ngram_size) are applied by the `local`
+    provider, and repetition_penalty also by OpenAI-compatible servers given an `llm.base_url`
+    (vLLM, llama.cpp, Ollama; OpenAI and Gemini reject it, so it is not sent there); stop_on_repeat
+    is applied by every provider (API answers are cut after they arrive).
     """
 
     temperature: float = Field(0.7, ge=0)
     top_p: float = Field(0.9, gt=0, le=1)
     max_new_tokens: int = Field(96, ge=1)
     seed: int = 0
+    repetition_penalty: float = Field(1.0, ge=1.0)
+    no_repeat_ngram_size: int = Field(0, ge=0)
+    stop_on_repeat: bool = False
 
 
 class LLMConfig(Section):
@@ -243,11 +259,20 @@ class TeacherConfig(Section):
     Attributes:
         llm: the model.
         prompt: template file in `configs/prompts/` used for explanations (`explain_seed.j2`:
-            the first seed's evidence prompt; `explain_llmxrec.j2`: LLMXRec's history + profile
-            prompt). Students and the evaluation get the same prompt.
-        sampling: decoding parameters.
-        best_of: >1 samples that many answers per case and keeps the one the judge scores best
-            (rubric score, RecLAIF explainability score, or their `judge.llm_weight` mix).
+            the first seed's evidence as a few plain facts, with one worked example;
+            `explain_llmxrec.j2`: LLMXRec's history + profile prompt). Students and the
+            evaluation get the same prompt.
+        sampling: decoding parameters, decoding controls against loops included (a small model
+            needs them; the students are evaluated without them, with `evaluation.sampling`).
+        best_of: samples per case; the one the checks of `recxplain.checks` rate best is kept
+            (best-of-n), for the SFT data and for the `teacher` explainer of the evaluation.
+        require_checks: keep an answer only when it passes every check; a case none of whose
+            answers does is left out of the SFT data. (The evaluation's `teacher` explainer keeps
+            its best answer either way, so that every held-out case has one.)
+        students_see_example: False gives the students (and `base`, and every LLM explainer of
+            the evaluation but the teacher) the prompt without the template's worked example, in
+            their SFT and preference rows too: the teacher's answers teach the format the example
+            shows (context distillation), and the students' prompts are half as long.
         max_parse_retries: re-asks of an answer that is not a usable explanation, with the
             reason fed back; still unusable after that, it is counted invalid and left out.
         min_words: a usable explanation has at least this many words...
@@ -256,23 +281,29 @@ class TeacherConfig(Section):
 
     llm: LLMConfig = LLMConfig()
     prompt: str = "explain_seed.j2"
-    sampling: SamplingConfig = SamplingConfig()
-    best_of: int = Field(1, ge=1)
-    max_parse_retries: int = Field(2, ge=0)
-    min_words: int = Field(8, ge=1)
-    max_words: int = Field(200, ge=1)
+    sampling: SamplingConfig = SamplingConfig(stop_on_repeat=True, max_new_tokens=64)
+    best_of: int = Field(4, ge=1)
+    require_checks: bool = True
+    students_see_example: bool = False
+    max_parse_retries: int = Field(0, ge=0)
+    min_words: int = Field(15, ge=1)
+    max_words: int = Field(120, ge=1)
 
 
 class PairsConfig(Section):
     """Candidate pairs for preference learning.
 
     Attributes:
-        source: `teacher` samples both candidates from the teacher (first seed); `student`
+        source: `teacher` samples the candidates from the teacher (first seed); `student`
             samples them from the current student (RecLAIF Algorithm 1, every DPO round).
+        candidates: answers sampled per case; with more than two, the pair is the answer the
+            checks rate best and the one they rate worst (chosen and rejected then differ on the
+            checks, not only in wording).
         sampling: decoding parameters for the pair samples (high temperature, nucleus).
     """
 
     source: Literal["teacher", "student"] = "teacher"
+    candidates: int = Field(2, ge=2)
     sampling: SamplingConfig = SamplingConfig(temperature=1.0, top_p=0.95)
 
 
@@ -367,6 +398,8 @@ class TrainingConfig(Section):
         beta: DPO beta / ORPO lambda.
         valid_fraction: held-out share of the cases (grouped by case_id) for validation loss
             and DPO/ORPO reward accuracy; 0 disables validation.
+        valid_min_cases: at least this many cases are held out when validating (at most a
+            quarter of them).
         logging_steps: log the training loss every N optimiser steps.
         eval_steps: evaluate on the held-out rows every N optimiser steps (and once before the
             first step and after the last).
@@ -397,6 +430,7 @@ class TrainingConfig(Section):
     max_length: int = Field(1024, ge=16)
     beta: float = Field(0.1, gt=0)
     valid_fraction: float = Field(0.1, ge=0, lt=1)
+    valid_min_cases: int = Field(8, ge=1)
     logging_steps: int = Field(1, ge=1)
     eval_steps: int = Field(4, ge=1)
     save_steps: int = Field(4, ge=1)

@@ -13,6 +13,8 @@ import os
 import shutil
 from pathlib import Path
 
+from recxplain.config import LLMConfig, PairsConfig, TeacherConfig, TrainingConfig
+
 
 def fast_bf16(device: str) -> bool:
     """Whether bf16 is faster than fp32 on `device` ("cpu" or "cuda"): on a GPU that supports it,
@@ -72,3 +74,24 @@ def resolve_model(name: str, artifacts_dir: Path) -> Path:
     except OSError:  # another process converted it first
         shutil.rmtree(partial, ignore_errors=True)
     return target
+
+
+def student_llm(training: TrainingConfig, student: Path) -> LLMConfig:
+    """The current student as a local model: base model + its adapter (or its merged model)."""
+    adapter, merged = Path(student) / "adapter", Path(student) / "merged"
+    if adapter.exists():
+        return LLMConfig(provider="local", model=training.base_model, adapter=adapter)
+    if merged.exists():
+        return LLMConfig(provider="local", model=str(merged))
+    raise FileNotFoundError(f"{student}: no adapter/ or merged/ folder (written by the training stages)")
+
+
+def pair_sampler_llm(pairs: PairsConfig, teacher: TeacherConfig, training: TrainingConfig,
+                     student: Path | None) -> LLMConfig:
+    """The model that samples candidate pairs: the current student (RecLAIF Algorithm 1) or the
+    teacher (first seed), as `pairs.source` says."""
+    if pairs.source == "teacher":
+        return teacher.llm
+    if student is None:
+        raise ValueError("pairs.source is 'student' but no student folder was given")
+    return student_llm(training, student)

@@ -1,8 +1,9 @@
 """Prompt templates: Jinja2 files in `configs/prompts/`, rendered to chat messages.
 
-A template is one `.j2` file holding up to two blocks, `{% block system %}` and
-`{% block user %}`; each block renders to one chat message (a missing or empty block gives no
-message). Templates use `StrictUndefined`, so a misspelt variable fails loudly instead of
+A template is one `.j2` file holding a `{% block user %}` and, optionally, `{% block system %}`
+and a worked example (`{% block example_user %}` and `{% block example_answer %}`, rendered as an
+earlier user turn and the assistant's answer); each block renders to one chat message (a missing
+or empty block gives no message). Templates use `StrictUndefined`, so a misspelt variable fails loudly instead of
 rendering as an empty string.
 
 Stages receive templates by content, not by path: `read_templates(name, ...)` returns
@@ -95,26 +96,34 @@ def template_source(name: str, templates: Templates = PROMPTS_DIR) -> str:
     return read_templates(name, prompts_dir=Path(templates))[name]
 
 
-def render_messages(name: str, templates: Templates = PROMPTS_DIR, **context: Any) -> list[dict]:
-    """Render template `name` to chat messages [system?, user]; `templates` as `template_source`."""
+# Template blocks in conversation order, and the role of the message each renders to: a worked
+# example is one earlier user turn and the assistant's answer to it.
+BLOCKS = (("system", "system"), ("example_user", "user"), ("example_answer", "assistant"), ("user", "user"))
+
+
+def render_messages(name: str, templates: Templates = PROMPTS_DIR, *, example: bool = True, **context: Any) -> list[dict]:
+    """Render template `name` to chat messages [system?, example user?, example answer?, user];
+    `templates` as `template_source`; `example=False` leaves the worked example out."""
     template = _compile(name, template_source(name, templates))
     messages = []
-    for role in ("system", "user"):
-        if role not in template.blocks:
+    for block, role in BLOCKS:
+        if block not in template.blocks or (not example and block.startswith("example_")):
             continue
         try:
-            text = "".join(template.blocks[role](template.new_context(context))).strip()
+            text = "".join(template.blocks[block](template.new_context(context))).strip()
         except jinja2.UndefinedError as err:
-            raise ValueError(f"prompt template {name}, block {role}: {err.message}") from None
+            raise ValueError(f"prompt template {name}, block {block}: {err.message}") from None
         if text:
             messages.append({"role": role, "content": text})
     return messages
 
 
-def explain_messages(case: Case, name: str, templates: Templates = PROMPTS_DIR) -> list[dict]:
+def explain_messages(case: Case, name: str, templates: Templates = PROMPTS_DIR, *, example: bool = True) -> list[dict]:
     """The chat messages that ask a model to explain `case` with template `name` (the teacher,
-    the pair sampler, the preference rows and the evaluation's explainers all call this)."""
-    return render_messages(name, templates, case=case)
+    the pair sampler, the preference rows and the evaluation's explainers all call this).
+    `example=False`: without the template's worked example (the students' prompt, see
+    `TeacherConfig.students_see_example`)."""
+    return render_messages(name, templates, example=example, case=case)
 
 
 # ---------------------------------------------------------------------------------------------

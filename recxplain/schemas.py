@@ -21,7 +21,7 @@ COLUMNS: dict[str, tuple[str, ...]] = {
     "recommendations": ("user_id", "rank", "item_id", "score", "model"),
     "neighbours": ("user_id", "item_id", "neighbour_item_id", "weight"),
     "paths": ("user_id", "item_id", "rank", "pattern", "steps", "score"),
-    "explanations": ("case_id", "model", "text", "tokens", "latency_s", "valid"),
+    "explanations": ("case_id", "model", "text", "tokens", "valid"),
 }
 
 

@@ -1,5 +1,8 @@
 """Honest statistics for pairwise comparisons of explainers (arena votes and judge tournaments).
 
+`paired_comparison` is the odd one out: it compares explainers on per-explanation metrics of
+the same cases (did a trained student beat the untrained base model?), not on votes.
+
 A *battle table* is a DataFrame with one row per comparison and the columns
 `model_a`, `model_b`, `outcome`, where outcome is one of
 
@@ -31,6 +34,7 @@ import choix
 import numpy as np
 import pandas as pd
 from scipy import stats as sps
+from statsmodels.stats.contingency_tables import mcnemar
 from statsmodels.stats.inter_rater import cohens_kappa
 from statsmodels.stats.multitest import multipletests
 from statsmodels.stats.power import NormalIndPower
@@ -300,3 +304,90 @@ def agreement(human_battles: pd.DataFrame, judge_battles: pd.DataFrame) -> dict:
     result["kappa_low"] = float(max(kappa.kappa_low, -1.0))
     result["kappa_high"] = float(min(kappa.kappa_upp, 1.0))
     return result
+
+
+# --------------------------------------------------------------------------------------------
+# Paired comparison on the same cases (per-explanation metrics, not votes)
+
+PAIRED_KINDS = ("binary", "score")
+PAIRED_COLUMNS = ["student", "baseline", "metric", "n", "mean_student", "mean_baseline", "difference", "ci_low",
+                  "ci_high", "test", "p_value", "verdict"]
+PAIRED_TESTS = {"binary": "McNemar exact", "score": "Wilcoxon signed-rank"}
+
+
+def _paired_p(student: np.ndarray, baseline: np.ndarray, kind: str, metric: str) -> float:
+    """Two-sided p-value of the paired test for `kind` (see `paired_comparison`)."""
+    if kind == "binary":
+        values = np.concatenate([student, baseline])
+        if not np.isin(values, (0.0, 1.0)).all():
+            raise ValueError(f"metric {metric!r} is binary but has values other than 0 and 1")
+        s, b = student == 1.0, baseline == 1.0
+        table = [[int(np.sum(s & b)), int(np.sum(s & ~b))], [int(np.sum(~s & b)), int(np.sum(~s & ~b))]]
+        return float(mcnemar(table, exact=True).pvalue)
+    differences = student - baseline
+    if np.all(differences == 0):  # nothing to rank: scipy would warn and return NaN
+        return 1.0
+    return float(sps.wilcoxon(differences, zero_method="zsplit", alternative="two-sided").pvalue)
+
+
+def paired_comparison(per_explanation: pd.DataFrame, students: list[str], baselines: list[str],
+                      metrics: dict[str, tuple[str, int]], n_boot: int = 1000, seed: int = 0) -> pd.DataFrame:
+    """Every student against every baseline on the same cases, one metric at a time.
+
+    `per_explanation` has one row per (explainer, case_id) and the metric columns (NaN: the
+    metric is undefined for that explanation). `metrics` maps a column to (kind, direction): kind
+    "binary" (values 0/1) or "score" (continuous); direction +1 when higher is better, -1 when
+    lower is. A pair is a case where both explainers have a value.
+
+    difference is the mean of student - baseline over the pairs; ci_low and ci_high its
+    percentile bootstrap 95% interval over cases (`bootstrap_ci` of the per-case differences:
+    resampling a case keeps its pair together). Binary metrics get the exact McNemar test on the
+    2x2 table of paired outcomes (statsmodels), scores the two-sided Wilcoxon signed-rank test
+    (scipy; zero differences split between the signs, p = 1 when every difference is zero).
+    Fewer than 2 pairs: no interval and no test (NaN). verdict is "better" or "worse" for the
+    student (the sign of the difference times the direction) where p < 0.05, else
+    "no difference"; p is not corrected for the number of comparisons.
+
+    Students or baselines absent from the frame, a student against itself, metric columns the
+    frame lacks and metrics without a single pair give no row. Returns one row per (student,
+    baseline, metric) in the order given, with the columns `PAIRED_COLUMNS`.
+    """
+    missing = [c for c in ("explainer", "case_id") if c not in per_explanation.columns]
+    if missing:
+        raise ValueError(f"per_explanation: missing column(s) {missing}; has {list(per_explanation.columns)}")
+    for metric, (kind, direction) in metrics.items():
+        if kind not in PAIRED_KINDS or direction not in (1, -1):
+            raise ValueError(f"metric {metric!r}: kind must be one of {list(PAIRED_KINDS)} and direction +1 or -1, "
+                             f"got ({kind!r}, {direction!r})")
+    repeated = per_explanation.duplicated(["explainer", "case_id"])
+    if repeated.any():
+        row = per_explanation[repeated].iloc[0]
+        raise ValueError(f"per_explanation: {row['explainer']!r} has case {row['case_id']!r} more than once")
+    columns = [m for m in metrics if m in per_explanation.columns]
+    values = {explainer: group.set_index("case_id")[columns].astype(float)
+              for explainer, group in per_explanation.groupby("explainer", sort=False)}
+    rows = []
+    for student in students:
+        for baseline in baselines:
+            if student == baseline or student not in values or baseline not in values:
+                continue
+            for metric in columns:
+                kind, direction = metrics[metric]
+                pairs = pd.concat({"s": values[student][metric], "b": values[baseline][metric]}, axis=1,
+                                  join="inner").dropna()
+                if pairs.empty:
+                    continue
+                s, b = pairs["s"].to_numpy(), pairs["b"].to_numpy()
+                difference = float(np.mean(s - b))
+                if len(pairs) < 2:
+                    (low, high), p = (math.nan, math.nan), math.nan
+                else:
+                    (low, high), p = bootstrap_ci(s - b, n_boot=n_boot, seed=seed), _paired_p(s, b, kind, metric)
+                verdict = "no difference"
+                if p < 0.05 and difference != 0:
+                    verdict = "better" if difference * direction > 0 else "worse"
+                rows.append({"student": student, "baseline": baseline, "metric": metric, "n": len(pairs),
+                             "mean_student": float(s.mean()), "mean_baseline": float(b.mean()),
+                             "difference": difference, "ci_low": low, "ci_high": high, "test": PAIRED_TESTS[kind],
+                             "p_value": p, "verdict": verdict})
+    return pd.DataFrame(rows, columns=PAIRED_COLUMNS)

@@ -21,12 +21,17 @@ Metric definitions (all per explanation, then averaged per explainer unless said
   terms of the evidence (lexicon + id patterns), and of evaluative words of the VADER lexicon
   (genre words excluded: "war" or "horror" describe, they do not judge). `sentiment`: VADER's
   compound score in [-1, 1].
-- `faithfulness`: share of the titles and genres the explanation names that are in the case's
-  evidence (history, recommended movie, neighbours, path texts). Explanations that name nothing
-  checkable are left out of this mean (n says how many counted).
-- `hallucination_rate`: share of explanations that name at least one title outside the evidence:
-  a catalogue title the case does not contain, or a quoted title-like span that is no known title.
-- `mentions_item`: share of explanations that name the recommended movie.
+- From the checks of `recxplain.checks` (the same checks label the preference pairs):
+  `check_score` (share of checks passed, specificity counting as one more), `passes_checks`
+  (every check passes), `loop` (a sentence said twice or a 4-gram said three times),
+  `false_rating_claims` (a claim about the user's ratings the history contradicts),
+  `faithfulness` (supported claims - evidence titles, genres, correct rating claims - over all
+  checkable claims; explanations that make none are left out, n says how many counted),
+  `hallucination_rate` (names a title or a name outside the evidence), `mentions_item`.
+- "Did alignment help?" (`alignment.parquet`): every trained student against `base` and
+  `template` on the same cases: paired differences of validity, check score, loops,
+  faithfulness and ROUGE-L with 95% intervals; McNemar for the 0/1 metrics, Wilcoxon
+  signed-rank for the scores (`recxplain.stats.paired_comparison`).
 - `diversity`: mean pairwise cosine distance between the sentence embeddings of an explainer's
   explanations (RecLAIF); the per-explanation value is its mean distance to the others, whose mean
   is exactly the mean pairwise distance.
@@ -39,7 +44,7 @@ Metric definitions (all per explanation, then averaged per explainer unless said
   averaged over cases (LLMXRec's ranking order); `bt_strength`: Bradley-Terry strength.
 - `attr_<name>`: attribute prediction accuracy (see tasks/explain.py for the prompt).
 - `gender_length_gap`: mean words for female users minus male users.
-- `validity`, `words`, `tokens`, `latency_s`: format-respecting share, length, cost.
+- `validity`, `words`, `tokens`: format-respecting share, length, cost.
 """
 
 from __future__ import annotations
@@ -56,8 +61,9 @@ import numpy as np
 import pandas as pd
 
 from recxplain.config import EvaluationConfig, JudgeConfig
+from recxplain.checks import Catalogue, CheckResult, check_explanations
 from recxplain.schemas import Case, check_columns, read_cases
-from recxplain.stats import bootstrap_ci, bradley_terry, pairwise_tests, win_rate_matrix
+from recxplain.stats import bootstrap_ci, bradley_terry, paired_comparison, pairwise_tests, win_rate_matrix
 
 log = logging.getLogger(__name__)
 
@@ -154,117 +160,6 @@ def style_rates(text: str) -> dict[str, float]:
         "technical_terms": n_technical * per100,
         "subjective_terms": len(find_phrases(tokens, evaluative)) * per100,
         "sentiment": vader.polarity_scores(text)["compound"],
-    }
-
-
-# --------------------------------------------------------------------------------------------
-# Titles and faithfulness
-
-_YEAR = re.compile(r"\s*\((\d{4})\)\s*$")
-_ALIAS = re.compile(r"\s*\(([^()]*)\)\s*$")
-_ARTICLE = re.compile(r"^(.*),\s*(the|a|an|les|la|le|il|el|die|der|das|l')$", re.IGNORECASE)
-
-
-def title_variants(title: str) -> list[str]:
-    """Ways a MovieLens title is written in prose.
-
-    "Usual Suspects, The (1995)" -> "The Usual Suspects", "Usual Suspects";
-    "Seven (Se7en) (1995)" -> "Seven", "Se7en". The year and trailing articles are MovieLens
-    conventions that prose does not follow.
-    """
-    name = _YEAR.sub("", title).strip()
-    names = [name]
-    alias = _ALIAS.search(name)
-    if alias:  # "City of Lost Children, The (Cité des enfants perdus, La)"
-        names = [_ALIAS.sub("", name).strip(), alias.group(1).strip()]
-    variants = []
-    for n in names:
-        m = _ARTICLE.match(n)
-        if m:
-            variants += [f"{m.group(2)} {m.group(1)}", m.group(1)]
-        else:
-            variants.append(n)
-    return [v for v in variants if v]
-
-
-def _ambiguous(variant: str) -> bool:
-    # One short word ("Heat", "Big", "Go") is too often just a word: such a title is matched only
-    # when the case's evidence contains it, never counted as an invented title.
-    tokens = words(variant)
-    return len(tokens) < 2 and len(variant) < 8
-
-
-def title_index(titles: Iterable[str]) -> dict[tuple[str, ...], str]:
-    """Token tuple of every unambiguous title variant -> title (first title wins on clashes)."""
-    index: dict[tuple[str, ...], str] = {}
-    for title in titles:
-        for variant in title_variants(title):
-            key = tuple(words(variant))[:MAX_PHRASE_TOKENS]
-            if key and not _ambiguous(variant):
-                index.setdefault(key, title)
-    return index
-
-
-def case_evidence(case: Case) -> tuple[set[str], set[str]]:
-    """Titles and genre terms an explainer was shown for this case."""
-    titles = {m.title for m in [*case.history, case.item, *case.neighbours]}
-    genre_index = phrase_index(load_lexicon("genres"))
-    genres = {g.lower() for m in [*case.history, case.item] for g in m.genres}
-    for path in case.paths:
-        genres |= {str(v) for _, _, v in find_phrases(words(path.text), genre_index)}
-    return titles, {g for genre in genres for g in _genre_forms(genre)}
-
-
-def _genre_forms(genre: str) -> set[str]:
-    # "Sci-Fi" in the data, "science fiction" in prose: both count as the evidence's genre.
-    same = {"sci-fi": {"science fiction"}, "children's": {"kids", "family", "children"},
-            "film-noir": {"film noir", "noir"}, "animation": {"animated"}, "comedy": {"comedies", "comedic"},
-            "romance": {"romantic"}, "drama": {"dramas", "dramatic"}, "musical": {"musicals"},
-            "documentary": {"documentaries"}, "western": {"westerns"}, "thriller": {"thrillers"},
-            "mystery": {"mysteries"}}
-    return {genre} | same.get(genre, set())
-
-
-_QUOTED = re.compile(r"[\"\u201c*_]([A-Z0-9][^\"\u201d*_\n]{1,60}?)[\"\u201d*_]")
-
-
-def faithfulness(text: str, case: Case, catalogue: dict[tuple[str, ...], str]) -> dict[str, float]:
-    """Which titles and genres the explanation names, and how many of them are in the evidence.
-
-    Returns named (checkable mentions), supported (of them, in the evidence), faithfulness
-    (supported / named; NaN when nothing is named), invented_titles, hallucinated (1.0 when at
-    least one title is not in the evidence) and mentions_item.
-    """
-    evidence_titles, evidence_genres = case_evidence(case)
-    tokens = words(text)
-    # Evidence titles are matched even when short or ambiguous; the catalogue only when not.
-    evidence_index = {tuple(words(v))[:MAX_PHRASE_TOKENS]: title for title in evidence_titles for v in title_variants(title) if words(v)}
-    index = {**catalogue, **evidence_index}
-    # Path texts name rated movies beyond the last-L history: those titles are evidence too.
-    for path in case.paths:
-        found = {title for _, _, title in find_phrases(words(path.text), index)}
-        evidence_titles |= found
-        evidence_index |= {tuple(words(v))[:MAX_PHRASE_TOKENS]: title for title in found for v in title_variants(title) if words(v)}
-    index = {**catalogue, **evidence_index}
-    named_titles = {title for _, _, title in find_phrases(tokens, index)}
-    invented = {t for t in named_titles if t not in evidence_titles}
-    # A quoted or emphasised title-like span that is no known title at all was made up.
-    for span in _QUOTED.findall(text):
-        keys = [tuple(words(v))[:MAX_PHRASE_TOKENS] for v in title_variants(span)]  # a quoted title may carry its year
-        if any(k in index for k in keys) or not 1 <= len(words(span)) <= 10:
-            continue
-        invented.add(span)
-    genre_index = phrase_index(load_lexicon("genres"))
-    named_genres = {str(v) for _, _, v in find_phrases(tokens, genre_index)}
-    supported = len(named_titles - invented) + len(named_genres & evidence_genres)
-    named = len(named_titles | invented) + len(named_genres)
-    return {
-        "named": float(named),
-        "supported": float(supported),
-        "faithfulness": supported / named if named else float("nan"),
-        "invented_titles": float(len(invented)),
-        "hallucinated": float(bool(invented)),
-        "mentions_item": float(case.item.title in named_titles),
     }
 
 
@@ -505,7 +400,7 @@ def _judge_functions(judge: JudgeConfig, evaluation: EvaluationConfig, artifacts
     pair = scorer = None
     if evaluation.tournament:
         has_catalogue = (Path(cases_dir) / "catalogue.json").exists()
-        catalogue = judging.Catalogue.read(cases_dir) if has_catalogue else None
+        catalogue = Catalogue.read(cases_dir) if has_catalogue else None
         pair = judging.make_pair_judge(judge, artifacts_dir, cache_dir, templates=templates, catalogue=catalogue)
     if evaluation.explainability:
         scorer = judging.make_explainability_scorer(judge, artifacts_dir, cache_dir, templates=templates)
@@ -525,21 +420,23 @@ def _read_explanations(folder: Path) -> pd.DataFrame:
     return frame
 
 
-def _catalogue(cases_dir: Path, cases: list[Case]) -> dict[tuple[str, ...], str]:
-    """Title index over the dataset's titles (build_cases' `catalogue.json`), or, without that
-    file, over every title the cases contain."""
-    path = Path(cases_dir) / "catalogue.json"
-    if path.exists():
-        return title_index(json.loads(path.read_text())["titles"])
-    titles: set[str] = set()
-    for case in cases:
-        titles |= case_evidence(case)[0] | ({case.next_item.title} if case.next_item else set())
-    return title_index(sorted(titles))
+def check_metrics(result: CheckResult) -> dict[str, float]:
+    """The per-explanation metrics a `CheckResult` gives (the same checks label preference pairs)."""
+    return {
+        "check_score": result.score,
+        "passes_checks": float(result.passed),
+        "loop": float(not result.no_repetition),
+        "faithfulness": result.faithfulness,
+        "hallucination_rate": float(bool(result.unknown_titles or result.unknown_names)),
+        "false_rating_claims": float(bool(result.false_rating_claims)),
+        "mentions_item": float(result.mentions_title),
+        "failed_checks": ",".join(result.failed),
+    }
 
 
-def per_explanation_metrics(cases: dict[str, Case], explanations: pd.DataFrame,
-                            catalogue: dict[tuple[str, ...], str], embed: Callable[[list[str]], np.ndarray] | None,
-                            teacher: str | None = "teacher") -> pd.DataFrame:
+def per_explanation_metrics(cases: dict[str, Case], explanations: pd.DataFrame, catalogue: Catalogue | None,
+                            embed: Callable[[list[str]], np.ndarray] | None, teacher: str | None = "teacher",
+                            min_words: int = 15, max_words: int = 120) -> pd.DataFrame:
     """One row per explanation with every metric that is defined per explanation."""
     frame = explanations.rename(columns={"model": "explainer"}).reset_index(drop=True)
     missing = sorted(set(frame["case_id"]) - set(cases))
@@ -547,9 +444,10 @@ def per_explanation_metrics(cases: dict[str, Case], explanations: pd.DataFrame,
         raise ValueError(f"explanations name case(s) not in the cases file: {missing[:5]}")
     frame["words"] = [len(words(t)) for t in frame["text"]]
     style = pd.DataFrame([style_rates(t) for t in frame["text"]], index=frame.index)
-    faith = pd.DataFrame([faithfulness(t, cases[c], catalogue) for t, c in zip(frame["text"], frame["case_id"])],
-                         index=frame.index)
-    frame = pd.concat([frame, style, faith.rename(columns={"hallucinated": "hallucination_rate"})], axis=1)
+    checks = check_explanations([(cases[c], t) for c, t in zip(frame["case_id"], frame["text"])], catalogue=catalogue,
+                                min_words=min_words, max_words=max_words)
+    checked = pd.DataFrame([check_metrics(r) for r in checks], index=frame.index)
+    frame = pd.concat([frame, style, checked], axis=1)
     frame["gender"] = [str(cases[c].profile.get("gender", "")) for c in frame["case_id"]]
     frame["rouge_l"] = np.nan
     if teacher is not None and teacher in set(frame["explainer"]):
@@ -566,8 +464,24 @@ def per_explanation_metrics(cases: dict[str, Case], explanations: pd.DataFrame,
     return frame
 
 
+# "Did alignment help?": metric -> (kind, direction) for recxplain.stats.paired_comparison.
+ALIGNMENT_METRICS = {"validity": ("binary", 1), "check_score": ("score", 1), "loop": ("binary", -1),
+                     "faithfulness": ("score", 1), "rouge_l": ("score", 1)}
+NOT_STUDENTS = ("template", "teacher", "base")
+
+
+def judge_note(judge: JudgeConfig) -> str:
+    """What judged the preference pairs and the tournament, for the report."""
+    if judge.kind == "rubric":
+        return ("Preference pairs and the tournament were judged by the verifiable checks alone (judge.kind: "
+                "rubric). A language-model judge (judge.kind: llm or ensemble) is meant for API or GPU models: "
+                "the embedded 135M model's verdicts follow the position of the answers, not their content.")
+    return (f"Preference pairs and the tournament were judged by judge.kind {judge.kind} with {judge.llm.model} "
+            f"({judge.llm.provider}); see the judge stats for its position bias.")
+
+
 PER_EXPLANATION_METRICS = (
-    "validity", "words", "tokens", "latency_s", "rouge_l", "domain_terms", "technical_terms", "subjective_terms",
+    "validity", "check_score", "passes_checks", "loop", "false_rating_claims", "words", "tokens", "rouge_l", "domain_terms", "technical_terms", "subjective_terms",
     "sentiment", "faithfulness", "hallucination_rate", "mentions_item", "diversity", "explainability",
     "explainability_parsed",
 )
@@ -583,7 +497,7 @@ def evaluate(out: Path, *, evaluation: EvaluationConfig, judge: JudgeConfig, cas
         judge: the judge of the tournament and of the explainability score.
         cases: the build_cases folder: `eval.jsonl`; `train.jsonl` (majority baseline of attribute
             prediction) and `catalogue.json` (every title of the dataset, for hallucination checks;
-            without it the titles present in the cases are the catalogue) when there.
+            without it titles are checked through quoted phrases and capitalised runs only) when there.
         explanations: the generate_explanations folder (`explanations.parquet`, `attributes.parquet`).
         artifacts_dir: artifacts root (model resolution for an LLM judge).
         templates: `read_templates(judge.prompt, judge.explainability_prompt)`, the judge's prompt
@@ -600,7 +514,10 @@ def evaluate(out: Path, *, evaluation: EvaluationConfig, judge: JudgeConfig, cas
     if evaluation.diversity:
         model = load_embedder(evaluation.embedding_model)
         embed = lambda texts: model.encode(texts, batch_size=64, convert_to_numpy=True, show_progress_bar=False)  # noqa: E731
-    table = per_explanation_metrics(by_id, frame, _catalogue(Path(cases), eval_cases), embed)
+    has_catalogue = (Path(cases) / "catalogue.json").exists()
+    catalogue = Catalogue.read(Path(cases)) if has_catalogue else None
+    table = per_explanation_metrics(by_id, frame, catalogue, embed, min_words=judge.min_words,
+                                    max_words=judge.max_words)
     table["validity"] = table["valid"].astype(float)
 
     metric_frames = []
@@ -627,6 +544,9 @@ def evaluate(out: Path, *, evaluation: EvaluationConfig, judge: JudgeConfig, cas
                                                 "ci_low": np.nan, "ci_high": np.nan, "n": len(group)}]))
 
     style_significance(table).to_parquet(out / "significance.parquet", index=False)
+    students = [e for e in explainers if e not in NOT_STUDENTS]
+    alignment = paired_comparison(table, students, ["base", "template"], ALIGNMENT_METRICS, n_boot, seed)
+    alignment.to_parquet(out / "alignment.parquet", index=False)
 
     if tournament is not None:
         tournament.to_parquet(out / "tournament.parquet", index=False)
@@ -653,6 +573,7 @@ def evaluate(out: Path, *, evaluation: EvaluationConfig, judge: JudgeConfig, cas
     summary = {
         "explainers": explainers,
         "cases": len(by_id),
+        "judge_note": judge_note(judge),
         "metrics": json.loads(metrics.to_json(orient="records")),
     }
     if tournament is not None:

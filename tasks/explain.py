@@ -7,18 +7,20 @@ An explainer is a name in `evaluation.explainers`; `explainer_llm` maps it to a 
 | `template` | no model: fixed sentences over the evidence (`template_explanation`), the first seed's reference [1] baseline |
 | `teacher` | `teacher.llm` |
 | `base` | `training.base_model`, untrained |
-| `sft`, `orpo`, `dpo_rN` | the base model plus that student's adapter (`students[name]/adapter/`), or its `merged/` model (`tasks.teacher.student_llm`) |
+| `sft`, `orpo`, `dpo_rN` | the base model plus that student's adapter (`students[name]/adapter/`), or its `merged/` model (`recxplain.models.student_llm`) |
 
 `dpo` in the list stands for every round `dpo_r1` .. `dpo_r{training.rounds}`. Every LLM explainer
-gets the same prompt the teacher was given for its SFT data (`teacher.prompt`, rendered by
-`recxplain.prompts.explain_messages`), so the students are asked what they were trained on.
+but the teacher gets the prompt of the students' SFT and preference rows (`teacher.prompt`,
+without its worked example unless `teacher.students_see_example`, rendered by
+`recxplain.prompts.explain_messages`), so the students are asked what they were trained on and
+`base` is asked the same; the teacher gets the prompt it wrote its SFT answers with.
 
 Outputs in `out`:
 - `explanations.parquet`: case_id, model, text (cleaned like the teacher's answers:
-  `tasks.teacher.clean_explanation`), tokens (completion tokens; 0 for the template), latency_s
-  (as the provider reports it: for batched local generation, the wall time of the whole batch),
-  valid (the teacher's format rule, `tasks.teacher.parse_explanation`: within
-  teacher.min_words..max_words, not looping), prompt_tokens, cached.
+  `recxplain.checks.clean_explanation`), tokens (completion tokens; 0 for the template),
+  valid (the teacher's format rule, `recxplain.checks.parse_explanation`: complete, within
+  teacher.min_words..max_words, not looping; and the model ended the answer itself, before
+  `max_new_tokens`), prompt_tokens.
 - `attributes.parquet` (when `evaluation.attribute_prediction`): LLMXRec's attribute prediction,
   one row per (LLM explainer, case, attribute): the model sees the history and the recommended
   movie only (no profile) and must name the user's age bracket, gender or occupation from a list.
@@ -37,10 +39,11 @@ from pathlib import Path
 
 import pandas as pd
 
+from recxplain.checks import Catalogue, clean_explanation, parse_explanation, pick_best
 from recxplain.config import EvaluationConfig, LLMConfig, TeacherConfig, TrainingConfig
+from recxplain.models import student_llm
 from recxplain.prompts import explain_messages, read_templates
 from recxplain.schemas import Case, read_cases
-from tasks.teacher import clean_explanation, parse_explanation, student_llm
 
 log = logging.getLogger(__name__)
 
@@ -117,7 +120,7 @@ def template_explanation(case: Case, max_neighbours: int = 3, max_paths: int = 2
 
 def is_valid(text: str, teacher: TeacherConfig) -> bool:
     """Validity: the answer is a usable explanation by the rule the teacher's answers must pass
-    (`tasks.teacher.parse_explanation`: non-empty, within the teacher's word bounds, not looping)."""
+    (`recxplain.checks.parse_explanation`: complete, within the teacher's word bounds, not looping)."""
     try:
         parse_explanation(text, min_words=teacher.min_words, max_words=teacher.max_words)
     except ValueError:
@@ -234,8 +237,9 @@ def generate_explanations(
     templates: dict[str, str] | None = None,
 ) -> None:
     """Explain every held-out case with every explainer; predict user attributes with each LLM.
-    An explainer whose model config equals an earlier one's gets that one's answers (same model,
-    prompts and seeds: the same text) without generating them again.
+    The `teacher` explainer samples `teacher.best_of` answers with `teacher.sampling` and keeps
+    the one the checks rate best (as for its SFT data); every other LLM explainer writes one
+    answer with `evaluation.sampling` (`base` is thus one plain sample of the untrained model).
 
     Args:
         out: the stage folder.
@@ -259,38 +263,39 @@ def generate_explanations(
     all_cases = eval_cases + (read_cases(train_path) if train_path.exists() else [])
     names = explainer_names(evaluation, training)
     configs = {n: explainer_llm(n, teacher=teacher, training=training, students=students) for n in names}
+    catalogue = Catalogue.read(cases) if (Path(cases) / "catalogue.json").exists() else None
     (out / "cache").mkdir(parents=True, exist_ok=True)
 
     explanation_rows, attribute_rows = [], []
-    answered: dict[str, str] = {}  # model config -> the first explainer that ran it
+    student_prompts = [explain_messages(case, teacher.prompt, templates, example=teacher.students_see_example)
+                       for case in eval_cases]
     for name in names:
         config = configs[name]
-        same = answered.get(config.model_dump_json()) if config is not None else None
-        if same is not None:  # e.g. `teacher` and `base` are both the embedded model: same answers
-            explanation_rows += [row | {"model": name} for row in explanation_rows if row["model"] == same]
-            attribute_rows += [row | {"model": name} for row in attribute_rows if row["model"] == same]
-            log.info("explainer %s: the same model as %s, its answers copied", name, same)
-            continue
         if config is None:
-            for case in eval_cases:
-                start = time.perf_counter()
-                text = template_explanation(case)
-                explanation_rows.append({"case_id": case.case_id, "model": name, "text": text, "tokens": 0,
-                                         "latency_s": time.perf_counter() - start, "valid": True,
-                                         "prompt_tokens": 0, "cached": False})
+            explanation_rows += [{"case_id": case.case_id, "model": name, "text": template_explanation(case),
+                                  "tokens": 0, "valid": True, "prompt_tokens": 0} for case in eval_cases]
             continue
         started = time.perf_counter()
-        answered[config.model_dump_json()] = name
         model = load_model(config, Path(artifacts_dir), out / "cache" / f"{name}.jsonl")
-        prompts_list = [explain_messages(case, teacher.prompt, templates) for case in eval_cases]
-        outputs = model.generate(prompts_list, evaluation.sampling, n=1)
+        if name == "teacher":  # best-of-n with the teacher's decoding, as for its SFT data
+            prompts = [explain_messages(case, teacher.prompt, templates) for case in eval_cases]
+            outputs = model.generate(prompts, teacher.sampling, n=teacher.best_of)
+            # Candidates are the answers that would be valid rows (an answer cut at max_new_tokens is not).
+            texts = [[clean_explanation(g.text) if is_valid(g.text, teacher) and g.finish_reason != "length"
+                      else None for g in samples] for samples in outputs]
+            best, _ = pick_best(eval_cases, texts, catalogue=catalogue, min_words=teacher.min_words,
+                                max_words=teacher.max_words, require_passed=False)
+            outputs = [[samples[k if k is not None else 0]] for samples, k in zip(outputs, best)]
+        else:
+            outputs = model.generate(student_prompts, evaluation.sampling, n=1)
         for case, (generation, *_) in zip(eval_cases, outputs, strict=True):
             explanation_rows.append({
                 # Cleaned as the teacher's SFT answers were (labels, quotes, an unfinished sentence).
                 "case_id": case.case_id, "model": name, "text": clean_explanation(generation.text),
-                "tokens": int(generation.completion_tokens), "latency_s": float(generation.latency_s),
-                "valid": is_valid(generation.text, teacher),
-                "prompt_tokens": int(generation.prompt_tokens), "cached": bool(generation.cached),
+                "tokens": int(generation.completion_tokens),
+                # An answer still going at max_new_tokens did not end by itself: not valid.
+                "valid": is_valid(generation.text, teacher) and generation.finish_reason != "length",
+                "prompt_tokens": int(generation.prompt_tokens),
             })
         if evaluation.attribute_prediction:
             attribute_rows += _predict_attributes(model, name, eval_cases, all_cases, evaluation)

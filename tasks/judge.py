@@ -1,11 +1,10 @@
 """Judging explanations: verifiable rubric checks, an LLM judge, their ensemble, and judge_pairs.
 
 Three judges compare two explanations (A, B) of one case:
-- `rubric`: checks computed from the case itself (`rubric_checks`): the recommended title is
-  mentioned; only titles and genres present in the evidence are named; no technical leftovers
-  (cosine, KNN, node, entity ids, raw similarity weights); length within bounds; no repetition
-  loop; plus a graded specificity (how many evidence items it uses). Verifiable and
-  order-independent, but blind to style, tone and persuasiveness.
+- `rubric`: the verifiable checks of `recxplain.checks` (complete, within length bounds, no
+  repetition loop, grounded in the evidence, no false claims about the user's ratings, no
+  technical leftovers, names the recommended movie; plus a graded specificity), the same checks
+  the evaluation grades with. Order-independent, but blind to style, tone and persuasiveness.
 - `llm`: a language model reads the evidence and both explanations and answers with a structured
   verdict (`PairVerdict`: 0-5 scores for relevance, diversity, explainability and faithfulness
   per candidate, then A, B, tie or both_bad). Every pair is judged in both orders; only an
@@ -13,13 +12,13 @@ Three judges compare two explanations (A, B) of one case:
   position-biased.
 - `ensemble`: margin = w * LLM choice (+1 A, -1 B, 0 when tie, both-bad, inconsistent or invalid)
   + (1 - w) * (rubric score A - rubric score B), w = `judge.llm_weight`; the rubric alone decides
-  when both candidates are unacceptable (`acceptable`: within length bounds, no loop, rubric
-  score >= `judge.min_rubric_score`), which makes the pair both-bad.
+  when both candidates are unacceptable (`acceptable`: complete, within length bounds, no loop,
+  check score >= `judge.min_rubric_score`), which makes the pair both-bad.
 
 Verdicts: "a", "b" (kept as preference pairs), "tie", "both_bad" (rejected, as in the first
 seed), "inconsistent" (the two orders disagree), "invalid" (unparsable after retries).
 
-Reusable pieces for the evaluation: `rubric_checks`, `find_technical_terms`, `parse_verdict`,
+Reusable pieces for the evaluation: `parse_verdict`,
 `judge_explanation_pairs` (and `judge_explanation_pair` for one), `explainability_scores` (RecLAIF's
 1-100 score), `load_judge_model`.
 """
@@ -29,14 +28,14 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import Any, Literal
 
 import polars as pl
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, computed_field
+from pydantic import BaseModel, Field, ValidationError
 
-from recxplain.config import JudgeConfig, LLMConfig
+from recxplain.checks import Catalogue, CheckResult, check_explanation
+from recxplain.config import JudgeConfig
 from recxplain.prompts import (
     ChatModel,
     Parsed,
@@ -50,334 +49,6 @@ from recxplain.prompts import (
 from recxplain.schemas import Case, read_cases
 
 Verdict = Literal["a", "b", "tie", "both_bad", "inconsistent", "invalid"]
-
-# ---------------------------------------------------------------------------------------------
-# Text helpers
-
-
-def words(text: str) -> list[str]:
-    """Word tokens (letters, digits, apostrophes) of `text`."""
-    return re.findall(r"[\w']+", text)
-
-
-def normalize(text: str) -> str:
-    """Lowercase, apostrophes dropped, every other non-alphanumeric run -> one space, padded."""
-    text = text.lower().replace("'", "").replace("\u2019", "")
-    return " " + " ".join(re.findall(r"[a-z0-9]+", text)) + " "
-
-
-ARTICLES = ("the", "a", "an")
-
-
-def title_forms(title: str) -> set[str]:
-    """Normalised ways a title may be written: with and without a leading article, a trailing
-    year, an alternative title in parentheses or a subtitle after a colon."""
-    base = re.sub(r"\s*\(\d{4}\)\s*$", "", title).strip()
-    variants = {base, re.split(r"\s*\(", base)[0], re.split(r"\s*:", base)[0]}
-    moved = re.fullmatch(r"(.*), (The|A|An)", base)  # MovieLens "Godfather, The"
-    if moved:
-        variants.add(f"{moved.group(2)} {moved.group(1)}")
-    forms = set()
-    for variant in variants:
-        form = normalize(variant).strip()
-        if not form:
-            continue
-        forms.add(form)
-        first, _, rest = form.partition(" ")
-        if first in ARTICLES and rest:
-            forms.add(rest)
-    return forms
-
-
-# Words a title or a name may keep in lowercase ("Back to the Future", "Sex, Lies, and Videotape").
-LOWER_WORDS = {"a", "an", "the", "and", "or", "of", "in", "on", "at", "to", "for", "with", "from", "by",
-               "as", "vs", "nor", "but", "de", "la", "le", "du", "des", "et"}
-
-
-def _tokens(text: str) -> tuple[list[str], list[bool], list[bool]]:
-    """Lowercased alphanumeric tokens of `text` (apostrophes dropped, as `normalize`), whether
-    each started with a capital letter, and whether punctuation separates it from the previous."""
-    text = text.replace("'", "").replace("\u2019", "")
-    tokens, caps, breaks, last = [], [], [], 0
-    for match in re.finditer(r"[A-Za-z0-9]+", text):
-        tokens.append(match.group().lower())
-        caps.append(match.group()[0].isupper())
-        breaks.append(bool(re.search(r"[^\s-]", text[last : match.start()])))
-        last = match.end()
-    return tokens, caps, breaks
-
-
-class _Phrases:
-    """Token sequences to find in a text (titles, genres), longest match first at each position."""
-
-    def __init__(self, phrases: dict[tuple[str, ...], str]):
-        self.by_first: dict[str, list[tuple[tuple[str, ...], str]]] = {}
-        for tokens, label in phrases.items():
-            self.by_first.setdefault(tokens[0], []).append((tokens, label))
-        for options in self.by_first.values():
-            options.sort(key=lambda option: -len(option[0]))
-
-    def find(self, tokens: list[str]) -> list[tuple[int, int, str]]:
-        """(start, end, label) of every non-overlapping match, left to right."""
-        found, i = [], 0
-        while i < len(tokens):
-            for phrase, label in self.by_first.get(tokens[i], ()):
-                if tuple(tokens[i : i + len(phrase)]) == phrase:
-                    found.append((i, i + len(phrase), label))
-                    i += len(phrase)
-                    break
-            else:
-                i += 1
-        return found
-
-
-def _title_case(tokens: list[str], caps: list[bool], start: int, end: int) -> bool:
-    """Written like a title: every word but the small ones capitalised (so "a chain reaction"
-    is not the movie "Chain Reaction")."""
-    words = [i for i in range(start, end) if tokens[i] not in LOWER_WORDS and not tokens[i].isdigit()]
-    return bool(words) and all(caps[i] for i in words)
-
-
-def _genre_phrases(genres: Sequence[str]) -> dict[tuple[str, ...], str]:
-    """Token sequences naming each genre, singular and plural ("comedy", "comedies")."""
-    phrases = {}
-    for genre in genres:
-        tokens = tuple(normalize(genre).split())
-        if not tokens:
-            continue
-        last = tokens[-1]
-        plurals = {last + "s", last + "es"} | ({last[:-1] + "ies"} if last.endswith("y") else set())
-        for variant in {last, *plurals}:
-            phrases[tokens[:-1] + (variant,)] = genre
-    return phrases
-
-
-# Leftovers of the recommender's internals that a user-facing explanation must not contain
-# (the first seed measures their rate). Each entry: (label, regex on the raw text).
-TECHNICAL_TERMS: list[tuple[str, str]] = [
-    ("cosine", r"\bcosine\b"),
-    ("similarity score", r"\bsimilarity (?:score|value|weight)s?\b"),
-    ("KNN", r"\b(?:k-?nn|item-?knn|k-nearest)\b"),
-    ("nearest neighbour", r"\bnearest[- ]neighbou?rs?\b"),
-    ("neighbour", r"\bneighbou?rs?\b"),
-    ("node", r"\bnodes?\b"),
-    ("knowledge graph", r"\bknowledge[- ]graph\b"),
-    ("graph", r"\bgraphs?\b"),
-    ("embedding", r"\bembeddings?\b"),
-    ("vector", r"\bvectors?\b"),
-    ("entity", r"\bentit(?:y|ies)\b"),
-    ("path", r"(?<!-)\bpaths?\b(?!-)"),  # not "path-breaking"
-    ("item/user id", r"\b(?:item|user|movie)[ _-]?ids?\b"),
-    ("typed entity id", r"\b(?:movie|actor|director|writer|producer|genre|tag|user|company|award):\S+"),
-    ("freebase id", r"\bm\.0[0-9a-z_]+\b"),
-    ("relation name", r"\bfilm\.film\.\w+|\bhas_tag\b|\bsimilar_to\b"),
-    ("raw weight", r"(?<![\w.])0\.\d{2,}\b"),
-]
-
-
-def find_technical_terms(text: str) -> list[str]:
-    """Labels of the technical leftovers found in `text` (each label once, in table order)."""
-    return [label for label, pattern in TECHNICAL_TERMS if re.search(pattern, text, re.IGNORECASE)]
-
-
-def repetition(text: str, n: int = 4, max_count: int = 2) -> str | None:
-    """The repeated fragment when `text` loops: a sentence said twice, or a word n-gram said more
-    than `max_count` times; None otherwise."""
-    sentences = [normalize(s).strip() for s in re.split(r"(?<=[.!?])\s+", text)]
-    seen = set()
-    for sentence in sentences:
-        if len(sentence.split()) >= 3 and sentence in seen:
-            return sentence
-        seen.add(sentence)
-    tokens = normalize(text).split()
-    counts: dict[tuple[str, ...], int] = {}
-    for i in range(len(tokens) - n + 1):
-        gram = tuple(tokens[i : i + n])
-        counts[gram] = counts.get(gram, 0) + 1
-        if counts[gram] > max_count:
-            return " ".join(gram)
-    return None
-
-
-# ---------------------------------------------------------------------------------------------
-# Rubric
-
-
-class RubricResult(BaseModel):
-    """Verifiable checks of one explanation against its case (see `rubric_checks`).
-
-    The five checks pass or fail; `specificity` (0-1) grades how many distinct evidence items
-    (titles, genres) the explanation uses, up to 3. `score` = (passed checks + specificity) / 6.
-    """
-
-    model_config = ConfigDict(frozen=True)
-
-    mentions_title: bool
-    grounded: bool
-    no_technical_terms: bool
-    length_ok: bool
-    no_repetition: bool
-    specificity: float = Field(ge=0, le=1)
-    words: int
-    unknown_titles: list[str] = []
-    unknown_genres: list[str] = []
-    unknown_names: list[str] = []
-    technical_terms: list[str] = []
-    repeated: str | None = None
-
-    CHECKS: ClassVar[tuple[str, ...]] = ("mentions_title", "grounded", "no_technical_terms", "length_ok", "no_repetition")
-
-    @property
-    def checks(self) -> dict[str, bool]:
-        return {name: getattr(self, name) for name in self.CHECKS}
-
-    @computed_field
-    @property
-    def score(self) -> float:
-        return round((sum(self.checks.values()) + self.specificity) / (len(self.CHECKS) + 1), 6)
-
-
-@dataclass
-class Catalogue:
-    """Every title and genre of the dataset (build_cases' catalogue.json): lets the rubric spot
-    a real movie or genre that the explanation names but the case's evidence does not hold."""
-
-    titles: list[str] = field(default_factory=list)
-    genres: list[str] = field(default_factory=list)
-
-    def __post_init__(self) -> None:
-        # Single-word titles ("Heat", "Big") are common words: only multi-word forms are searched.
-        # Full titles are added last so that they win over a shorter form of another title
-        # ("The Godfather" over the "The Godfather" form of "The Godfather: Part II").
-        forms: dict[tuple[str, ...], str] = {}
-        for title in self.titles:
-            for form in title_forms(title) - {normalize(title).strip()}:
-                forms.setdefault(tuple(form.split()), title)
-        for title in self.titles:
-            forms[tuple(normalize(title).split())] = title
-        self.title_phrases = _Phrases({form: title for form, title in forms.items() if len(form) >= 2})
-
-    @classmethod
-    def read(cls, cases_dir: Path) -> "Catalogue":
-        path = Path(cases_dir) / "catalogue.json"
-        if not path.exists():
-            raise FileNotFoundError(f"{path}: missing (build_cases writes it next to the cases)")
-        data = json.loads(path.read_text())
-        return cls(titles=data["titles"], genres=data["genres"])
-
-
-def _capitalised_runs(tokens: list[str], caps: list[bool], breaks: list[bool], covered: list[bool]) -> list[str]:
-    """Runs of two or more capitalised words (small words such as "of the" may sit inside, as in
-    "Lord of the Rings") outside `covered` tokens and not split by punctuation."""
-    runs, current = [], []
-
-    def close() -> None:
-        while current and current[-1] in LOWER_WORDS:
-            current.pop()
-        if sum(t not in LOWER_WORDS for t in current) >= 2:
-            runs.append(" ".join(current))
-        current.clear()
-
-    for i, token in enumerate(tokens):
-        if breaks[i] or covered[i]:
-            close()
-        if covered[i]:
-            continue
-        if caps[i] and not token.isdigit() and token != "i":  # "When I ..." names nobody
-            current.append(token)
-        elif current and token in LOWER_WORDS and token not in ("and", "or", "nor", "but"):
-            current.append(token)  # "Lord of the Rings"; "A and B" are two names
-        else:
-            close()
-    close()
-    return runs
-
-
-def rubric_checks(
-    case: Case,
-    text: str,
-    *,
-    catalogue: Catalogue | None = None,
-    min_words: int = 15,
-    max_words: int = 120,
-) -> RubricResult:
-    """Run the verifiable checks of `text` as an explanation of `case`.
-
-    Evidence = the recommended movie, the history, the neighbours, their genres and whatever the
-    path texts name (not `next_item`: explainers never see it). Ungrounded, each listed in the
-    result:
-    - `unknown_titles`: a catalogue title (two or more words, written in title case) or a quoted
-      capitalised phrase that is not an evidence title;
-    - `unknown_genres`: a catalogue genre no evidence movie or path has;
-    - `unknown_names`: a run of two or more capitalised words (a person, a place, an invented
-      title) that appears nowhere in the evidence.
-    Without a catalogue, titles are checked through quoted phrases and capitalised runs only.
-    """
-    catalogue = catalogue or Catalogue()
-    tokens, caps, breaks = _tokens(text)
-    path_tokens = _tokens(" ".join(p.text for p in case.paths))[0]
-    evidence_titles = [case.item.title, *(m.title for m in case.history), *(n.title for n in case.neighbours)]
-    evidence_titles += [title for _, _, title in catalogue.title_phrases.find(path_tokens)]
-    evidence_forms = {form for title in evidence_titles for form in title_forms(title)}
-    evidence = _Phrases({tuple(form.split()): title for title in reversed(evidence_titles) for form in title_forms(title)})
-    genre_phrases = _Phrases(_genre_phrases(sorted(set(catalogue.genres) | {g for m in [case.item, *case.history] for g in m.genres})))
-    evidence_genres = {g for m in [case.item, *case.history] for g in m.genres}
-    evidence_genres |= {genre for _, _, genre in genre_phrases.find(path_tokens)}
-
-    covered = [False] * len(tokens)
-
-    def cover(start: int, end: int) -> None:
-        covered[start:end] = [True] * (end - start)
-
-    used_titles = set()
-    for start, end, title in evidence.find(tokens):
-        used_titles.add(title)
-        cover(start, end)
-    unknown_titles = []
-    for start, end, title in catalogue.title_phrases.find(tokens):
-        if any(covered[start:end]) or not _title_case(tokens, caps, start, end):
-            continue
-        cover(start, end)
-        if not title_forms(title) & evidence_forms and title not in unknown_titles:
-            unknown_titles.append(title)
-    for quoted in re.findall(r"[\"\u201c*]([A-Z][^\"\u201d*\n]{1,60})[\"\u201d*]", text):
-        quoted = quoted.strip()
-        if len(quoted.split()) <= 8 and not title_forms(quoted) & evidence_forms and quoted not in unknown_titles:
-            if not genre_phrases.find(_tokens(quoted)[0]):
-                unknown_titles.append(quoted)
-
-    named_genres = set()
-    for start, end, genre in genre_phrases.find(tokens):
-        if not any(covered[start:end]):  # a word inside a title ("Star Wars") names no genre
-            named_genres.add(genre)
-            cover(start, end)
-    unknown_genres = sorted(named_genres - evidence_genres)
-
-    evidence_text = normalize(" ".join([*evidence_titles, *(p.text for p in case.paths), *evidence_genres]))
-    unknown_names = []
-    for name in _capitalised_runs(tokens, caps, breaks, covered):
-        if f" {name} " not in evidence_text and not any(name in t.lower() for t in unknown_titles):
-            unknown_names.append(name)
-
-    used_items = (used_titles - {case.item.title}) | (named_genres & evidence_genres)
-    count = len(words(text))
-    repeated = repetition(text)
-    technical = find_technical_terms(text)
-    return RubricResult(
-        mentions_title=case.item.title in used_titles,
-        grounded=not unknown_titles and not unknown_genres and not unknown_names,
-        no_technical_terms=not technical,
-        length_ok=min_words <= count <= max_words,
-        no_repetition=repeated is None,
-        specificity=min(len(used_items), 3) / 3,
-        words=count,
-        unknown_titles=unknown_titles,
-        unknown_genres=unknown_genres,
-        unknown_names=unknown_names,
-        technical_terms=technical,
-        repeated=repeated,
-    )
-
 
 # ---------------------------------------------------------------------------------------------
 # Parsing an LLM judge's answer
@@ -550,7 +221,7 @@ class PairJudgement(BaseModel):
     Attributes:
         verdict: "a", "b", "tie", "both_bad", "inconsistent" or "invalid".
         score_a / score_b: each candidate's quality in 0-1 as the configured judge sees it (llm:
-            mean 0-5 score / 5 over both orders; rubric: `RubricResult.score`; ensemble: the
+            mean 0-5 score / 5 over both orders; rubric: `CheckResult.score`; ensemble: the
             weighted mix), None when it could not be computed.
         llm_choice: the LLM's order-consistent choice, "inconsistent", "invalid", or None (no LLM).
         llm_ab / llm_ba: the LLM's parsed verdicts with A shown first / B shown first; `llm_ba`
@@ -567,8 +238,8 @@ class PairJudgement(BaseModel):
     llm_ba: PairVerdict | None = None
     raw_ab: list[str] = []
     raw_ba: list[str] = []
-    rubric_a: RubricResult | None = None
-    rubric_b: RubricResult | None = None
+    rubric_a: CheckResult | None = None
+    rubric_b: CheckResult | None = None
 
     @property
     def kept(self) -> bool:
@@ -609,9 +280,10 @@ def _llm_verdicts(
     return ab, ba
 
 
-def acceptable(result: RubricResult, min_score: float) -> bool:
-    """The rubric's gate: within the length bounds, no loop, and a score of at least `min_score`."""
-    return result.length_ok and result.no_repetition and result.score >= min_score
+def acceptable(result: CheckResult, min_score: float) -> bool:
+    """The rubric's gate: a usable answer (complete, within the length bounds, no loop) with a
+    check score of at least `min_score`."""
+    return result.usable and result.score >= min_score
 
 
 def swap_choice(choice: str) -> str:
@@ -652,10 +324,10 @@ def judge_explanation_pairs(
     needs_llm = judge.kind in ("llm", "ensemble")
     if needs_llm and (model is None or templates is None):
         raise ValueError(f"judge.kind={judge.kind!r} needs a model and the judge template ({judge.prompt})")
-    rubrics: list[tuple[RubricResult, RubricResult] | None] = [None] * len(items)
+    rubrics: list[tuple[CheckResult, CheckResult] | None] = [None] * len(items)
     if judge.kind in ("rubric", "ensemble"):
         bounds = {"catalogue": catalogue, "min_words": judge.min_words, "max_words": judge.max_words}
-        rubrics = [(rubric_checks(case, a, **bounds), rubric_checks(case, b, **bounds)) for case, a, b in items]
+        rubrics = [(check_explanation(case, a, **bounds), check_explanation(case, b, **bounds)) for case, a, b in items]
     # The ensemble asks only where the vote can matter; two identical texts get no vote either
     # way (the LLM's two orders cannot agree on one of them).
     ask = [i for i, ((_, text_a, text_b), rubric) in enumerate(zip(items, rubrics)) if judge.kind == "llm"
@@ -721,7 +393,7 @@ def vote_can_change_verdict(rubric_margin: float, gate: bool, judge: JudgeConfig
     return len({ensemble_verdict(choice, rubric_margin, gate, judge) for choice in ("a", None, "b")}) > 1
 
 
-def _margin_and_gate(rubric: tuple[RubricResult, RubricResult], judge: JudgeConfig) -> tuple[float, bool]:
+def _margin_and_gate(rubric: tuple[CheckResult, CheckResult], judge: JudgeConfig) -> tuple[float, bool]:
     """A's rubric score minus B's, and whether either explanation passes the rubric's gate."""
     return rubric[0].score - rubric[1].score, any(acceptable(r, judge.min_rubric_score) for r in rubric)
 
@@ -744,32 +416,6 @@ def explainability_scores(
         render_messages(judge.explainability_prompt, templates, case=case, explanation=text) for case, text in items
     ]
     return [p[0] for p in generate_parsed(model, prompts, parse_score, judge.sampling, max_retries=judge.max_parse_retries)]
-
-
-def score_explanations(
-    items: Sequence[tuple[Case, str]],
-    *,
-    judge: JudgeConfig,
-    templates: Templates | None = None,
-    model: ChatModel | None = None,
-    catalogue: Catalogue | None = None,
-) -> list[float | None]:
-    """One explanation's quality in 0-1 as the configured judge sees it (best-of-n selection):
-    rubric score; explainability score / 100 (llm); or their `llm_weight` mix (ensemble, the
-    rubric alone when the LLM's answer never parsed). None: the llm judge's answer never parsed."""
-    rubric = [None] * len(items)
-    if judge.kind in ("rubric", "ensemble"):
-        bounds = {"catalogue": catalogue, "min_words": judge.min_words, "max_words": judge.max_words}
-        rubric = [rubric_checks(case, text, **bounds).score for case, text in items]
-    if judge.kind == "rubric":
-        return rubric
-    if model is None or templates is None:
-        raise ValueError(f"judge.kind={judge.kind!r} needs a model and {judge.explainability_prompt}")
-    explainability = [p.value for p in explainability_scores(items, judge=judge, templates=templates, model=model)]
-    if judge.kind == "llm":
-        return [None if e is None else e / 100 for e in explainability]
-    w = judge.llm_weight
-    return [r if e is None else w * e / 100 + (1 - w) * r for r, e in zip(rubric, explainability)]
 
 
 # ---------------------------------------------------------------------------------------------

@@ -68,6 +68,8 @@ from recxplain.config import (
 from recxplain.prompts import (
     ChatModel, Templates, generate_parsed, render_messages, template_hash, template_source, validity_stats,
 )
+from recxplain.checks import normalize, repetition, title_forms, words
+from recxplain.models import pair_sampler_llm
 from recxplain.schemas import Movie
 from recxplain.stats import bootstrap_ci
 from tasks.explain import expand_rounds, explainer_llm
@@ -79,13 +81,8 @@ from tasks.judge import (
     judge_explanation_pairs,
     judge_stats,
     vote_can_change_verdict,
-    normalize,
-    repetition,
-    title_forms,
-    words,
 )
 from tasks.recommend import fit_recommender, load_recommender, ranks_to_metrics, read_interactions, recommend, score_candidates
-from tasks.teacher import pair_sampler_llm, student_llm
 
 log = logging.getLogger(__name__)
 

@@ -8,11 +8,14 @@ answers (see its docstring).
 tables beside it), the explanations, the cases and each student's `training.json`, and writes:
 
 - `report.html`: one page that opens offline (plots embedded as base64 PNG, no scripts, no
-  external assets): the metrics table with 95% intervals, win-ratio bars, Bradley-Terry strengths
-  with intervals, grouped bars of the bounded metrics and of the style rates, attribute
-  prediction against its baselines, training curves, explanation length by user gender, the
-  significance tables, and example explanations side by side with their evidence. Every piece of
-  model text is HTML-escaped (Jinja2 autoescape): explanations are untrusted LLM output.
+  external assets). It opens with "Did alignment help?" when the evaluate folder has
+  `alignment.parquet` (`recxplain.stats.paired_comparison`: each trained student against the
+  untrained base model and the template on the same cases), then the metrics table with 95%
+  intervals, win-ratio bars, Bradley-Terry strengths with intervals, grouped bars of the bounded
+  metrics and of the style rates, attribute prediction against its baselines, training curves,
+  explanation length by user gender, the significance tables, and example explanations side by
+  side with their evidence. Every piece of model text is HTML-escaped (Jinja2 autoescape):
+  explanations are untrusted LLM output.
 - `report.md`: the markdown summary (`report_markdown`), also what the flow publishes as a
   Prefect markdown artifact; `metrics_table.json`: the rows of `metrics_table`, for a Prefect
   table artifact.
@@ -61,7 +64,15 @@ METRICS: dict[str, tuple[str, int, int]] = {
     "words": ("Words", 0, 1),
     "tokens": ("Tokens", 0, 1),
     "latency_s": ("Latency (s)", -1, 3),
+    "check_score": ("Check score", 1, 3),
+    "passes_checks": ("Passes every check", 1, 3),
+    "loop": ("Repetition loops", -1, 3),
+    "false_rating_claims": ("False claims about the user's ratings", -1, 3),
 }
+
+# Shorter labels in the alignment section, where the metric is a row rather than a column header.
+ALIGNMENT_LABELS = {"validity": "Validity", "check_score": "Check score", "loop": "Repetition loops",
+                    "faithfulness": "Faithfulness", "rouge_l": "ROUGE-L vs teacher"}
 
 # Bounded in [0, 1]: comparable on one axis in the grouped bar chart.
 BOUNDED = ("win_ratio", "faithfulness", "hallucination_rate", "mentions_item", "validity", "rouge_l", "diversity",
@@ -74,6 +85,7 @@ STYLE = ("domain_terms", "technical_terms", "subjective_terms")
 
 
 def _read(folder: Path, name: str) -> pd.DataFrame | None:
+    """The parquet table `name` of the folder, or None when the run did not write it."""
     path = Path(folder) / name
     return pd.read_parquet(path) if path.exists() else None
 
@@ -141,17 +153,115 @@ def _best(frame: pd.DataFrame, metric: str) -> tuple[str, float] | None:
     return str(best["explainer"]), float(best["value"])
 
 
+# --------------------------------------------------------------------------------------------
+# Did alignment help? (alignment.parquet: students against base and template on the same cases)
+
+
+def _summary(metrics: Path) -> dict:
+    """The evaluate folder's metrics.json, or {} for a run without one."""
+    path = Path(metrics) / "metrics.json"
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
+def read_alignment(metrics: Path) -> pd.DataFrame | None:
+    """alignment.parquet of the evaluate folder; None when absent or empty (older runs, RecLAIF)."""
+    frame = _read(Path(metrics), "alignment.parquet")
+    return frame if frame is not None and len(frame) else None
+
+
+def alignment_label(metric: str) -> str:
+    """A readable name for a metric of the alignment table; unknown metrics as they are."""
+    return ALIGNMENT_LABELS.get(metric) or METRICS.get(metric, (metric,))[0]
+
+
+def _signed(value: float, digits: int) -> str:
+    """The value with its sign ('+0.250', '-0.100'); '' for NaN."""
+    return "" if pd.isna(value) else f"{value:+.{digits}f}"
+
+
+def _difference(row, digits: int) -> str:
+    """'+0.417 [+0.271, +0.563]', or the difference alone without an interval."""
+    text = _signed(row.difference, digits)
+    if text and not (pd.isna(row.ci_low) or pd.isna(row.ci_high)):
+        text += f" [{_signed(row.ci_low, digits)}, {_signed(row.ci_high, digits)}]"
+    return text
+
+
+def _p(value: float) -> str:
+    """A p-value for reading: '<0.0001' below that, 'n/a' where no test ran."""
+    if pd.isna(value):
+        return "n/a"
+    return "<0.0001" if value < 0.0001 else f"{value:.4f}" if value < 0.001 else f"{value:.3f}"
+
+
+def alignment_rows(alignment: pd.DataFrame) -> list[dict]:
+    """The alignment table as display rows: every number formatted, metrics labelled."""
+    rows = []
+    for r in alignment.itertuples(index=False):
+        digits = METRICS.get(r.metric, ("", 0, 3))[2]
+        rows.append({"student": r.student, "baseline": r.baseline, "metric": alignment_label(r.metric),
+                     "n": int(r.n), "mean_student": _fmt(r.mean_student, digits),
+                     "mean_baseline": _fmt(r.mean_baseline, digits), "difference": _difference(r, digits),
+                     "test": r.test, "p": _p(r.p_value), "verdict": r.verdict})
+    return rows
+
+
+def alignment_sentences(alignment: pd.DataFrame, reference: str = "base") -> list[str]:
+    """One sentence per student: every metric against `reference` (the first baseline it met when
+    `reference` is not in the table), e.g. 'dpo vs base: validity +0.417 [...], McNemar p=0.0001 (better); ...'."""
+    sentences = []
+    for student, rows in alignment.groupby("student", sort=False):
+        baseline = reference if reference in set(rows["baseline"]) else rows["baseline"].iloc[0]
+        parts = []
+        for r in rows[rows["baseline"] == baseline].itertuples(index=False):
+            label = alignment_label(r.metric)
+            label = label if label[:2].isupper() else label[0].lower() + label[1:]  # keep 'ROUGE-L'
+            p = _p(r.p_value)
+            p = f"p{p}" if p.startswith("<") else f"p={p}"
+            parts.append(f"{label} {_difference(r, METRICS.get(r.metric, ('', 0, 3))[2])}, "
+                         f"{str(r.test).split()[0]} {p} ({r.verdict})")
+        sentences.append(f"{student} vs {baseline}: " + "; ".join(parts) + ".")
+    return sentences
+
+
+# Said once under the heading, in both the markdown and the page.
+ALIGNMENT_INTRO = ("Each trained student against the untrained base model and the fixed template, on the same "
+                   "held-out cases: the difference is student minus baseline, averaged over the cases where both "
+                   "have a value, with a bootstrap 95% interval over cases. Exact McNemar test for yes/no metrics, "
+                   "Wilcoxon signed-rank for scores; the verdict (p < 0.05) takes the metric's direction into "
+                   "account (fewer loops is better) and is not corrected for the number of comparisons.")
+ALIGNMENT_HEADERS = ("student", "baseline", "metric", "n", "student mean", "baseline mean", "difference [95% CI]",
+                     "test", "p", "verdict")
+
+
+def alignment_markdown(alignment: pd.DataFrame | None, judge_note: str | None) -> list[str]:
+    """The "Did alignment help?" section as markdown lines; none without an alignment table."""
+    if alignment is None:
+        return []
+    lines = ["## Did alignment help?", "", ALIGNMENT_INTRO, ""]
+    lines += [f"- {sentence}" for sentence in alignment_sentences(alignment)]
+    lines += ["", "| " + " | ".join(ALIGNMENT_HEADERS) + " |", "|---" * len(ALIGNMENT_HEADERS) + "|"]
+    for row in alignment_rows(alignment):
+        lines.append("| " + " | ".join(str(v) for v in row.values()) + " |")
+    if judge_note:
+        lines += ["", f"_{judge_note}_"]
+    return lines + [""]
+
+
 def report_markdown(metrics: Path, headline: tuple[str, ...] = ("bt_strength", "win_ratio", "avg_rank",
                                                               "explainability", "faithfulness", "hallucination_rate",
                                                               "rouge_l", "diversity", "validity")) -> str:
-    """A markdown summary of the evaluation: the leader, a compact table, the significant pairs."""
+    """A markdown summary of the evaluation: whether alignment helped (when the run compared its
+    students), the leader, a compact table, the significant pairs."""
     frame = read_metrics(metrics)
-    lines = ["# recxplain evaluation", ""]
-    summary_path = Path(metrics) / "metrics.json"
-    if summary_path.exists():
-        summary = json.loads(summary_path.read_text())
-        lines.append(f"{summary.get('cases', '?')} held-out cases, explainers: {', '.join(summary.get('explainers', []))}.")
-        lines.append("")
+    summary = _summary(metrics)
+    alignment = read_alignment(metrics)
+    lines = ["# recxplain evaluation", ""] + alignment_markdown(alignment, summary.get("judge_note"))
+    if summary:
+        explainers = ", ".join(summary.get("explainers", []))
+        lines += [f"{summary.get('cases', '?')} held-out cases, explainers: {explainers}.", ""]
+    if summary.get("judge_note") and alignment is None:  # the note still belongs to the run
+        lines += [f"_{summary['judge_note']}_", ""]
     for metric in ("bt_strength", "win_ratio", "explainability"):
         best = _best(frame, metric)
         if best:
@@ -332,6 +442,8 @@ td.num { text-align: right; white-space: nowrap; }
 .explanations { display: grid; grid-template-columns: repeat(auto-fill, minmax(260px, 1fr)); gap: 0.6em; }
 .explanation { background: #fafafa; border: 1px solid #e3e3e3; padding: 0.5em; white-space: pre-wrap; }
 .muted { color: #777; font-size: 0.9em; }
+.better { background: #e8f4e8; }
+.worse { background: #f8e6e6; }
 """
 
 PAGE = """<!DOCTYPE html>
@@ -345,6 +457,18 @@ PAGE = """<!DOCTYPE html>
 Values are means over explanations with bootstrap 95% intervals in brackets; n is the number of values.
 Bold: the best explainer on a metric with a direction.</p>
 
+{% if alignment %}<h2>Did alignment help?</h2>
+<p>{{ alignment_intro }}</p>
+<ul>{% for s in alignment_sentences %}<li>{{ s }}</li>{% endfor %}</ul>
+<table><tr>{% for h in alignment_headers %}<th>{{ h }}</th>{% endfor %}</tr>
+{% for r in alignment %}<tr><th>{{ r.student }}</th><td>{{ r.baseline }}</td><td>{{ r.metric }}</td>
+<td class="num">{{ r.n }}</td><td class="num">{{ r.mean_student }}</td><td class="num">{{ r.mean_baseline }}</td>
+<td class="num">{{ r.difference }}</td><td>{{ r.test }}</td><td class="num">{{ r.p }}</td>
+<td class="{{ r.verdict if r.verdict in ('better', 'worse') else '' }}">{{ r.verdict }}</td></tr>
+{% endfor %}</table>
+{% if judge_note %}<p class="muted">{{ judge_note }}</p>{% endif %}
+{% elif judge_note %}<p class="muted">{{ judge_note }}</p>
+{% endif %}
 <h2>Metrics</h2>
 <table><tr><th>metric</th>{% for e in explainers %}<th>{{ e }}</th>{% endfor %}</tr>
 {% for row in table %}<tr><th title="{{ row.metric }}">{{ row.label }}</th>
@@ -434,8 +558,8 @@ def render_report(*, evaluation: EvaluationConfig, metrics: Path, explanations: 
     explainers = _explainer_order(frame)
     eval_cases = read_cases(Path(cases) / "eval.jsonl")
     texts = pd.read_parquet(Path(explanations) / "explanations.parquet")
-    summary_path = Path(metrics) / "metrics.json"
-    summary = json.loads(summary_path.read_text()) if summary_path.exists() else {}
+    summary = _summary(metrics)
+    alignment = read_alignment(metrics)
 
     tournament_plots = [p for p in (
         bar_plot(frame, "win_ratio", explainers, "Win ratio in the judge tournament", reference=0.5),
@@ -461,6 +585,11 @@ def render_report(*, evaluation: EvaluationConfig, metrics: Path, explanations: 
     return environment.from_string(PAGE).render(
         n_cases=len(eval_cases),
         explainers=explainers,
+        alignment=alignment_rows(alignment) if alignment is not None else None,
+        alignment_sentences=alignment_sentences(alignment) if alignment is not None else [],
+        alignment_intro=ALIGNMENT_INTRO,
+        alignment_headers=ALIGNMENT_HEADERS,
+        judge_note=summary.get("judge_note"),
         table=_metric_rows(frame, explainers),
         tournament=summary.get("tournament"),
         tournament_plots=tournament_plots,

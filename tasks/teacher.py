@@ -1,15 +1,17 @@
 """teacher_generate (SFT data) and sample_pairs (candidate pairs for preference learning).
 
-teacher_generate: the teacher explains every training case once (or `best_of` times, keeping the
-answer the judge scores best). An answer must be a usable explanation (`parse_explanation`:
-non-empty, within the word bounds, not looping); an unusable one is re-asked with the reason fed
-back up to `teacher.max_parse_retries` times, then counted invalid and left out of the SFT data.
+teacher_generate: the teacher explains every training case `best_of` times and keeps the answer
+the checks of `recxplain.checks` rate best (best-of-n); with `teacher.require_checks` a case
+none of whose answers passes every check is left out of the SFT data. An answer must first be a
+usable explanation (`parse_explanation`: complete, within the word bounds, not looping); an
+unusable one is re-asked with the reason fed back up to `teacher.max_parse_retries` times.
 
-sample_pairs: two candidates per training case, sampled at the pairs' (high) temperature and
-nucleus mass, from the teacher (first seed) or from the current student (RecLAIF Algorithm 1,
-round r: the base model plus the adapter the previous round trained). Candidates are not re-asked:
-a bad sample is exactly what the judge should learn to reject. Identical twins carry no
-preference and are dropped.
+sample_pairs: `pairs.candidates` answers per training case, sampled at the pairs' (high)
+temperature, from the teacher (first seed) or from the current student (RecLAIF Algorithm 1,
+round r: the base model plus the adapter the previous round trained). With more than two
+candidates, the pair is the one the checks rate best and the one they rate worst, so that chosen
+and rejected differ where it matters. Candidates are not re-asked: a bad sample is exactly what
+the judge should learn to reject. Identical twins carry no preference and are dropped.
 
 Both use `recxplain.prompts.explain_messages` with `teacher.prompt`, the prompt the students and
 the evaluation see too. LLM responses are cached under `out/cache/`, so a run killed mid-stage
@@ -19,17 +21,16 @@ resumes without repeating calls.
 from __future__ import annotations
 
 import json
-import re
 from functools import partial
 from pathlib import Path
 
 import polars as pl
 
-from recxplain.config import JudgeConfig, LLMConfig, PairsConfig, TeacherConfig, TrainingConfig
+from recxplain.checks import Catalogue, check_explanations, clean_explanation, parse_explanation, pick_best
+from recxplain.config import LLMConfig, PairsConfig, TeacherConfig, TrainingConfig
+from recxplain.models import pair_sampler_llm
 from recxplain.prompts import (
     ChatModel,
-    Parsed,
-    Templates,
     explain_messages,
     generate_parsed,
     template_hash,
@@ -37,39 +38,6 @@ from recxplain.prompts import (
     validity_stats,
 )
 from recxplain.schemas import Case, read_cases
-from tasks.judge import Catalogue, repetition, score_explanations, words
-
-
-def clean_explanation(text: str) -> str:
-    """The explanation inside a model's answer: code fences, an "Explanation:" label and
-    surrounding quotes removed, whitespace collapsed, an unfinished last sentence cut (when at
-    least one sentence is complete)."""
-    text = re.sub(r"```[a-z]*", "", text).strip()
-    text = re.sub(r"^\s*\**(?:explanation|answer)\**\s*:\s*", "", text, flags=re.IGNORECASE)
-    text = " ".join(text.split())
-    if len(text) >= 2 and text[0] in "\"\u201c" and text[-1] in "\"\u201d":
-        text = text[1:-1].strip()
-    if text and text[-1] not in ".!?\"')\u201d":
-        ends = [m.end() for m in re.finditer(r"[.!?][\"')\u201d]?(?=\s)", text)]
-        if ends:
-            text = text[: ends[-1]]
-    return text
-
-
-def parse_explanation(text: str, *, min_words: int, max_words: int) -> str:
-    """`clean_explanation(text)` when it is a usable explanation; ValueError saying why not."""
-    cleaned = clean_explanation(text)
-    count = len(words(cleaned))
-    if count == 0:
-        raise ValueError("the answer is empty; write the explanation")
-    if count < min_words:
-        raise ValueError(f"the explanation has {count} words; write at least {min_words}")
-    if count > max_words:
-        raise ValueError(f"the explanation has {count} words; write at most {max_words}")
-    looped = repetition(cleaned)
-    if looped:
-        raise ValueError(f'the explanation repeats itself ("{looped}"); give each reason once')
-    return cleaned
 
 
 def _load(cfg: LLMConfig, artifacts_dir: Path, cache_path: Path) -> ChatModel:
@@ -89,35 +57,6 @@ def _train_cases(cases: Path) -> list[Case]:
     return found
 
 
-def _pick_best(
-    train: list[Case], results: list[list[Parsed]], teacher: TeacherConfig, judge: JudgeConfig | None,
-    templates: Templates, cases: Path, artifacts_dir: Path, out: Path,
-) -> tuple[list[int | None], list[list[float | None]]]:
-    """Index of the kept sample per case (None: no valid sample) and every sample's judge score."""
-    scores: list[list[float | None]] = [[None] * len(samples) for samples in results]
-    if teacher.best_of > 1:
-        if judge is None:
-            raise ValueError("teacher.best_of > 1 needs the judge: pass judge=<JudgeConfig> to teacher_generate")
-        items = [(train[i], p.value) for i, samples in enumerate(results) for p in samples if p.valid]
-        slots = [(i, j) for i, samples in enumerate(results) for j, p in enumerate(samples) if p.valid]
-        model = None
-        if judge.kind != "rubric":
-            model = _load(judge.llm, artifacts_dir, Path(out) / "cache" / "best_of_judge.sqlite")
-        for (i, j), score in zip(slots, score_explanations(
-            items, judge=judge, templates=templates, model=model, catalogue=Catalogue.read(cases)
-        )):
-            scores[i][j] = score
-    best = []
-    for samples, sample_scores in zip(results, scores):
-        valid = [j for j, p in enumerate(samples) if p.valid]
-        if not valid:
-            best.append(None)
-            continue
-        # Highest score first; an unscored (invalid-judge) sample ranks last; ties: lowest index.
-        best.append(max(valid, key=lambda j: (sample_scores[j] is not None, sample_scores[j] or 0.0, -j)))
-    return best, scores
-
-
 def teacher_generate(
     out: Path,
     *,
@@ -125,35 +64,41 @@ def teacher_generate(
     cases: Path,
     templates: dict[str, str],
     artifacts_dir: Path,
-    judge: JudgeConfig | None = None,
 ) -> None:
-    """Write sft.jsonl (trl conversational rows: messages + case_id, valid answers only),
-    generations.parquet (every sample and attempt) and stats.json (calls, tokens, cost, validity).
+    """Write sft.jsonl (trl conversational rows: the students' prompt, the kept answer, case_id),
+    generations.parquet (every sample and attempt, with its checks) and stats.json (calls,
+    tokens, cost, validity, kept cases and how many of them pass every check).
 
-    `templates`: `read_templates(teacher.prompt)`, plus `judge.explainability_prompt` when
-    `teacher.best_of > 1` with an llm or ensemble judge. `judge`: needed only when best_of > 1.
+    `templates`: `read_templates(teacher.prompt)`.
     """
     out = Path(out)
     train = _train_cases(cases)
     prompts = [explain_messages(case, teacher.prompt, templates) for case in train]
+    student_prompts = [explain_messages(case, teacher.prompt, templates, example=teacher.students_see_example)
+                       for case in train]
     model = _load(teacher.llm, artifacts_dir, out / "cache" / "teacher.sqlite")
     parse = partial(parse_explanation, min_words=teacher.min_words, max_words=teacher.max_words)
     results = generate_parsed(
         model, prompts, parse, teacher.sampling, n=teacher.best_of, max_retries=teacher.max_parse_retries
     )
-    best, scores = _pick_best(train, results, teacher, judge, templates, cases, artifacts_dir, out)
+    best, checks = pick_best(
+        train, [[p.value for p in samples] for samples in results], catalogue=Catalogue.read(cases),
+        min_words=teacher.min_words, max_words=teacher.max_words, require_passed=teacher.require_checks,
+    )
 
     rows = []
     with open(out / "sft.jsonl", "w") as fh:
-        for case, messages, samples, kept, sample_scores in zip(train, prompts, results, best, scores):
+        for case, messages, samples, kept, sample_checks in zip(train, student_prompts, results, best, checks):
             for j, parsed in enumerate(samples):
+                check = sample_checks[j]
                 rows.append({
                     "case_id": case.case_id, "sample": j, "text": parsed.value if parsed.valid else parsed.text,
                     "valid": parsed.valid, "attempts": parsed.attempts,
                     "error": parsed.errors[-1] if parsed.errors and not parsed.valid else None,
                     "raw": json.dumps(parsed.raw), "prompt_tokens": parsed.prompt_tokens,
-                    "completion_tokens": parsed.completion_tokens, "latency_s": parsed.latency_s,
-                    "cached": parsed.cached, "score": sample_scores[j], "kept": j == kept,
+                    "completion_tokens": parsed.completion_tokens,
+                    "score": check.score if check else None, "passed": check.passed if check else False,
+                    "failed": check.failed if check else [], "kept": j == kept,
                 })
             if kept is not None:
                 answer = {"role": "assistant", "content": samples[kept].value}
@@ -161,39 +106,30 @@ def teacher_generate(
     pl.DataFrame(rows, infer_schema_length=None).write_parquet(out / "generations.parquet")
 
     samples = [p for s in results for p in s]
+    kept_checks = [c[k] for c, k in zip(checks, best) if k is not None]
     stats = {
         "cases": len(train),
         **validity_stats(samples),
-        "sft_rows": sum(b is not None for b in best),
+        "samples_passing_checks": sum(bool(c and c.passed) for s in checks for c in s),
+        "sft_rows": len(kept_checks),
+        "kept_passing_checks": sum(c.passed for c in kept_checks),
         "best_of": teacher.best_of,
         "model": teacher.llm.model,
         "provider": teacher.llm.provider,
         "template": teacher.prompt,
         "template_hash": template_hash(template_source(teacher.prompt, templates)),
-        "usage": dict(getattr(model, "usage", {}) or {}),
+        "usage": _usage(model),
     }
     (out / "stats.json").write_text(json.dumps(stats, indent=2))
+    if not kept_checks:
+        raise ValueError(f"teacher_generate: none of {len(train)} cases has an answer that passes the checks "
+                         f"(see {out / 'generations.parquet'}); raise teacher.best_of or set teacher.require_checks "
+                         "to false")
 
 
-def student_llm(training: TrainingConfig, student: Path) -> LLMConfig:
-    """The current student as a local model: base model + its adapter (or its merged model)."""
-    adapter, merged = Path(student) / "adapter", Path(student) / "merged"
-    if adapter.exists():
-        return LLMConfig(provider="local", model=training.base_model, adapter=adapter)
-    if merged.exists():
-        return LLMConfig(provider="local", model=str(merged))
-    raise FileNotFoundError(f"{student}: no adapter/ or merged/ folder (written by the training stages)")
-
-
-def pair_sampler_llm(pairs: PairsConfig, teacher: TeacherConfig, training: TrainingConfig,
-                     student: Path | None) -> LLMConfig:
-    """The model that samples candidate pairs: the current student (RecLAIF Algorithm 1) or the
-    teacher (first seed), as `pairs.source` says."""
-    if pairs.source == "teacher":
-        return teacher.llm
-    if student is None:
-        raise ValueError("pairs.source is 'student' but no student folder was given")
-    return student_llm(training, student)
+def _usage(model) -> dict:
+    """The model's counters without wall time (artifact content must not change between identical runs)."""
+    return {k: v for k, v in (getattr(model, "usage", {}) or {}).items() if k != "seconds"}
 
 
 def sample_pairs(
@@ -208,7 +144,8 @@ def sample_pairs(
     artifacts_dir: Path,
 ) -> None:
     """Write pairs.parquet (case_id, text_a, text_b, source, prompt as JSON messages, model,
-    valid_a, valid_b) and stats.json; two samples per training case at `pairs.sampling`.
+    valid_a, valid_b) and stats.json; `pairs.candidates` samples per training case at
+    `pairs.sampling`, of which the best and the worst by the checks form the pair.
 
     `student`: the folder of the current student (train_sft or the previous DPO round) when
     `pairs.source` is `student`. `templates`: `read_templates(teacher.prompt)`.
@@ -216,9 +153,12 @@ def sample_pairs(
     out = Path(out)
     cfg = pair_sampler_llm(pairs, teacher, training, student)
     train = _train_cases(cases)
-    prompts = [explain_messages(case, teacher.prompt, templates) for case in train]
+    # The teacher samples with its own prompt; every row carries the prompt the students get.
+    prompts = [explain_messages(case, teacher.prompt, templates, example=teacher.students_see_example)
+               for case in train]
+    asked = prompts if pairs.source == "student" else [explain_messages(c, teacher.prompt, templates) for c in train]
     model = _load(cfg, artifacts_dir, out / "cache" / "pairs.sqlite")
-    outputs = model.generate(prompts, pairs.sampling, n=2)
+    outputs = model.generate(asked, pairs.sampling, n=pairs.candidates)
 
     def usable(text: str) -> bool:
         try:
@@ -227,18 +167,26 @@ def sample_pairs(
             return False
         return True
 
+    catalogue = Catalogue.read(cases) if pairs.candidates > 2 else None
     rows, identical, tokens = [], 0, 0
     for case, messages, samples in zip(train, prompts, outputs, strict=True):
-        if len(samples) != 2:
-            raise RuntimeError(f"model returned {len(samples)} samples for case {case.case_id}, asked for 2")
-        text_a, text_b = (clean_explanation(g.text) for g in samples)
+        if len(samples) != pairs.candidates:
+            raise RuntimeError(f"model returned {len(samples)} samples for case {case.case_id}, "
+                               f"asked for {pairs.candidates}")
+        texts = [clean_explanation(g.text) for g in samples]
         tokens += sum(g.completion_tokens for g in samples)
+        if len(texts) > 2:  # the best and the worst by the checks (first on ties: stable)
+            scores = [c.score for c in check_explanations([(case, t) for t in texts], catalogue=catalogue,
+                                                           min_words=teacher.min_words, max_words=teacher.max_words)]
+            order = sorted(range(len(texts)), key=lambda j: (-scores[j], j))
+            texts = [texts[order[0]], texts[order[-1]]]
+        text_a, text_b = texts
         if " ".join(text_a.lower().split()) == " ".join(text_b.lower().split()):
             identical += 1
             continue
         rows.append({
             "case_id": case.case_id, "text_a": text_a, "text_b": text_b, "source": pairs.source,
-            "prompt": json.dumps(messages), "model": cfg.model if cfg.adapter is None else f"{cfg.model}+{cfg.adapter}",
+            "prompt": json.dumps(messages), "model": cfg.model if cfg.adapter is None else f"{cfg.model}+adapter",
             "valid_a": usable(text_a), "valid_b": usable(text_b),
         })
     schema = {"case_id": pl.String, "text_a": pl.String, "text_b": pl.String, "source": pl.String,
@@ -254,6 +202,6 @@ def sample_pairs(
         "validity_ratio": round(sum(r["valid_a"] + r["valid_b"] for r in rows) / candidates, 4) if candidates else None,
         "completion_tokens": tokens,
         "template_hash": template_hash(template_source(teacher.prompt, templates)),
-        "usage": dict(getattr(model, "usage", {}) or {}),
+        "usage": _usage(model),
     }
     (out / "stats.json").write_text(json.dumps(stats, indent=2))

@@ -81,7 +81,7 @@ def train_sft(out: Path, *, training: TrainingConfig, sft: Path, artifacts_dir: 
     base = resolve_model(training.base_model, artifacts_dir)
     tokenizer = _load_tokenizer(base)
     _check_lengths(tokenizer, rows, "completion", training.max_length, path)
-    train_rows, valid_rows = _split(rows, training.valid_fraction, training.seed)
+    train_rows, valid_rows = _split(rows, training.valid_fraction, training.seed, training.valid_min_cases)
 
     device = _device(training)
     args = SFTConfig(
@@ -119,7 +119,7 @@ def train_orpo(out: Path, *, training: TrainingConfig, preferences: Path, artifa
     tokenizer = _load_tokenizer(base)
     _check_lengths(tokenizer, rows, "chosen", training.max_length, path)
     _check_lengths(tokenizer, rows, "rejected", training.max_length, path)
-    train_rows, valid_rows = _split(rows, training.valid_fraction, training.seed)
+    train_rows, valid_rows = _split(rows, training.valid_fraction, training.seed, training.valid_min_cases)
 
     device = _device(training)
     args = ORPOConfig(
@@ -173,7 +173,7 @@ def train_dpo(
         tokenizer = _load_tokenizer(init_merged)
     _check_lengths(tokenizer, rows, "chosen", training.max_length, path)
     _check_lengths(tokenizer, rows, "rejected", training.max_length, path)
-    train_rows, valid_rows = _split(rows, training.valid_fraction, training.seed)
+    train_rows, valid_rows = _split(rows, training.valid_fraction, training.seed, training.valid_min_cases)
 
     device = _device(training)
     args = DPOConfig(
@@ -333,13 +333,14 @@ def _check_lengths(tokenizer, rows: list[dict], answer: str, max_length: int, pa
             )
 
 
-def _split(rows: list[dict], valid_fraction: float, seed: int) -> tuple[list[dict], list[dict]]:
-    """Hold out whole cases (all rows of a case_id together) for validation."""
+def _split(rows: list[dict], valid_fraction: float, seed: int, min_cases: int = 8) -> tuple[list[dict], list[dict]]:
+    """Hold out whole cases (all rows of a case_id together) for validation: `valid_fraction` of
+    them, at least `min_cases` (a loss on one or two rows says nothing), at most a quarter."""
     cases = sorted({row["case_id"] for row in rows})
     random.Random(seed).shuffle(cases)
-    n_valid = math.floor(len(cases) * valid_fraction)
-    if valid_fraction > 0 and n_valid == 0 and len(cases) >= 4:
-        n_valid = 1
+    n_valid = 0
+    if valid_fraction > 0:
+        n_valid = min(max(math.floor(len(cases) * valid_fraction), min_cases), len(cases) // 4)
     held_out = set(cases[:n_valid])
     train = [row for row in rows if row["case_id"] not in held_out]
     valid = [row for row in rows if row["case_id"] in held_out]

@@ -11,7 +11,8 @@ import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from recxplain.config import EvaluationConfig, JudgeConfig  # noqa: E402
+from recxplain.checks import Catalogue, check_explanation  # noqa: E402
+from recxplain.config import EvaluationConfig, JudgeConfig, LLMConfig  # noqa: E402
 from recxplain.schemas import Case, write_cases  # noqa: E402
 from tasks import evaluate as ev  # noqa: E402
 
@@ -32,63 +33,55 @@ def make_case(case_id="1-3", gender="F", age=30, occupation="writer") -> Case:
     })
 
 
-CATALOGUE = ev.title_index(["Star Wars (1977)", "Usual Suspects, The (1995)", "Return of the Jedi (1983)",
-                            "Fargo (1996)", "Heat (1995)", "City of Lost Children, The (Cité des enfants perdus, La) (1995)"])
+CATALOGUE = Catalogue(titles=["Star Wars (1977)", "Usual Suspects, The (1995)", "Return of the Jedi (1983)",
+                               "Fargo (1996)", "Heat (1995)", "Toy Story (1995)"],
+                       genres=["Action", "Adventure", "Crime", "Sci-Fi", "Thriller"])
 
 
 # ---------------------------------------------------------------------------------------------
-# Titles and faithfulness
+# The checks' metrics (the checks themselves, title matching included: tests/test_checks.py)
 
 
-def test_title_variants_follow_movielens_conventions():
-    assert ev.title_variants("Usual Suspects, The (1995)") == ["The Usual Suspects", "Usual Suspects"]
-    assert ev.title_variants("Seven (Se7en) (1995)") == ["Seven", "Se7en"]
-    assert ev.title_variants("Star Wars (1977)") == ["Star Wars"]
-    # A one-word short title is too ambiguous to be a catalogue match ("heat" is a word).
-    assert ("heat",) not in CATALOGUE and ("fargo",) not in CATALOGUE
-    assert CATALOGUE[("city", "of", "lost", "children")].startswith("City of Lost Children")
+def test_per_explanation_metrics_come_from_the_checks():
+    texts = {
+        # evidence titles (one with MovieLens' moved article) and sci-fi; "adventure" is no evidence genre
+        "a": "You loved Star Wars and The Usual Suspects, so Return of the Jedi, a sci-fi adventure, is for you.",
+        # a loop that also claims a rating of the recommended movie
+        "b": "You rated Return of the Jedi 5/5. You rated Return of the Jedi 5/5. Watch it.",
+        # an invented title and a real movie the case does not hold
+        "c": 'Like Toy Story and "The Matrix", Return of the Jedi is a great movie for you.',
+        "d": "You will enjoy it.",  # names nothing
+    }
+    explanations = pd.DataFrame([{"case_id": "1-3", "model": m, "text": t, "tokens": 5, "valid": True}
+                                 for m, t in texts.items()])
+    table = ev.per_explanation_metrics({"1-3": make_case()}, explanations, CATALOGUE, None, min_words=5)
+    row = table.set_index("explainer")
+    for model, text in texts.items():
+        result = check_explanation(make_case(), text, catalogue=CATALOGUE, min_words=5)
+        assert row.loc[model, "check_score"] == pytest.approx(result.score)
+        assert row.loc[model, "failed_checks"] == ",".join(result.failed)
+    # 3 titles, sci-fi and "you loved Star Wars" supported; "adventure" not: 5 of 6
+    assert row.loc["a", "faithfulness"] == pytest.approx(5 / 6) and row.loc["a", "failed_checks"] == "grounded"
+    assert row.loc["a", "hallucination_rate"] == 0.0 and row.loc["a", "mentions_item"] == 1.0  # a genre, not a title
+    assert (row.loc["a", "loop"], row.loc["a", "false_rating_claims"], row.loc["a", "passes_checks"]) == (0, 0, 0)
+    assert row.loc["b", "loop"] == 1.0 and row.loc["b", "false_rating_claims"] == 1.0
+    assert {"no_repetition", "consistent_ratings"} <= set(row.loc["b", "failed_checks"].split(","))
+    assert row.loc["c", "hallucination_rate"] == 1.0 and row.loc["c", "faithfulness"] == pytest.approx(1 / 3)
+    assert np.isnan(row.loc["d", "faithfulness"]) and row.loc["d", "mentions_item"] == 0.0
+    assert table["rouge_l"].isna().all() and table["diversity"].isna().all()  # no teacher, no embedder
+    # the word bounds are the caller's (the stage passes the judge's)
+    strict = ev.per_explanation_metrics({"1-3": make_case()}, explanations, CATALOGUE, None, min_words=50)
+    assert (strict["failed_checks"].str.contains("length_ok")).all()
 
 
-def test_faithful_explanation_counts_titles_and_genres():
-    text = "You loved Star Wars and The Usual Suspects, so Return of the Jedi, a sci-fi adventure, is for you."
-    result = ev.faithfulness(text, make_case(), CATALOGUE)
-    # Titles: Star Wars, The Usual Suspects, Return of the Jedi (all evidence); genres: sci-fi
-    # (evidence) and adventure (not): 4 of 5 supported.
-    assert result["named"] == 5 and result["supported"] == 4
-    assert result["faithfulness"] == pytest.approx(0.8)
-    assert result["hallucinated"] == 0.0 and result["mentions_item"] == 1.0
-
-
-def test_explanation_inventing_titles_is_hallucinated():
-    catalogue = ev.title_index(["Star Wars (1977)", "Return of the Jedi (1983)", "Toy Story (1995)"])
-    text = 'Like Toy Story and "The Matrix", Return of the Jedi is great.'
-    result = ev.faithfulness(text, make_case(), catalogue)
-    # Toy Story is in the catalogue but not in this case's evidence; "The Matrix" is no known
-    # title at all; Return of the Jedi is supported: 1 of 3.
-    assert result["invented_titles"] == 2
-    assert result["hallucinated"] == 1.0
-    assert result["faithfulness"] == pytest.approx(1 / 3)
-    assert result["mentions_item"] == 1.0
-
-
-def test_titles_named_in_path_texts_are_evidence():
-    case = make_case()
-    case.paths[0].text = "You rated City of Lost Children, The (1995) 5/5; it shares an actor with Return of the Jedi"
-    result = ev.faithfulness("Like The City of Lost Children, Return of the Jedi is odd.", case, CATALOGUE)
-    assert result["invented_titles"] == 0 and result["faithfulness"] == 1.0
-    # Without that path the same title is a real movie the case does not hold: invented.
-    assert ev.faithfulness("Like The City of Lost Children, it is odd.", make_case(), CATALOGUE)["hallucinated"] == 1.0
-
-
-def test_quoted_evidence_titles_with_years_are_not_invented():
-    text = 'We recommend "Return of the Jedi (1983)". It is similar to "Star Wars" (5/5).'
-    result = ev.faithfulness(text, make_case(), CATALOGUE)
-    assert result["invented_titles"] == 0 and result["faithfulness"] == 1.0
-
-
-def test_nothing_named_leaves_faithfulness_undefined():
-    result = ev.faithfulness("You will enjoy it.", make_case(), CATALOGUE)
-    assert result["named"] == 0 and np.isnan(result["faithfulness"]) and result["mentions_item"] == 0.0
+def test_check_metrics_of_a_passing_explanation():
+    result = check_explanation(make_case(), "You rated Star Wars 5/5, and people who liked it also liked Return "
+                               "of the Jedi, an action movie like The Usual Suspects, which you rated 4/5.",
+                               catalogue=CATALOGUE)
+    assert result.passed, result.failed
+    assert ev.check_metrics(result) == {"check_score": 1.0, "passes_checks": 1.0, "loop": 0.0, "faithfulness": 1.0,
+                                        "hallucination_rate": 0.0, "false_rating_claims": 0.0, "mentions_item": 1.0,
+                                        "failed_checks": ""}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -258,9 +251,10 @@ def test_evaluate_stage_writes_metrics(tmp_path, embedder):
         "teacher": "You loved Star Wars, so Return of the Jedi is a great sci-fi film for you.",
         "template": 'We recommend "Return of the Jedi (1983)". It is similar to movies you rated: "Star Wars" (5/5).',
         "base": 'Watch "The Matrix" and Fargo.',
+        "sft": "You rated Star Wars 5/5, and people who liked it also liked Return of the Jedi, a sci-fi movie for you.",
     }
     rows = [{"case_id": c.case_id, "model": m, "text": t + (" Really." if c.profile["gender"] == "F" else ""),
-             "tokens": 10, "latency_s": 0.5, "valid": m != "base"} for c in cases for m, t in texts.items()]
+             "tokens": 10, "valid": m != "base"} for c in cases for m, t in texts.items()]
     pd.DataFrame(rows).to_parquet(expl_dir / "explanations.parquet")
     attrs = [{"case_id": c.case_id, "model": "base", "attribute": "gender", "truth": "female" if c.profile["gender"] == "F" else "male",
               "predicted": "male", "answer": "male", "n_options": 2} for c in cases]
@@ -274,20 +268,39 @@ def test_evaluate_stage_writes_metrics(tmp_path, embedder):
     assert value[("teacher", "validity")] == 1.0 and value[("base", "validity")] == 0.0
     assert value[("base", "hallucination_rate")] == 1.0 and value[("template", "hallucination_rate")] == 0.0
     assert value[("template", "mentions_item")] == 1.0
+    assert value[("sft", "passes_checks")] == 1.0 and value[("sft", "check_score")] == pytest.approx((8 + 2 / 3) / 9)
+    assert value[("base", "passes_checks")] == 0.0 and value[("base", "check_score")] < value[("sft", "check_score")]
+    assert value[("teacher", "loop")] == 0.0 and value[("teacher", "false_rating_claims")] == 0.0
+    assert not metrics["metric"].isin(["latency_s", "cached"]).any()
     assert ("teacher", "rouge_l") not in value.index and 0 < value[("template", "rouge_l")] < 1
     assert 0 < value[("base", "diversity")] < 0.05  # two identical texts and one with " Really."
     assert value[("base", "attr_gender")] == pytest.approx(2 / 3)
     assert value[("teacher", "gender_length_gap")] == pytest.approx(1.0)  # " Really." for the woman
-    for name in ("per_explanation", "significance", "attributes", "bias"):
+    for name in ("per_explanation", "significance", "attributes", "bias", "alignment"):
         assert len(pd.read_parquet(out / f"{name}.parquet")) > 0
+    per_explanation = pd.read_parquet(out / "per_explanation.parquet")
+    assert {"check_score", "passes_checks", "loop", "faithfulness", "hallucination_rate", "false_rating_claims",
+            "mentions_item", "failed_checks"} <= set(per_explanation.columns)
+    # "did alignment help?": the student against base and template on the same cases
+    alignment = pd.read_parquet(out / "alignment.parquet")
+    assert set(zip(alignment["student"], alignment["baseline"])) == {("sft", "base"), ("sft", "template")}
+    validity = alignment.set_index(["baseline", "metric"]).loc[("base", "validity")]
+    assert validity["n"] == 3 and validity["difference"] == 1.0
     summary = json.loads((out / "metrics.json").read_text())
-    assert summary["explainers"] == ["teacher", "template", "base"] and summary["cases"] == 3
+    assert summary["explainers"] == ["teacher", "template", "base", "sft"] and summary["cases"] == 3
+    assert "rubric" in summary["judge_note"]
+
+
+def test_judge_note_names_the_judge():
+    assert "verifiable checks alone" in ev.judge_note(JudgeConfig(kind="rubric"))
+    note = ev.judge_note(JudgeConfig(kind="ensemble", llm=LLMConfig(provider="openai", model="gpt-4o-mini")))
+    assert "ensemble" in note and "gpt-4o-mini" in note
 
 
 def test_evaluate_rejects_explanations_of_unknown_cases(tmp_path):
     (tmp_path / "cases").mkdir(), (tmp_path / "expl").mkdir(), (tmp_path / "out").mkdir()
     write_cases([make_case()], tmp_path / "cases" / "eval.jsonl")
-    pd.DataFrame([{"case_id": "9-9", "model": "x", "text": "t", "tokens": 1, "latency_s": 0.1, "valid": True}]).to_parquet(
+    pd.DataFrame([{"case_id": "9-9", "model": "x", "text": "t", "tokens": 1, "valid": True}]).to_parquet(
         tmp_path / "expl" / "explanations.parquet")
     config = EvaluationConfig(tournament=False, explainability=False, diversity=False, attribute_prediction=False)
     with pytest.raises(ValueError, match="9-9"):

@@ -9,12 +9,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
+import polars as pl
 import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from recxplain.config import EvaluationConfig, LLMConfig, SamplingConfig, TeacherConfig, TrainingConfig  # noqa: E402
-from recxplain.schemas import Case, write_cases  # noqa: E402
+from recxplain.prompts import explain_messages  # noqa: E402
+from recxplain.schemas import Case, check_columns, write_cases  # noqa: E402
 from tasks import explain as ex  # noqa: E402
 
 
@@ -139,55 +141,80 @@ class Generation:
     text: str
     prompt_tokens: int = 50
     completion_tokens: int = 20
-    latency_s: float = 0.1
-    cached: bool = False
+    finish_reason: str | None = "stop"
+
+
+BASE = "Explanation: You will love Return of the Jedi because you loved Star Wars. And"
+GOOD = ("You rated Star Wars 5/5, and people who liked it also liked Return of the Jedi. Like Fargo, which you "
+        "rated 4/5, it is a movie that should suit you well.")
+TECHNICAL = ("Return of the Jedi has a cosine similarity of 0.8 with Star Wars, a KNN neighbour you rated 5/5, so "
+             "you will like it a lot.")
 
 
 class ScriptedModel:
-    """Answers explanation prompts with a fixed text and attribute prompts with fixed options."""
+    """Answers attribute prompts with fixed options; explanation prompts with the worked example
+    (the teacher's) with three samples: a technical one, the best one cut at max_new_tokens and
+    the best one finished; other explanation prompts (the students') with BASE, the second one
+    cut at max_new_tokens."""
 
     usage: dict = {}
 
     def __init__(self, config):
-        self.config, self.calls = config, []
+        self.config, self.calls, self.prompts = config, [], []
 
     def generate(self, prompts, sampling, n=1):
-        self.calls.append((len(prompts), sampling.max_new_tokens))
+        self.calls.append((len(prompts), sampling.max_new_tokens, n))
         answers = []
         for messages in prompts:
             content = messages[-1]["content"]
             if "mission is to infer" in content:
-                answers.append([Generation("female" if "gender" in content else "25-34" if "age group" in content else "writer", completion_tokens=2)])
-            elif self.config.model == "smollm2":
-                answers.append([Generation("Explanation: You will love Return of the Jedi because you loved Star Wars. And")])
+                answer = "female" if "gender" in content else "25-34" if "age group" in content else "writer"
+                answers.append([Generation(answer, completion_tokens=2)] * n)
+                continue
+            self.prompts.append(messages)
+            if any(m["role"] == "assistant" for m in messages):
+                samples = [Generation(TECHNICAL), Generation(GOOD + " And it", finish_reason="length"), Generation(GOOD)]
+                answers.append(samples[:n])
             else:
-                answers.append([Generation("Watch it.")])
+                answers.append([Generation(BASE, finish_reason="length" if len(self.prompts) == 2 else "stop")] * n)
         return answers
 
 
 def test_generate_explanations_with_template_and_scripted_models(tmp_path, monkeypatch):
     cases_dir, out = tmp_path / "cases", tmp_path / "out"
     cases_dir.mkdir(), out.mkdir()
-    write_cases([make_case("1-3", "F", 30, "writer"), make_case("2-3", "M", 60, "student")], cases_dir / "eval.jsonl")
+    eval_cases = [make_case("1-3", "F", 30, "writer"), make_case("2-3", "M", 60, "student")]
+    write_cases(eval_cases, cases_dir / "eval.jsonl")
     write_cases([make_case("5-3", "F", 20, "writer").model_copy(update={"split": "train"})], cases_dir / "train.jsonl")
-    loaded = []
+    models = []
 
     def fake_load(config, artifacts_dir, cache_path):
         assert cache_path.parent == out / "cache"
-        loaded.append(config)
-        return ScriptedModel(config)
+        models.append(ScriptedModel(config))
+        return models[-1]
 
     monkeypatch.setattr(ex, "load_model", fake_load)
     evaluation = EvaluationConfig(explainers=["template", "base", "teacher"], sampling=SamplingConfig(temperature=0, max_new_tokens=96))
-    teacher = TeacherConfig(llm=LLMConfig(provider="openai", model="teacher-model"))
+    teacher = TeacherConfig(llm=LLMConfig(provider="openai", model="teacher-model"), best_of=3, min_words=5)
     ex.generate_explanations(out, evaluation=evaluation, teacher=teacher, training=TrainingConfig(), cases=cases_dir,
                              artifacts_dir=tmp_path)
-    assert [c.model for c in loaded] == ["smollm2", "teacher-model"]
+    base, teacher_model = models
+    assert [m.config.model for m in models] == ["smollm2", "teacher-model"]
+    # base: one answer per case with the evaluation's decoding, to the students' prompt (no worked example);
+    # the teacher: best-of-n with its own decoding, to the prompt it wrote its SFT answers with
+    assert base.calls[0] == (2, 96, 1) and teacher_model.calls[0] == (2, teacher.sampling.max_new_tokens, 3)
+    assert base.prompts == [explain_messages(c, teacher.prompt, example=False) for c in eval_cases]
+    assert teacher_model.prompts == [explain_messages(c, teacher.prompt) for c in eval_cases]
     frame = pd.read_parquet(out / "explanations.parquet")
+    assert list(frame.columns) == ["case_id", "model", "text", "tokens", "valid", "prompt_tokens"]
+    check_columns(pl.from_pandas(frame), "explanations", "explanations.parquet")
     assert len(frame) == 6 and set(frame["model"]) == {"template", "base", "teacher"}
-    valid = frame.groupby("model")["valid"].all()
-    # The teacher's scripted answers are too short for the teacher's own format rule.
-    assert valid["template"] and valid["base"] and not valid["teacher"]
+    valid = frame.set_index(["model", "case_id"])["valid"]
+    # base's second answer was still going at max_new_tokens: not valid, though its cleaned text is
+    assert valid["template"].all() and valid[("base", "1-3")] and not valid[("base", "2-3")]
+    # the teacher keeps the finished best answer, not its tie that was cut at max_new_tokens
+    assert valid["teacher"].all()
+    assert set(frame.loc[frame["model"] == "teacher", "text"]) == {GOOD}
     # Answers are cleaned as the teacher's: label and unfinished last sentence removed.
     assert set(frame.loc[frame["model"] == "base", "text"]) == {
         "You will love Return of the Jedi because you loved Star Wars."}
@@ -199,13 +226,14 @@ def test_generate_explanations_with_template_and_scripted_models(tmp_path, monke
     assert right.loc[("2-3", "age"), "truth"] == "56 or older" and right.loc[("2-3", "age"), "predicted"] == "25-34"
     assert set(attributes.loc[attributes["attribute"] == "occupation", "n_options"]) == {2}
 
-    # A teacher that is the base model (the embedded default) is not run twice: same answers.
-    loaded.clear()
-    ex.generate_explanations(out, evaluation=evaluation, teacher=TeacherConfig(), training=TrainingConfig(),
-                             cases=cases_dir, artifacts_dir=tmp_path)
-    assert [c.model for c in loaded] == ["smollm2"]
+    # A teacher that is the base model (the embedded default) still runs as the teacher: its own
+    # prompt and best-of-n, not base's answers copied.
+    models.clear()
+    ex.generate_explanations(out, evaluation=evaluation, teacher=TeacherConfig(best_of=3, min_words=5),
+                             training=TrainingConfig(), cases=cases_dir, artifacts_dir=tmp_path)
+    assert [m.config.model for m in models] == ["smollm2", "smollm2"]
     frame = pd.read_parquet(out / "explanations.parquet").set_index(["model", "case_id"])
-    assert frame.loc["teacher", "text"].equals(frame.loc["base", "text"])
+    assert set(frame.loc["teacher", "text"]) == {GOOD} and set(frame.loc["base", "text"]) != {GOOD}
     attributes = pd.read_parquet(out / "attributes.parquet")
     assert (attributes["model"] == "teacher").sum() == (attributes["model"] == "base").sum() == 6
 

@@ -12,10 +12,9 @@ import pytest
 from recxplain.config import JudgeConfig
 from recxplain.prompts import read_templates
 from recxplain.schemas import write_cases
+from recxplain.checks import Catalogue
 from tasks.judge import (
-    Catalogue,
     PairVerdict,
-    find_technical_terms,
     judge_explanation_pair,
     judge_explanation_pairs,
     judge_pairs,
@@ -23,10 +22,6 @@ from tasks.judge import (
     make_pair_judge,
     parse_score,
     parse_verdict,
-    repetition,
-    rubric_checks,
-    score_explanations,
-    title_forms,
 )
 from tests.scripted import GENRES, GOOD, TECHNICAL, TITLES, ScriptedModel, toy_case
 
@@ -121,68 +116,6 @@ def test_parse_score():
         parse_score("great explanation")
 
 
-# ------------------------------------------------------------------ rubric
-
-
-def test_rubric_passes_a_good_explanation():
-    result = rubric_checks(toy_case(), GOOD, catalogue=CATALOGUE)
-    assert result.checks == {"mentions_title": True, "grounded": True, "no_technical_terms": True,
-                             "length_ok": True, "no_repetition": True}
-    assert result.specificity == 1.0  # Toy Story, The Lion King, comedy
-    assert result.score == 1.0 and result.words == 30
-
-
-def test_rubric_flags_technical_leftovers():
-    result = rubric_checks(toy_case(), TECHNICAL, catalogue=CATALOGUE)
-    assert result.technical_terms == ["cosine", "KNN", "neighbour", "raw weight"]
-    assert not result.no_technical_terms and result.grounded and result.mentions_title
-    assert result.specificity == pytest.approx(2 / 3)  # The Lion King, comedy
-    assert result.score == pytest.approx((4 + 2 / 3) / 6)
-    assert find_technical_terms("Node movie:12 links to m.0bln8 via film.film.actor") == [
-        "node", "typed entity id", "freebase id", "relation name"]
-    assert find_technical_terms("Rated 4.5 stars, a path-breaking drama on the edge") == []
-
-
-def test_rubric_flags_titles_and_genres_outside_the_evidence():
-    text = ('If you enjoyed Star Wars and the sci-fi adventures of "Space Pigs", Babe is a comedy '
-            "that you will love watching tonight with friends.")
-    result = rubric_checks(toy_case(), text, catalogue=CATALOGUE)
-    # Star Wars is the user's NEXT movie: held out, not evidence; "Space Pigs" is invented.
-    assert result.unknown_titles == ["Star Wars", "Space Pigs"]
-    assert result.unknown_genres == ["Sci-Fi"]  # not "War": that word is inside a title
-    assert not result.grounded
-    western = rubric_checks(toy_case(), "Babe is a thrilling western full of action like Heat, which you "
-                            "rated; you will enjoy every minute.", catalogue=CATALOGUE)
-    assert western.unknown_genres == ["Western"]  # action is Heat's genre: grounded
-
-
-def test_rubric_flags_invented_names_and_reads_titles_carefully():
-    catalogue = Catalogue(titles=[*TITLES, "Chain Reaction", "The Godfather", "The Godfather: Part II"], genres=GENRES)
-    text = ("Babe, like Toy Story, was made by directors such as JK Rowling and Martin Balsmoak; When I saw "
-            "it, a chain reaction of joy followed, as in The Godfather.")
-    result = rubric_checks(toy_case(), text, catalogue=catalogue)
-    assert result.unknown_names == ["jk rowling", "martin balsmoak"]  # not "when i", not "babe"
-    assert result.unknown_titles == ["The Godfather"]  # not "Chain Reaction" (lowercase), not "Part II"
-    assert not result.grounded
-    # names the evidence holds are grounded (ml-latest paths name people)
-    case = toy_case()
-    case.paths[0].text = "You rated Toy Story 5/5; it shares the director John Lasseter with Babe."
-    assert rubric_checks(case, "Babe shares the director John Lasseter with Toy Story, which you loved; "
-                         "give it a try tonight.", catalogue=catalogue).grounded
-
-
-def test_rubric_length_repetition_and_title():
-    short = rubric_checks(toy_case(), "Watch Babe.", catalogue=CATALOGUE)
-    assert not short.length_ok and short.words == 2 and short.mentions_title
-    loop = rubric_checks(toy_case(), "Babe is great. Babe is great. You will love it, it is so good and fun.")
-    assert not loop.no_repetition and loop.repeated == "babe is great"
-    assert repetition("a b c d e a b c d e a b c d") == "a b c d"
-    assert repetition("one two three four one two three four five") is None
-    untitled = rubric_checks(toy_case(), "You will love this warm story about a brave pig and its farm friends.")
-    assert not untitled.mentions_title
-    assert title_forms("Godfather, The (1972)") == {"godfather", "the godfather", "godfather the"}
-
-
 # ------------------------------------------------------------------ verdicts
 
 
@@ -254,7 +187,7 @@ def test_rubric_judge_prefers_the_verifiable_explanation():
     rubric = JudgeConfig(kind="rubric")
     judgement = judge_explanation_pair(toy_case(), TECHNICAL, GOOD, judge=rubric, catalogue=CATALOGUE)
     assert judgement.verdict == "b" and judgement.llm_choice is None
-    assert judgement.score_b == 1.0 and judgement.score_a == pytest.approx((4 + 2 / 3) / 6)
+    assert judgement.score_b == 1.0 and judgement.score_a == pytest.approx((7 + 2 / 3) / 9)
     assert judge_explanation_pair(toy_case(), GOOD, GOOD, judge=rubric).verdict == "tie"
     bad = judge_explanation_pair(toy_case(), "Hmm.", "node node", judge=rubric, catalogue=CATALOGUE)
     assert bad.verdict == "both_bad"
@@ -277,7 +210,7 @@ def test_ensemble_asks_the_llm_only_where_its_vote_can_change_the_verdict():
     model = scripted_judge(lambda first, second, m: answer("A"))
     items = [(toy_case(), "Hmm.", "node node"),  # both fail the rubric's gate: both-bad whatever the vote
              (toy_case(), GOOD, GOOD),  # the same text: its two orders cannot agree on one of them
-             (toy_case(), TECHNICAL, GOOD)]  # rubric margin 0.7 * -0.222: a vote of 0.3 can flip it
+             (toy_case(), TECHNICAL, GOOD)]  # rubric margin 0.7 * -0.148: a vote of 0.3 can flip it
     ensemble = JudgeConfig(kind="ensemble", llm_weight=0.3)
     judged = judge_explanation_pairs(items, judge=ensemble, templates=TEMPLATES, model=model, catalogue=CATALOGUE)
     assert [j.verdict for j in judged] == ["both_bad", "tie", "b"]
@@ -285,7 +218,7 @@ def test_ensemble_asks_the_llm_only_where_its_vote_can_change_the_verdict():
     assert len(model.prompts) == 2  # one pair, both orders
     assert judge_stats(judged)["position_bias_rate"] == 1.0
     # with llm_weight 0.1 the rubric margin 0.9 * -0.222 outweighs any vote: nothing to ask
-    light = JudgeConfig(kind="ensemble", llm_weight=0.1)
+    light = JudgeConfig(kind="ensemble", llm_weight=0.05)
     [judged] = judge_explanation_pairs(items[2:], judge=light, templates=TEMPLATES, model=model, catalogue=CATALOGUE)
     assert judged.verdict == "b" and judged.llm_choice is None and len(model.prompts) == 2
 
@@ -302,18 +235,6 @@ def test_tournament_judge_answers_both_orders(tmp_path):
     assert ensemble(pairs) == [("b", "a"), ("a", "b")]  # GOOD wins wherever it is shown
     one_order = make_pair_judge(JudgeConfig(kind="rubric", both_orders=False), tmp_path, tmp_path, catalogue=CATALOGUE)
     assert one_order(pairs) == [("b", None), ("a", None)]
-
-
-def test_score_explanations_mixes_rubric_and_explainability():
-    model = ScriptedModel(lambda messages, j: '{"score": 80, "reason": "ok"}')
-    items = [(toy_case(), GOOD), (toy_case(), TECHNICAL)]
-    scores = score_explanations(items, judge=JudgeConfig(kind="ensemble", llm_weight=0.5), templates=TEMPLATES,
-                                model=model, catalogue=CATALOGUE)
-    assert scores == pytest.approx([0.5 * 0.8 + 0.5 * 1.0, 0.5 * 0.8 + 0.5 * (4 + 2 / 3) / 6])
-    assert score_explanations(items, judge=JudgeConfig(kind="llm"), templates=TEMPLATES, model=model) == [0.8, 0.8]
-
-
-# ------------------------------------------------------------------ the stage
 
 
 def test_judge_pairs_stage_writes_trl_preferences(tmp_path):

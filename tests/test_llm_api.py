@@ -21,6 +21,7 @@ import pytest
 
 from recxplain.config import LLMConfig, SamplingConfig
 from recxplain.llm import Generation, ProviderError, load_chat_model
+from recxplain.llm.openai_api import accepts_repetition_penalty
 from recxplain.llm.retry import backoff_s, retry_after_s
 
 KEY = "sk-test-SECRET-0123456789"
@@ -83,12 +84,18 @@ class Loopback:
         text = f"re: {request['messages'][-1]['content']}"
         if self.kind == "openai":
             text += f" t={request['temperature']} seed={request['seed']}"
-            return {"id": "c1", "object": "chat.completion", "created": 1, "model": request["model"],
-                    "choices": [{"index": 0, "finish_reason": "stop",
+        return self.reply(text, request["model"])
+
+    def reply(self, text: str, model: str = "test-model", length: bool = False) -> dict:
+        """A response body answering `text` (usage: 10 prompt tokens, a token a word); `length`: the
+        answer hit max_tokens."""
+        if self.kind == "openai":
+            return {"id": "c1", "object": "chat.completion", "created": 1, "model": model,
+                    "choices": [{"index": 0, "finish_reason": "length" if length else "stop",
                                  "message": {"role": "assistant", "content": text}}],
                     "usage": {"prompt_tokens": 10, "completion_tokens": len(text.split()), "total_tokens": 0}}
-        return {"id": "m1", "type": "message", "role": "assistant", "model": request["model"],
-                "content": [{"type": "text", "text": text}], "stop_reason": "end_turn",
+        return {"id": "m1", "type": "message", "role": "assistant", "model": model,
+                "content": [{"type": "text", "text": text}], "stop_reason": "max_tokens" if length else "end_turn",
                 "usage": {"input_tokens": 10, "output_tokens": len(text.split())}}
 
     def close(self):
@@ -219,6 +226,43 @@ def test_cache_second_run_makes_zero_calls(server, tmp_path):
     load_chat_model(config(server), tmp_path, cache_path=cache).generate(
         prompts[:1], SAMPLING.model_copy(update={"temperature": 0.9}))
     assert len(server.requests) == 9
+
+
+def test_stop_on_repeat_cuts_a_looping_answer(server, tmp_path):
+    """An API answer arrives whole: `stop_on_repeat` cuts it where the local provider stops, fresh or cached."""
+    sentence = 'The user recommends the movie "Air Force One" (Action, Thriller) to a user.'
+    loop = f"{sentence} {sentence} {sentence} The user"
+    server.script = [{"body": server.reply(loop, length=True)}] * 2
+    cache = tmp_path / "cache.sqlite"
+    stop = SAMPLING.model_copy(update={"stop_on_repeat": True})
+    [[g]] = load_chat_model(config(server), tmp_path, cache_path=cache).generate([ask("why?")], stop)
+    assert (g.text, g.finish_reason, g.completion_tokens) == (sentence, "stop", len(loop.split()))
+    [[again]] = load_chat_model(config(server), tmp_path, cache_path=cache).generate([ask("why?")], stop)
+    assert again.cached and (again.text, again.finish_reason) == (sentence, "stop")
+    # Without it, the same answer comes back whole (another cache key: a second request).
+    [[whole]] = load_chat_model(config(server), tmp_path, cache_path=cache).generate([ask("why?")], SAMPLING)
+    assert (whole.text, whole.finish_reason, whole.cached) == (loop, "length", False)
+    assert len(server.requests) == 2
+
+
+def test_repetition_penalty_is_sent_to_compatible_servers_only(server, tmp_path, monkeypatch):
+    controls = SAMPLING.model_copy(update={"repetition_penalty": 1.2, "no_repeat_ngram_size": 3})
+    load_chat_model(config(server), tmp_path).generate([ask("x")], controls)
+    load_chat_model(config(server), tmp_path).generate([ask("x")], SAMPLING)
+    with_penalty, without = (r["body"] for r in server.requests)
+    assert "no_repeat_ngram_size" not in with_penalty and "repetition_penalty" not in without
+    if server.kind == "openai":
+        assert with_penalty["repetition_penalty"] == 1.2  # a base_url: vLLM, llama.cpp, Ollama
+        # No base_url means api.openai.com, which rejects unknown parameters (the SDK's own
+        # OPENAI_BASE_URL still brings this request here).
+        monkeypatch.setenv("OPENAI_BASE_URL", server.url)
+        load_chat_model(config(server, base_url=None), tmp_path).generate([ask("x")], controls)
+        assert len(server.requests) == 3 and "repetition_penalty" not in server.requests[-1]["body"]
+    else:
+        assert "repetition_penalty" not in with_penalty  # no such parameter in the Messages API
+    assert accepts_repetition_penalty("http://localhost:8000/v1")
+    assert not accepts_repetition_penalty("https://generativelanguage.googleapis.com/v1beta/openai/")
+    assert not accepts_repetition_penalty("https://api.openai.com/v1") and not accepts_repetition_penalty(None)
 
 
 def test_bounded_concurrency(server, tmp_path):

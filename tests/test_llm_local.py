@@ -2,24 +2,31 @@
 
 Most tests use a tiny random Llama (hidden 64, 2 layers) with the SmolLM2 tokenizer, saved as
 an ordinary Hugging Face folder, so they exercise exactly the code path of a real model in a
-fraction of a second; one test runs the embedded SmolLM2 for a few tokens.
+fraction of a second; the repetition controls use one with milder weights that loops (`loopy`).
+Two tests run the embedded SmolLM2 for a few tokens.
 """
 
 from __future__ import annotations
 
 import math
+import shutil
 from pathlib import Path
 
 import pytest
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM
+from transformers import (
+    AutoModelForCausalLM, AutoTokenizer, GenerationConfig, LlamaConfig, LlamaForCausalLM, LogitsProcessor,
+    LogitsProcessorList, NoRepeatNGramLogitsProcessor, RepetitionPenaltyLogitsProcessor,
+)
 
 from recxplain.config import LLMConfig, SamplingConfig
 from recxplain.llm import load_chat_model
 from recxplain.llm.local import (
-    adapter_hash, batch_order, identity, load_local_model, prompt_token_ids, sample_tokens, shared_prefixes,
+    adapter_hash, batch_order, identity, load_local_model, prompt_token_ids, sample_tokens, sentence_end_ids,
+    shared_prefixes,
 )
 from recxplain.models import resolve_model
+from recxplain.text import cut_at_repeated_sentence
 
 ARTIFACTS = Path(__file__).resolve().parents[1] / "artifacts"
 GREEDY = SamplingConfig(temperature=0.0, max_new_tokens=12)
@@ -32,19 +39,43 @@ PROMPTS = [
 ]
 
 
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory) -> Path:
-    """A random 2-layer Llama with the SmolLM2 tokenizer and chat template."""
+def random_llama(folder: Path, initializer_range: float) -> Path:
+    """A random 2-layer Llama with the SmolLM2 tokenizer and chat template, saved in `folder`."""
     tokenizer = AutoTokenizer.from_pretrained(resolve_model("smollm2", ARTIFACTS))
     config = LlamaConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
                          num_key_value_heads=2, vocab_size=len(tokenizer), tie_word_embeddings=True,
-                         initializer_range=0.5,  # peaked logits: no float-noise ties, and the nucleus fits the top 256
-                         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-                         pad_token_id=tokenizer.pad_token_id)
+                         initializer_range=initializer_range, bos_token_id=tokenizer.bos_token_id,
+                         eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
     torch.manual_seed(0)
-    folder = tmp_path_factory.mktemp("tiny-llama")
     LlamaForCausalLM(config).save_pretrained(folder)
     tokenizer.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory) -> Path:
+    # peaked logits: no float-noise ties, and the nucleus fits the top 256
+    return random_llama(tmp_path_factory.mktemp("tiny-llama"), initializer_range=0.5)
+
+
+@pytest.fixture(scope="module")
+def loopy(tmp_path_factory) -> Path:
+    """Milder weights: greedy answers say the same word-pieces again and again, as small models loop."""
+    return random_llama(tmp_path_factory.mktemp("loopy-llama"), initializer_range=0.1)
+
+
+@pytest.fixture(scope="module")
+def loopy_ends_early(loopy, tmp_path_factory) -> Path:
+    """`loopy` that also ends its answer after any word starting with "s": rows leave the batch at
+    different steps, so the batch is compacted mid-answer."""
+    folder = tmp_path_factory.mktemp("loopy-ends-early")
+    shutil.copytree(loopy, folder, dirs_exist_ok=True)
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    words_with_s = [i for i, piece in enumerate(tokenizer.batch_decode([[i] for i in range(len(tokenizer))]))
+                    if piece.startswith(" s")]
+    config = GenerationConfig.from_pretrained(folder)
+    config.eos_token_id = [tokenizer.eos_token_id] + words_with_s
+    config.save_pretrained(folder)
     return folder
 
 
@@ -235,3 +266,102 @@ def test_embedded_smollm2_stops_at_end_of_turn():
     tokenizer = AutoTokenizer.from_pretrained(resolve_model("smollm2", ARTIFACTS))
     assert capital.completion_tokens == len(tokenizer(capital.text, add_special_tokens=False)["input_ids"]) + 1
     assert math.isclose(capital.latency_s, outs[1][0].latency_s)  # one batch, one wall time
+
+
+class AnswerOnly(LogitsProcessor):
+    """A transformers logits processor fed the answer's tokens only (the contract of our loop)."""
+
+    def __init__(self, processor: LogitsProcessor, prompt_length: int):
+        self.processor, self.prompt_length = processor, prompt_length
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        return self.processor(input_ids[:, self.prompt_length:], scores)
+
+
+def reference_ids(folder: Path, prompt: list[dict], max_new_tokens: int, processor: LogitsProcessor | None = None,
+                  **options) -> list[int]:
+    """transformers' own greedy generate: the answer's token ids, `processor` seeing the answer only."""
+    model, tokenizer = load_local_model(folder, None, "float32", "cpu")
+    ids = tokenizer.apply_chat_template(prompt, add_generation_prompt=True, return_tensors="pt", return_dict=True)
+    length = ids["input_ids"].shape[1]
+    processors = LogitsProcessorList([AnswerOnly(processor, length)] if processor is not None else [])
+    out = model.generate(**ids, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=tokenizer.pad_token_id,
+                         logits_processor=processors, **options)
+    return out[0, length:].tolist()
+
+
+def repeated_ngrams(ids: list[int], n: int) -> int:
+    grams = list(zip(*(ids[i:] for i in range(n))))
+    return len(grams) - len(set(grams))
+
+
+LOOP_GREEDY = SamplingConfig(temperature=0.0, max_new_tokens=40)
+
+
+def test_no_repeat_ngram_size_breaks_loops(loopy):
+    tokenizer = AutoTokenizer.from_pretrained(loopy)
+    plain = load_chat_model(tiny_cfg(loopy), ARTIFACTS).generate(PROMPTS, LOOP_GREEDY)
+    controlled = load_chat_model(tiny_cfg(loopy), ARTIFACTS).generate(
+        PROMPTS, LOOP_GREEDY.model_copy(update={"no_repeat_ngram_size": 2}))
+    for prompt, [loop], [answer] in zip(PROMPTS, plain, controlled):
+        looping = reference_ids(loopy, prompt, 40)
+        assert repeated_ngrams(looping, 2) > 0  # left alone, the model repeats itself ...
+        assert loop.text == tokenizer.decode(looping, skip_special_tokens=True).strip()
+        ids = reference_ids(loopy, prompt, 40, NoRepeatNGramLogitsProcessor(2))
+        assert repeated_ngrams(ids, 2) == 0  # ... and with the control, no 2-gram comes twice
+        assert answer.text == tokenizer.decode(ids, skip_special_tokens=True).strip() != loop.text
+        assert (answer.completion_tokens, answer.finish_reason) == (40, "length")
+
+
+def test_repetition_penalty_spares_the_prompt(loopy):
+    """The penalty changes greedy answers, hits the answer's own tokens only: the prompt's word-pieces
+    stay free to copy (transformers' `repetition_penalty` penalises them too)."""
+    copying = [{"role": "user", "content": "traffic traffic traffic pesticides"}]  # the answer copies "pesticides"
+    prompts = PROMPTS + [copying]
+    tokenizer = AutoTokenizer.from_pretrained(loopy)
+    plain = load_chat_model(tiny_cfg(loopy), ARTIFACTS).generate(prompts, LOOP_GREEDY)
+    penalised = load_chat_model(tiny_cfg(loopy), ARTIFACTS).generate(
+        prompts, LOOP_GREEDY.model_copy(update={"repetition_penalty": 1.5}))
+    for prompt, [loop], [answer] in zip(prompts, plain, penalised):
+        ids = reference_ids(loopy, prompt, 40, RepetitionPenaltyLogitsProcessor(1.5))
+        assert answer.text == tokenizer.decode(ids, skip_special_tokens=True).strip() != loop.text
+    prompt_ids = set(prompt_token_ids(tokenizer, copying))
+    assert prompt_ids & set(ids)  # the answer copies a piece of its prompt ...
+    assert reference_ids(loopy, copying, 40, repetition_penalty=1.5) != ids  # ... which a prompt penalty changes
+
+
+def test_controls_sample_the_same_alone_or_in_a_batch(loopy, loopy_ends_early):
+    # temperature 0.2: `loopy`'s flatter logits would otherwise let float noise (padding) flip samples
+    plain = SAMPLED.model_copy(update={"max_new_tokens": 24, "temperature": 0.2})
+    controls = plain.model_copy(update={"repetition_penalty": 1.3, "no_repeat_ngram_size": 2, "stop_on_repeat": True})
+    prompts = PROMPTS + JUDGE_LIKE
+    mixed = load_chat_model(tiny_cfg(loopy_ends_early, batch_size=4), ARTIFACTS).generate(prompts, controls, n=3)
+    alone = load_chat_model(tiny_cfg(loopy_ends_early), ARTIFACTS).generate(prompts[:1], controls, n=3)
+    assert texts(alone)[0] == texts(mixed)[0]
+    one_by_one = load_chat_model(tiny_cfg(loopy_ends_early, batch_size=1), ARTIFACTS).generate(prompts, controls, n=3)
+    assert texts(one_by_one) == texts(mixed)
+    # Rows ended at different steps, so batches were compacted mid-answer (the answer tokens too).
+    steps = [g.completion_tokens for samples in mixed for g in samples]
+    assert min(steps) < 12 and max(steps) == 24 and len(set(steps)) > 3
+    # ... and the controls were in effect.
+    assert texts(load_chat_model(tiny_cfg(loopy), ARTIFACTS).generate(PROMPTS, plain, n=3)) != \
+        texts(load_chat_model(tiny_cfg(loopy), ARTIFACTS).generate(PROMPTS, controls, n=3))
+
+
+def test_embedded_smollm2_stops_at_a_repeated_sentence():
+    """SmolLM2 loops when asked to copy a loop; `stop_on_repeat` ends the answer at the first repeated
+    sentence: the same text as cutting the whole answer, fewer tokens."""
+    model = load_chat_model(LLMConfig(device="cpu"), ARTIFACTS)
+    prompts = [[{"role": "user", "content": "Copy this text exactly: We recommend Fargo. We recommend Fargo. "
+                                            "We recommend Fargo. We recommend Fargo."}],
+               [{"role": "user", "content": "What is the capital of France? Answer in one word."}]]
+    greedy = SamplingConfig(temperature=0.0, max_new_tokens=16)
+    [[whole], [capital]] = model.generate(prompts, greedy)
+    [[cut], [same]] = model.generate(prompts, greedy.model_copy(update={"stop_on_repeat": True}))
+    assert cut_at_repeated_sentence(whole.text) != whole.text  # the model looped ...
+    assert cut.text == cut_at_repeated_sentence(whole.text) and cut.finish_reason == "stop"  # ... and was cut
+    assert cut.completion_tokens < whole.completion_tokens  # it stopped early
+    assert (same.text, same.completion_tokens) == (capital.text, capital.completion_tokens)
+    tokenizer = AutoTokenizer.from_pretrained(resolve_model("smollm2", ARTIFACTS))
+    ends = sentence_end_ids(tokenizer)
+    assert tokenizer.convert_tokens_to_ids(".") in ends and tokenizer.convert_tokens_to_ids("Ġthe") not in ends

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from recxplain.config import SamplingConfig
+from recxplain.checks import parse_explanation
+from recxplain.config import SamplingConfig, TeacherConfig
 from recxplain.prompts import (
     PROMPTS_DIR,
     RETRY_MESSAGE,
@@ -21,16 +22,33 @@ SHIPPED = ["explain_seed.j2", "explain_llmxrec.j2", "judge_pair.j2", "explainabi
            "reclaif_recommend.j2", "reclaif_judge.j2"]
 
 
-def test_seed_prompt_shows_both_explanations():
+def test_seed_prompt_states_the_evidence_as_facts_after_a_worked_example():
     messages = explain_messages(toy_case(), "explain_seed.j2")
-    assert [m["role"] for m in messages] == ["system", "user"]
-    user = messages[1]["content"]
-    assert user.startswith('We recommend the movie "Babe" (Comedy, Drama) to a user.')
-    # intrinsic explanation: neighbours, most similar first, with the user's own rating
-    assert "- The Lion King (similarity 0.43; the user rated it 5/5)\n- Fargo (similarity 0.20)\n" in user
-    # post-hoc explanation: the rendered path
+    # the worked example is an earlier user turn and the assistant's answer to it
+    assert [m["role"] for m in messages] == ["system", "user", "assistant", "user"]
+    user = messages[-1]["content"]
+    assert user.startswith("Facts:\n- The movie: Babe (Comedy, Drama).\n")
+    # post-hoc explanation: the rendered path; with a path, the neighbours are left out
     assert "- You rated Toy Story 5/5; it shares the genre Comedy with Babe.\n" in user
-    assert "{" not in user and "}" not in user
+    assert "Lion King" not in user and "similarity" not in user
+    assert user.rstrip().endswith("Babe.") and "{" not in user and "}" not in user
+    # the example's answer is itself a usable explanation by the teacher's default rule
+    teacher = TeacherConfig()
+    parse_explanation(messages[2]["content"], min_words=teacher.min_words, max_words=teacher.max_words)
+    # without paths: the neighbours the user rated (intrinsic explanation), not the others
+    no_paths = explain_messages(toy_case().model_copy(update={"paths": []}), "explain_seed.j2")[-1]["content"]
+    assert "- You rated The Lion King 5/5; people who liked it also liked Babe.\n" in no_paths
+    assert "Fargo" not in no_paths
+
+
+def test_the_students_prompt_leaves_the_worked_example_out():
+    full = explain_messages(toy_case(), "explain_seed.j2")
+    bare = explain_messages(toy_case(), "explain_seed.j2", example=False)
+    assert [m["role"] for m in bare] == ["system", "user"]
+    assert bare == [full[0], full[-1]]
+    # a template without an example renders the same either way
+    assert explain_messages(toy_case(), "explain_llmxrec.j2", example=False) == explain_messages(
+        toy_case(), "explain_llmxrec.j2")
 
 
 def test_llmxrec_prompt_is_the_papers_instruction():
@@ -49,9 +67,10 @@ def test_llmxrec_prompt_is_the_papers_instruction():
 def test_mapping_and_folder_render_the_same_and_hash_follows_content():
     templates = read_templates("explain_seed.j2")
     assert explain_messages(toy_case(), "explain_seed.j2", templates) == explain_messages(toy_case(), "explain_seed.j2")
-    edited = {"explain_seed.j2": templates["explain_seed.j2"].replace("warm,", "kind,")}
+    edited = {"explain_seed.j2": templates["explain_seed.j2"].replace("{% block system %}\n",
+                                                                       "{% block system %}\nBe kind.\n")}
     assert template_hash(edited["explain_seed.j2"]) != template_hash(templates["explain_seed.j2"])
-    assert "kind, everyday" in explain_messages(toy_case(), "explain_seed.j2", edited)[0]["content"]
+    assert explain_messages(toy_case(), "explain_seed.j2", edited)[0]["content"].startswith("Be kind.\n")
     assert len(template_hash("x")) == 16
 
 

@@ -7,6 +7,7 @@ import base64
 import json
 import os
 import re
+import shutil
 
 import pandas as pd
 import pytest
@@ -15,10 +16,28 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from recxplain.config import EvaluationConfig, JudgeConfig  # noqa: E402
 from recxplain.schemas import Case, write_cases  # noqa: E402
+from recxplain.stats import paired_comparison  # noqa: E402
 from tasks import evaluate as ev  # noqa: E402
 from tasks import report  # noqa: E402
 
 EVIL = '<script>alert("x")</script> Return of the Jedi & more'
+JUDGE_NOTE = "Judged by the rubric's verifiable checks alone: no LLM judge in this run."
+
+
+def alignment_table():
+    """paired_comparison on hand-made per-explanation values of 24 cases: the DPO student is valid
+    on 20 where base is valid on 4 and loops less; sft equals base on validity."""
+    valid_base = [1.0] * 4 + [0.0] * 20
+    columns = {
+        "base": {"validity": valid_base, "loop": [1.0] * 12 + [0.0] * 12, "check_score": [0.2] * 24},
+        "template": {"validity": [1.0] * 24, "loop": [0.0] * 24, "check_score": [0.9] * 24},
+        "sft": {"validity": valid_base, "loop": [1.0] * 12 + [0.0] * 12, "check_score": [0.3] * 24},
+        "dpo_r2": {"validity": [1.0] * 20 + [0.0] * 4, "loop": [0.0] * 24, "check_score": [0.4] * 24},
+    }
+    frame = pd.concat([pd.DataFrame({"explainer": e, "case_id": [f"c{i}" for i in range(24)]} | values)
+                       for e, values in columns.items()], ignore_index=True)
+    metrics = {"validity": ("binary", 1), "loop": ("binary", -1), "check_score": ("score", 1)}
+    return paired_comparison(frame, ["sft", "dpo_r2"], ["base", "template"], metrics, n_boot=200)
 
 
 def make_case(case_id: str, gender: str) -> Case:
@@ -63,11 +82,20 @@ def run(tmp_path_factory):
                     judge=JudgeConfig(), cases=cases_dir, explanations=expl, artifacts_dir=root)
     finally:
         ev._judge_functions = original
+    # A copy of the evaluate folder as older runs left it: no alignment table, no judge note.
+    plain = root / "metrics_plain"
+    shutil.copytree(metrics, plain)
+    (plain / "alignment.parquet").unlink(missing_ok=True)
+    alignment_table().to_parquet(metrics / "alignment.parquet", index=False)
+    summary = json.loads((metrics / "metrics.json").read_text())
+    (metrics / "metrics.json").write_text(json.dumps(summary | {"judge_note": JUDGE_NOTE}))
+    summary.pop("judge_note", None)
+    (plain / "metrics.json").write_text(json.dumps(summary))
     out = root / "report"
     out.mkdir()
     report.write_report(out, evaluation=EvaluationConfig(report_examples=2), metrics=metrics, explanations=expl,
                         cases=cases_dir, students={"sft": student})
-    return {"out": out, "metrics": metrics}
+    return {"out": out, "metrics": metrics, "plain": plain, "explanations": expl, "cases": cases_dir}
 
 
 def test_tournament_metrics_of_the_scripted_judge(run):
@@ -104,7 +132,10 @@ def test_metrics_table_and_markdown(run):
     assert re.fullmatch(r"\d+\.\d+ \[\d+\.\d+, \d+\.\d+\]", teacher["bt_strength"]) or teacher["bt_strength"].startswith("-")
     markdown = (run["out"] / "report.md").read_text()
     assert "Best by win ratio: **teacher**" in markdown
-    assert sum(line.startswith("| ") for line in markdown.splitlines()) == 1 + 3  # header + explainers
+    lines = markdown.splitlines()
+    start = lines.index(next(line for line in lines if line.startswith("| explainer |")))
+    end = lines.index("", start)
+    assert end - start == 1 + 1 + 3  # header, rule, explainers
     assert json.loads((run["out"] / "metrics_table.json").read_text()) == rows
 
 
@@ -116,3 +147,50 @@ def test_format_cell():
 def test_missing_metrics_is_a_clear_error(tmp_path):
     with pytest.raises(FileNotFoundError, match="metrics.parquet"):
         report.metrics_table(tmp_path)
+
+
+def test_markdown_opens_with_did_alignment_help(run):
+    markdown = (run["out"] / "report.md").read_text()
+    body = [line for line in markdown.splitlines()[1:] if line]
+    assert body[0] == "## Did alignment help?"
+    section = markdown.split("## Did alignment help?")[1].split("held-out cases, explainers:")[0]
+    # One sentence per student, against base; numbers from the table.
+    sentences = [line for line in section.splitlines() if line.startswith("- ")]
+    assert [s.split(":")[0] for s in sentences] == ["- sft vs base", "- dpo_r2 vs base"]
+    dpo = sentences[1]
+    assert "validity +0.667 [" in dpo and "McNemar p<0.0001 (better)" in dpo
+    assert "repetition loops -0.500 [" in dpo and "check score +0.200" in dpo
+    assert "validity +0.000 [+0.000, +0.000], McNemar p=1.000 (no difference)" in sentences[0]
+    # The table: 2 students x 2 baselines x 3 metrics, metrics labelled.
+    rows = [line for line in section.splitlines() if line.startswith("| ")]
+    assert rows[0].startswith("| student | baseline | metric | n |") and len(rows) == 1 + 12
+    assert "| dpo_r2 | base | Validity | 24 | 0.833 | 0.167 | +0.667 [" in section
+    assert "| dpo_r2 | template | Repetition loops |" in section and "| Check score |" in section
+    assert f"_{JUDGE_NOTE}_" in section
+    # The alignment section comes before the run's summary line and the metrics table.
+    assert markdown.index("Did alignment help?") < markdown.index("| explainer |")
+
+
+def test_page_opens_with_did_alignment_help(run):
+    html = (run["out"] / "report.html").read_text()
+    assert html.index("<h2>Did alignment help?</h2>") < html.index("<h2>Metrics</h2>")
+    section = html[html.index("<h2>Did alignment help?</h2>"):html.index("<h2>Metrics</h2>")]
+    assert "<li>dpo_r2 vs base: validity +0.667 [" in section and "McNemar p&lt;0.0001 (better)" in section
+    assert section.count("<tr><th>dpo_r2</th>") == 6 and "<td>Repetition loops</td>" in section
+    assert '<td class="better">better</td>' in section and '<td class="worse">worse</td>' in section
+    assert "Judged by the rubric&#39;s verifiable checks alone" in section
+
+
+def test_a_run_without_alignment_still_renders(run):
+    markdown = report.report_markdown(run["plain"])
+    assert "Did alignment help?" not in markdown and markdown.splitlines()[2].endswith("held-out cases, explainers: "
+                                                                                      "template, teacher, sft.")
+    html = report.render_report(evaluation=EvaluationConfig(report_examples=1), metrics=run["plain"],
+                                explanations=run["explanations"], cases=run["cases"])
+    assert "Did alignment help?" not in html and "<h2>Metrics</h2>" in html
+    assert "Judged by" not in html and "Judged by" not in markdown
+    # An empty table (no student was trained) is the same as none.
+    shutil.copytree(run["plain"], run["plain"].parent / "metrics_empty")
+    empty = run["plain"].parent / "metrics_empty"
+    alignment_table().iloc[:0].to_parquet(empty / "alignment.parquet", index=False)
+    assert "Did alignment help?" not in report.report_markdown(empty)

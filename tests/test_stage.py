@@ -99,7 +99,8 @@ def test_code_version_covers_the_project_helpers_a_stage_uses():
     from tasks.teacher import teacher_generate
 
     names = [m.__name__ for m in code_modules(teacher_generate)]
-    assert {"tasks.teacher", "tasks.judge", "recxplain.prompts"} <= set(names)
+    # the checks that pick its best-of-n answers, the prompt renderer, the student model mapping
+    assert {"tasks.teacher", "recxplain.checks", "recxplain.prompts", "recxplain.models"} <= set(names)
     assert "recxplain.config" not in names  # configs are in the key by value
 
 

@@ -194,3 +194,97 @@ def test_agreement_majority_over_several_human_votes():
     assert stats.agreement(human, judge.assign(case_id="other"))["n"] == 0
     one = stats.agreement(human.iloc[:1], judge.iloc[:1])
     assert one["n"] == 1 and one["agreement"] == 1.0 and math.isnan(one["kappa"])
+
+
+# --- paired_comparison ----------------------------------------------------------------------
+
+
+def per_explanation(columns: dict[str, dict[str, list]]) -> pd.DataFrame:
+    """One row per (explainer, case): explainer -> metric -> values over cases c0, c1, ..."""
+    frames = [pd.DataFrame({"explainer": explainer, "case_id": [f"c{i}" for i in range(len(next(iter(m.values()))))]}
+                           | m) for explainer, m in columns.items()]
+    return pd.concat(frames, ignore_index=True)
+
+
+def test_paired_comparison_mcnemar_on_validity():
+    # 24 cases: both valid on 4, only the student on 16, neither on 4. Student 20/24, base 4/24:
+    # difference 16/24; exact McNemar on 16 discordant pairs all one way: p = 2 * 0.5**16.
+    student = [1] * 20 + [0] * 4
+    base = [1] * 4 + [0] * 20
+    frame = per_explanation({"base": {"validity": base}, "dpo": {"validity": student}})
+    table = stats.paired_comparison(frame, ["dpo"], ["base", "template"], {"validity": ("binary", 1)}, n_boot=500)
+    assert list(table.columns) == stats.PAIRED_COLUMNS
+    assert len(table) == 1  # template is not in the frame: skipped
+    row = table.iloc[0]
+    assert (row["student"], row["baseline"], row["metric"], row["n"]) == ("dpo", "base", "validity", 24)
+    assert row["mean_student"] == pytest.approx(20 / 24) and row["mean_baseline"] == pytest.approx(4 / 24)
+    assert row["difference"] == pytest.approx(0.667, abs=1e-3)
+    assert row["p_value"] == pytest.approx(2 * 0.5**16)
+    assert row["test"] == "McNemar exact" and row["verdict"] == "better"
+    assert 0.4 < row["ci_low"] < row["difference"] < row["ci_high"] <= 1.0
+
+
+def test_paired_comparison_identical_columns_are_no_difference():
+    values = [0.1, 0.5, 0.9, 0.3, 0.7, 0.2]
+    valid = [1, 0, 1, 1, 0, 1]
+    frame = per_explanation({"sft": {"check_score": values, "validity": valid},
+                             "base": {"check_score": values, "validity": valid}})
+    table = stats.paired_comparison(frame, ["sft", "base"], ["base"],
+                                    {"check_score": ("score", 1), "validity": ("binary", 1)}).set_index("metric")
+    assert list(table["student"]) == ["sft", "sft"]  # base against itself is skipped
+    assert table["p_value"].tolist() == [1.0, 1.0]
+    assert table["difference"].tolist() == [0.0, 0.0] and table["ci_low"].tolist() == [0.0, 0.0]
+    assert (table["verdict"] == "no difference").all()
+    assert table.loc["check_score", "test"] == "Wilcoxon signed-rank"
+
+
+def test_paired_comparison_lower_is_better_and_scores():
+    # Loops (lower is better): the student loops on 1 of 12 cases, base on 10 (9 discordant pairs,
+    # all in the student's favour: p = 2 * 0.5**9). The check score is higher on every case.
+    frame = per_explanation({
+        "base": {"loop": [1] * 10 + [0] * 2, "check_score": [0.2 + 0.01 * i for i in range(12)]},
+        "dpo": {"loop": [1] + [0] * 11, "check_score": [0.5 + 0.02 * i for i in range(12)]},
+    })
+    table = stats.paired_comparison(frame, ["dpo"], ["base"], {"loop": ("binary", -1), "check_score": ("score", 1)},
+                                    n_boot=200).set_index("metric")
+    assert table.loc["loop", "difference"] == pytest.approx(-9 / 12)
+    assert table.loc["loop", "p_value"] == pytest.approx(2 * 0.5**9)
+    assert table.loc["loop", "verdict"] == "better"
+    # Wilcoxon, all 12 differences positive: exact two-sided p = 2 / 2**12.
+    assert table.loc["check_score", "p_value"] == pytest.approx(2 / 2**12)
+    assert table.loc["check_score", "verdict"] == "better"
+    # The same data read the other way round: the base model is worse.
+    reverse = stats.paired_comparison(frame, ["base"], ["dpo"], {"loop": ("binary", -1)})
+    assert reverse["verdict"].tolist() == ["worse"]
+
+
+def test_paired_comparison_drops_undefined_pairs():
+    nan = float("nan")
+    frame = per_explanation({"base": {"faithfulness": [0.5, nan, 0.4, 0.6, 0.2]},
+                             "sft": {"faithfulness": [0.7, 0.9, nan, 0.8, 0.3]}})
+    # The student also misses case c4 entirely: the pairs are c0 and c3.
+    frame = frame[~((frame["explainer"] == "sft") & (frame["case_id"] == "c4"))]
+    row = stats.paired_comparison(frame, ["sft"], ["base"], {"faithfulness": ("score", 1)}).iloc[0]
+    assert row["n"] == 2
+    assert row["mean_student"] == pytest.approx(0.75) and row["mean_baseline"] == pytest.approx(0.55)
+    assert row["difference"] == pytest.approx(0.2)
+    # One pair left: no interval and no test.
+    one = frame[frame["case_id"] != "c3"]
+    row = stats.paired_comparison(one, ["sft"], ["base"], {"faithfulness": ("score", 1)}).iloc[0]
+    assert row["n"] == 1 and math.isnan(row["p_value"]) and math.isnan(row["ci_low"])
+    assert row["verdict"] == "no difference"
+    # A metric without a pair (base has no ROUGE-L) or without a column gives no row; nor does a
+    # missing student.
+    frame = frame.assign(rouge_l=[nan] * 5 + [0.3] * 4)
+    metrics = {"faithfulness": ("score", 1), "rouge_l": ("score", 1), "loop": ("binary", -1)}
+    assert stats.paired_comparison(frame, ["sft", "gone"], ["base"], metrics)["metric"].tolist() == ["faithfulness"]
+
+
+def test_paired_comparison_rejects_bad_input():
+    frame = per_explanation({"base": {"validity": [1, 0.5]}, "sft": {"validity": [1, 1]}})
+    with pytest.raises(ValueError, match="binary but has values"):
+        stats.paired_comparison(frame, ["sft"], ["base"], {"validity": ("binary", 1)})
+    with pytest.raises(ValueError, match="direction"):
+        stats.paired_comparison(frame, ["sft"], ["base"], {"validity": ("binary", 0)})
+    with pytest.raises(ValueError, match="more than once"):
+        stats.paired_comparison(pd.concat([frame, frame]), ["sft"], ["base"], {"validity": ("score", 1)})

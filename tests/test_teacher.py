@@ -1,5 +1,6 @@
-"""teacher_generate and sample_pairs: explanation parsing, retries, best-of-n, pairs; the output
-files; and (with the real local model) the stages end to end through load_chat_model."""
+"""teacher_generate and sample_pairs: retries, best-of-n by the checks, the students' prompt,
+pairs; the output files; and (with the real local model) the stages end to end through
+load_chat_model. Parsing and cleaning an answer (recxplain.checks) are tested in test_checks.py."""
 
 from __future__ import annotations
 
@@ -10,34 +11,23 @@ import polars as pl
 import pytest
 
 import tasks.teacher as teacher_module
+from recxplain.checks import Catalogue, check_explanation
 from recxplain.config import JudgeConfig, LLMConfig, PairsConfig, SamplingConfig, TeacherConfig, TrainingConfig
-from recxplain.prompts import explain_messages, read_templates
+from recxplain.models import student_llm
+from recxplain.prompts import RETRY_MESSAGE, explain_messages, read_templates
 from recxplain.schemas import write_cases
 from tasks.judge import judge_pairs
-from tasks.teacher import clean_explanation, parse_explanation, sample_pairs, student_llm, teacher_generate
+from tasks.teacher import sample_pairs, teacher_generate
 from tests.scripted import GENRES, GOOD, TECHNICAL, TITLES, ScriptedModel, toy_case
 
-TEMPLATES = read_templates("explain_seed.j2", "explainability.j2")
+TEMPLATES = read_templates("explain_seed.j2")
+RETRY = RETRY_MESSAGE.split("{")[0]
 
 
-def test_clean_explanation():
-    assert clean_explanation('Explanation: "You will love Babe."') == "You will love Babe."
-    assert clean_explanation("```\nYou will love Babe.\n```") == "You will love Babe."
-    assert clean_explanation("You will love Babe. It is warm and") == "You will love Babe."
-    assert clean_explanation("You will love Babe and") == "You will love Babe and"  # nothing complete to keep
-    assert clean_explanation("Babe   is\n\nfun!") == "Babe is fun!"
-
-
-def test_parse_explanation_reasons():
-    assert parse_explanation(GOOD, min_words=5, max_words=60) == GOOD
-    with pytest.raises(ValueError, match="the answer is empty"):
-        parse_explanation("  ", min_words=5, max_words=60)
-    with pytest.raises(ValueError, match="has 2 words; write at least 5"):
-        parse_explanation("Watch Babe.", min_words=5, max_words=60)
-    with pytest.raises(ValueError, match="has 30 words; write at most 20"):
-        parse_explanation(GOOD, min_words=5, max_words=20)
-    with pytest.raises(ValueError, match='repeats itself \\("babe is a fun movie"\\)'):
-        parse_explanation("Babe is a fun movie. Babe is a fun movie. Babe is a fun movie.", min_words=5, max_words=60)
+def is_retry(messages: list[dict]) -> bool:
+    """Whether `messages` re-asks a failed answer (the prompt itself holds the worked example's
+    assistant turn, so an assistant message alone says nothing)."""
+    return messages[-1]["content"].startswith(RETRY)
 
 
 @pytest.fixture
@@ -58,56 +48,112 @@ def test_teacher_generate_keeps_valid_answers_only(tmp_path, cases_dir, monkeypa
     script = iter([GOOD, "Too short.", "Nope."])
 
     def scripted(messages, j):
-        if any(m["role"] == "assistant" for m in messages):
+        if is_retry(messages):
             return GOOD if messages[-2]["content"] == "Too short." else "Nope."
         return next(script)
 
     model = ScriptedModel(scripted)
     use_model(monkeypatch, model)
-    teacher = TeacherConfig(max_parse_retries=2, min_words=5, max_words=60)
+    teacher = TeacherConfig(best_of=1, max_parse_retries=2, min_words=5, max_words=60)
     out = tmp_path / "out"
     out.mkdir()
     teacher_generate(out, teacher=teacher, cases=cases_dir, templates=TEMPLATES, artifacts_dir=tmp_path)
 
+    # the teacher is asked with the worked example; the SFT rows hold the students' prompt, without it
+    assert model.prompts[0] == explain_messages(toy_case(), "explain_seed.j2")
     rows = [json.loads(line) for line in (out / "sft.jsonl").read_text().splitlines()]
     assert [r["case_id"] for r in rows] == ["1-2", "3-2"]
-    assert rows[0]["messages"][:-1] == explain_messages(toy_case(), "explain_seed.j2")
+    assert rows[0]["messages"][:-1] == explain_messages(toy_case(), "explain_seed.j2", example=False)
     assert rows[0]["messages"][-1] == {"role": "assistant", "content": GOOD}
     assert rows[1]["messages"][-1]["content"] == GOOD
     generations = pl.read_parquet(out / "generations.parquet")
     assert generations["attempts"].to_list() == [1, 2, 3]
     assert generations["valid"].to_list() == [True, True, False]
     assert generations["error"][2] == "the explanation has 1 words; write at least 5"
+    assert generations["passed"].to_list() == [True, True, False] and generations["score"][2] is None
+    assert generations["failed"].to_list() == [[], [], []]
+    assert "latency_s" not in generations.columns and "cached" not in generations.columns
     stats = json.loads((out / "stats.json").read_text())
     assert (stats["cases"], stats["sft_rows"], stats["valid_first_try"], stats["retries"]) == (3, 2, 1, 3)
+    assert (stats["samples_passing_checks"], stats["kept_passing_checks"]) == (2, 2)
     assert stats["validity_ratio"] == pytest.approx(2 / 3, abs=1e-4)
     assert stats["usage"]["calls"] == 6 and len(stats["template_hash"]) == 16
 
 
-def test_best_of_keeps_the_answer_the_judge_prefers(tmp_path, cases_dir, monkeypatch):
+def test_students_may_see_the_worked_example(tmp_path, cases_dir, monkeypatch):
+    use_model(monkeypatch, ScriptedModel(lambda messages, j: GOOD))
+    out = tmp_path / "out"
+    out.mkdir()
+    teacher = TeacherConfig(best_of=1, min_words=5, students_see_example=True)
+    teacher_generate(out, teacher=teacher, cases=cases_dir, templates=TEMPLATES, artifacts_dir=tmp_path)
+    row = json.loads((out / "sft.jsonl").read_text().splitlines()[0])
+    assert row["messages"][:-1] == explain_messages(toy_case(), "explain_seed.j2")
+    assert [m["role"] for m in row["messages"]] == ["system", "user", "assistant", "user", "assistant"]
+
+
+def test_best_of_keeps_the_answer_the_checks_prefer(tmp_path, cases_dir, monkeypatch):
     # three samples per case; the third stays one word long when re-asked
-    model = ScriptedModel(lambda messages, j: "Babe." if len(messages) > 2 else [TECHNICAL, GOOD, "Babe."][j])
+    model = ScriptedModel(lambda messages, j: "Babe." if is_retry(messages) else [TECHNICAL, GOOD, "Babe."][j])
     use_model(monkeypatch, model)
     out = tmp_path / "out"
     out.mkdir()
-    teacher = TeacherConfig(best_of=3, min_words=5)
-    with pytest.raises(ValueError, match="best_of > 1 needs the judge"):
-        teacher_generate(out, teacher=teacher, cases=cases_dir, templates=TEMPLATES, artifacts_dir=tmp_path)
-    teacher_generate(out, teacher=teacher, cases=cases_dir, templates=TEMPLATES, artifacts_dir=tmp_path,
-                     judge=JudgeConfig(kind="rubric"))
+    teacher = TeacherConfig(best_of=3, min_words=5, max_parse_retries=1)
+    teacher_generate(out, teacher=teacher, cases=cases_dir, templates=TEMPLATES, artifacts_dir=tmp_path)
     rows = [json.loads(line) for line in (out / "sft.jsonl").read_text().splitlines()]
     assert [r["messages"][-1]["content"] for r in rows] == [GOOD] * 3
     generations = pl.read_parquet(out / "generations.parquet").filter(pl.col("case_id") == "1-2")
     assert generations["kept"].to_list() == [False, True, False]
-    assert generations["score"][0] == pytest.approx((4 + 2 / 3) / 6) and generations["score"][1] == 1.0
+    technical = check_explanation(toy_case(), TECHNICAL, catalogue=Catalogue(TITLES, GENRES), min_words=5)
+    assert technical.failed == ["no_technical_terms"] and technical.specificity == pytest.approx(2 / 3)
+    assert generations["score"][0] == pytest.approx((7 + 2 / 3) / 9) == technical.score
+    assert generations["score"][1] == 1.0
+    assert generations["failed"].to_list() == [["no_technical_terms"], [], []]
+    assert generations["passed"].to_list() == [False, True, False]
     assert generations["valid"].to_list() == [True, True, False]  # "Babe." is 1 word
+    assert generations["attempts"].to_list() == [1, 1, 2]
+
+
+def test_best_of_without_a_passing_sample(tmp_path, cases_dir, monkeypatch):
+    # every sample is usable, none passes every check (TECHNICAL leaks the recommender's internals)
+    use_model(monkeypatch, ScriptedModel(lambda messages, j: TECHNICAL))
+    out = tmp_path / "out"
+    out.mkdir()
+    with pytest.raises(ValueError, match="none of 3 cases has an answer that passes the checks"):
+        teacher_generate(out, teacher=TeacherConfig(best_of=2, min_words=5), cases=cases_dir, templates=TEMPLATES,
+                         artifacts_dir=tmp_path)
+    stats = json.loads((out / "stats.json").read_text())  # written before the stage gives up
+    assert (stats["valid_samples"], stats["samples_passing_checks"], stats["sft_rows"]) == (6, 0, 0)
+    assert (out / "sft.jsonl").read_text() == ""
+    # require_checks=False keeps the best usable answer instead
+    teacher_generate(out, teacher=TeacherConfig(best_of=2, min_words=5, require_checks=False), cases=cases_dir,
+                     templates=TEMPLATES, artifacts_dir=tmp_path)
+    rows = [json.loads(line) for line in (out / "sft.jsonl").read_text().splitlines()]
+    assert [r["messages"][-1]["content"] for r in rows] == [TECHNICAL] * 3
+    stats = json.loads((out / "stats.json").read_text())
+    assert (stats["sft_rows"], stats["kept_passing_checks"]) == (3, 0)
+    assert pl.read_parquet(out / "generations.parquet")["kept"].to_list() == [True, False] * 3
+
+
+def test_a_case_without_a_passing_sample_is_left_out(tmp_path, cases_dir, monkeypatch):
+    # the second case (3-2) only ever gets TECHNICAL; the others get GOOD as their second sample
+    model = ScriptedModel(lambda messages, j: TECHNICAL if j == 0 or len(model.prompts) == 2 else GOOD)
+    use_model(monkeypatch, model)
+    out = tmp_path / "out"
+    out.mkdir()
+    teacher_generate(out, teacher=TeacherConfig(best_of=2, min_words=5), cases=cases_dir, templates=TEMPLATES,
+                     artifacts_dir=tmp_path)
+    rows = [json.loads(line) for line in (out / "sft.jsonl").read_text().splitlines()]
+    assert [(r["case_id"], r["messages"][-1]["content"]) for r in rows] == [("1-2", GOOD), ("4-2", GOOD)]
+    stats = json.loads((out / "stats.json").read_text())
+    assert (stats["sft_rows"], stats["kept_passing_checks"], stats["samples_passing_checks"]) == (2, 2, 2)
 
 
 def test_sample_pairs_from_the_teacher(tmp_path, cases_dir, monkeypatch):
     # case 5-2 (recommending Heat) gets the same text twice: no preference, dropped
     identical = toy_case("5-2").model_copy(update={"item": toy_case().item.model_copy(update={"title": "Heat"})})
     write_cases([toy_case("1-2"), identical], cases_dir / "train.jsonl")
-    model = ScriptedModel(lambda messages, j: GOOD if '"Heat"' in messages[1]["content"] else [GOOD, TECHNICAL + " and"][j])
+    model = ScriptedModel(lambda messages, j: GOOD if "enjoy Heat." in messages[-1]["content"]
+                          else [GOOD, TECHNICAL + " and"][j])
     use_model(monkeypatch, model)
     out = tmp_path / "out"
     out.mkdir()
@@ -118,9 +164,26 @@ def test_sample_pairs_from_the_teacher(tmp_path, cases_dir, monkeypatch):
     assert frame["case_id"].to_list() == ["1-2"]  # 5-2's two samples were identical
     assert frame["text_a"][0] == GOOD and frame["text_b"][0] == TECHNICAL  # unfinished " and" cut
     assert frame["source"][0] == "teacher" and frame["valid_a"][0] and frame["valid_b"][0]
-    assert json.loads(frame["prompt"][0]) == explain_messages(toy_case(), "explain_seed.j2")
+    # the teacher samples with the worked example; the row holds the students' prompt, without it
+    assert model.prompts[0] == explain_messages(toy_case(), "explain_seed.j2")
+    assert json.loads(frame["prompt"][0]) == explain_messages(toy_case(), "explain_seed.j2", example=False)
     stats = json.loads((out / "stats.json").read_text())
     assert (stats["pairs"], stats["identical_dropped"]) == (1, 1)
+
+
+def test_more_candidates_pair_the_best_with_the_worst(tmp_path, cases_dir, monkeypatch):
+    blurb = "Babe is a must-watch for anyone who loves a warm comedy, and it is a great choice for the whole family."
+    use_model(monkeypatch, ScriptedModel(lambda messages, j: [TECHNICAL, "Watch Babe.", GOOD, blurb][j]))
+    out = tmp_path / "out"
+    out.mkdir()
+    pairs = PairsConfig(candidates=4)
+    sample_pairs(out, pairs=pairs, teacher=TeacherConfig(min_words=5), training=TrainingConfig(),
+                 cases=cases_dir, student=None, templates=TEMPLATES, artifacts_dir=tmp_path)
+    frame = pl.read_parquet(out / "pairs.parquet")
+    assert frame.height == 3
+    assert set(frame["text_a"]) == {GOOD} and set(frame["text_b"]) == {"Watch Babe."}  # too short, not personal
+    assert frame["valid_a"].all() and not frame["valid_b"].any()
+    assert json.loads((out / "stats.json").read_text())["validity_ratio"] == 0.5
 
 
 def test_student_pairs_need_a_student(tmp_path, cases_dir):
@@ -162,7 +225,19 @@ def tiny(tmp_path_factory):
 def tiny_teacher(tiny) -> TeacherConfig:
     llm = LLMConfig(model=str(tiny / "base"), dtype="float32", device="cpu", batch_size=8)
     short = SamplingConfig(temperature=1.0, top_p=0.95, max_new_tokens=12, seed=1)
-    return TeacherConfig(llm=llm, sampling=short, min_words=1, max_words=60, max_parse_retries=1)
+    # A random model passes no check: keep every usable answer (require_checks off), one per case.
+    return TeacherConfig(llm=llm, sampling=short, min_words=1, max_words=60, max_parse_retries=1, best_of=1,
+                         require_checks=False)
+
+
+def run_teacher(out: Path, teacher: TeacherConfig, cases_dir: Path, templates: dict) -> None:
+    """teacher_generate, tolerating the one error a random model may cause: no usable answer at
+    all (every answer stops mid-sentence), after which every file is written all the same."""
+    try:
+        teacher_generate(out, teacher=teacher, cases=cases_dir, templates=templates, artifacts_dir=out.parent)
+    except ValueError as err:
+        assert "none of 3 cases" in str(err)
+        assert json.loads((out / "stats.json").read_text())["valid_samples"] == 0
 
 
 def test_teacher_generate_through_load_chat_model(tmp_path, cases_dir, tiny):
@@ -171,14 +246,14 @@ def test_teacher_generate_through_load_chat_model(tmp_path, cases_dir, tiny):
     teacher, templates = tiny_teacher(tiny), read_templates("explain_seed.j2")
     out = tmp_path / "teacher"
     out.mkdir()
-    teacher_generate(out, teacher=teacher, cases=cases_dir, templates=templates, artifacts_dir=tmp_path)
+    run_teacher(out, teacher, cases_dir, templates)
     stats = json.loads((out / "stats.json").read_text())
     generations = pl.read_parquet(out / "generations.parquet")
     rows = (out / "sft.jsonl").read_text().splitlines()
     assert stats["cases"] == 3 and len(rows) == stats["sft_rows"] == generations["valid"].sum()
     assert stats["usage"]["calls"] == 3 + stats["retries"] and stats["usage"]["cache_hits"] == 0
     first = (out / "sft.jsonl").read_text()
-    teacher_generate(out, teacher=teacher, cases=cases_dir, templates=templates, artifacts_dir=tmp_path)
+    run_teacher(out, teacher, cases_dir, templates)
     again = json.loads((out / "stats.json").read_text())
     assert again["usage"]["calls"] == 0 and again["usage"]["cache_hits"] == stats["usage"]["calls"]
     assert (out / "sft.jsonl").read_text() == first
@@ -206,21 +281,38 @@ def test_pairs_and_judge_through_load_chat_model(tmp_path, cases_dir, tiny):
         assert frame.height + pair_stats["identical_dropped"] == 3 and set(frame["source"]) <= {source}
     assert "+" in pl.read_parquet(pairs_out["student"] / "pairs.parquet")["model"][0]  # base + adapter
 
+    # The random model's answers rarely end a sentence, and a pair of unusable answers is
+    # both-bad whatever the vote; one known, usable pair gives the LLM a vote that matters.
+    sampled = pl.read_parquet(pairs_out["teacher"] / "pairs.parquet")
+    known = sampled.head(0).vstack(pl.DataFrame([{
+        "case_id": "1-2", "text_a": TECHNICAL, "text_b": GOOD, "source": "teacher",
+        "prompt": json.dumps(explain_messages(toy_case(), "explain_seed.j2", example=False)),
+        "model": teacher.llm.model, "valid_a": True, "valid_b": True}], schema=sampled.schema))
+    to_judge = tmp_path / "pairs-to-judge"
+    to_judge.mkdir()
+    pl.concat([sampled, known]).write_parquet(to_judge / "pairs.parquet")
+
     judged = tmp_path / "judged"
     judged.mkdir()
-    # A lenient gate and a heavy LLM weight: the random model's vote could change every verdict,
-    # so the ensemble asks it about every pair (it asks only where the vote can matter).
-    judge = JudgeConfig(kind="ensemble", llm=teacher.llm, max_parse_retries=1, llm_weight=0.9, min_rubric_score=0.0,
+    # A lenient gate and an even weight: the random model's vote could change the known pair's
+    # verdict (rubric margin 0.5 * -0.148), so the ensemble asks it (only where the vote can matter).
+    judge = JudgeConfig(kind="ensemble", llm=teacher.llm, max_parse_retries=1, llm_weight=0.5, min_rubric_score=0.0,
                         min_words=1, max_words=10_000, sampling=SamplingConfig(temperature=0.0, max_new_tokens=16))
-    judge_pairs(judged, judge=judge, cases=cases_dir, pairs=pairs_out["teacher"],
+    judge_pairs(judged, judge=judge, cases=cases_dir, pairs=to_judge,
                 templates=read_templates("judge_pair.j2"), artifacts_dir=tmp_path)
     verdicts = pl.read_parquet(judged / "verdicts.parquet")
     stats = json.loads((judged / "stats.json").read_text())
     preferences = [json.loads(line) for line in (judged / "preferences.jsonl").read_text().splitlines()]
-    assert verdicts.height == stats["pairs_judged"] == pl.read_parquet(pairs_out["teacher"] / "pairs.parquet").height
+    assert verdicts.height == stats["pairs_judged"] == sampled.height + 1
     # a random model writes no JSON: every LLM verdict is invalid after its retry, the rubric decides
-    assert stats["llm_invalid"] == stats["llm_asked"] == verdicts.height and stats["validity_ratio"] == 0.0
-    assert set(verdicts["attempts"]) == {4}  # (1 + 1 retry) x 2 orders
-    assert len(preferences) == stats["kept"] == verdicts["kept"].sum()
+    assert stats["llm_invalid"] == stats["llm_asked"] >= 1 and stats["validity_ratio"] == 0.0
+    asked = verdicts.filter(pl.col("llm_choice").is_not_null())
+    assert set(asked["attempts"]) == {4}  # (1 + 1 retry) x 2 orders
+    last = verdicts.row(-1, named=True)
+    assert (last["verdict"], last["llm_choice"], last["attempts"]) == ("b", "invalid", 4)
+    unusable = [i for i, row in enumerate(sampled.iter_rows(named=True)) if not (row["valid_a"] or row["valid_b"])]
+    assert all(verdicts["verdict"][i] == "both_bad" and verdicts["llm_choice"][i] is None for i in unusable)
+    assert len(preferences) == stats["kept"] == verdicts["kept"].sum() >= 1
+    assert preferences[-1]["chosen"] == [{"role": "assistant", "content": GOOD}]
     for row in preferences:
         assert row["prompt"][-1]["role"] == "user" and row["chosen"][0]["role"] == "assistant"

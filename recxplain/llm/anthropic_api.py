@@ -5,7 +5,8 @@ OpenAI-style messages are mapped to the Messages API: system messages are joined
 pinned here (anthropic 2.x) no longer exposes `temperature` or `top_p` (current Claude models
 sample with their own settings), so those fields of SamplingConfig are not sent, and there is
 no seed: sample i of a prompt is reproducible only through the response cache, whose key still
-includes the whole SamplingConfig.
+includes the whole SamplingConfig. The Messages API has no repetition_penalty or
+no_repeat_ngram_size either; stop_on_repeat applies (`ChatModel` cuts the answers).
 """
 
 from __future__ import annotations

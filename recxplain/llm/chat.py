@@ -3,7 +3,9 @@
 `ChatModel.generate(prompts, sampling, n)` expands every prompt into `n` jobs (sample index
 0..n-1), answers what it can from the response cache, hands the rest to the provider's `run`
 function, and writes each fresh answer to the cache as soon as it arrives, so a crash loses no
-paid call and a rerun makes none.
+paid call and a rerun makes none. With `sampling.stop_on_repeat` every answer, fresh or cached,
+comes back cut at its first repeated sentence (`recxplain.text.cut_at_repeated_sentence`); the
+cache keeps what the provider returned.
 
 A provider is two things (see local.py, openai_api.py, anthropic_api.py):
 - `identity`: a dict that, with the messages, sampling parameters and sample index, names an
@@ -22,11 +24,12 @@ from __future__ import annotations
 
 import threading
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Callable, Iterator
 
 from recxplain.config import LLMConfig, SamplingConfig
 from recxplain.llm.cache import ResponseCache, cache_key
+from recxplain.text import cut_at_repeated_sentence
 
 
 class LLMError(Exception):
@@ -182,7 +185,17 @@ class ChatModel:
             self._usage.add(seconds=time.perf_counter() - start)
         if any(r is None for r in results):  # a provider bug, not a failed call
             raise LLMError(f"{self.cfg.provider} provider returned no answer for some jobs")
+        if sampling.stop_on_repeat:
+            # API answers arrive whole (and cached ones were stored whole), so the rule that stops the
+            # local provider's decoding is applied here, to every provider alike.
+            results = [_cut_repeat(r) for r in results]
         return [results[p * n:(p + 1) * n] for p in range(len(prompts))]
+
+
+def _cut_repeat(generation: Generation) -> Generation:
+    """`generation` cut at its first repeated sentence (`stop_on_repeat`), which makes it a `stop`."""
+    text = cut_at_repeated_sentence(generation.text)
+    return generation if text == generation.text else replace(generation, text=text, finish_reason="stop")
 
 
 def _check_messages(messages: list[dict], p: int) -> None:

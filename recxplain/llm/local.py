@@ -19,8 +19,14 @@
   temperature and nucleus (top-p) truncation itself: transformers' top-p warper sorts the whole
   vocabulary every step (~0.3 s for 64 rows x 49k tokens on 2 loaded cores), while a top-256
   partial sort covers the nucleus almost always (exact fallback to a full sort when not).
+- Repetition controls (SamplingConfig): `repetition_penalty` and `no_repeat_ngram_size` are
+  transformers' logits processors fed the tokens each row has generated (not its prompt, whose
+  titles an answer may copy), applied before sampling; `stop_on_repeat` ends a row once a
+  sentence it completed repeats an earlier one, checked only after tokens that hold '.', '!' or
+  '?' (`sentence_end_ids`), and keeps the answer before the repeat.
 - Token counts: prompt tokens are those of the rendered chat template; completion tokens run up
-  to and including the first end-of-turn token, or all `max_new_tokens` (finish_reason `length`).
+  to and including the first end-of-turn token, or all `max_new_tokens` (finish_reason `length`);
+  an answer cut at a repeated sentence counts the tokens it generated, the repeat included.
 """
 
 from __future__ import annotations
@@ -33,10 +39,12 @@ from typing import Iterator
 
 import torch
 from transformers.cache_utils import Cache, DynamicCache, DynamicLayer
+from transformers.generation.logits_process import NoRepeatNGramLogitsProcessor, RepetitionPenaltyLogitsProcessor
 
 from recxplain.config import LLMConfig, SamplingConfig
 from recxplain.llm.chat import Generation, Job, ProviderError, Run, Usage
 from recxplain.models import fast_bf16, resolve_model
+from recxplain.text import cut_at_repeated_sentence
 
 TOP_K_FAST = 256  # partial sort width before the exact full-vocabulary fallback
 # Drop finished rows from the batch once this share of it has finished: each compaction copies
@@ -52,6 +60,8 @@ _LOAD_LOCK = threading.Lock()
 # One batch at a time per process: stages running in parallel threads would only fight over
 # the same cores (and share model objects), so their batches take turns.
 _GENERATE_LOCK = threading.Lock()
+# Per tokenizer (by id, the tokenizer kept alive beside its set): ids that may end a sentence.
+_SENTENCE_END_IDS: dict[int, tuple[object, frozenset[int]]] = {}
 
 
 def adapter_hash(adapter: Path) -> str:
@@ -179,6 +189,17 @@ def batch_order(prompts: list[list[int]]) -> list[int]:
     return sorted(range(len(prompts)), key=lambda r: (-longest[group[r]], group[r], -len(prompts[r])))
 
 
+def sentence_end_ids(tokenizer) -> frozenset[int]:
+    """Token ids whose text contains '.', '!' or '?': only after one of them can a sentence end
+    (`stop_on_repeat` checks the answer then). Computed once per tokenizer."""
+    entry = _SENTENCE_END_IDS.get(id(tokenizer))
+    if entry is None or entry[0] is not tokenizer:
+        pieces = tokenizer.batch_decode([[i] for i in range(len(tokenizer))])
+        entry = _SENTENCE_END_IDS[id(tokenizer)] = (
+            tokenizer, frozenset(i for i, piece in enumerate(pieces) if any(c in piece for c in ".!?")))
+    return entry[1]
+
+
 def generate_batch(model, tokenizer, prompts: list[list[int]], seeds: list[int], sampling: SamplingConfig,
                    device: str) -> list[Generation]:
     """Answer one batch of tokenised prompts (left-padded); one seed per row.
@@ -225,6 +246,15 @@ def generate_batch(model, tokenizer, prompts: list[list[int]], seeds: list[int],
     generators = [torch.Generator().manual_seed(seed) for seed in seeds]
     answers: list[list[int]] = [[] for _ in prompts]
     finished = [False] * rows
+    # Repetition controls (SamplingConfig). The token-level ones see the answer's tokens only, never
+    # the prompt's: `generated` (batch position x step) follows the batch through compactions.
+    processors = ([RepetitionPenaltyLogitsProcessor(sampling.repetition_penalty)]
+                  if sampling.repetition_penalty != 1.0 else [])
+    if sampling.no_repeat_ngram_size:
+        processors.append(NoRepeatNGramLogitsProcessor(sampling.no_repeat_ngram_size))
+    generated = torch.empty((rows, sampling.max_new_tokens), dtype=torch.long) if processors else None
+    ends = sentence_end_ids(tokenizer) if sampling.stop_on_repeat else frozenset()
+    repeated: dict[int, str] = {}  # row -> its answer cut before a repeated sentence (stop_on_repeat)
     live = torch.arange(rows)  # batch position -> row of `prompts`
     cache = GrowingCache(model.config.num_hidden_layers, capacity)
     starts = torch.tensor([cut[group[r]] for r in range(rows)])
@@ -241,15 +271,25 @@ def generate_batch(model, tokenizer, prompts: list[list[int]], seeds: list[int],
         logits = next_token_logits(input_ids, positions, attention_mask[:, :width])
         length = width
         for step in range(sampling.max_new_tokens):
+            for processor in processors if step else ():
+                logits = processor(generated[:, :step], logits)
             if sampling.temperature > 0:
                 uniforms = torch.cat([torch.rand(1, generator=generators[row]) for row in live.tolist()])
                 tokens = sample_tokens(logits, sampling.temperature, sampling.top_p, uniforms)
             else:
                 tokens = logits.argmax(-1)
+            if processors:
+                generated[:, step] = tokens
             for row, token in zip(live.tolist(), tokens.tolist()):
                 if not finished[row]:  # a finished row stays in the batch until the next compaction
-                    answers[row].append(token)
+                    answer = answers[row]
+                    answer.append(token)
                     finished[row] = token in stop_ids
+                    # A sentence ends at whitespace after a terminator: this token or the last has one.
+                    if ends and not finished[row] and (token in ends or len(answer) > 1 and answer[-2] in ends):
+                        kept = _text_before_repeat(tokenizer, answer)
+                        if kept is not None:
+                            repeated[row], finished[row] = kept, True
             done = torch.tensor([finished[row] for row in live.tolist()])
             if done.all() or step == sampling.max_new_tokens - 1:
                 break
@@ -259,12 +299,30 @@ def generate_batch(model, tokenizer, prompts: list[list[int]], seeds: list[int],
                 keep = (~done).nonzero().squeeze(1)
                 live, step_ids, positions, attention_mask = live[keep], step_ids[keep], positions[keep], attention_mask[keep]
                 cache.batch_select_indices(keep.to(device))
+                if processors:
+                    generated = generated[keep]
             logits = next_token_logits(step_ids, positions, attention_mask[:, :length])
     latency = time.perf_counter() - start
-    return [Generation(tokenizer.decode(answer[:-1] if ended else answer, skip_special_tokens=True).strip(),
-                       prompt_tokens=len(ids), completion_tokens=len(answer), latency_s=latency,
-                       finish_reason="stop" if ended else "length")
-            for ids, answer, ended in zip(prompts, answers, finished)]
+    generations = []
+    for row, (ids, answer, ended) in enumerate(zip(prompts, answers, finished)):
+        text = repeated.get(row)
+        if text is None:
+            text = tokenizer.decode(answer[:-1] if ended else answer, skip_special_tokens=True).strip()
+            if sampling.stop_on_repeat:  # a repeat that ends the answer (end-of-turn, budget) is cut too
+                kept = cut_at_repeated_sentence(text)
+                ended, text = ended or kept != text, kept
+        # completion_tokens: every token generated, a cut-off repeat included
+        generations.append(Generation(text, prompt_tokens=len(ids), completion_tokens=len(answer), latency_s=latency,
+                                      finish_reason="stop" if ended else "length"))
+    return generations
+
+
+def _text_before_repeat(tokenizer, answer: list[int]) -> str | None:
+    """The answer so far up to a sentence that repeats an earlier one (`stop_on_repeat`); None when
+    none does. Its last piece is not compared yet: a sentence is complete once whitespace follows."""
+    text = tokenizer.decode(answer, skip_special_tokens=True).lstrip()
+    kept = cut_at_repeated_sentence(text, finished=False)
+    return kept if kept != text else None
 
 
 class GrowingLayer(DynamicLayer):

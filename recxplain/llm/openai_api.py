@@ -4,13 +4,17 @@
 `https://generativelanguage.googleapis.com/v1beta/openai/` (Gemini), `http://localhost:8000/v1`
 (vLLM), `http://localhost:11434/v1` (Ollama), `http://localhost:8080/v1` (llama.cpp server).
 Each answer is one request with `n=1`, `seed = sampling.seed + sample index` (OpenAI and vLLM
-honour it; others ignore it), `temperature`, `top_p` and `max_tokens`.
+honour it; others ignore it), `temperature`, `top_p` and `max_tokens`. A `repetition_penalty`
+other than 1.0 goes in the body too when `base_url` names a server that takes it (vLLM,
+llama.cpp, Ollama: `accepts_repetition_penalty`); OpenAI and Gemini answer HTTP 400 to unknown
+parameters. `no_repeat_ngram_size` is never sent (the local provider's alone).
 """
 
 from __future__ import annotations
 
 import time
 from typing import Iterator
+from urllib.parse import urlsplit
 
 import openai
 
@@ -19,11 +23,19 @@ from recxplain.llm.chat import Generation, Job, MalformedResponse, Run, Usage
 from recxplain.llm.retry import answer, read_api_key, run_in_threads
 
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
+# Hosted OpenAI-compatible APIs that reject parameters outside OpenAI's own (HTTP 400).
+STRICT_HOSTS = ("api.openai.com", "generativelanguage.googleapis.com")
 
 
 def identity(cfg: LLMConfig) -> dict:
     """What names this model's answers in the cache (the endpoint matters: same name, other server)."""
     return {"provider": "openai", "model": cfg.model, "base_url": (cfg.base_url or DEFAULT_BASE_URL).rstrip("/")}
+
+
+def accepts_repetition_penalty(base_url: str | None) -> bool:
+    """Whether `repetition_penalty` may be sent: a configured server (vLLM, llama.cpp, Ollama) that
+    is not one of the STRICT_HOSTS; None is api.openai.com."""
+    return base_url is not None and urlsplit(base_url).hostname not in STRICT_HOSTS
 
 
 def make_run(cfg: LLMConfig) -> Run:
@@ -33,11 +45,15 @@ def make_run(cfg: LLMConfig) -> Run:
         client = openai.OpenAI(api_key=key or "unused", base_url=cfg.base_url, timeout=cfg.timeout_s,
                                max_retries=0)
 
+        extra = {}
+        if sampling.repetition_penalty != 1.0 and accepts_repetition_penalty(cfg.base_url):
+            extra["extra_body"] = {"repetition_penalty": sampling.repetition_penalty}
+
         def request(job: Job) -> Generation:
             start = time.perf_counter()
             completion = client.chat.completions.create(
                 model=cfg.model, messages=job.messages, n=1, temperature=sampling.temperature,
-                top_p=sampling.top_p, max_tokens=sampling.max_new_tokens, seed=sampling.seed + job.index,
+                top_p=sampling.top_p, max_tokens=sampling.max_new_tokens, seed=sampling.seed + job.index, **extra,
             )
             return parse_completion(completion, time.perf_counter() - start)
 
