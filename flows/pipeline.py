@@ -1,4 +1,4 @@
-"""The recxplain pipeline: one Prefect flow, each stage a cached task (see DESIGN.md).
+"""The recxplain pipeline: one Prefect flow, each stage a cached task (README, "What `make flow` does").
 
     python -m flows.pipeline --config configs/default.yaml --set recommender.k=20
 

@@ -20,7 +20,7 @@ Only tasks that a flow `.submit()`s go through the runner (see flows/fanout.py);
 directly runs in the flow's thread. Workers on other machines must see the same artifacts
 folder (a shared filesystem) and, to report their task runs, the same Prefect server
 (`PREFECT_API_URL`): without one, every worker process starts a temporary Prefect server of
-its own, which costs seconds per worker (../shared/FACTS.md: a Dask run took 27.6 s instead of
+its own, which costs seconds per worker (measured: a Dask run took 27.6 s instead of
 4.7-7 s).
 """
 

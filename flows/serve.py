@@ -6,7 +6,7 @@
 The same three deployments as deployments/prefect.yaml (`pipeline`, `evaluate`, `retrain` on
 the config's `retrain.cron`), registered with the server and run by this process, in
 subprocesses, for as long as it lives (Ctrl-C stops it). Schedules need a real server: the
-temporary one a flow starts on its own cannot schedule runs (../shared/FACTS.md).
+temporary one a flow starts on its own cannot schedule runs (Prefect: "Cannot schedule flows on an ephemeral server").
 """
 
 from __future__ import annotations

@@ -168,25 +168,33 @@ def find_technical_terms(text: str) -> list[str]:
     return [label for label, pattern in TECHNICAL_TERMS if re.search(pattern, text, re.IGNORECASE)]
 
 
-def repetition(text: str, n: int = 4, max_count: int = 2, long_n: int = 10) -> str | None:
+def repetition(text: str, n: int = 4, max_count: int = 2, long_n: int = 10, titles: Sequence[str] = ()) -> str | None:
     """The repeated fragment when `text` loops: a sentence said twice, a word n-gram said more
-    than `max_count` times, or a `long_n`-word span said twice; None otherwise."""
+    than `max_count` times, or a `long_n`-word span said twice; None otherwise. The words of
+    `titles` are left out of the n-gram counts: naming a four-word title three times is no loop."""
     sentences = [normalize(s).strip() for s in re.split(r"(?<=[.!?])\s+", text)]
     seen = set()
     for sentence in sentences:
         if len(sentence.split()) >= 3 and sentence in seen:
             return sentence
         seen.add(sentence)
-    tokens = normalize(text).split()
+    padded = normalize(text)
+    for title in sorted(titles, key=len, reverse=True):
+        padded = padded.replace(normalize(title), " | ")
+    tokens = padded.split()
     counts: dict[tuple[str, ...], int] = {}
     for i in range(len(tokens) - n + 1):
         gram = tuple(tokens[i : i + n])
+        if "|" in gram:
+            continue
         counts[gram] = counts.get(gram, 0) + 1
         if counts[gram] > max_count:
             return " ".join(gram)
     spans: set[tuple[str, ...]] = set()
     for i in range(len(tokens) - long_n + 1):
         span = tuple(tokens[i : i + long_n])
+        if "|" in span:
+            continue
         if span in spans:
             return " ".join(span)
         spans.add(span)
@@ -503,7 +511,7 @@ def check_explanation(
     ratings = user_ratings(case)
     used_items = (used_titles - {case.item.title}) | (named_genres & evidence_genres)
     count = len(words(text))
-    repeated = repetition(text)
+    repeated = repetition(text, titles=[form for title in used_titles for form in title_forms(title)])
     technical = find_technical_terms(text)
     return CheckResult(
         complete=count > 0 and ends_sentence(text),

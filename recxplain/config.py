@@ -399,7 +399,7 @@ class TrainingConfig(Section):
         valid_fraction: held-out share of the cases (grouped by case_id) for validation loss
             and DPO/ORPO reward accuracy; 0 disables validation.
         valid_min_cases: at least this many cases are held out when validating (at most a
-            quarter of them).
+            third of them).
         logging_steps: log the training loss every N optimiser steps.
         eval_steps: evaluate on the held-out rows every N optimiser steps (and once before the
             first step and after the last).

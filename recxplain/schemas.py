@@ -1,4 +1,4 @@
-"""Data contracts between stages (see ../shared/DESIGN.md, "Data contracts").
+"""Data contracts between stages (README, "What `make flow` does").
 
 Tabular artifacts are parquet files with the columns listed in `COLUMNS`; `check_columns` gives
 a clear error naming the file when one is missing. Explanation cases are JSONL of `Case`.

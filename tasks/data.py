@@ -8,7 +8,7 @@ Two sources:
   lazily with polars, so ML-32M (32M rows) prepares in a few GiB.
 
 Both are cut as the first seed does (the N most recent ratings of active users) and split per
-user by time (leave-last-out) or globally (temporal). Output files (see DESIGN.md):
+user by time (leave-last-out) or globally (temporal). Output files (the data contracts of recxplain/schemas.py):
 interactions.parquet, items.parquet, users.parquet, kg.parquet, data_summary.json.
 """
 

@@ -173,21 +173,25 @@ def sample_pairs(
         if len(samples) != pairs.candidates:
             raise RuntimeError(f"model returned {len(samples)} samples for case {case.case_id}, "
                                f"asked for {pairs.candidates}")
-        texts = [clean_explanation(g.text) for g in samples]
+        # An answer still going at max_new_tokens keeps its cut-off end, so that the checks see
+        # an answer that did not stop (the evaluation counts it invalid), not a tidied one.
+        stopped = [g.finish_reason != "length" for g in samples]
+        texts = [clean_explanation(g.text) if ok else " ".join(g.text.split()) for g, ok in zip(samples, stopped)]
         tokens += sum(g.completion_tokens for g in samples)
+        order = [0, 1]
         if len(texts) > 2:  # the best and the worst by the checks (first on ties: stable)
             scores = [c.score for c in check_explanations([(case, t) for t in texts], catalogue=catalogue,
                                                            min_words=teacher.min_words, max_words=teacher.max_words)]
-            order = sorted(range(len(texts)), key=lambda j: (-scores[j], j))
-            texts = [texts[order[0]], texts[order[-1]]]
-        text_a, text_b = texts
+            ranked = sorted(range(len(texts)), key=lambda j: (-scores[j], j))
+            order = [ranked[0], ranked[-1]]
+        (text_a, text_b), (stopped_a, stopped_b) = [texts[j] for j in order], [stopped[j] for j in order]
         if " ".join(text_a.lower().split()) == " ".join(text_b.lower().split()):
             identical += 1
             continue
         rows.append({
             "case_id": case.case_id, "text_a": text_a, "text_b": text_b, "source": pairs.source,
             "prompt": json.dumps(messages), "model": cfg.model if cfg.adapter is None else f"{cfg.model}+adapter",
-            "valid_a": usable(text_a), "valid_b": usable(text_b),
+            "valid_a": stopped_a and usable(text_a), "valid_b": stopped_b and usable(text_b),
         })
     schema = {"case_id": pl.String, "text_a": pl.String, "text_b": pl.String, "source": pl.String,
               "prompt": pl.String, "model": pl.String, "valid_a": pl.Boolean, "valid_b": pl.Boolean}

@@ -39,7 +39,7 @@ import shutil
 import time
 from pathlib import Path
 
-# Every trl trainer starts a telemetry thread that looks up the Hub (FACTS.md); this machine is
+# Every trl trainer starts a telemetry thread that looks up the Hub; the machines we run on are
 # offline and nothing may be downloaded. ORPO lives in trl.experimental and warns on import.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
@@ -89,10 +89,10 @@ def train_sft(out: Path, *, training: TrainingConfig, sft: Path, artifacts_dir: 
         learning_rate=training.learning_rate,
         max_length=training.max_length,
         completion_only_loss=True,
-        packing=False,  # no gain on CPU (FACTS.md), and packing would cross case boundaries
+        packing=False,  # no gain measured on CPU, and packing would cross case boundaries
     )
     model = _load_model(base, device)
-    # trl's chunked LM-head loss is ~1.5x slower than the plain cross-entropy on CPU (FACTS.md,
+    # trl's chunked LM-head loss is ~1.5x slower than the plain cross-entropy on CPU (README,
     # benchmarks/bench_train.py); on a GPU it saves memory, so keep it there.
     set_seed(training.seed)  # the adapter is initialised in the trainer's constructor, unseeded
     trainer_class = _plain_loss_sft_trainer() if device["name"] == "cpu" else SFTTrainer
@@ -335,12 +335,12 @@ def _check_lengths(tokenizer, rows: list[dict], answer: str, max_length: int, pa
 
 def _split(rows: list[dict], valid_fraction: float, seed: int, min_cases: int = 8) -> tuple[list[dict], list[dict]]:
     """Hold out whole cases (all rows of a case_id together) for validation: `valid_fraction` of
-    them, at least `min_cases` (a loss on one or two rows says nothing), at most a quarter."""
+    them, at least `min_cases` (a loss on one or two rows says nothing), at most a third."""
     cases = sorted({row["case_id"] for row in rows})
     random.Random(seed).shuffle(cases)
     n_valid = 0
     if valid_fraction > 0:
-        n_valid = min(max(math.floor(len(cases) * valid_fraction), min_cases), len(cases) // 4)
+        n_valid = min(max(math.floor(len(cases) * valid_fraction), min_cases), len(cases) // 3)
     held_out = set(cases[:n_valid])
     train = [row for row in rows if row["case_id"] not in held_out]
     valid = [row for row in rows if row["case_id"] in held_out]

@@ -83,6 +83,13 @@ def test_repetition_sentences_ngrams_and_long_spans():
     span = "a great example of how a single movie can have a huge impact"
     assert repetition(f"The Rock is {span}. It is {span}.") is not None
     assert repetition(GOOD) is None
+    # a long title named three times (the template explainer's path sentences) is not a loop
+    text = ('We recommend "Back to the Future". You rated Alien 5/5; people who liked it also liked Back to the '
+            "Future. You rated Heat 4/5; Back to the Future shares an actor with it.")
+    assert repetition(text) == "back to the future"
+    assert repetition(text, titles=["Back to the Future"]) is None
+    case = toy_case().model_copy(update={"item": Movie(item_id=2, title="Back to the Future", year=1985)})
+    assert check_explanation(case, text).no_repetition
 
 
 # ------------------------------------------------------------------ claims about the user's ratings
@@ -94,6 +101,7 @@ def test_a_rating_of_the_recommended_movie_is_a_false_claim():
                                "again with Toy Story fans.", catalogue=CATALOGUE)
     assert not result.consistent_ratings and not result.passed
     assert any("recommended to you" in claim for claim in result.false_rating_claims)
+    assert result.faithfulness < 1  # a false claim is an unsupported one
     loved = check_explanation(toy_case(), "You loved Babe, and people who liked it also liked Toy Story, "
                               "a comedy you will enjoy.", catalogue=CATALOGUE)
     assert loved.false_rating_claims == ['says you loved "Babe", the movie recommended to you']

@@ -13,6 +13,7 @@ import pytest
 import tasks.teacher as teacher_module
 from recxplain.checks import Catalogue, check_explanation
 from recxplain.config import JudgeConfig, LLMConfig, PairsConfig, SamplingConfig, TeacherConfig, TrainingConfig
+from recxplain.llm import Generation
 from recxplain.models import student_llm
 from recxplain.prompts import RETRY_MESSAGE, explain_messages, read_templates
 from recxplain.schemas import write_cases
@@ -184,6 +185,19 @@ def test_more_candidates_pair_the_best_with_the_worst(tmp_path, cases_dir, monke
     assert set(frame["text_a"]) == {GOOD} and set(frame["text_b"]) == {"Watch Babe."}  # too short, not personal
     assert frame["valid_a"].all() and not frame["valid_b"].any()
     assert json.loads((out / "stats.json").read_text())["validity_ratio"] == 0.5
+
+
+def test_a_candidate_cut_at_max_new_tokens_keeps_its_cut_off_end(tmp_path, cases_dir, monkeypatch):
+    # The checks must see that the answer did not stop, not a tidied version of it.
+    running = Generation(GOOD + " And people who liked it also", completion_tokens=64, finish_reason="length")
+    use_model(monkeypatch, ScriptedModel(lambda messages, j: [GOOD, running][j]))
+    out = tmp_path / "out"
+    out.mkdir()
+    sample_pairs(out, pairs=PairsConfig(), teacher=TeacherConfig(min_words=5), training=TrainingConfig(),
+                 cases=cases_dir, student=None, templates=TEMPLATES, artifacts_dir=tmp_path)
+    frame = pl.read_parquet(out / "pairs.parquet")
+    assert frame["text_b"][0] == GOOD + " And people who liked it also"
+    assert frame["valid_a"][0] and not frame["valid_b"][0]
 
 
 def test_student_pairs_need_a_student(tmp_path, cases_dir):
