@@ -36,6 +36,7 @@ from typing import ClassVar
 from pydantic import BaseModel, ConfigDict, Field, computed_field
 
 from recxplain.schemas import Case
+from recxplain.text import MIN_SENTENCE_WORDS, SENTENCE_BREAK, sentence_key
 
 # ---------------------------------------------------------------------------------------------
 # Words, titles and phrases
@@ -168,16 +169,17 @@ def find_technical_terms(text: str) -> list[str]:
     return [label for label, pattern in TECHNICAL_TERMS if re.search(pattern, text, re.IGNORECASE)]
 
 
-def repetition(text: str, n: int = 4, max_count: int = 2, long_n: int = 10, titles: Sequence[str] = ()) -> str | None:
+def repetition(text: str, n: int = 4, max_count: int = 2, long_n: int = 8, titles: Sequence[str] = ()) -> str | None:
     """The repeated fragment when `text` loops: a sentence said twice, a word n-gram said more
-    than `max_count` times, or a `long_n`-word span said twice; None otherwise. The words of
-    `titles` are left out of the n-gram counts: naming a four-word title three times is no loop."""
-    sentences = [normalize(s).strip() for s in re.split(r"(?<=[.!?])\s+", text)]
+    than `max_count` times, or a `long_n`-word span said twice; None otherwise. Each mention of
+    one of `titles` counts as one word, and n-grams inside or across a title are not counted:
+    naming a four-word title three times is no loop, repeating a clause around it is."""
     seen = set()
-    for sentence in sentences:
-        if len(sentence.split()) >= 3 and sentence in seen:
-            return sentence
-        seen.add(sentence)
+    for sentence in SENTENCE_BREAK.split(text):
+        key = sentence_key(sentence)
+        if len(key.split()) >= MIN_SENTENCE_WORDS and key in seen:
+            return key
+        seen.add(key)
     padded = normalize(text)
     for title in sorted(titles, key=len, reverse=True):
         padded = padded.replace(normalize(title), " | ")
@@ -193,8 +195,6 @@ def repetition(text: str, n: int = 4, max_count: int = 2, long_n: int = 10, titl
     spans: set[tuple[str, ...]] = set()
     for i in range(len(tokens) - long_n + 1):
         span = tuple(tokens[i : i + long_n])
-        if "|" in span:
-            continue
         if span in spans:
             return " ".join(span)
         spans.add(span)
@@ -375,13 +375,14 @@ def _token_starts(text: str) -> list[int]:
     return [m.start() for m in re.finditer(r"[A-Za-z0-9]+", text)]
 
 
-def rating_claims(case: Case, text: str, titles: list[tuple[int, int, str]]) -> tuple[list[str], list[str], int]:
+def rating_claims(case: Case, text: str, titles: list[tuple[int, int, str]],
+                  ratings: dict[str, float]) -> tuple[list[str], list[str], int]:
     """(false rating claims, wrong years, supported claims) of `text`, whose evidence-title
-    mentions are `titles` ((start, end, title) over `_tokens(text)`)."""
+    mentions are `titles` ((start, end, title) over `_tokens(text)`); `ratings`: `user_ratings(case)`."""
     plain = text.replace("'", "").replace("\u2019", "")
     starts = _token_starts(plain)
     tokens = [t.lower() for t in re.findall(r"[A-Za-z0-9]+", plain)]
-    ratings, years = user_ratings(case), _years(case)
+    years = _years(case)
     item = case.item.title
     false, wrong_years, supported = [], [], 0
 
@@ -507,8 +508,8 @@ def check_explanation(
         if f" {name} " not in evidence_text and not any(name in t.lower() for t in unknown_titles):
             unknown_names.append(name)
 
-    false_claims, wrong_years, supported_claims = rating_claims(case, text, mentions)
     ratings = user_ratings(case)
+    false_claims, wrong_years, supported_claims = rating_claims(case, text, mentions, ratings)
     used_items = (used_titles - {case.item.title}) | (named_genres & evidence_genres)
     count = len(words(text))
     repeated = repetition(text, titles=[form for title in used_titles for form in title_forms(title)])

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import re
 
-# A sentence ends at whitespace after '.', '!' or '?' (the split tasks.judge.repetition uses).
-_SENTENCE_BREAK = re.compile(r"(?<=[.!?])\s+")
+# A sentence ends at whitespace after '.', '!' or '?' (the split recxplain.checks.repetition uses too).
+SENTENCE_BREAK = re.compile(r"(?<=[.!?])\s+")
 MIN_SENTENCE_WORDS = 3  # shorter repeats ("Yes. Yes.", "Fargo. Fargo.") are not loops
 
 
@@ -29,7 +29,7 @@ def cut_at_repeated_sentence(text: str, *, finished: bool = True) -> str:
     """
     seen: set[str] = set()
     start = 0
-    breaks = [(m.start(), m.end()) for m in _SENTENCE_BREAK.finditer(text)]
+    breaks = [(m.start(), m.end()) for m in SENTENCE_BREAK.finditer(text)]
     if finished:
         breaks.append((len(text), len(text)))
     for end, next_start in breaks:

@@ -90,6 +90,11 @@ def test_repetition_sentences_ngrams_and_long_spans():
     assert repetition(text, titles=["Back to the Future"]) is None
     case = toy_case().model_copy(update={"item": Movie(item_id=2, title="Back to the Future", year=1985)})
     assert check_explanation(case, text).no_repetition
+    # but a clause repeated around a title is (a DPO student's answer): the title counts as one word
+    clause = ("You rated Spawn 5/5, and people who liked it also liked Air Force One (1997). It's a great movie, "
+              "and people who liked it also liked Air Force One (1997).")
+    looped = check_explanation(air_force_one(), clause)
+    assert not looped.no_repetition and looped.repeated == "and people who liked it also liked |"
 
 
 # ------------------------------------------------------------------ claims about the user's ratings
