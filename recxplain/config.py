@@ -47,6 +47,9 @@ class DataConfig(Section):
             relevance (ml-latest with genome files only).
         genome_similar_tags: each genome tag gets `similar_to` edges to its this many most
             similar tags (cosine over movie relevance vectors).
+        rating_range: the dataset's rating scale [low, high], inclusive (MovieLens: 0.5 to 5 in
+            ml-latest, 1 to 5 in ml-100k); a rating outside it stops the data stage, naming the
+            file and line.
     """
 
     source: Literal["ml-100k", "ml-latest"] = "ml-100k"
@@ -58,11 +61,18 @@ class DataConfig(Section):
     temporal_test_fraction: float = Field(0.1, gt=0, lt=0.5)
     genome_min_relevance: float = Field(0.8, ge=0, le=1)
     genome_similar_tags: int = Field(5, ge=0)
+    rating_range: tuple[float, float] = (0.5, 5.0)
 
     @model_validator(mode="after")
     def _path_for_local_source(self) -> "DataConfig":
         if self.source == "ml-latest" and self.path is None:
             raise ValueError("data.path is required when data.source is 'ml-latest'")
+        return self
+
+    @model_validator(mode="after")
+    def _rating_range_low_to_high(self) -> "DataConfig":
+        if self.rating_range[0] > self.rating_range[1]:
+            raise ValueError(f"data.rating_range must be [low, high], got {list(self.rating_range)}")
         return self
 
 

