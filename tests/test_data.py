@@ -8,7 +8,7 @@ import pytest
 from pydantic import ValidationError
 
 from recxplain.config import DataConfig
-from tasks.data import DataError, most_recent_of_active, prepare_data, split_leave_last_out, split_temporal
+from tasks.data import DataError, has_repeated_pairs, most_recent_of_active, prepare_data, split_leave_last_out, split_temporal
 
 
 # Users 1-3 rate 3 to 5 movies (lines 2-13); user 4 rates once, on line 14, and is dropped by
@@ -228,3 +228,10 @@ def test_rating_range_is_configurable(tmp_path):
         prepare(tmp_path / "strict", source="ml-latest", path=folder, min_user_ratings=3, rating_range=[1, 5])
     with pytest.raises(ValidationError, match=r"data.rating_range must be \[low, high\]"):
         DataConfig(rating_range=[5, 1])
+
+
+@pytest.mark.parametrize("users, items", [([1, 1, 2], [7, 8, 7]), ([-1, 0, 5], [3, -2, 3]), ([2**62, 1, 2**62], [2**40, 1, 2**40 + 1])])
+def test_repeated_pairs_found_with_any_ids(users, items):
+    ratings = pl.DataFrame({"user_id": users, "item_id": items})
+    assert not has_repeated_pairs(ratings)  # the integer key and the pair hash agree
+    assert has_repeated_pairs(pl.concat([ratings, ratings.head(1)]))
