@@ -10,9 +10,10 @@
   `generate_batch`: our own loop over the model's forward with a KV cache written in place
   (`GrowingCache`) and finished rows dropped from the batch as they end.
 - Shared prefixes: a judge reads the same evidence before each pair of answers it compares
-  (both orders; every pair of explainers in the tournament), and the samples of one prompt are
-  the same prompt. `generate_batch` reads each shared start once and copies its KV cache rows
-  to the prompts that share it (`shared_prefixes`), then reads the rest of every prompt.
+  (both orders; every pair of explainers in the tournament), and every prompt of a stage starts
+  with the same instructions. `generate_batch` reads each shared start once and copies its KV
+  cache rows to the prompts that share it (`shared_prefixes`), then reads the rest of every
+  distinct prompt once: the samples of one prompt (best-of-n, pair candidates) copy its cache.
 - Sampling: each row's next token is drawn with its own `torch.Generator` seeded with
   `sampling.seed + sample index`, so sample i of a prompt is the same whatever else is in the
   batch (up to the float noise padding brings) and across runs. `sample_tokens` applies
@@ -208,20 +209,24 @@ def generate_batch(model, tokenizer, prompts: list[list[int]], seeds: list[int],
     measured in benchmarks/bench_generate.py: keys and values are written into buffers allocated
     once (`GrowingCache`), rows that reached end-of-turn leave the batch (`COMPACT_AT`), so one
     long answer does not drag the finished ones through every remaining step, and prompts that
-    share a start read it once (`shared_prefixes`; the samples of one prompt share all of it).
+    share a start read it once (`shared_prefixes`). The samples of one prompt (identical rows)
+    are read once and their cache copied after the prompt is read.
     """
     start = time.perf_counter()
     rows = len(prompts)
+    distinct: dict[tuple[int, ...], int] = {}
+    same = [distinct.setdefault(tuple(ids), len(distinct)) for ids in prompts]  # row -> its distinct prompt
+    unique = [list(ids) for ids in distinct]
     # Two reads: the distinct shared starts (one row per group), then the rest of every prompt,
     # attending to a copy of its group's cache rows. Both reads are left-padded: row r's tokens
     # sit at [lead - cut, lead) and [width - rest, width). The second read is `tail` wide (the
     # longest rest after a shared start), so each group moves into it what fits: padding costs
     # as much as tokens, and a shorter first read is cheaper.
-    group, prefix = shared_prefixes(prompts)
-    tail = max(len(ids) - prefix[group[r]] for r, ids in enumerate(prompts))
+    group, prefix = shared_prefixes(unique)
+    tail = max(len(ids) - prefix[group[r]] for r, ids in enumerate(unique))
     groups = len(prefix)
     cut, member = [0] * groups, {}  # member: group -> a row of it (whose start the first read takes)
-    for r, ids in enumerate(prompts):
+    for r, ids in enumerate(unique):
         cut[group[r]] = max(cut[group[r]], len(ids) - tail)
         member.setdefault(group[r], r)
     lead = max(cut)
@@ -230,13 +235,13 @@ def generate_batch(model, tokenizer, prompts: list[list[int]], seeds: list[int],
     pad = tokenizer.pad_token_id
     head_ids = torch.full((groups, lead), pad, dtype=torch.long)
     head_mask = torch.zeros((groups, lead), dtype=torch.long)
-    input_ids = torch.full((rows, tail), pad, dtype=torch.long)
-    attention_mask = torch.zeros((rows, capacity), dtype=torch.long)
+    input_ids = torch.full((len(unique), tail), pad, dtype=torch.long)
+    attention_mask = torch.zeros((len(unique), capacity), dtype=torch.long)
     for g, r in member.items():
         if cut[g]:
-            head_ids[g, lead - cut[g]:] = torch.tensor(prompts[r][:cut[g]])
+            head_ids[g, lead - cut[g]:] = torch.tensor(unique[r][:cut[g]])
             head_mask[g, lead - cut[g]:] = 1
-    for r, ids in enumerate(prompts):
+    for r, ids in enumerate(unique):
         own = ids[cut[group[r]]:]
         input_ids[r, tail - len(own):] = torch.tensor(own)
         attention_mask[r, :lead] = head_mask[group[r]]
@@ -257,7 +262,7 @@ def generate_batch(model, tokenizer, prompts: list[list[int]], seeds: list[int],
     repeated: dict[int, str] = {}  # row -> its answer cut before a repeated sentence (stop_on_repeat)
     live = torch.arange(rows)  # batch position -> row of `prompts`
     cache = GrowingCache(model.config.num_hidden_layers, capacity)
-    starts = torch.tensor([cut[group[r]] for r in range(rows)])
+    starts = torch.tensor([cut[g] for g in group])
     positions = (starts[:, None] + attention_mask[:, lead:width].cumsum(-1) - 1).clamp(min=0)
 
     def next_token_logits(ids: torch.Tensor, positions: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -269,6 +274,10 @@ def generate_batch(model, tokenizer, prompts: list[list[int]], seeds: list[int],
             next_token_logits(head_ids, (head_mask.cumsum(-1) - 1).clamp(min=0), head_mask)
             cache.batch_select_indices(torch.tensor(group).to(device))
         logits = next_token_logits(input_ids, positions, attention_mask[:, :width])
+        if len(unique) < rows:  # every sample starts from its prompt's cache and logits
+            index = torch.tensor(same)
+            cache.batch_select_indices(index.to(device))
+            logits, positions, attention_mask = logits[index], positions[index], attention_mask[index]
         length = width
         for step in range(sampling.max_new_tokens):
             for processor in processors if step else ():
