@@ -134,7 +134,11 @@ def main() -> int:
         bundle = build_bundle(folder, args.cases, [f"model{i}" for i in range(args.explainers)])
         db = folder / "votes.sqlite3"
         config = folder / "arena.yaml"
-        config.write_text(f"arena:\n  rate_limit: 1000000 per minute\n  threads: {args.threads}\n")
+        # Every voter here comes from 127.0.0.1: the per-IP limits would cap the run, not the server.
+        config.write_text(
+            f"arena:\n  rate_limit: 1000000 per minute\n  new_voters_per_ip: 1000000 per hour\n"
+            f"  votes_per_ip: 1000000 per hour\n  threads: {args.threads}\n"
+        )
         port = free_port()
         url = f"http://127.0.0.1:{port}"
         env = {**os.environ, "ARENA_SECRET_KEY": "bench", "HF_HUB_OFFLINE": "1"}

@@ -525,12 +525,24 @@ class ArenaConfig(Section):
         invite_codes: when not empty, a voter must enter one of these codes before voting
             (codes are stored with the voter, so votes can be split by invitation).
         rate_limit: flask-limiter limit on votes per voter session, e.g. `30 per minute`.
+        new_voters_per_ip: most new voters one IP address may start (a voter starts with its
+            first vote or skip; loading pages stores nothing), e.g. `30 per hour`; `;` joins
+            several (`30 per hour; 100 per day`). Raise it for a class voting behind one NAT.
+        votes_per_ip: most votes from one IP address, counted across its voters (same syntax).
+        trusted_proxies: reverse proxies in front of the app whose `X-Forwarded-For` names the
+            client (0: the connection's address is the client's; 1 behind one nginx). Without it
+            every voter behind a proxy shares the proxy's address and its limits.
+        flag_fast_seconds: the admin's anomaly view flags a voter whose median time from seeing
+            a pair to voting on it is below this (two explanations cannot be read faster).
+        flag_votes_per_ip: the anomaly view flags every vote of an IP address that cast more
+            votes than this in all.
         max_comment_chars: longest free-text comment accepted with a vote.
         secret_key_env: environment variable holding the key that signs session cookies. When
             unset a random key is made at start, and voters get new ids after a restart.
         admin_password_env: environment variable holding the admin password. When unset the
             admin pages (leaderboard, export) are disabled.
-        cookie_secure: send cookies over HTTPS only (set it behind a TLS proxy).
+        cookie_secure: mark the session cookie `Secure`, so browsers send it over https only;
+            set it whenever the arena is served over https (directly or behind a TLS proxy).
         bootstrap: bootstrap resamples for the leaderboard's confidence intervals.
         seed: seed of the anonymisation (which explainer gets which code name).
     """
@@ -543,6 +555,11 @@ class ArenaConfig(Section):
     max_history: int = Field(10, ge=1)
     invite_codes: list[str] = []
     rate_limit: str = "30 per minute"
+    new_voters_per_ip: str = "30 per hour"
+    votes_per_ip: str = "300 per hour"
+    trusted_proxies: int = Field(0, ge=0)
+    flag_fast_seconds: float = Field(3.0, ge=0)
+    flag_votes_per_ip: int = Field(200, ge=1)
     max_comment_chars: int = Field(1000, ge=0)
     secret_key_env: str = "ARENA_SECRET_KEY"
     admin_password_env: str = "ARENA_ADMIN_PASSWORD"

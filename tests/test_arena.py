@@ -284,8 +284,8 @@ def test_admin_leaderboard_and_exports(env, bundle_dir, tmp_path):
             if "every pair" in html:
                 break
             values = form_values(html)
-            with sqlite3.connect(db) as conn:
-                left, right = conn.execute("SELECT left_code, right_code FROM matchups WHERE matchup_id = ?", (values["matchup"],)).fetchone()
+            with voter_client.session_transaction() as session:  # the pair on screen lives in the signed cookie
+                left, right = session["shown"]["left_code"], session["shown"]["right_code"]
             choice = "a" if left == code_of["sft"] else "b" if right == code_of["sft"] else "tie"
             comment = "=HYPERLINK(\"http://evil\")" if voter == 0 else ""
             assert voter_client.post("/vote", data={**values, "choice": choice, "comment": comment}).status_code == 302
@@ -402,3 +402,170 @@ def test_command_line_finds_the_bundle_or_says_why_not(tmp_path, capsys, monkeyp
     assert served["port"] == 9123 and served["host"] == "127.0.0.1"
     digest = load_bundle(bundle_dir).digest[:12]
     assert (tmp_path / "artifacts" / "arena" / f"votes-{digest}.sqlite3").is_file()
+
+
+# --- abuse: per-IP limits, stored rows, admin lockout, anomalies --------------------------------
+
+
+def client_at(app, ip: str):
+    """A fresh cookie jar whose requests come from `ip`."""
+    client = app.test_client()
+    client.environ_base["REMOTE_ADDR"] = ip
+    return client
+
+
+def count_rows(db) -> int:
+    with sqlite3.connect(db) as conn:
+        return sum(conn.execute(f"SELECT COUNT(*) FROM {table}").fetchone()[0] for table in ("voters", "matchups", "votes"))
+
+
+@pytest.mark.parametrize(
+    "limits, stored",
+    [({"new_voters_per_ip": "10 per hour", "votes_per_ip": "1000 per hour"}, 10),
+     ({"new_voters_per_ip": "1000 per hour", "votes_per_ip": "20 per hour"}, 20)],
+    ids=["new-voters-per-ip", "votes-per-ip"],
+)
+def test_votes_from_fresh_sessions_on_one_ip_are_cut_to_the_limit(env, bundle_dir, tmp_path, limits, stored):
+    db = tmp_path / "votes.db"
+    app, _ = make_client(bundle_dir, db, **limits)
+    statuses = Counter(cast(client_at(app, "203.0.113.7"))[0].status_code for _ in range(60))
+    assert statuses == {302: stored, 429: 60 - stored}
+    assert count_votes(db) == stored
+    with sqlite3.connect(db) as conn:  # a refused vote registers no voter either
+        assert conn.execute("SELECT COUNT(*) FROM voters").fetchone()[0] == stored
+    assert cast(client_at(app, "198.51.100.2"))[0].status_code == 302  # another address has its own budget
+
+    # Page loads store nothing: fresh sessions, reloads of a voter's page, a refused address.
+    voter = client_at(app, "198.51.100.2")
+    cast(voter)
+    rows = count_rows(db)
+    for _ in range(50):
+        assert client_at(app, "192.0.2.9").get("/").status_code == 200
+        assert voter.get("/").status_code == 200
+        assert client_at(app, "203.0.113.7").get("/").status_code == 200
+    assert count_rows(db) == rows
+
+    # Addresses are kept only as keyed hashes.
+    with sqlite3.connect(db) as conn:
+        hashes = {row[0] for row in conn.execute("SELECT ip_hash FROM votes UNION SELECT ip_hash FROM voters")}
+        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    assert len(hashes) == 2 and all(re.fullmatch(r"[0-9a-f]{16}", h) for h in hashes)
+    assert b"203.0.113.7" not in db.read_bytes() and b"198.51.100.2" not in db.read_bytes()
+
+
+def test_votes_per_ip_count_across_the_voters_of_an_address(env, bundle_dir, tmp_path):
+    db = tmp_path / "votes.db"
+    app, _ = make_client(bundle_dir, db, votes_per_ip="5 per hour")
+    one, two = client_at(app, "203.0.113.7"), client_at(app, "203.0.113.7")
+    assert [cast(one)[0].status_code for _ in range(3)] == [302] * 3
+    assert [cast(two)[0].status_code for _ in range(3)] == [302, 302, 429]
+    assert count_votes(db) == 5
+    # The refused pair stays on screen: the same matchup is offered again.
+    page = two.get("/").get_data(as_text=True)
+    with two.session_transaction() as session:
+        assert form_values(page)["matchup"] == session["shown"]["matchup_id"]
+
+
+def test_admin_can_always_log_in_after_many_wrong_passwords(env, bundle_dir, tmp_path):
+    app, _ = make_client(bundle_dir, tmp_path / "votes.db")
+    attacker = client_at(app, "203.0.113.7")
+    statuses = Counter(admin_login(attacker, f"guess {n}").status_code for n in range(40))
+    assert statuses == {403: 10, 429: 30}  # wrong passwords are limited per address...
+    for client in (attacker, client_at(app, "203.0.113.7")):  # ...the right one is never refused
+        response = admin_login(client)
+        assert response.status_code == 302 and response.headers["Location"] == "/admin"
+        assert client.get("/admin").status_code == 200
+
+
+def vote_after(client, seconds: float, choice: str = "a"):
+    """Vote as someone who looked at the pair for `seconds` (the page's time shifted back)."""
+    page = client.get("/").get_data(as_text=True)
+    with client.session_transaction() as session:
+        session["shown"] = {**session["shown"], "shown_at": session["shown"]["shown_at"] - seconds}
+    return client.post("/vote", data={**form_values(page), "choice": choice})
+
+
+def test_anomalies_are_flagged_and_can_be_left_out_of_the_leaderboard(env, bundle_dir, tmp_path):
+    db = tmp_path / "votes.db"
+    app, admin = make_client(bundle_dir, db, flag_fast_seconds=3.0, flag_votes_per_ip=6)
+    for ip in ("198.51.100.1", "198.51.100.2"):  # two people, 12 s per vote
+        person = client_at(app, ip)
+        for _ in range(3):
+            assert vote_after(person, 12.0).status_code == 302
+    bot = client_at(app, "203.0.113.7")  # votes the moment a page loads, 7 times
+    for _ in range(7):
+        assert vote_after(bot, 0.0).status_code == 302
+    with bot.session_transaction() as session:
+        bot_id = session["voter"]
+
+    admin_login(admin)
+    html = admin.get("/admin").get_data(as_text=True)
+    assert "7 flagged votes" in html and "13 votes from 3 voters" in html
+    voters = html.split('id="voters"', 1)[1].split("</table>", 1)[0]
+    first = voters.split("<tbody>", 1)[1].split("</tr>", 1)[0]
+    assert bot_id in first and "fast voter, busy network" in first
+    networks = html.split('id="networks"', 1)[1].split("</table>", 1)[0]
+    assert re.search(r'<td class="num">1</td><td class="num">7</td><td class="num">0\.0</td><td class="num">7</td>', networks)
+
+    without = admin.get("/admin?exclude_flagged=1").get_data(as_text=True)
+    assert "6 votes from 2 voters, flagged votes left out" in without
+    exported = pd.read_csv(io.StringIO(admin.get("/admin/votes.csv").get_data(as_text=True)), keep_default_na=False)
+    assert (exported["flag"] != "").sum() == 7 and set(exported[exported["flag"] != ""]["voter_id"]) == {bot_id}
+
+
+def test_csv_export_never_changes_an_id(env, bundle_dir, tmp_path, monkeypatch):
+    db = tmp_path / "votes.db"
+    app, admin = make_client(bundle_dir, db)
+    real = storage.secrets.token_urlsafe
+    for prefix in ("-", "=", "+"):  # ids that look like formulas to a spreadsheet
+        monkeypatch.setattr(storage.secrets, "token_urlsafe", lambda n, prefix=prefix: prefix + real(n))
+        cast(app.test_client(), comment="-1, too long")
+    admin_login(admin)
+    exported = pd.read_csv(io.StringIO(admin.get("/admin/votes.csv").get_data(as_text=True)))
+    with sqlite3.connect(db) as conn:
+        stored = [row[0] for row in conn.execute("SELECT voter_id FROM votes ORDER BY vote_id")]
+    assert [v[0] for v in stored] == ["-", "=", "+"] and exported["voter_id"].tolist() == stored
+    assert (exported["comment"] == "'-1, too long").all()  # typed text still gets the formula guard
+
+
+def element_ids(html: str) -> list[str]:
+    from html.parser import HTMLParser
+
+    ids: list[str] = []
+
+    class Collect(HTMLParser):
+        def handle_starttag(self, tag, attrs):
+            ids.extend(value for name, value in attrs if name == "id")
+
+    Collect().feed(html)
+    return ids
+
+
+def test_secure_cookie_option_and_unique_element_ids(env, bundle_dir, tmp_path):
+    app, client = make_client(bundle_dir, tmp_path / "votes.db", cookie_secure=True, invite_codes=["lab"])
+    assert "Secure" in client.get("/join").headers["Set-Cookie"]
+    page = client.get("/join").get_data(as_text=True)
+    assert client.post("/join", data={"csrf_token": csrf_of(page), "code": "lab"}).status_code == 302
+    assert cast(client)[0].status_code == 302
+    admin_login(client)
+    for path in ("/", "/join", "/admin/login", "/admin"):
+        ids = element_ids(client.get(path, follow_redirects=True).get_data(as_text=True))
+        assert ids and len(ids) == len(set(ids)), (path, ids)
+    assert "Secure" not in make_client(bundle_dir, tmp_path / "plain.db")[1].get("/").headers["Set-Cookie"]
+
+
+def test_a_database_from_before_ip_hashes_is_upgraded(env, bundle_dir, tmp_path):
+    db = tmp_path / "votes.db"
+    app, client = make_client(bundle_dir, db)
+    cast(client)
+    with sqlite3.connect(db) as conn:  # back to the schema without ip_hash columns
+        conn.executescript(
+            "DROP INDEX voters_by_ip; DROP INDEX votes_by_ip;"
+            " ALTER TABLE voters DROP COLUMN ip_hash; ALTER TABLE votes DROP COLUMN ip_hash;"
+        )
+    app, client = make_client(bundle_dir, db)
+    assert cast(client)[0].status_code == 302
+    admin_login(client)
+    assert "2 votes from 2 voters" in client.get("/admin").get_data(as_text=True)
+    exported = pd.read_parquet(io.BytesIO(client.get("/admin/votes.parquet").get_data()))
+    assert exported["ip_hash"].isna().tolist() == [True, False]
