@@ -175,18 +175,27 @@ def _data_records(path: Path) -> Iterator[tuple[int, list[str]]]:
             for fields in reader:
                 yield reader.line_num, fields
         except UnicodeDecodeError:
-            raise DataError(f"{path}: not UTF-8 text after line {reader.line_num}; save it as UTF-8") from None
+            raise DataError(f"{path}: not UTF-8 text; save it as UTF-8") from None
+
+
+def _record(path: Path, row: int) -> tuple[int, list[str]]:
+    """(line number, fields) of data row `row` (0-based, as polars numbers rows)."""
+    return next(islice(_data_records(path), row, None))
 
 
 def _line_of(path: Path, row: int) -> int:
-    """File line of data row `row` (0-based, as polars numbers rows); a quoted field may span lines."""
-    return next(islice(_data_records(path), row, None))[0]
+    return _record(path, row)[0]
+
+
+def _field_count_error(path: Path, line: int, fields: list[str], header: list[str]) -> DataError:
+    return DataError(f"{path}: line {line}: {len(fields)} field(s), the header has {len(header)} ({','.join(header)})")
 
 
 def _header(path: Path, columns: Iterable[str]) -> list[str]:
     if not path.exists():
         raise DataError(f"{path}: file not found")
-    with open(path, encoding="utf-8-sig", newline="") as fh:
+    # Bytes that are not UTF-8 further down are reported where the data lines are read.
+    with open(path, encoding="utf-8-sig", errors="replace", newline="") as fh:
         header = next(csv.reader(fh), None)
     if not header:
         raise DataError(f"{path}: file is empty")
@@ -199,10 +208,10 @@ def _header(path: Path, columns: Iterable[str]) -> list[str]:
 def _bad_value(path: Path, header: list[str], row: int, column: str, dtype: pl.DataType) -> DataError:
     """Say why polars read no value for `column` in data row `row`: the line's field count, an
     empty field, or text where a number belongs."""
-    line, fields = next(islice(_data_records(path), row, None))
-    where = f"{path}: line {line}"
+    line, fields = _record(path, row)
     if len(fields) != len(header):
-        return DataError(f"{where}: {len(fields)} field(s), the header has {len(header)} ({','.join(header)})")
+        return _field_count_error(path, line, fields, header)
+    where = f"{path}: line {line}"
     value = fields[header.index(column)]
     if value.strip() == "":
         return DataError(f"{where}: column {column!r} is empty")
@@ -224,8 +233,7 @@ def read_checked_csv(path: Path, columns: dict[str, pl.DataType], optional: tupl
         ragged = next(((line, f) for line, f in _data_records(path) if len(f) != len(header)), None)
         if ragged is None:
             raise DataError(f"{path}: {str(err).splitlines()[0]}") from None
-        line, fields = ragged
-        raise DataError(f"{path}: line {line}: {len(fields)} field(s), the header has {len(header)} ({','.join(header)})") from None
+        raise _field_count_error(path, *ragged, header) from None
     if frame.height == 0:
         raise DataError(f"{path}: file is empty (no data rows)")
     required = [c for c in columns if c not in optional]

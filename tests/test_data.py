@@ -235,3 +235,10 @@ def test_repeated_pairs_found_with_any_ids(users, items):
     ratings = pl.DataFrame({"user_id": users, "item_id": items})
     assert not has_repeated_pairs(ratings)  # the integer key and the pair hash agree
     assert has_repeated_pairs(pl.concat([ratings, ratings.head(1)]))
+
+
+def test_a_file_that_is_not_utf8_is_named(tmp_path):
+    folder = write_ml_latest(tmp_path / "ml")
+    (folder / "tags.csv").write_bytes("userId,movieId,tag,timestamp\n1,2,Amélie,10\n".encode("latin-1"))
+    with pytest.raises(DataError, match=r"tags.csv: not UTF-8 text"):
+        prepare(tmp_path, source="ml-latest", path=folder, min_user_ratings=3)
