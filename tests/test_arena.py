@@ -569,3 +569,13 @@ def test_a_database_from_before_ip_hashes_is_upgraded(env, bundle_dir, tmp_path)
     assert "2 votes from 2 voters" in client.get("/admin").get_data(as_text=True)
     exported = pd.read_parquet(io.BytesIO(client.get("/admin/votes.parquet").get_data()))
     assert exported["ip_hash"].isna().tolist() == [True, False]
+
+
+def test_behind_a_trusted_proxy_the_forwarded_address_counts(env, bundle_dir, tmp_path):
+    app, _ = make_client(bundle_dir, tmp_path / "votes.db", new_voters_per_ip="1 per hour", trusted_proxies=1)
+    statuses = []
+    for client_ip in ("203.0.113.7", "203.0.113.8", "203.0.113.7"):  # all through the proxy at 127.0.0.1
+        client = client_at(app, "127.0.0.1")
+        client.environ_base["HTTP_X_FORWARDED_FOR"] = client_ip
+        statuses.append(cast(client)[0].status_code)
+    assert statuses == [302, 302, 429]
