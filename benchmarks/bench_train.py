@@ -17,7 +17,9 @@ Compared side by side:
   DPOTrainer's constructor over every pair, before the timed steps, so it is timed separately
   (trainer construction and trl's `_precompute_ref_logps`), and the number of optimiser steps in
   one round from which precomputing pays off is printed. The reference is the round's init
-  student, so the precompute is paid again every DPO round.
+  student, so the precompute is paid again every DPO round;
+- DPO scoring the completion tokens only (our CPU default) vs every position, trl's own choice
+  on devices without Triton (`--trainers dpo_per_step dpo_all_positions`).
 
 `--default-flow` runs SFT, ORPO and two DPO rounds with the default TrainingConfig (what
 `make flow` trains) and reports each stage's wall time, for the 15-minute flow budget.
@@ -183,6 +185,8 @@ def run_one(kind: str, work: Path, steps: int, threads: int | None = None) -> di
         from trl import SFTTrainer
 
         train._plain_loss_sft_trainer = lambda: SFTTrainer  # trl's own chunked LM-head loss
+    if kind == "dpo_all_positions":  # trl's own CPU behaviour: log-probs of every position
+        train._score_completion_tokens_only = lambda: None
     if kind.startswith("dpo"):
         from trl import DPOTrainer
 

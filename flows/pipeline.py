@@ -67,6 +67,7 @@ def feedback_stages(cfg: Config, log: StageLog, cases: Path) -> dict[str, Path]:
     pairs = log.run(
         SAMPLE_PAIRS, pairs=cfg.pairs, teacher=cfg.teacher, training=cfg.training, cases=cases,
         student=None, templates=explain_prompt,
+        teacher_samples=teacher if cfg.pairs.source == "teacher_samples" else None,
     )
     preferences = log.run(
         JUDGE_PAIRS, judge=cfg.judge, cases=cases, pairs=pairs, templates=judge_prompts

@@ -304,15 +304,18 @@ class PairsConfig(Section):
     """Candidate pairs for preference learning.
 
     Attributes:
-        source: `teacher` samples the candidates from the teacher (first seed); `student`
-            samples them from the current student (RecLAIF Algorithm 1, every DPO round).
+        source: `teacher` samples the candidates from the teacher (first seed);
+            `teacher_samples` samples nothing and pairs the teacher's kept best-of-n answer
+            with the one of its other samples the checks rate worst (explain mode; needs
+            `teacher.best_of` >= 2); `student` samples them from the current student (RecLAIF
+            Algorithm 1, every DPO round, whatever this field says).
         candidates: answers sampled per case; with more than two, the pair is the answer the
             checks rate best and the one they rate worst (chosen and rejected then differ on the
             checks, not only in wording).
         sampling: decoding parameters for the pair samples (high temperature, nucleus).
     """
 
-    source: Literal["teacher", "student"] = "teacher"
+    source: Literal["teacher", "teacher_samples", "student"] = "teacher"
     candidates: int = Field(2, ge=2)
     sampling: SamplingConfig = SamplingConfig(temperature=1.0, top_p=0.95)
 
@@ -752,6 +755,9 @@ class RuntimeConfig(Section):
         max_workers: threads / local Dask workers.
         dask_address: an existing Dask scheduler (None: start a local cluster).
         device: `auto` picks a GPU when present, else CPU.
+        verbose: print what the libraries print (datasets and transformers progress bars and
+            warnings, Prefect's logs) and a failed stage's traceback; off, a run started from
+            the command line prints one line per stage and one line for an error.
     """
 
     artifacts_dir: Path = Path("artifacts")
@@ -760,6 +766,7 @@ class RuntimeConfig(Section):
     max_workers: int = Field(2, ge=1)
     dask_address: str | None = None
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    verbose: bool = False
 
 
 class Config(Section):

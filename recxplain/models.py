@@ -92,6 +92,9 @@ def pair_sampler_llm(pairs: PairsConfig, teacher: TeacherConfig, training: Train
     teacher (first seed), as `pairs.source` says."""
     if pairs.source == "teacher":
         return teacher.llm
+    if pairs.source == "teacher_samples":
+        raise ValueError("pairs.source 'teacher_samples' reuses the teacher's best-of-n samples and samples nothing; "
+                         "use 'teacher' or 'student' here")
     if student is None:
         raise ValueError("pairs.source is 'student' but no student folder was given")
     return student_llm(training, student)

@@ -11,7 +11,10 @@ temperature, from the teacher (first seed) or from the current student (RecLAIF 
 round r: the base model plus the adapter the previous round trained). With more than two
 candidates, the pair is the one the checks rate best and the one they rate worst, so that chosen
 and rejected differ where it matters. Candidates are not re-asked: a bad sample is exactly what
-the judge should learn to reject. Identical twins carry no preference and are dropped.
+the judge should learn to reject. Identical twins carry no preference and are dropped. With
+`pairs.source: teacher_samples` nothing is sampled: each case's pair is the teacher's kept
+best-of-n answer and the worst of its other samples, so the ORPO student's chosen answers are
+the SFT student's targets.
 
 Both use `recxplain.prompts.explain_messages` with `teacher.prompt`, the prompt the students and
 the evaluation see too. LLM responses are cached under `out/cache/`, so a run killed mid-stage
@@ -142,20 +145,27 @@ def sample_pairs(
     student: Path | None,
     templates: dict[str, str],
     artifacts_dir: Path,
+    teacher_samples: Path | None = None,
 ) -> None:
     """Write pairs.parquet (case_id, text_a, text_b, source, prompt as JSON messages, model,
     valid_a, valid_b) and stats.json; `pairs.candidates` samples per training case at
     `pairs.sampling`, of which the best and the worst by the checks form the pair.
 
     `student`: the folder of the current student (train_sft or the previous DPO round) when
-    `pairs.source` is `student`. `templates`: `read_templates(teacher.prompt)`.
+    `pairs.source` is `student`. `teacher_samples`: the teacher_generate folder when it is
+    `teacher_samples`. `templates`: `read_templates(teacher.prompt)`.
     """
     out = Path(out)
-    cfg = pair_sampler_llm(pairs, teacher, training, student)
     train = _train_cases(cases)
     # The teacher samples with its own prompt; every row carries the prompt the students get.
     prompts = [explain_messages(case, teacher.prompt, templates, example=teacher.students_see_example)
                for case in train]
+    if pairs.source == "teacher_samples":
+        if teacher_samples is None:
+            raise ValueError("pairs.source is 'teacher_samples' but no teacher_generate folder was given")
+        _pairs_from_teacher_samples(out, train, prompts, Path(teacher_samples), teacher, templates)
+        return
+    cfg = pair_sampler_llm(pairs, teacher, training, student)
     asked = prompts if pairs.source == "student" else [explain_messages(c, teacher.prompt, templates) for c in train]
     model = _load(cfg, artifacts_dir, out / "cache" / "pairs.sqlite")
     outputs = model.generate(asked, pairs.sampling, n=pairs.candidates)
@@ -193,9 +203,7 @@ def sample_pairs(
             "prompt": json.dumps(messages), "model": cfg.model if cfg.adapter is None else f"{cfg.model}+adapter",
             "valid_a": stopped_a and usable(text_a), "valid_b": stopped_b and usable(text_b),
         })
-    schema = {"case_id": pl.String, "text_a": pl.String, "text_b": pl.String, "source": pl.String,
-              "prompt": pl.String, "model": pl.String, "valid_a": pl.Boolean, "valid_b": pl.Boolean}
-    pl.DataFrame(rows, schema=schema).write_parquet(out / "pairs.parquet")
+    pl.DataFrame(rows, schema=PAIR_SCHEMA).write_parquet(out / "pairs.parquet")
     candidates = 2 * len(rows)
     stats = {
         "cases": len(train),
@@ -207,5 +215,51 @@ def sample_pairs(
         "completion_tokens": tokens,
         "template_hash": template_hash(template_source(teacher.prompt, templates)),
         "usage": _usage(model),
+    }
+    (out / "stats.json").write_text(json.dumps(stats, indent=2))
+
+
+PAIR_SCHEMA = {"case_id": pl.String, "text_a": pl.String, "text_b": pl.String, "source": pl.String,
+               "prompt": pl.String, "model": pl.String, "valid_a": pl.Boolean, "valid_b": pl.Boolean}
+
+
+def _pairs_from_teacher_samples(out: Path, train: list[Case], prompts: list[list[dict]], teacher_dir: Path,
+                                teacher: TeacherConfig, templates: dict[str, str]) -> None:
+    """pairs.parquet from teacher_generate's generations.parquet: per case the kept answer (text_a)
+    and the sample the checks rate worst among the others (unparsable ones first)."""
+    path = teacher_dir / "generations.parquet"
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: missing (written by teacher_generate)")
+    samples = pl.read_parquet(path)
+    by_case = {key[0]: frame for key, frame in samples.group_by("case_id")}
+    rows, identical, without_kept = [], 0, 0
+    for case, messages in zip(train, prompts):
+        frame = by_case.get(case.case_id)
+        kept = frame.filter(pl.col("kept")) if frame is not None else None
+        if kept is None or kept.is_empty():
+            without_kept += 1
+            continue
+        others = frame.filter(~pl.col("kept")).with_columns(pl.col("score").fill_null(-1.0))
+        if others.is_empty():
+            raise ValueError(f"{path}: case {case.case_id} has one sample; pairs.source 'teacher_samples' needs "
+                             "teacher.best_of >= 2")
+        best, worst = kept.row(0, named=True), others.sort(["score", "sample"]).row(0, named=True)
+        if " ".join(best["text"].lower().split()) == " ".join(worst["text"].lower().split()):
+            identical += 1
+            continue
+        rows.append({"case_id": case.case_id, "text_a": best["text"], "text_b": worst["text"],
+                     "source": "teacher_samples", "prompt": json.dumps(messages), "model": teacher.llm.model,
+                     "valid_a": bool(best["valid"]), "valid_b": bool(worst["valid"])})
+    pl.DataFrame(rows, schema=PAIR_SCHEMA).write_parquet(out / "pairs.parquet")
+    stats = {
+        "cases": len(train),
+        "pairs": len(rows),
+        "identical_dropped": identical,
+        "cases_without_kept_answer": without_kept,
+        "source": "teacher_samples",
+        "model": teacher.llm.model,
+        "validity_ratio": round(sum(r["valid_a"] + r["valid_b"] for r in rows) / (2 * len(rows)), 4) if rows else None,
+        "completion_tokens": 0,
+        "template_hash": template_hash(template_source(teacher.prompt, templates)),
     }
     (out / "stats.json").write_text(json.dumps(stats, indent=2))

@@ -114,6 +114,34 @@ def test_best_of_keeps_the_answer_the_checks_prefer(tmp_path, cases_dir, monkeyp
     assert generations["attempts"].to_list() == [1, 1, 2]
 
 
+def test_teacher_samples_pair_the_kept_answer_with_the_worst_other(tmp_path, cases_dir, monkeypatch):
+    # case 3-2 only ever gets TECHNICAL (no passing answer: left out, no pair); the others get
+    # TECHNICAL, GOOD and "Babe." (one word, unusable: the worst)
+    model = ScriptedModel(lambda messages, j: "Babe." if is_retry(messages) else
+                          TECHNICAL if len(model.prompts) == 2 else [TECHNICAL, GOOD, "Babe."][j])
+    use_model(monkeypatch, model)
+    teacher = TeacherConfig(best_of=3, min_words=5)
+    (tmp_path / "teacher").mkdir()
+    teacher_generate(tmp_path / "teacher", teacher=teacher, cases=cases_dir, templates=TEMPLATES, artifacts_dir=tmp_path)
+    calls = len(model.prompts)
+    out = tmp_path / "pairs"
+    out.mkdir()
+    sample_pairs(out, pairs=PairsConfig(source="teacher_samples"), teacher=teacher, training=TrainingConfig(),
+                 cases=cases_dir, student=None, templates=TEMPLATES, artifacts_dir=tmp_path,
+                 teacher_samples=tmp_path / "teacher")
+    assert len(model.prompts) == calls  # nothing sampled
+    frame = pl.read_parquet(out / "pairs.parquet")
+    assert frame["case_id"].to_list() == ["1-2", "4-2"]
+    assert set(frame["text_a"]) == {GOOD} and set(frame["text_b"]) == {"Babe."}
+    assert frame["valid_a"].all() and not frame["valid_b"].any()
+    assert json.loads(frame["prompt"][0]) == explain_messages(toy_case(), "explain_seed.j2", example=False)
+    stats = json.loads((out / "stats.json").read_text())
+    assert (stats["pairs"], stats["cases_without_kept_answer"], stats["source"]) == (2, 1, "teacher_samples")
+    with pytest.raises(ValueError, match="no teacher_generate folder"):
+        sample_pairs(out, pairs=PairsConfig(source="teacher_samples"), teacher=teacher, training=TrainingConfig(),
+                     cases=cases_dir, student=None, templates=TEMPLATES, artifacts_dir=tmp_path)
+
+
 def test_best_of_without_a_passing_sample(tmp_path, cases_dir, monkeypatch):
     # every sample is usable, none passes every check (TECHNICAL leaks the recommender's internals)
     use_model(monkeypatch, ScriptedModel(lambda messages, j: TECHNICAL))

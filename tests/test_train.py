@@ -210,9 +210,10 @@ def test_two_dpo_rounds_continue_one_adapter(sft_student, tiny_model, data, tmp_
         report = json.loads((out / "training.json").read_text())
         assert report["method"] == "dpo" and report["init"] == str(students[-2]) and report["steps"] == 3
         # Reference = the init student (a frozen copy of its adapter): policy == reference at
-        # the start, so the first DPO loss is exactly log 2 and the reward accuracy starts at 0.
+        # the start, so the first step's DPO loss is exactly log 2 (hence no validation before it).
         first = report["curve"][0]
-        assert first["step"] == 0 and first["valid_loss"] == pytest.approx(math.log(2), abs=1e-4)
+        assert first["step"] == 1 and first["train_loss"] == pytest.approx(math.log(2), abs=1e-4)
+        assert "valid_loss" not in first
         assert report["final"]["valid_reward_accuracy"] == 1.0
         assert report["final"]["valid_loss"] < math.log(2)
         # Still ONE adapter on the same base, with the SFT adapter's LoRA shape, and it moved.
@@ -238,7 +239,7 @@ def test_full_fine_tuning_sft_then_dpo(tiny_model, data, tmp_path):
     assert report["adapter"] is None and report["merged"] == "merged"
     assert report["trainable_parameters"] == sum(p.numel() for p in LlamaForCausalLM.from_pretrained(tiny_model).parameters())
     # The reference is a frozen copy of the SFT model, so the first DPO loss is log 2.
-    assert report["curve"][0]["valid_loss"] == pytest.approx(math.log(2), abs=1e-4)
+    assert report["curve"][0]["train_loss"] == pytest.approx(math.log(2), abs=1e-4)
     with pytest.raises(FileNotFoundError, match="no adapter/ to continue"):
         train.train_dpo(tmp_path / "x", training=_config(tiny_model), preferences=data["pairs"], init=sft_out,
                         artifacts_dir=tmp_path)  # fmt: skip
