@@ -20,8 +20,12 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install --quiet --no-deps $(DATA_WHEELS)
 	touch $@
 
+# OVERRIDES reaches the command through the environment, shell-quoted values intact:
+# make flow OVERRIDES='recommender.k=20 "retrain.cron=15 4 * * *"'
+export OVERRIDES
+
 flow: setup
-	$(PY) -m flows.pipeline --config $(CONFIG) $(foreach o,$(OVERRIDES),--set $(o))
+	$(PY) -m flows.pipeline --config $(CONFIG) --overrides "$$OVERRIDES"
 
 test: setup
 	$(PY) -m pytest -q
@@ -57,8 +61,10 @@ ui: setup
 deploy: setup
 	$(PREFECT_ENV) PREFECT_LOGGING_LEVEL=WARNING $(PY) -m flows.deploy --config $(CONFIG)
 
+# flows/worker.py: `prefect worker start` that stops on the first Ctrl-C even when started
+# from a script (which hands it SIGINT ignored).
 worker: setup
-	$(PREFECT_ENV) PREFECT_LOGGING_LEVEL=INFO $(PREFECT) worker start --pool recxplain
+	$(PREFECT_ENV) PREFECT_LOGGING_LEVEL=INFO $(PY) -m flows.worker --pool recxplain
 
 serve: setup
 	$(PREFECT_ENV) PREFECT_LOGGING_LEVEL=INFO $(PY) -m flows.serve --config $(CONFIG)

@@ -47,6 +47,7 @@ from flows.pipeline import (
 from flows.cli import run_flow
 from flows.reclaif import reclaif_stages
 from flows.runners import ConfigTaskRunner
+from flows.console import note
 from flows.summary import StageLog, publish_run_summary
 from recxplain.config import Config, RetrainConfig, load_config
 from recxplain.stage import is_intact
@@ -93,7 +94,10 @@ def decide_student(retrain: RetrainConfig, student: dict | None, data: Path, cas
     learned from (None before the first training).
     """
     if student is None:
-        return StudentDecision(True, "no student trained yet", str(cases), None)
+        return StudentDecision(
+            True, "no student recorded by an earlier retraining run: the student stages run on the current "
+            "cases (what an earlier run trained on the same cases loads from cache)", str(cases), None,
+        )
     for kind in ("data", "cases"):
         if not is_intact(Path(student[kind])):
             return StudentDecision(
@@ -141,20 +145,58 @@ def write_state(folder: Path, state: dict, record: dict) -> None:
         fh.write(json.dumps(record) + "\n")
 
 
+def data_source(cfg: Config) -> str:
+    return "MovieLens-100K (embedded)" if cfg.data.source == "ml-100k" else f"{cfg.data.source} files in {cfg.data.path}"
+
+
+def student_outcome(decision: StudentDecision, recorded: dict | None, rows: list[dict]) -> dict:
+    """What happened to the student in this run, from the decision and the states of the
+    student's stages (`rows`: teacher answers, pairs, judging and training, in order)."""
+    ran = [r["stage"] for r in rows if r["state"] != "Cached"]
+    cached = [r["stage"] for r in rows if r["state"] == "Cached"]
+    training_cached = [name for name in cached if name.startswith("train_")]
+    if recorded is not None:
+        before = f"trained {recorded['trained']} on `{recorded['cases']}` (recorded by retraining)"
+    elif training_cached:
+        before = "none recorded by retraining, but an earlier run had trained one on these cases " \
+                 f"({', '.join(training_cached)} loaded from cache)"
+    else:
+        before = "none"
+    if not ran:
+        done = "every student stage loaded from cache: the student in use was trained earlier"
+    elif decision.train:
+        done = f"trained: {', '.join(ran)} ran" + (f"; {', '.join(cached)} loaded from cache" if cached else "")
+    else:
+        done = f"kept, but {', '.join(ran)} ran (their cached folders were missing or altered)"
+    return {"existed_before": recorded is not None or bool(training_cached), "before": before,
+            "ran": ran, "cached": cached, "outcome": done}
+
+
 def decision_markdown(record: dict) -> str:
     since = record["since_previous_run"]
     lines = [
         f"# Retraining `{record['run_name']}`",
         "",
-        f"- data: `{record['data']}`"
-        + (
-            f" ({since['new_ratings']:,} of {since['total_ratings']:,} ratings new since the previous run)"
-            if since else " (first run)"
-        ),
-        f"- stages executed: {', '.join(record['executed']) or 'none'}; cached: {len(record['cached'])}",
+        f"- data: {record['source']}, {record['ratings']:,} ratings, `{record['data']}` "
+        f"({'prepared again' if record['data_prepared'] else 'unchanged: loaded from cache'})",
+        "- since the previous retraining run: "
+        + (f"{since['new_ratings']:,} of {since['total_ratings']:,} ratings are new" if since
+           else "no earlier retraining run of this name is recorded (or its data is gone)"),
     ]
-    if record["student"] is not None:
-        lines.append(f"- student: {'trained again' if record['student']['train'] else 'kept'}: {record['student']['reason']}")
+    student = record["student"]
+    if student is None:
+        lines.append("- student: not part of this run (" + (
+            "retrain.evidence_only" if record["evidence_only"] else "task recommend: the RecLAIF stages") + ")")
+    else:
+        lines += [
+            f"- student before this run: {student['before']}",
+            f"- decision: {'train again' if student['train'] else 'keep it'}: {student['reason']}",
+            f"- student stages: {student['outcome']}",
+        ]
+    lines.append(
+        f"- stages executed: {', '.join(record['executed']) or 'none'}; "
+        f"cached: {', '.join(record['cached']) or 'none'}"
+    )
     return "\n".join(lines) + "\n"
 
 
@@ -174,7 +216,7 @@ def retrain(config_path: str = "configs/default.yaml", overrides: list[str] | No
         if previous and is_intact(Path(previous["data"]))
         else None
     )
-    decision = None
+    decision, student = None, None
     if cfg.task == "recommend" and not cfg.retrain.evidence_only:
         artifacts |= reclaif_stages(cfg, log, artifacts)
     if cfg.task == "explain" and not cfg.retrain.evidence_only:
@@ -183,10 +225,12 @@ def retrain(config_path: str = "configs/default.yaml", overrides: list[str] | No
             paths=artifacts["paths"],
         )
         decision = decide_student(cfg.retrain, state.get("student"), artifacts["data"], artifacts["cases"])
-        print(f"student: {decision.reason}")
+        note(f"student: {'train again' if decision.train else 'keep it'}: {decision.reason}")
         student_cases = Path(decision.cases)
+        first_student_row = len(log.rows)
         feedback = feedback_stages(cfg, log, student_cases)
         students = student_stages(cfg, log, student_cases, feedback)
+        student = student_outcome(decision, state.get("student"), log.rows[first_student_row:])
         artifacts |= feedback | students | evaluation_stages(cfg, log, artifacts["cases"], students)
         if decision.train:
             state["student"] = {
@@ -199,11 +243,15 @@ def retrain(config_path: str = "configs/default.yaml", overrides: list[str] | No
         "run_name": cfg.runtime.run_name,
         "finished": finished,
         "data": str(artifacts["data"]),
+        "source": data_source(cfg),
+        "ratings": pl.scan_parquet(artifacts["data"] / "interactions.parquet").select(pl.len()).collect().item(),
+        "data_prepared": log.rows[0]["state"] != "Cached",
+        "evidence_only": cfg.retrain.evidence_only,
         "since_previous_run": asdict(since_previous) if since_previous else None,
         "student": None if decision is None else {
             "train": decision.train, "reason": decision.reason, "cases": decision.cases,
             "change": asdict(decision.change) if decision.change else None,
-        },
+        } | student,
         "executed": log.executed,
         "cached": log.cached,
     }

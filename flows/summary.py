@@ -10,8 +10,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from prefect import Task
-from prefect.artifacts import create_link_artifact, create_markdown_artifact, create_table_artifact
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
+import flows.console
 from recxplain.config import Config
 from recxplain.stage import run_task
 
@@ -24,17 +25,27 @@ class StageLog:
     rows: list[dict] = field(default_factory=list)
 
     def run(self, stage_task: Task, label: str | None = None, **inputs) -> Path:
+        label = label or stage_task.name
+        console = flows.console.CONSOLE
+        number = console.started(label) if console else 0
         started = time.perf_counter()
-        state = run_task(stage_task, self.artifacts_dir, **inputs)
+        state = run_task(stage_task, self.artifacts_dir, label, **inputs)
         seconds = time.perf_counter() - started
+        if console:
+            console.finished(number, label, state.name, seconds)
         self.rows.append(
             {
-                "stage": label or stage_task.name,
+                "stage": label,
                 "state": state.name,
                 "seconds": round(seconds, 2),
                 "folder": None if state.is_failed() else str(state.result()),
             }
         )
+        if state.is_failed():
+            error = state.result(raise_on_failure=False)
+            if isinstance(error, BaseException):
+                error.stage = label  # for the command line's one-line message (flows/cli.py)
+                raise error
         return state.result()  # raises the stage's own exception when it failed
 
     @property
@@ -88,12 +99,17 @@ def publish_run_summary(
         for name in ("report.html", "report.md", "metrics_table.json"):
             if (report / name).exists():
                 shutil.copyfile(report / name, run_dir / name)
+        html = (run_dir / "report.html").resolve()
+        # A path, not a file:// link: a browser on the UI's http:// page will not open file links.
+        where = f"The full report (one self-contained HTML page): `{html}` on the machine that ran the flow.\n\n"
         if (report / "report.md").exists():
-            create_markdown_artifact(key="report", markdown=(report / "report.md").read_text(), description="results")
+            create_markdown_artifact(
+                key="report", markdown=where + (report / "report.md").read_text(), description="results"
+            )
         if (report / "metrics_table.json").exists():
             create_table_artifact(
                 key="metrics", table=json.loads((report / "metrics_table.json").read_text()),
                 description="every explainer on every metric, with 95% bootstrap intervals",
             )
-        create_link_artifact(key="report-html", link=(run_dir / "report.html").resolve().as_uri(), link_text="report.html")
+        create_markdown_artifact(key="report-html", markdown=where, description="where the HTML report is")
     return run_dir

@@ -194,8 +194,8 @@ class StageCachePolicy(CachePolicy):
 def stage(fn: Callable, name: str | None = None) -> Task:
     """Wrap a stage function into a Prefect task: `task(artifacts_dir, inputs) -> Path`.
 
-    Call it through `run_task(task, artifacts_dir, **inputs)`, which points Prefect's result
-    storage at the artifacts root so cache records live inside the stage folders.
+    Call it through `run_task(task, artifacts_dir, label, **inputs)`, which points Prefect's
+    result storage at the artifacts root so cache records live inside the stage folders.
     """
     name = name or fn.__name__
 
@@ -214,7 +214,14 @@ def stage(fn: Callable, name: str | None = None) -> Task:
     )
 
 
-def run_task(stage_task: Task, artifacts_dir: Path, **inputs: Any):
+def bind_task(stage_task: Task, artifacts_dir: Path, label: str | None = None) -> Task:
+    """The task with Prefect's result storage at the artifacts root (cache records live inside
+    the stage folders) and its task runs named by `label` (default: the stage name), e.g.
+    `sample_pairs_r1` instead of Prefect's `sample_pairs-63f`."""
+    run_name = (label or stage_task.name).replace("{", "{{").replace("}", "}}")  # a format string
+    return stage_task.with_options(result_storage=Path(artifacts_dir).resolve(), task_run_name=run_name)
+
+
+def run_task(stage_task: Task, artifacts_dir: Path, label: str | None = None, **inputs: Any):
     """Run a stage task in the current flow; returns its final Prefect state."""
-    bound = stage_task.with_options(result_storage=Path(artifacts_dir).resolve())
-    return bound(Path(artifacts_dir), inputs, return_state=True)
+    return bind_task(stage_task, artifacts_dir, label)(Path(artifacts_dir), inputs, return_state=True)
