@@ -464,8 +464,7 @@ def check_explanation(
     catalogue = catalogue or Catalogue()
     tokens, caps, breaks = _tokens(text)
     path_tokens = _tokens(" ".join(p.text for p in case.paths))[0]
-    evidence_titles = [case.item.title, *(m.title for m in case.history), *(n.title for n in case.neighbours)]
-    evidence_titles += [m.group(1) for p in case.paths for m in _PATH_RATING.finditer(p.text)]
+    evidence_titles = case_titles(case)
     evidence_titles += [title for _, _, title in catalogue.title_phrases.find(path_tokens)]
     evidence_forms = {form for title in evidence_titles for form in title_forms(title)}
     evidence = _Phrases({tuple(form.split()): title for title in reversed(evidence_titles) for form in title_forms(title)})
@@ -564,8 +563,18 @@ def clean_explanation(text: str) -> str:
     return text
 
 
-def parse_explanation(text: str, *, min_words: int, max_words: int) -> str:
-    """`clean_explanation(text)` when it is a usable explanation; ValueError saying why not."""
+def case_titles(case: Case) -> list[str]:
+    """The titles a case's evidence names: the recommended movie, the user's history, the
+    neighbours and the rated movies of its paths."""
+    titles = [case.item.title, *(m.title for m in case.history), *(n.title for n in case.neighbours)]
+    return titles + [m.group(1) for p in case.paths for m in _PATH_RATING.finditer(p.text)]
+
+
+def parse_explanation(text: str, *, min_words: int, max_words: int, case: Case | None = None) -> str:
+    """`clean_explanation(text)` when it is a usable explanation; ValueError saying why not.
+
+    With `case`, its titles count as one word each for the loop rule, as in `check_explanation`
+    (a long title named twice is no loop)."""
     cleaned = clean_explanation(text)
     count = len(words(cleaned))
     if count == 0:
@@ -576,7 +585,8 @@ def parse_explanation(text: str, *, min_words: int, max_words: int) -> str:
         raise ValueError(f"the explanation has {count} words; write at least {min_words}")
     if count > max_words:
         raise ValueError(f"the explanation has {count} words; write at most {max_words}")
-    looped = repetition(cleaned)
+    titles = [form for title in case_titles(case) for form in title_forms(title)] if case is not None else ()
+    looped = repetition(cleaned, titles=titles)
     if looped:
         raise ValueError(f'the explanation repeats itself ("{looped}"); give each reason once')
     return cleaned

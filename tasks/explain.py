@@ -118,11 +118,11 @@ def template_explanation(case: Case, max_neighbours: int = 3, max_paths: int = 2
     return " ".join(sentences)
 
 
-def is_valid(text: str, teacher: TeacherConfig) -> bool:
+def is_valid(text: str, teacher: TeacherConfig, case: Case) -> bool:
     """Validity: the answer is a usable explanation by the rule the teacher's answers must pass
     (`recxplain.checks.parse_explanation`: complete, within the teacher's word bounds, not looping)."""
     try:
-        parse_explanation(text, min_words=teacher.min_words, max_words=teacher.max_words)
+        parse_explanation(text, min_words=teacher.min_words, max_words=teacher.max_words, case=case)
     except ValueError:
         return False
     return True
@@ -281,8 +281,8 @@ def generate_explanations(
             prompts = [explain_messages(case, teacher.prompt, templates) for case in eval_cases]
             outputs = model.generate(prompts, teacher.sampling, n=teacher.best_of)
             # Candidates are the answers that would be valid rows (an answer cut at max_new_tokens is not).
-            texts = [[clean_explanation(g.text) if is_valid(g.text, teacher) and g.finish_reason != "length"
-                      else None for g in samples] for samples in outputs]
+            texts = [[clean_explanation(g.text) if is_valid(g.text, teacher, case) and g.finish_reason != "length"
+                      else None for g in samples] for case, samples in zip(eval_cases, outputs)]
             best, _ = pick_best(eval_cases, texts, catalogue=catalogue, min_words=teacher.min_words,
                                 max_words=teacher.max_words, require_passed=False)
             outputs = [[samples[k if k is not None else 0]] for samples, k in zip(outputs, best)]
@@ -294,7 +294,7 @@ def generate_explanations(
                 "case_id": case.case_id, "model": name, "text": clean_explanation(generation.text),
                 "tokens": int(generation.completion_tokens),
                 # An answer still going at max_new_tokens did not end by itself: not valid.
-                "valid": is_valid(generation.text, teacher) and generation.finish_reason != "length",
+                "valid": is_valid(generation.text, teacher, case) and generation.finish_reason != "length",
                 "prompt_tokens": int(generation.prompt_tokens),
             })
         if evaluation.attribute_prediction:

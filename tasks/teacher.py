@@ -80,7 +80,8 @@ def teacher_generate(
     student_prompts = [explain_messages(case, teacher.prompt, templates, example=teacher.students_see_example)
                        for case in train]
     model = _load(teacher.llm, artifacts_dir, out / "cache" / "teacher.sqlite")
-    parse = partial(parse_explanation, min_words=teacher.min_words, max_words=teacher.max_words)
+    parse = [partial(parse_explanation, min_words=teacher.min_words, max_words=teacher.max_words, case=case)
+             for case in train]
     results = generate_parsed(
         model, prompts, parse, teacher.sampling, n=teacher.best_of, max_retries=teacher.max_parse_retries
     )
@@ -170,9 +171,9 @@ def sample_pairs(
     model = _load(cfg, artifacts_dir, out / "cache" / "pairs.sqlite")
     outputs = model.generate(asked, pairs.sampling, n=pairs.candidates)
 
-    def usable(text: str) -> bool:
+    def usable(text: str, case: Case) -> bool:
         try:
-            parse_explanation(text, min_words=teacher.min_words, max_words=teacher.max_words)
+            parse_explanation(text, min_words=teacher.min_words, max_words=teacher.max_words, case=case)
         except ValueError:
             return False
         return True
@@ -201,7 +202,7 @@ def sample_pairs(
         rows.append({
             "case_id": case.case_id, "text_a": text_a, "text_b": text_b, "source": pairs.source,
             "prompt": json.dumps(messages), "model": cfg.model if cfg.adapter is None else f"{cfg.model}+adapter",
-            "valid_a": stopped_a and usable(text_a), "valid_b": stopped_b and usable(text_b),
+            "valid_a": stopped_a and usable(text_a, case), "valid_b": stopped_b and usable(text_b, case),
         })
     pl.DataFrame(rows, schema=PAIR_SCHEMA).write_parquet(out / "pairs.parquet")
     candidates = 2 * len(rows)

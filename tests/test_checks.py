@@ -308,3 +308,15 @@ def test_pick_best_keeps_the_best_passing_sample_and_drops_cases_without_one():
     assert checks[0][2] is None and checks[0][1].passed and not checks[0][0].passed
     kept, _ = pick_best([toy_case("1-3")], [[bad, None]], catalogue=CATALOGUE, require_passed=False)
     assert kept == [0]
+
+
+def test_parse_explanation_counts_the_case_titles_as_one_word():
+    # An 8-word span said twice is a loop, unless it is the title of a movie in the evidence.
+    title = "Dr. Strangelove or: How I Learned to Stop Worrying and Love the Bomb"
+    case = toy_case().model_copy(update={"item": toy_case().item.model_copy(update={"title": title})})
+    text = (f"You rated Babe 5/5, and people who liked it also liked {title}. "
+            f"{title} is a sharp comedy, so it should suit you.")
+    with pytest.raises(ValueError, match="repeats itself"):
+        parse_explanation(text, min_words=5, max_words=80)
+    assert parse_explanation(text, min_words=5, max_words=80, case=case) == text
+    assert check_explanation(case, text, min_words=5, max_words=80).no_repetition

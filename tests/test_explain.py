@@ -89,11 +89,11 @@ def test_template_explanation_renders_the_evidence():
 
 
 def test_validity_follows_the_teachers_format_rule():
-    teacher = TeacherConfig(min_words=5, max_words=12)
-    assert ex.is_valid("You loved Star Wars, so you will enjoy this one.", teacher)
-    assert not ex.is_valid("Too short.", teacher)
-    assert not ex.is_valid("word " * 13, teacher)
-    assert not ex.is_valid("", teacher)
+    teacher, case = TeacherConfig(min_words=5, max_words=12), make_case()
+    assert ex.is_valid("You loved Star Wars, so you will enjoy this one.", teacher, case)
+    assert not ex.is_valid("Too short.", teacher, case)
+    assert not ex.is_valid("word " * 13, teacher, case)
+    assert not ex.is_valid("", teacher, case)
 
 
 # ---------------------------------------------------------------------------------------------
