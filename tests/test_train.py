@@ -338,3 +338,22 @@ def test_tokenizer_without_chat_template(tmp_path, tiny_model):
 def test_zero_step_cap_is_rejected():
     with pytest.raises(ValueError, match="sft_max_steps"):
         TrainingConfig(sft_max_steps=0)
+
+
+def test_orpo_likelihood_covers_the_chosen_answer_only(monkeypatch):
+    """The ORPO student's likelihood term is the SFT loss on the chosen answer: prompt tokens
+    (-100 in chosen_labels) and the padding up to the longer rejected answer are left out."""
+    from trl.experimental.orpo import ORPOTrainer
+
+    chosen_logits = torch.randn(2, 5, 11)  # already shifted: position t predicts token t + 1
+    chosen_labels = torch.tensor([[-100, -100, 3, 4], [-100, 7, 8, 9]])
+    monkeypatch.setattr(ORPOTrainer, "concatenated_forward",
+                        lambda self, model, batch: ("chosen", "rejected", chosen_logits, "rejected logits", "trl nll"))
+    trainer_class = train._answer_nll_orpo_trainer()
+    out = trainer_class.concatenated_forward(object.__new__(trainer_class), None, {"chosen_labels": chosen_labels})
+    expected = torch.nn.functional.cross_entropy(chosen_logits[:, :3].reshape(-1, 11), chosen_labels[:, 1:].reshape(-1))
+    assert out[:4] == ("chosen", "rejected", chosen_logits, "rejected logits")
+    assert out[4].item() == pytest.approx(expected.item())
+    # three answer tokens are scored, not the prompt's
+    assert expected.item() != pytest.approx(torch.nn.functional.cross_entropy(
+        chosen_logits[:, :3].reshape(-1, 11), torch.tensor([[0, 3, 4], [7, 8, 9]]).reshape(-1)).item())
