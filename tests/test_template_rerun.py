@@ -1,0 +1,93 @@
+"""Editing a prompt template reruns exactly the stages that render it, through the pipeline's own
+stage functions in a Prefect flow: data, recommender, paths, cases and the AI feedback (teacher
+answers, teacher pairs, judged pairs). The teacher is a scripted model (tests/scripted.py) and the
+judge the rubric, so no language model runs; the templates are copies in a temporary folder."""
+
+import shutil
+from pathlib import Path
+
+import pytest
+from prefect import flow
+
+import flows.pipeline
+import tasks.teacher
+from flows.pipeline import BUILD_CASES, evidence_stages, feedback_stages
+from flows.summary import StageLog
+from recxplain.config import load_config
+from recxplain.prompts import PROMPTS_DIR, read_templates
+from tests.scripted import ScriptedModel
+from tests.test_data import write_ml_latest
+from tests.test_retrain import MOVIES, ratings_csv
+
+
+@flow(name="toy-feedback")
+def feedback_flow(config_path: str) -> dict[str, str]:
+    cfg = load_config(config_path)
+    log = StageLog(cfg.runtime.artifacts_dir)
+    evidence = evidence_stages(cfg, log)
+    cases = log.run(BUILD_CASES, cases=cfg.cases, data=evidence["data"], recommender=evidence["recommender"],
+                    paths=evidence["paths"])
+    feedback_stages(cfg, log, cases)
+    return {row["stage"]: row["state"] for row in log.rows}
+
+
+def scripted_teacher(messages: list[dict], sample: int) -> str:
+    """Two different answers per prompt, whatever the prompt says (so an edited template changes
+    the prompts the stages record, not the answers)."""
+    return [
+        "You rated Movie 3 highly, and people who liked it also liked this one, a drama from the same years.",
+        "This movie is a good pick for you because you like movies.",
+    ][sample % 2]
+
+
+@pytest.fixture
+def prompts(tmp_path, monkeypatch):
+    """A copy of configs/prompts that the flow reads its templates from."""
+    folder = tmp_path / "prompts"
+    shutil.copytree(PROMPTS_DIR, folder)
+    monkeypatch.setattr(flows.pipeline, "read_templates", lambda *names: read_templates(*names, prompts_dir=folder))
+    monkeypatch.setattr(tasks.teacher, "_load", lambda cfg, artifacts_dir, cache_path: ScriptedModel(scripted_teacher))
+    return folder
+
+
+def edit(template: Path) -> None:
+    with open(template, "a") as fh:
+        fh.write("{# edited by the test #}\n")
+
+
+def test_editing_a_template_reruns_exactly_the_stages_that_render_it(tmp_path, prompts):
+    ratings, _ = ratings_csv()
+    source = write_ml_latest(tmp_path / "ml", ratings=ratings, movies=MOVIES)
+    config = tmp_path / "feedback.yaml"
+    config.write_text(
+        f"data: {{source: ml-latest, path: {source}}}\n"
+        "recommender: {model: itemknn, k: 5, top_n: 3, sampled_negatives: 5}\n"
+        "paths: {similar_k: 5}\n"
+        "cases: {train_users: 4, eval_users: 2, history_length: 5}\n"
+        "teacher: {best_of: 2, require_checks: false}\n"
+        "pairs: {source: teacher_samples}\n"
+        "judge: {kind: rubric, min_words: 5, min_rubric_score: 0.0}\n"
+        f"runtime: {{artifacts_dir: {tmp_path / 'artifacts'}, run_name: templates}}\n"
+    )
+    evidence = {"prepare_data": "Cached", "train_recommender": "Cached", "mine_paths": "Cached", "build_cases": "Cached"}
+
+    first = feedback_flow(str(config))
+    assert set(first.values()) == {"Completed"} and len(first) == 7
+    assert set(feedback_flow(str(config)).values()) == {"Cached"}
+
+    # A template no stage of this run renders: nothing reruns.
+    edit(prompts / "reclaif_judge.j2")
+    assert set(feedback_flow(str(config)).values()) == {"Cached"}
+
+    # The judge's template: only the judge reruns (its verdicts are the same, so nothing after it would).
+    edit(prompts / "judge_pair.j2")
+    assert feedback_flow(str(config)) == evidence | {
+        "teacher_generate": "Cached", "sample_pairs": "Cached", "judge_pairs": "Completed"
+    }
+
+    # The explanation template: the teacher and the pairs render it. The judge reruns too, not for
+    # that template (its own is unchanged) but because the pairs it reads changed (their prompts).
+    edit(prompts / "explain_seed.j2")
+    assert feedback_flow(str(config)) == evidence | {
+        "teacher_generate": "Completed", "sample_pairs": "Completed", "judge_pairs": "Completed"
+    }
