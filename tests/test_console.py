@@ -158,14 +158,19 @@ def test_task_runs_are_named_by_stage_label_and_the_report_opens_from_the_ui(tmp
     assert f"`{html}`" in artifacts["report-html"].data and "file://" not in artifacts["report-html"].data
 
 
+def tiny_data_settings(source: Path, artifacts: Path, run_name: str) -> list[str]:
+    """Overrides for a run on the small ml-latest folder of tests/test_retrain.py."""
+    return [
+        "data.source=ml-latest", f"data.path={source}", "recommender.k=5", "recommender.top_n=3",
+        "recommender.sampled_negatives=5", "paths.similar_k=5", f"runtime.artifacts_dir={artifacts}",
+        f"runtime.run_name={run_name}",
+    ]
+
+
 def test_retrain_from_the_command_line_prints_its_stages_and_an_honest_decision(tmp_path, capfd):
     ratings, _ = ratings_csv()
     source = write_ml_latest(tmp_path / "ml", ratings=ratings, movies=MOVIES)
-    settings = [
-        "data.source=ml-latest", f"data.path={source}", "recommender.k=5", "recommender.top_n=3",
-        "recommender.sampled_negatives=5", "paths.similar_k=5", f"runtime.artifacts_dir={tmp_path / 'artifacts'}",
-        "runtime.run_name=weekly", "retrain.evidence_only=true",
-    ]
+    settings = tiny_data_settings(source, tmp_path / "artifacts", "weekly") + ["retrain.evidence_only=true"]
     assert planned_stages(load_config("configs/default.yaml", settings), retrain.name) == 3
     assert run_flow(retrain, [arg for s in settings for arg in ("--set", s)], "retrain", "retrain") == 0
     out, err = capfd.readouterr()

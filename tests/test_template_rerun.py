@@ -16,13 +16,14 @@ from flows.summary import StageLog
 from recxplain.config import load_config
 from recxplain.prompts import PROMPTS_DIR, read_templates
 from tests.scripted import ScriptedModel
+from tests.test_console import tiny_data_settings
 from tests.test_data import write_ml_latest
 from tests.test_retrain import MOVIES, ratings_csv
 
 
 @flow(name="toy-feedback")
-def feedback_flow(config_path: str) -> dict[str, str]:
-    cfg = load_config(config_path)
+def feedback_flow(overrides: list[str]) -> dict[str, str]:
+    cfg = load_config("configs/default.yaml", overrides)
     log = StageLog(cfg.runtime.artifacts_dir)
     evidence = evidence_stages(cfg, log)
     cases = log.run(BUILD_CASES, cases=cfg.cases, data=evidence["data"], recommender=evidence["recommender"],
@@ -58,36 +59,30 @@ def edit(template: Path) -> None:
 def test_editing_a_template_reruns_exactly_the_stages_that_render_it(tmp_path, prompts):
     ratings, _ = ratings_csv()
     source = write_ml_latest(tmp_path / "ml", ratings=ratings, movies=MOVIES)
-    config = tmp_path / "feedback.yaml"
-    config.write_text(
-        f"data: {{source: ml-latest, path: {source}}}\n"
-        "recommender: {model: itemknn, k: 5, top_n: 3, sampled_negatives: 5}\n"
-        "paths: {similar_k: 5}\n"
-        "cases: {train_users: 4, eval_users: 2, history_length: 5}\n"
-        "teacher: {best_of: 2, require_checks: false}\n"
-        "pairs: {source: teacher_samples}\n"
-        "judge: {kind: rubric, min_words: 5, min_rubric_score: 0.0}\n"
-        f"runtime: {{artifacts_dir: {tmp_path / 'artifacts'}, run_name: templates}}\n"
-    )
+    settings = tiny_data_settings(source, tmp_path / "artifacts", "templates") + [
+        "cases.train_users=4", "cases.eval_users=2", "cases.history_length=5", "teacher.best_of=2",
+        "teacher.require_checks=false", "pairs.source=teacher_samples", "judge.kind=rubric", "judge.min_words=5",
+        "judge.min_rubric_score=0.0",
+    ]
     evidence = {"prepare_data": "Cached", "train_recommender": "Cached", "mine_paths": "Cached", "build_cases": "Cached"}
 
-    first = feedback_flow(str(config))
+    first = feedback_flow(settings)
     assert set(first.values()) == {"Completed"} and len(first) == 7
-    assert set(feedback_flow(str(config)).values()) == {"Cached"}
+    assert set(feedback_flow(settings).values()) == {"Cached"}
 
     # A template no stage of this run renders: nothing reruns.
     edit(prompts / "reclaif_judge.j2")
-    assert set(feedback_flow(str(config)).values()) == {"Cached"}
+    assert set(feedback_flow(settings).values()) == {"Cached"}
 
     # The judge's template: only the judge reruns (its verdicts are the same, so nothing after it would).
     edit(prompts / "judge_pair.j2")
-    assert feedback_flow(str(config)) == evidence | {
+    assert feedback_flow(settings) == evidence | {
         "teacher_generate": "Cached", "sample_pairs": "Cached", "judge_pairs": "Completed"
     }
 
     # The explanation template: the teacher and the pairs render it. The judge reruns too, not for
     # that template (its own is unchanged) but because the pairs it reads changed (their prompts).
     edit(prompts / "explain_seed.j2")
-    assert feedback_flow(str(config)) == evidence | {
+    assert feedback_flow(settings) == evidence | {
         "teacher_generate": "Completed", "sample_pairs": "Completed", "judge_pairs": "Completed"
     }
