@@ -243,7 +243,25 @@ class LLMConfig(Section):
         device: where a `local` model runs: `auto` (CUDA when torch sees a GPU, else CPU),
             `cpu` or `cuda`.
         price_per_million_input: USD per million prompt tokens (cost accounting; 0 for local).
-        price_per_million_output: USD per million completion tokens.
+        price_per_million_output: USD per million completion tokens (thinking tokens included,
+            as the APIs bill them).
+        thinking: whether a thinking model thinks before it answers. `default` sends nothing (the
+            model's own default: Qwen3 and Gemini 2.5 think, most models never do); `off` turns
+            it off: Qwen3's `enable_thinking=False` in the chat template (`local`; for `openai`
+            servers such as vLLM as `chat_template_kwargs`), a thinking budget of 0 for Gemini's
+            OpenAI-compatible endpoint, `thinking: disabled` for `anthropic`; `on` turns it on
+            (Anthropic then gets a budget of 1,024 tokens unless `thinking_budget` says more).
+            api.openai.com has no off switch: use `reasoning_effort` there. Whatever the
+            setting, a `<think>...</think>` block is removed from every answer before it is
+            parsed, and thinking tokens are counted apart in the usage (`thinking_tokens`).
+        thinking_budget: most thinking tokens per answer, for providers that take a budget:
+            Gemini (`openai` provider, sent in Google's extra body) and `anthropic` (at least
+            1,024). The budget is added to `max_new_tokens`, which then bounds the answer alone.
+            None: no budget. Not for `local` (use `thinking: off`).
+        reasoning_effort: OpenAI-compatible `reasoning_effort` (`none`, `minimal`, `low`,
+            `medium`, `high`), sent as it is (`openai` provider only); the answer's length is then
+            sent as `max_completion_tokens`, which OpenAI's reasoning models take instead of
+            `max_tokens` and which covers their reasoning too. None: not sent.
     """
 
     provider: Literal["local", "openai", "anthropic"] = "local"
@@ -261,6 +279,22 @@ class LLMConfig(Section):
     device: Literal["auto", "cpu", "cuda"] = "auto"
     price_per_million_input: float = Field(0.0, ge=0)
     price_per_million_output: float = Field(0.0, ge=0)
+    thinking: Literal["default", "off", "on"] = "default"
+    thinking_budget: int | None = Field(None, ge=0)
+    reasoning_effort: Literal["none", "minimal", "low", "medium", "high"] | None = None
+
+    @model_validator(mode="after")
+    def _thinking_fits_the_provider(self) -> "LLMConfig":
+        if self.thinking_budget is not None and self.provider == "local":
+            raise ValueError("llm.thinking_budget applies to the openai (Gemini) and anthropic providers; "
+                             "for a local model use llm.thinking: off")
+        if self.thinking_budget is not None and self.thinking == "off":
+            raise ValueError("llm.thinking_budget is set but llm.thinking is off")
+        if self.provider == "anthropic" and self.thinking_budget is not None and self.thinking_budget < 1024:
+            raise ValueError(f"llm.thinking_budget for anthropic must be at least 1024, got {self.thinking_budget}")
+        if self.reasoning_effort is not None and self.provider != "openai":
+            raise ValueError("llm.reasoning_effort applies to the openai provider only")
+        return self
 
 
 class TeacherConfig(Section):

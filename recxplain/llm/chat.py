@@ -5,7 +5,8 @@
 function, and writes each fresh answer to the cache as soon as it arrives, so a crash loses no
 paid call and a rerun makes none. With `sampling.stop_on_repeat` every answer, fresh or cached,
 comes back cut at its first repeated sentence (`recxplain.text.cut_at_repeated_sentence`); the
-cache keeps what the provider returned.
+cache keeps what the provider returned. A thinking model's `<think>...</think>` block is removed
+from every answer before anything reads it (`strip_thinking`), whatever `llm.thinking` says.
 
 A provider is two things (see local.py, openai_api.py, anthropic_api.py):
 - `identity`: a dict that, with the messages, sampling parameters and sample index, names an
@@ -59,6 +60,10 @@ class Generation:
             `RateLimitError: ...` after the last retry, ...). Never contains the API key.
         finish_reason: `stop` (the model ended its answer) or `length` (hit max_new_tokens);
             None when unknown.
+        thinking_tokens: of `completion_tokens`, those the model spent thinking: as the API
+            reports them (OpenAI's `reasoning_tokens`, Anthropic's `thinking_tokens`), counted by
+            the local provider, or estimated from the removed `<think>` block's share of the
+            text when a server returns it inline without a count.
     """
 
     text: str
@@ -68,6 +73,7 @@ class Generation:
     cached: bool = False
     error: str | None = None
     finish_reason: str | None = None
+    thinking_tokens: int = 0
 
     @property
     def valid(self) -> bool:
@@ -88,11 +94,13 @@ class Usage:
     calls: answers requested from the provider (cache misses); retries: extra attempts after a
     transient error; errors: answers that ended as an error Generation; cache_hits: answers
     read from the cache; prompt_tokens / completion_tokens / cost_usd: of fresh calls only (what
-    this run paid); seconds: wall time spent inside `generate`.
+    this run paid); thinking_tokens: of completion_tokens, those spent thinking (in the dict only
+    when a model thought, so the stats of models that do not think keep their shape); seconds:
+    wall time spent inside `generate`.
     """
 
     FIELDS = ("calls", "cache_hits", "errors", "retries", "prompt_tokens", "completion_tokens",
-              "cost_usd", "seconds")
+              "thinking_tokens", "cost_usd", "seconds")
 
     def __init__(self, cfg: LLMConfig):
         self._cfg = cfg
@@ -114,7 +122,7 @@ class Usage:
         cost = (generation.prompt_tokens * self._cfg.price_per_million_input
                 + generation.completion_tokens * self._cfg.price_per_million_output) / 1e6
         self.add(prompt_tokens=generation.prompt_tokens, completion_tokens=generation.completion_tokens,
-                 cost_usd=cost)
+                 thinking_tokens=generation.thinking_tokens, cost_usd=cost)
 
     def as_dict(self) -> dict:
         with self._lock:
@@ -122,6 +130,8 @@ class Usage:
         for name in self.FIELDS:
             if name not in ("cost_usd", "seconds"):
                 out[name] = int(out[name])
+        if not out["thinking_tokens"]:
+            del out["thinking_tokens"]
         out["cost_usd"] = round(out["cost_usd"], 8)
         out["seconds"] = round(out["seconds"], 3)
         return out
@@ -167,7 +177,7 @@ class ChatModel:
         keys = [cache_key(self.identity, job.messages, sampling, job.index) for job in jobs]
         if self._cache is not None:
             for j, hit in self._cache.get_many(keys).items():
-                results[j] = Generation(**hit, cached=True)
+                results[j] = strip_thinking(Generation(**hit, cached=True))
         self._usage.add(cache_hits=sum(r is not None for r in results))
         missing = [j for j, r in enumerate(results) if r is None]
         try:
@@ -175,11 +185,13 @@ class ChatModel:
                 self._usage.add(calls=len(missing))
                 for m, generation in self._run([jobs[j] for j in missing], sampling, self._usage):
                     j = missing[m]
-                    results[j] = generation
-                    self._usage.add_generation(generation)
+                    results[j] = strip_thinking(generation)
+                    self._usage.add_generation(results[j])
                     if generation.error is None and self._cache is not None:
-                        fields = asdict(generation)
+                        fields = asdict(generation)  # as the provider returned it, thinking included
                         del fields["cached"], fields["error"]
+                        if not fields["thinking_tokens"]:  # rows of models that do not think keep their shape
+                            del fields["thinking_tokens"]
                         self._cache.put(keys[j], fields, self.identity)
         finally:
             self._usage.add(seconds=time.perf_counter() - start)
@@ -190,6 +202,47 @@ class ChatModel:
             # local provider's decoding is applied here, to every provider alike.
             results = [_cut_repeat(r) for r in results]
         return [results[p * n:(p + 1) * n] for p in range(len(prompts))]
+
+
+THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
+
+
+def thinking_identity(cfg: LLMConfig) -> dict:
+    """The thinking settings of `cfg` that differ from the default, for a provider's identity: they
+    change the answers, and the answers of models run with the default keep their cache keys."""
+    return {name: getattr(cfg, name) for name, default in
+            (("thinking", "default"), ("thinking_budget", None), ("reasoning_effort", None))
+            if getattr(cfg, name) != default}
+
+
+def split_thinking(text: str) -> tuple[str, str]:
+    """(answer, thinking) of a text that may hold a `<think>...</think>` block.
+
+    The answer is what follows the last `</think>` (and any text before the first `<think>`).
+    A `</think>` with no `<think>` ends a block the chat template opened in the prompt
+    (DeepSeek-R1, Qwen3-Thinking): everything before it is thinking. A `<think>` that never
+    closes is an answer cut off while thinking: from it on, all is thinking.
+    """
+    if THINK_CLOSE in text:
+        head, _, answer = text.rpartition(THINK_CLOSE)
+        before, opened, thinking = head.partition(THINK_OPEN)
+        if not opened:
+            before, thinking = "", head
+        return " ".join(part for part in (before.strip(), answer.strip()) if part), thinking.strip()
+    before, opened, thinking = text.partition(THINK_OPEN)
+    return (before.strip(), thinking.strip()) if opened else (text, "")
+
+
+def strip_thinking(generation: Generation) -> Generation:
+    """`generation` without its thinking block; its thinking tokens estimated from the block's share
+    of the text when the provider did not count them."""
+    if THINK_OPEN not in generation.text and THINK_CLOSE not in generation.text:
+        return generation
+    answer, thinking = split_thinking(generation.text)
+    tokens = generation.thinking_tokens
+    if not tokens and thinking:
+        tokens = round(generation.completion_tokens * len(thinking) / max(len(thinking) + len(answer), 1))
+    return replace(generation, text=answer, thinking_tokens=tokens)
 
 
 def _cut_repeat(generation: Generation) -> Generation:

@@ -28,6 +28,10 @@
 - Token counts: prompt tokens are those of the rendered chat template; completion tokens run up
   to and including the first end-of-turn token, or all `max_new_tokens` (finish_reason `length`);
   an answer cut at a repeated sentence counts the tokens it generated, the repeat included.
+- Thinking models (Qwen3): `llm.thinking` other than `default` is passed to the chat template as
+  `enable_thinking` (templates that know no such variable ignore it); the tokens of an answer's
+  `<think>...</think>` block are counted as its `thinking_tokens`, and `ChatModel` removes the
+  block from the text.
 """
 
 from __future__ import annotations
@@ -35,6 +39,7 @@ from __future__ import annotations
 import hashlib
 import threading
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Iterator
 
@@ -43,7 +48,7 @@ from transformers.cache_utils import Cache, DynamicCache, DynamicLayer
 from transformers.generation.logits_process import NoRepeatNGramLogitsProcessor, RepetitionPenaltyLogitsProcessor
 
 from recxplain.config import LLMConfig, SamplingConfig
-from recxplain.llm.chat import Generation, Job, ProviderError, Run, Usage
+from recxplain.llm.chat import Generation, Job, ProviderError, Run, Usage, split_thinking, thinking_identity
 from recxplain.models import fast_bf16, resolve_model
 from recxplain.text import cut_at_repeated_sentence
 
@@ -92,8 +97,14 @@ def identity(cfg: LLMConfig) -> dict:
     The base model is named as configured (`smollm2` or a folder path), like an API model
     name; adapters are hashed by content because training writes new ones under old names.
     """
-    return {"provider": "local", "model": cfg.model, "dtype": local_dtype(cfg),
-            "adapter": adapter_hash(cfg.adapter) if cfg.adapter is not None else None}
+    names = {"provider": "local", "model": cfg.model, "dtype": local_dtype(cfg),
+             "adapter": adapter_hash(cfg.adapter) if cfg.adapter is not None else None}
+    return names | thinking_identity(cfg)
+
+
+def template_options(cfg: LLMConfig) -> dict:
+    """Extra variables for the chat template: Qwen3's `enable_thinking` when `llm.thinking` sets it."""
+    return {} if cfg.thinking == "default" else {"enable_thinking": cfg.thinking == "on"}
 
 
 def pick_device(name: str) -> str:
@@ -132,22 +143,33 @@ def make_run(cfg: LLMConfig, artifacts_dir: Path) -> Run:
     def run(jobs: list[Job], sampling: SamplingConfig, usage: Usage) -> Iterator[tuple[int, Generation]]:
         device = pick_device(cfg.device)
         model, tokenizer = load_local_model(resolve_model(cfg.model, artifacts_dir), cfg.adapter, local_dtype(cfg), device)
-        prompt_ids = [prompt_token_ids(tokenizer, job.messages) for job in jobs]
+        options = template_options(cfg)
+        prompt_ids = [prompt_token_ids(tokenizer, job.messages, **options) for job in jobs]
         order = batch_order(prompt_ids)
         for start in range(0, len(order), cfg.batch_size):
             batch = order[start:start + cfg.batch_size]
             with _GENERATE_LOCK:
                 generations = generate_batch(model, tokenizer, [prompt_ids[j] for j in batch],
                                              [sampling.seed + jobs[j].index for j in batch], sampling, device)
-            yield from zip(batch, generations)
+            yield from zip(batch, [count_thinking(tokenizer, g) for g in generations])
 
     return run
 
 
-def prompt_token_ids(tokenizer, messages: list[dict]) -> list[int]:
-    """Token ids of the chat template rendered with the assistant turn opened."""
-    text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+def prompt_token_ids(tokenizer, messages: list[dict], **options) -> list[int]:
+    """Token ids of the chat template rendered with the assistant turn opened; `options` are
+    extra template variables (`template_options`)."""
+    text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True, **options)
     return tokenizer(text, add_special_tokens=False)["input_ids"]
+
+
+def count_thinking(tokenizer, generation: Generation) -> Generation:
+    """`generation` with the tokens of its `<think>` block as `thinking_tokens` (the block itself
+    stays: `ChatModel` removes it from every provider's answers alike)."""
+    _, thinking = split_thinking(generation.text)
+    if not thinking:
+        return generation
+    return replace(generation, thinking_tokens=len(tokenizer(thinking, add_special_tokens=False)["input_ids"]))
 
 
 def _common_length(a: list[int], b: list[int]) -> int:
