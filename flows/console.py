@@ -12,6 +12,7 @@ traceback in the UI. Our own packages' warnings and errors still print.
 
 from __future__ import annotations
 
+import functools
 import logging
 import sys
 import warnings
@@ -21,7 +22,7 @@ from recxplain.config import Config
 
 # Loggers that print on the console even when quiet: the project's own.
 OWN_PACKAGES = {"recxplain", "tasks", "flows", "arena", "__main__"}
-LIBRARY_LOGGERS = ("transformers", "trl", "peft", "accelerate", "datasets", "sentence_transformers", "httpx")
+LIBRARY_LOGGERS = ("transformers", "trl", "peft", "accelerate", "datasets", "sentence_transformers")
 
 
 @dataclass
@@ -105,6 +106,8 @@ def set_library_output(verbose: bool) -> None:
     """Quiet (default) or verbose console output of the libraries, for this process."""
     import datasets
     import transformers
+    import transformers.modeling_gguf_pytorch_utils as gguf_conversion
+    from tqdm.auto import tqdm
 
     level = logging.INFO if verbose else logging.ERROR
     for name in LIBRARY_LOGGERS:
@@ -120,6 +123,8 @@ def set_library_output(verbose: bool) -> None:
         transformers.utils.logging.disable_progress_bar()
         transformers.utils.logging.set_verbosity_error()
         warnings.simplefilter("ignore")
+    # The one-time GGUF conversion of the embedded model draws a bar of its own (plain tqdm).
+    gguf_conversion.tqdm = functools.partial(tqdm, disable=not verbose)
     for handler in console_handlers():
         for existing in [f for f in handler.filters if isinstance(f, OwnRecordsOnly)]:
             handler.removeFilter(existing)

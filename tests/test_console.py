@@ -16,7 +16,7 @@ from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import FlowRunFilter
 
 from flows.cli import error_line, parse_arguments, run_flow
-from flows.console import planned_stages
+from flows.console import LIBRARY_LOGGERS, planned_stages, set_library_output
 from flows.retrain import StudentDecision, decision_markdown, retrain, student_outcome
 from flows.summary import StageLog, publish_run_summary
 from recxplain.config import Config, RuntimeConfig, load_config
@@ -54,10 +54,13 @@ def failing_flow(config_path: str, overrides: list[str] | None = None) -> str:
 
 @pytest.fixture
 def prefect_logger_level():
-    """Verbose runs raise Prefect's log level in this process; later tests get it back."""
-    level = logging.getLogger("prefect").level
+    """Verbose runs change the libraries' log levels in this process; later tests get them back."""
+    loggers = [logging.getLogger(name) for name in ("prefect", *LIBRARY_LOGGERS)]
+    levels = [logger.level for logger in loggers]
     yield
-    logging.getLogger("prefect").setLevel(level)
+    for logger, level in zip(loggers, levels):
+        logger.setLevel(level)
+    set_library_output(verbose=False)
 
 
 def toy_config(tmp_path: Path, run_name: str = "toy") -> str:
