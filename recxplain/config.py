@@ -15,11 +15,11 @@ import hashlib
 import json
 import re
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, ValidationError, model_validator
 
 
 class Section(BaseModel):
@@ -493,14 +493,63 @@ class TrainingConfig(Section):
         return self
 
 
+BUILT_IN_EXPLAINER = re.compile(r"template|teacher|base|sft|orpo|dpo|dpo_r[1-9][0-9]*")
+
+
+class NamedExplainer(Section):
+    """An explainer of one's own in `evaluation.explainers`: any model, with its own prompt.
+
+    Attributes:
+        name: its name in the tables, the tournament, the report and the arena (letters, digits,
+            `_`, `-` and `.`; not a built-in name).
+        llm: the model (any provider: an API model, a local Hugging Face folder, ...).
+        prompt: explanation template in `configs/prompts/` (None: `teacher.prompt`, the prompt
+            the students get). Its variables are those of `explain_seed.j2` / `explain_llmxrec.j2`.
+        example: show the template's worked example (None: as the students,
+            `teacher.students_see_example`).
+        sampling: decoding parameters (None: `evaluation.sampling`).
+    """
+
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
+    llm: LLMConfig
+    prompt: str | None = None
+    example: bool | None = None
+    sampling: SamplingConfig | None = None
+
+    @model_validator(mode="after")
+    def _not_a_built_in_name(self) -> "NamedExplainer":
+        if BUILT_IN_EXPLAINER.fullmatch(self.name):
+            raise ValueError(f"named explainer {self.name!r} takes a built-in explainer's name; choose another")
+        return self
+
+
+# An `evaluation.explainers` entry: a string is a built-in name, anything else a NamedExplainer
+# (so that a bad mapping's errors name its fields, not also "should be a valid string").
+Explainer = Annotated[
+    Annotated[str, Tag("built-in")] | Annotated[NamedExplainer, Tag("named")],
+    Discriminator(lambda entry: "built-in" if isinstance(entry, str) else "named"),
+]
+
+
 class EvaluationConfig(Section):
     """Which explainers are compared on the held-out cases, and how (tasks/explain.py, evaluate.py).
 
     Attributes:
-        explainers: names of the explainers compared, in report order: `template` (fixed
-            sentences over the evidence), `teacher` (teacher.llm), `base` (the untrained student),
-            `sft`, `orpo`, `dpo` (every round of training.rounds) or `dpo_rN` (round N). Adding a
-            model is one name here (and its student folder in the flow for trained students).
+        explainers: the explainers compared, in report order. An entry is a built-in name:
+            `template` (fixed sentences over the evidence), `teacher` (teacher.llm), `base` (the
+            untrained student), `sft`, `orpo`, `dpo` (every round of training.rounds) or `dpo_rN`
+            (round N); or a named model config (`NamedExplainer`: `{name, llm, prompt, example,
+            sampling}`), which is generated, evaluated, put in the tournament and the report like
+            the others (LLMXRec's comparison of several LLMs on the same users). For example:
+
+                explainers:
+                  - template
+                  - sft
+                  - name: gpt-4.1-mini
+                    llm: {provider: openai, model: gpt-4.1-mini, api_key_env: OPENAI_API_KEY}
+                  - name: qwen3-0.6b
+                    llm: {provider: local, model: /models/Qwen3-0.6B, thinking: "off"}
+                    prompt: explain_llmxrec.j2
         sampling: decoding parameters for the explanations (greedy by default).
         bootstrap: bootstrap resamples for confidence intervals.
         diversity: embed the explanations and report their mean pairwise cosine distance.
@@ -519,7 +568,7 @@ class EvaluationConfig(Section):
         seed: bootstrap seed.
     """
 
-    explainers: list[str] = ["template", "teacher", "base", "sft", "orpo", "dpo"]
+    explainers: list[Explainer] = ["template", "teacher", "base", "sft", "orpo", "dpo"]
     sampling: SamplingConfig = SamplingConfig(temperature=0.0)
     bootstrap: int = Field(1000, ge=10)
     diversity: bool = True
@@ -535,14 +584,15 @@ class EvaluationConfig(Section):
 
     @model_validator(mode="after")
     def _known_explainers(self) -> "EvaluationConfig":
-        pattern = re.compile(r"template|teacher|base|sft|orpo|dpo|dpo_r[1-9][0-9]*")
-        unknown = [name for name in self.explainers if not pattern.fullmatch(name)]
+        unknown = [e for e in self.explainers if isinstance(e, str) and not BUILT_IN_EXPLAINER.fullmatch(e)]
         if unknown:
             raise ValueError(
-                f"unknown explainer(s) {unknown}: use template, teacher, base, sft, orpo, dpo or dpo_rN"
+                f"unknown explainer(s) {unknown}: use template, teacher, base, sft, orpo, dpo, dpo_rN "
+                "or a named model config {name: ..., llm: {...}}"
             )
-        if len(set(self.explainers)) != len(self.explainers):
-            raise ValueError(f"explainers listed twice: {self.explainers}")
+        names = [e if isinstance(e, str) else e.name for e in self.explainers]
+        if len(set(names)) != len(names):
+            raise ValueError(f"explainers listed twice: {names}")
         return self
 
 

@@ -64,6 +64,7 @@ from recxplain.config import EvaluationConfig, JudgeConfig
 from recxplain.checks import Catalogue, CheckResult, check_explanations
 from recxplain.schemas import Case, check_columns, read_cases
 from recxplain.stats import bootstrap_ci, bradley_terry, paired_comparison, pairwise_tests, win_rate_matrix
+from tasks.explain import STUDENT
 
 log = logging.getLogger(__name__)
 
@@ -467,7 +468,6 @@ def per_explanation_metrics(cases: dict[str, Case], explanations: pd.DataFrame, 
 # "Did alignment help?": metric -> (kind, direction) for recxplain.stats.paired_comparison.
 ALIGNMENT_METRICS = {"validity": ("binary", 1), "check_score": ("score", 1), "loop": ("binary", -1),
                      "faithfulness": ("score", 1), "rouge_l": ("score", 1)}
-NOT_STUDENTS = ("template", "teacher", "base")
 
 
 def judge_note(judge: JudgeConfig) -> str:
@@ -544,7 +544,7 @@ def evaluate(out: Path, *, evaluation: EvaluationConfig, judge: JudgeConfig, cas
                                                 "ci_low": np.nan, "ci_high": np.nan, "n": len(group)}]))
 
     style_significance(table).to_parquet(out / "significance.parquet", index=False)
-    students = [e for e in explainers if e not in NOT_STUDENTS]
+    students = [e for e in explainers if STUDENT.fullmatch(e)]  # named explainers are no students
     alignment = paired_comparison(table, students, ["base", "template"], ALIGNMENT_METRICS, n_boot, seed)
     alignment.to_parquet(out / "alignment.parquet", index=False)
 

@@ -1,6 +1,8 @@
 """Every explainer writes an explanation of every held-out case (the `generate_explanations` stage).
 
-An explainer is a name in `evaluation.explainers`; `explainer_llm` maps it to a model:
+An explainer is an entry of `evaluation.explainers`: a built-in name, which `explainer_llm` maps
+to a model, or a named model config (`recxplain.config.NamedExplainer`: any provider and model,
+with its own prompt and decoding), which is its own model:
 
 | name | model |
 |---|---|
@@ -13,7 +15,9 @@ An explainer is a name in `evaluation.explainers`; `explainer_llm` maps it to a 
 but the teacher gets the prompt of the students' SFT and preference rows (`teacher.prompt`,
 without its worked example unless `teacher.students_see_example`, rendered by
 `recxplain.prompts.explain_messages`), so the students are asked what they were trained on and
-`base` is asked the same; the teacher gets the prompt it wrote its SFT answers with.
+`base` is asked the same; the teacher gets the prompt it wrote its SFT answers with. A named
+explainer gets its own `prompt` (default: that same students' prompt), with the worked example when
+its `example` says so, and its own `sampling` (default: `evaluation.sampling`).
 
 Outputs in `out`:
 - `explanations.parquet`: case_id, model, text (cleaned like the teacher's answers:
@@ -40,7 +44,7 @@ from pathlib import Path
 import pandas as pd
 
 from recxplain.checks import Catalogue, clean_explanation, parse_explanation, pick_best
-from recxplain.config import EvaluationConfig, LLMConfig, TeacherConfig, TrainingConfig
+from recxplain.config import EvaluationConfig, LLMConfig, NamedExplainer, TeacherConfig, TrainingConfig
 from recxplain.models import student_llm
 from recxplain.prompts import explain_messages, read_templates
 from recxplain.schemas import Case, read_cases
@@ -61,8 +65,20 @@ def expand_rounds(names: list[str], rounds: int) -> list[str]:
 
 
 def explainer_names(evaluation: EvaluationConfig, training: TrainingConfig) -> list[str]:
-    """The configured explainers with `dpo` expanded to one name per DPO round."""
-    return expand_rounds(evaluation.explainers, training.rounds)
+    """The configured explainers' names, in order, with `dpo` expanded to one name per DPO round."""
+    return expand_rounds([e if isinstance(e, str) else e.name for e in evaluation.explainers], training.rounds)
+
+
+def named_explainers(evaluation: EvaluationConfig) -> dict[str, NamedExplainer]:
+    """The explainers configured as model configs, by name."""
+    return {e.name: e for e in evaluation.explainers if isinstance(e, NamedExplainer)}
+
+
+def explanation_prompts(evaluation: EvaluationConfig, teacher: TeacherConfig) -> list[str]:
+    """Every prompt template generate_explanations renders (`read_templates(*...)` is its
+    `templates` argument, so that an edited template reruns the stage)."""
+    named = [e.prompt for e in named_explainers(evaluation).values() if e.prompt is not None]
+    return list(dict.fromkeys([teacher.prompt, *named]))
 
 
 def student_explainers(evaluation: EvaluationConfig, training: TrainingConfig) -> list[str]:
@@ -251,18 +267,23 @@ def generate_explanations(
             to the occupation classes).
         artifacts_dir: artifacts root (model resolution).
         students: explainer name -> student folder, for every name `student_explainers` lists.
-        templates: `read_templates(teacher.prompt)`, the explanation prompt (default: the shipped
-            file), so a changed prompt changes this stage's key.
+        templates: `read_templates(*explanation_prompts(evaluation, teacher))`, the explanation
+            prompts (default: the shipped files), so a changed prompt changes this stage's key.
+            A named explainer's prompt missing from it is read from the shipped folder.
     """
     out, students = Path(out), dict(students or {})
-    templates = templates if templates is not None else read_templates(teacher.prompt)
+    wanted = explanation_prompts(evaluation, teacher)
+    templates = dict(templates) if templates is not None else {}
+    templates |= read_templates(*[name for name in wanted if name not in templates])
     eval_cases = read_cases(Path(cases) / "eval.jsonl")
     if not eval_cases:
         raise ValueError(f"{Path(cases) / 'eval.jsonl'}: no evaluation cases")
     train_path = Path(cases) / "train.jsonl"
     all_cases = eval_cases + (read_cases(train_path) if train_path.exists() else [])
     names = explainer_names(evaluation, training)
-    configs = {n: explainer_llm(n, teacher=teacher, training=training, students=students) for n in names}
+    named = named_explainers(evaluation)
+    configs = {n: named[n].llm if n in named else explainer_llm(n, teacher=teacher, training=training, students=students)
+               for n in names}
     catalogue = Catalogue.read(cases) if (Path(cases) / "catalogue.json").exists() else None
     (out / "cache").mkdir(parents=True, exist_ok=True)
 
@@ -286,6 +307,12 @@ def generate_explanations(
             best, _ = pick_best(eval_cases, texts, catalogue=catalogue, min_words=teacher.min_words,
                                 max_words=teacher.max_words, require_passed=False)
             outputs = [[samples[k if k is not None else 0]] for samples, k in zip(outputs, best)]
+        elif name in named:  # its own prompt and decoding
+            explainer = named[name]
+            prompts = [explain_messages(case, explainer.prompt or teacher.prompt, templates,
+                                        example=teacher.students_see_example if explainer.example is None
+                                        else explainer.example) for case in eval_cases]
+            outputs = model.generate(prompts, explainer.sampling or evaluation.sampling, n=1)
         else:
             outputs = model.generate(student_prompts, evaluation.sampling, n=1)
         for case, (generation, *_) in zip(eval_cases, outputs, strict=True):
