@@ -443,13 +443,17 @@ class TrainingConfig(Section):
         max_length: longest tokenised prompt + answer; a longer row fails before training,
             naming its file, line and case_id.
         beta: DPO beta / ORPO lambda.
+        dpo_sft_weight: weight of a likelihood term on the chosen answer added to the DPO loss
+            (RPO, Pang et al. 2024; trl's loss types `sigmoid` + `sft`); 0 is plain DPO. It keeps
+            the chosen answers' likelihood, their end of turn included, from falling with the
+            rejected ones' when the pairs are few.
         valid_fraction: held-out share of the cases (grouped by case_id) for validation loss
             and DPO/ORPO reward accuracy; 0 disables validation.
         valid_min_cases: at least this many cases are held out when validating (at most a
             third of them).
         logging_steps: log the training loss every N optimiser steps.
         eval_steps: evaluate on the held-out rows every N optimiser steps (and once before the
-            first step and after the last).
+            first step, except for DPO, whose loss is log 2 there, and after the last).
         save_steps: write a resumable checkpoint under `<out>/checkpoints/` every N steps;
             checkpoints are deleted once the adapter is exported.
         precompute_ref_log_probs: DPO computes reference log-probs once per round before
@@ -476,6 +480,7 @@ class TrainingConfig(Section):
     precision: Literal["auto", "bf16", "fp32"] = "auto"
     max_length: int = Field(1024, ge=16)
     beta: float = Field(0.1, gt=0)
+    dpo_sft_weight: float = Field(0.0, ge=0)
     valid_fraction: float = Field(0.1, ge=0, lt=1)
     valid_min_cases: int = Field(8, ge=1)
     logging_steps: int = Field(1, ge=1)
@@ -562,7 +567,9 @@ class EvaluationConfig(Section):
             the tournament costs explainers*(explainers-1) judge calls per case.
         attribute_prediction: run LLMXRec's attribute prediction with every LLM explainer.
         attributes: user attributes predicted from the history alone (`age` is scored as a
-            bracket: under 18, 18-24, 25-34, 35-44, 45-49, 50-55, 56+).
+            bracket: under 18, 18-24, 25-34, 35-44, 45-49, 50-55, 56+; `age_years` asks for the
+            age in years and counts an answer within 5 years of the user's exact age as right, as
+            LLMXRec does, on the users whose profile has an exact age, e.g. ml-100k's).
         attribute_sampling: decoding parameters for attribute answers (greedy, short).
         report_examples: cases shown side by side, with their evidence, in the report.
         seed: bootstrap seed.
@@ -577,7 +584,7 @@ class EvaluationConfig(Section):
     tournament: bool = True
     tournament_cases: int | None = Field(None, ge=1)
     attribute_prediction: bool = True
-    attributes: list[Literal["age", "gender", "occupation"]] = ["age", "gender", "occupation"]
+    attributes: list[Literal["age", "age_years", "gender", "occupation"]] = ["age", "gender", "occupation"]
     attribute_sampling: SamplingConfig = SamplingConfig(temperature=0.0, max_new_tokens=12)
     report_examples: int = Field(3, ge=0)
     seed: int = 0

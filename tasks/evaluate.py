@@ -64,7 +64,7 @@ from recxplain.config import EvaluationConfig, JudgeConfig
 from recxplain.checks import Catalogue, CheckResult, check_explanations
 from recxplain.schemas import Case, check_columns, read_cases
 from recxplain.stats import bootstrap_ci, bradley_terry, paired_comparison, pairwise_tests, win_rate_matrix
-from tasks.explain import STUDENT
+from tasks.explain import AGE_TOLERANCE, STUDENT
 
 log = logging.getLogger(__name__)
 
@@ -267,18 +267,36 @@ def win_ratio_and_rank(tournament: pd.DataFrame) -> pd.DataFrame:
 # Attribute prediction and bias
 
 
+def correct_attribute(attribute: str, predicted: pd.Series, truth: pd.Series) -> np.ndarray:
+    """1.0 where a prediction is right: the same class, or for `age_years` an age within
+    AGE_TOLERANCE years of the truth (LLMXRec); an unparsed prediction (None) is wrong."""
+    if attribute != "age_years":
+        return (predicted.to_numpy() == truth.to_numpy()).astype(float)
+    guess = pd.to_numeric(predicted, errors="coerce").to_numpy(dtype=float)
+    return (np.abs(guess - truth.astype(float).to_numpy()) <= AGE_TOLERANCE).astype(float)
+
+
 def attribute_accuracy(predictions: pd.DataFrame, train_truth: pd.DataFrame) -> pd.DataFrame:
     """Accuracy per (explainer, attribute) with random and majority baselines.
 
     `predictions`: model, case_id, attribute, truth, predicted (None when unparsable: wrong),
     n_options. `train_truth`: attribute, truth over the training cases, whose most frequent value
-    is the majority baseline's constant guess (scored on the evaluation cases' truths).
+    is the majority baseline's constant guess (scored on the evaluation cases' truths). Random is
+    1 / n_options, and for `age_years` (scored within AGE_TOLERANCE years) the accuracy of
+    guessing the age of a random training user.
     """
     rows = []
     for (model, attribute), group in predictions.groupby(["model", "attribute"], sort=True):
-        correct = (group["predicted"] == group["truth"]).astype(float).to_numpy()
+        correct = correct_attribute(attribute, group["predicted"], group["truth"])
         train = train_truth.loc[train_truth["attribute"] == attribute, "truth"]
-        majority_value = (train if len(train) else group["truth"]).mode().iloc[0]
+        reference = train if len(train) else group["truth"]
+        majority_value = reference.mode().iloc[0]
+        if attribute == "age_years":
+            random = float(np.mean([correct_attribute(attribute, reference.reset_index(drop=True),
+                                                      pd.Series([t] * len(reference))).mean() for t in group["truth"]]))
+        else:
+            random = 1.0 / group["n_options"].iloc[0]
+        majority = correct_attribute(attribute, pd.Series([majority_value] * len(group)), group["truth"]).mean()
         low, high = bootstrap_ci(correct)
         rows.append(
             {
@@ -287,8 +305,8 @@ def attribute_accuracy(predictions: pd.DataFrame, train_truth: pd.DataFrame) -> 
                 "accuracy": correct.mean(),
                 "ci_low": low,
                 "ci_high": high,
-                "random": 1.0 / group["n_options"].iloc[0],
-                "majority": float((group["truth"] == majority_value).mean()),
+                "random": random,
+                "majority": float(majority),
                 "majority_value": str(majority_value),
                 "parsed": float(group["predicted"].notna().mean()),
                 "n": len(group),

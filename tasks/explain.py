@@ -149,6 +149,7 @@ def is_valid(text: str, teacher: TeacherConfig, case: Case) -> bool:
 
 AGE_BRACKETS = ("under 18", "18-24", "25-34", "35-44", "45-49", "50-55", "56 or older")
 GENDERS = {"male": "M", "female": "F"}
+AGE_TOLERANCE = 5  # `age_years`: LLMXRec counts a predicted age within 5 years of the truth as correct
 
 
 def age_bracket(age: int) -> str:
@@ -160,12 +161,19 @@ def age_bracket(age: int) -> str:
 
 
 def attribute_truth(case: Case, attribute: str) -> str | None:
-    """The case user's true value of `attribute` as a class label (None when the profile lacks it)."""
-    value = case.profile.get(attribute)
+    """The case user's true value of `attribute` as a class label, `age_years` as the age in whole
+    years (None when the profile lacks it, or has no exact age for `age_years`)."""
+    value = case.profile.get("age" if attribute == "age_years" else attribute)
     if value is None or value == "":
         return None
     if attribute == "age":
         return age_bracket(int(value))
+    if attribute == "age_years":
+        try:
+            age = float(value)
+        except ValueError:  # a bracket such as "25-34", not an age
+            return None
+        return str(int(age)) if age.is_integer() else None
     if attribute == "gender":
         return {"m": "male", "f": "female"}.get(str(value).lower(), str(value).lower())
     return str(value).lower()
@@ -177,6 +185,8 @@ def attribute_options(attribute: str, cases: list[Case]) -> list[str]:
         return list(AGE_BRACKETS)
     if attribute == "gender":
         return list(GENDERS)
+    if attribute == "age_years":  # a number, not a choice
+        return []
     return sorted({t for c in cases if (t := attribute_truth(c, attribute)) is not None})
 
 
@@ -184,7 +194,7 @@ ATTRIBUTE_PROMPT = (
     "The history movies watched by the customer are: {history}. "
     'The recommender system suggests the customer to watch this movie: "{title}" ({genres}). '
     "Your mission is to infer the customer's {attribute} from the history record. "
-    "Choose one of: {options}. You must infer the {attribute}. Answer with one option only. "
+    "{choose}You must infer the {attribute}. {answer} "
     "Do not return other information. And DO NOT return Unknown or Null."
 )
 
@@ -192,18 +202,25 @@ ATTRIBUTE_PROMPT = (
 def attribute_messages(case: Case, attribute: str, options: list[str]) -> list[dict]:
     """LLMXRec's attribute prediction instruction for the movie domain (history and candidate only)."""
     history = "; ".join(f"{m.title} ({', '.join(m.genres)})" if m.genres else m.title for m in case.history)
-    content = ATTRIBUTE_PROMPT.format(history=history, title=case.item.title, genres=", ".join(case.item.genres),
-                                      attribute="age group" if attribute == "age" else attribute,
-                                      options="; ".join(options))
+    years = attribute == "age_years"  # an age in years: no list to choose from
+    content = ATTRIBUTE_PROMPT.format(
+        history=history, title=case.item.title, genres=", ".join(case.item.genres),
+        attribute={"age": "age group", "age_years": "age"}.get(attribute, attribute),
+        choose="" if years else f"Choose one of: {'; '.join(options)}. ",
+        answer="Answer with one number only (the age in years)." if years else "Answer with one option only.")
     return [{"role": "user", "content": content}]
 
 
 def parse_attribute(answer: str, attribute: str, options: list[str]) -> str | None:
     """The option the answer names first (whole words; longest option first on a tie), else None.
 
-    An age answered as a number ("about 30") is mapped to its bracket.
+    An age answered as a number ("about 30") is mapped to its bracket; `age_years` is the first
+    number of the answer.
     """
     text = answer.lower()
+    if attribute == "age_years":
+        number = re.search(r"\b(\d{1,3})\b", text)
+        return str(int(number.group(1))) if number else None
     found = []
     for option in options:
         match = re.search(r"(?<![\w-])" + re.escape(option.lower()) + r"(?![\w-])", text)
@@ -344,7 +361,7 @@ def _predict_attributes(model, name: str, eval_cases: list[Case], all_cases: lis
     for attribute in evaluation.attributes:
         options = attribute_options(attribute, all_cases)
         targets = [(c, t) for c in eval_cases if (t := attribute_truth(c, attribute)) is not None]
-        if not targets or len(options) < 2:
+        if not targets or len(options) < 2 and attribute != "age_years":
             log.warning("attribute %s: no profile values in the cases, not predicted", attribute)
             continue
         jobs += [(case, attribute, truth, options) for case, truth in targets]

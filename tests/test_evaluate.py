@@ -218,6 +218,20 @@ def test_attribute_accuracy_against_baselines():
     assert row["parsed"] == 0.75
 
 
+def test_age_in_years_is_right_within_five_years():
+    predictions = pd.DataFrame({
+        "model": ["m"] * 4, "case_id": list("abcd"), "attribute": ["age_years"] * 4,
+        "truth": ["30", "40", "22", "60"], "predicted": ["35", "46", "22", None], "n_options": 0,
+    })
+    train = pd.DataFrame({"attribute": ["age_years"] * 3, "truth": ["30", "31", "60"]})
+    row = ev.attribute_accuracy(predictions, train).iloc[0]
+    assert row["accuracy"] == 0.5 and row["parsed"] == 0.75  # 35 for 30 is right, 46 for 40 is not
+    # Majority: every train age is as frequent, the first ("30") is guessed: right for 30 only.
+    assert row["majority_value"] == "30" and row["majority"] == 0.25
+    # Random: a random training user's age is within 5 years for 30 (2 of 3) and 60 (1 of 3).
+    assert row["random"] == pytest.approx((2 / 3 + 0 + 0 + 1 / 3) / 4)
+
+
 def test_length_gap_by_gender():
     gap = ev.length_gap(np.array([10, 20, 5, 7]), np.array(["F", "F", "M", "M"]), n_boot=200, seed=0)
     assert gap["difference"] == pytest.approx(15 - 6)

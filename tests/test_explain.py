@@ -125,6 +125,28 @@ def test_parse_attribute(answer, attribute, expected):
     assert ex.parse_attribute(answer, attribute, options) == expected
 
 
+def test_age_in_years_is_asked_as_a_number_where_exact_ages_exist():
+    case = make_case(age=61)
+    assert ex.attribute_truth(case, "age_years") == "61" and ex.attribute_options("age_years", [case]) == []
+    assert ex.attribute_truth(make_case(age=""), "age_years") is None
+    assert ex.attribute_truth(make_case(age="25-34"), "age_years") is None  # a bracket, no exact age
+    content = ex.attribute_messages(case, "age_years", [])[0]["content"]
+    assert "infer the customer's age from the history" in content and "Choose one of" not in content
+    assert "one number only" in content and "61" not in content
+    assert ex.parse_attribute("Probably about 58 years old.", "age_years", []) == "58"
+    assert ex.parse_attribute("Middle-aged", "age_years", []) is None
+
+    class Answers58:
+        def generate(self, prompts, sampling, n=1):
+            return [[Generation("About 58.")] for _ in prompts]
+
+    evaluation = EvaluationConfig(attributes=["age_years", "age"])
+    cases = [case, make_case("2-3", age="")]
+    rows = ex._predict_attributes(Answers58(), "base", cases, cases, evaluation)
+    assert [(r["case_id"], r["attribute"], r["truth"], r["predicted"]) for r in rows] == [
+        ("1-3", "age_years", "61", "58"), ("1-3", "age", "56 or older", "56 or older")]
+
+
 def test_attribute_prompt_hides_the_profile():
     messages = ex.attribute_messages(make_case(age=33, occupation="writer"), "occupation", ["student", "writer"])
     content = messages[0]["content"]
