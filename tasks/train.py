@@ -186,6 +186,8 @@ def train_dpo(
         max_length=training.max_length,
         beta=training.beta,
         precompute_ref_log_probs=training.precompute_ref_log_probs,
+        **({"loss_type": ["sigmoid", "sft"], "loss_weights": [1.0, training.dpo_sft_weight]}
+           if training.dpo_sft_weight else {}),
     )
     model, ref_model = _load_model(base, device), None
     if training.lora.enabled:

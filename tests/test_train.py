@@ -357,3 +357,12 @@ def test_orpo_likelihood_covers_the_chosen_answer_only(monkeypatch):
     # three answer tokens are scored, not the prompt's
     assert expected.item() != pytest.approx(torch.nn.functional.cross_entropy(
         chosen_logits[:, :3].reshape(-1, 11), torch.tensor([[0, 3, 4], [7, 8, 9]]).reshape(-1)).item())
+
+
+def test_dpo_with_the_chosen_answers_likelihood(sft_student, tiny_model, data, tmp_path):
+    """dpo_sft_weight adds the chosen answer's NLL to the DPO loss (RPO): at step 1 the DPO part
+    is exactly log 2 (policy == reference), so the loss is log 2 plus a positive NLL."""
+    config = _config(tiny_model, dpo_sft_weight=1.0, dpo_max_steps=1, valid_fraction=0.0)
+    train.train_dpo(tmp_path, training=config, preferences=data["pairs"], init=sft_student, artifacts_dir=tmp_path)
+    first = json.loads((tmp_path / "training.json").read_text())["curve"][0]
+    assert first["step"] == 1 and first["train_loss"] > math.log(2) + 0.01

@@ -60,6 +60,9 @@ COMPACT_AT = 0.25
 # shorter prompt: every prompt of a stage shares the template's first sentences, which is not
 # worth giving up the length order of the batches for.
 SHARED_FRACTION = 0.5
+# The samples of one prompt read it once (read at call time: benchmarks/bench_best_of.py turns it
+# off to time every sample reading its own copy).
+READ_SAMPLES_ONCE = True
 
 _MODELS: dict[tuple, tuple] = {}
 _LOAD_LOCK = threading.Lock()
@@ -237,8 +240,9 @@ def generate_batch(model, tokenizer, prompts: list[list[int]], seeds: list[int],
     start = time.perf_counter()
     rows = len(prompts)
     distinct: dict[tuple[int, ...], int] = {}
-    same = [distinct.setdefault(tuple(ids), len(distinct)) for ids in prompts]  # row -> its distinct prompt
-    unique = [list(ids) for ids in distinct]
+    same = [distinct.setdefault(tuple(ids) if READ_SAMPLES_ONCE else (r, *ids), len(distinct))
+            for r, ids in enumerate(prompts)]  # row -> its distinct prompt
+    unique = [list(ids if READ_SAMPLES_ONCE else ids[1:]) for ids in distinct]
     # Two reads: the distinct shared starts (one row per group), then the rest of every prompt,
     # attending to a copy of its group's cache rows. Both reads are left-padded: row r's tokens
     # sit at [lead - cut, lead) and [width - rest, width). The second read is `tail` wide (the
