@@ -443,13 +443,17 @@ class TrainingConfig(Section):
         max_length: longest tokenised prompt + answer; a longer row fails before training,
             naming its file, line and case_id.
         beta: DPO beta / ORPO lambda.
+        dpo_sft_weight: weight of a likelihood term on the chosen answer added to the DPO loss
+            (RPO, Pang et al. 2024; trl's loss types `sigmoid` + `sft`); 0 is plain DPO. It keeps
+            the chosen answers' likelihood, their end of turn included, from falling with the
+            rejected ones' when the pairs are few.
         valid_fraction: held-out share of the cases (grouped by case_id) for validation loss
             and DPO/ORPO reward accuracy; 0 disables validation.
         valid_min_cases: at least this many cases are held out when validating (at most a
             third of them).
         logging_steps: log the training loss every N optimiser steps.
         eval_steps: evaluate on the held-out rows every N optimiser steps (and once before the
-            first step and after the last).
+            first step, except for DPO, whose loss is log 2 there, and after the last).
         save_steps: write a resumable checkpoint under `<out>/checkpoints/` every N steps;
             checkpoints are deleted once the adapter is exported.
         precompute_ref_log_probs: DPO computes reference log-probs once per round before
@@ -476,6 +480,7 @@ class TrainingConfig(Section):
     precision: Literal["auto", "bf16", "fp32"] = "auto"
     max_length: int = Field(1024, ge=16)
     beta: float = Field(0.1, gt=0)
+    dpo_sft_weight: float = Field(0.0, ge=0)
     valid_fraction: float = Field(0.1, ge=0, lt=1)
     valid_min_cases: int = Field(8, ge=1)
     logging_steps: int = Field(1, ge=1)
