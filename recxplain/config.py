@@ -34,8 +34,13 @@ class DataConfig(Section):
     Attributes:
         source: `ml-100k` reads the MovieLens-100K copy shipped in the `recbole` wheel;
             `ml-latest` reads a local folder in the ml-latest / ML-32M layout (`ratings.csv`,
-            `movies.csv`, optional `tags.csv`, `links.csv`, `genome-scores.csv`, `genome-tags.csv`).
-        path: folder of the `ml-latest` source (ignored for `ml-100k`).
+            `movies.csv`, optional `tags.csv`, `links.csv`, `genome-scores.csv`, `genome-tags.csv`);
+            `atomic` reads any RecBole atomic dataset in a folder (one `<name>.inter`, optional
+            `.item`, `.user`, `.kg` with `.link`), each field typed by its header (`user_id:token`,
+            `rating:float`, ...). Without `rating` every interaction rates 1, without `timestamp`
+            the file's order is the time order; item names, years and genres come from the usual
+            RecBole fields (`movie_title`/`title`/`name`..., `release_year`/`year`, `class`/`genre`...).
+        path: folder of the `ml-latest` or `atomic` source (ignored for `ml-100k`).
         min_user_ratings: a user is "active" with at least this many ratings (first seed).
         max_ratings: keep the N most recent ratings of active users (None keeps all; the first
             seed uses 1,000,000 on ML-32M).
@@ -52,7 +57,7 @@ class DataConfig(Section):
             file and line.
     """
 
-    source: Literal["ml-100k", "ml-latest"] = "ml-100k"
+    source: Literal["ml-100k", "ml-latest", "atomic"] = "ml-100k"
     path: Path | None = None
     min_user_ratings: int = Field(5, ge=1)
     max_ratings: int | None = Field(None, ge=1)
@@ -65,8 +70,8 @@ class DataConfig(Section):
 
     @model_validator(mode="after")
     def _path_for_local_source(self) -> "DataConfig":
-        if self.source == "ml-latest" and self.path is None:
-            raise ValueError("data.path is required when data.source is 'ml-latest'")
+        if self.source in ("ml-latest", "atomic") and self.path is None:
+            raise ValueError(f"data.path is required when data.source is {self.source!r}")
         return self
 
     @model_validator(mode="after")

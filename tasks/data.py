@@ -1,8 +1,11 @@
 """prepare_data: ratings, items, users and a knowledge graph in the pipeline's data contract.
 
-Two sources:
+Three sources:
 - `ml-100k`: MovieLens-100K shipped inside the `recbole` wheel (`recbole/dataset_example/ml-100k/`),
   with user profiles and a Freebase knowledge graph linked to the items through `.link`.
+- `atomic`: any RecBole atomic dataset in a folder (`<name>.inter`, optional `.item`, `.user`,
+  `.kg` + `.link`), field types read from the header (`user_id:token`, `rating:float`, ...); the
+  Amazon, LastFM and Steam sets of the recommender literature come in this format.
 - `ml-latest`: a local folder in the ml-latest / ML-32M layout (`ratings.csv`, `movies.csv`,
   optional `tags.csv`, `links.csv`, `genome-scores.csv` + `genome-tags.csv`). Every line of every
   file is checked (field count, empty values, types, the rating scale) before the cut; the first
@@ -131,10 +134,13 @@ def read_ml100k(folder: Path) -> tuple[pl.DataFrame, pl.DataFrame, pl.DataFrame,
     return ratings, items, users, _ml100k_kg(items, link, triples)
 
 
-def _ml100k_kg(items: pl.DataFrame, link: pl.DataFrame, triples: pl.DataFrame) -> pl.DataFrame:
-    """Map Freebase triples onto movies through `.link`; add the items' named genres."""
+def _ml100k_kg(items: pl.DataFrame, link: pl.DataFrame, triples: pl.DataFrame,
+               relation_types: dict[str, str] = FREEBASE_RELATIONS) -> pl.DataFrame:
+    """Map KG triples onto movies through `.link`, keeping the relations of `relation_types`
+    (relation -> entity type of the tail); add the items' named genres."""
     movie_of = link.select(pl.col("entity_id"), ("movie:" + pl.col("item_id").cast(pl.String)).alias("movie"))
-    types = pl.DataFrame({"relation_id": list(FREEBASE_RELATIONS), "type": list(FREEBASE_RELATIONS.values())})
+    types = pl.DataFrame({"relation_id": list(relation_types), "type": list(relation_types.values())},
+                         schema={"relation_id": pl.String, "type": pl.String})
     edges = (
         triples.join(types, on="relation_id")
         .join(movie_of, left_on="head_id", right_on="entity_id")
@@ -164,12 +170,26 @@ RATINGS_SCHEMA = {"userId": pl.Int64, "movieId": pl.Int64, "rating": pl.Float64,
 TYPE_NAMES = {pl.Int64: "a whole number", pl.Float64: "a number"}
 
 
+# RecBole's atomic files are tab-separated and never quoted; the other sources are CSV.
+ATOMIC_SUFFIXES = (".inter", ".item", ".user", ".kg", ".link")
+
+
+def _csv_dialect(path: Path) -> dict:
+    """csv.reader options of a file, by its suffix (see `_polars_dialect`)."""
+    return {"delimiter": "\t", "quoting": csv.QUOTE_NONE} if path.suffix in ATOMIC_SUFFIXES else {}
+
+
+def _polars_dialect(path: Path) -> dict:
+    """pl.read_csv options of a file, by its suffix (see `_csv_dialect`)."""
+    return {"separator": "\t", "quote_char": None} if path.suffix in ATOMIC_SUFFIXES else {}
+
+
 def _data_records(path: Path) -> Iterator[tuple[int, list[str]]]:
     """(line number, fields) of each record after the header, as the csv module reads them: a
     byte-order mark and CRLF are handled, a blank line is a record of 0 fields (polars reads it
     as a row of nulls, so record k here is row k there)."""
     with open(path, encoding="utf-8-sig", newline="") as fh:
-        reader = csv.reader(fh)
+        reader = csv.reader(fh, **_csv_dialect(path))
         try:
             next(reader, None)
             for fields in reader:
@@ -196,7 +216,7 @@ def _header(path: Path, columns: Iterable[str]) -> list[str]:
         raise DataError(f"{path}: file not found")
     # Bytes that are not UTF-8 further down are reported where the data lines are read.
     with open(path, encoding="utf-8-sig", errors="replace", newline="") as fh:
-        header = next(csv.reader(fh), None)
+        header = next(csv.reader(fh, **_csv_dialect(path)), None)
     if not header:
         raise DataError(f"{path}: file is empty")
     missing = [c for c in columns if c not in header]
@@ -228,7 +248,8 @@ def read_checked_csv(path: Path, columns: dict[str, pl.DataType], optional: tupl
     """
     header = _header(path, columns)
     try:
-        frame = pl.read_csv(path, columns=list(columns), schema_overrides=columns, ignore_errors=True)
+        frame = pl.read_csv(path, columns=list(columns), schema_overrides=columns, ignore_errors=True,
+                            **_polars_dialect(path))
     except pl.exceptions.ComputeError as err:  # a line with more fields than the header
         ragged = next(((line, f) for line, f in _data_records(path) if len(f) != len(header)), None)
         if ragged is None:
@@ -347,6 +368,118 @@ def _genome_edges(folder: Path, cfg: DataConfig) -> list[pl.DataFrame]:
     return [has_tag, similar]
 
 
+# ---------------------------------------------------------------- RecBole atomic files
+
+# RecBole's field types; sequences stay text (space-separated), split where they are used.
+ATOMIC_TYPES = {"token": pl.String, "token_seq": pl.String, "float": pl.Float64, "float_seq": pl.String}
+# Item fields that name, date and classify an item in the datasets RecBole ships, first found wins.
+TITLE_FIELDS = ("movie_title", "title", "name", "item_name", "book_title", "track_name", "artist_name", "app_name")
+YEAR_FIELDS = ("release_year", "year")
+GENRE_FIELDS = ("class", "genre", "genres", "categories", "tags")
+
+
+def atomic_dataset(folder: Path) -> dict[str, Path]:
+    """{suffix: path} of the one atomic dataset in `folder` (`<name>.inter` and its side files)."""
+    inters = sorted(folder.glob("*.inter"))
+    if len(inters) != 1:
+        raise DataError(f"{folder}: data.source atomic needs exactly one .inter file, found "
+                        f"{[p.name for p in inters] or 'none'}")
+    stem = inters[0].with_suffix("")
+    return {suffix: stem.with_suffix(suffix) for suffix in ATOMIC_SUFFIXES if stem.with_suffix(suffix).exists()}
+
+
+def read_atomic_file(path: Path, required: Iterable[str], complete: Iterable[str] = ()) -> pl.DataFrame:
+    """Every field of an atomic file, typed as its header says (`name:type`) and renamed to `name`;
+    `required` fields must be there, and they and the `complete` ones that are may not be empty.
+    Every line is checked as `read_checked_csv` does."""
+    header = _header(path, [])
+    fields = {}
+    for column in header:
+        name, _, kind = column.partition(":")
+        if kind not in ATOMIC_TYPES:
+            raise DataError(f"{path}: column {column!r}: the header must name each field as name:type, the type "
+                            f"one of {', '.join(ATOMIC_TYPES)} (RecBole's atomic format)")
+        fields[name] = column
+    missing = [name for name in required if name not in fields]
+    if missing:
+        raise DataError(f"{path}: missing field(s) {missing}; found {list(fields)}")
+    columns = {column: ATOMIC_TYPES[column.partition(":")[2]] for column in header}
+    optional = tuple(fields[name] for name in fields if name not in required and name not in complete)
+    frame = read_checked_csv(path, columns, optional=optional)
+    return frame.rename({column: name for name, column in fields.items()})
+
+
+def integer_ids(frames: list[pl.DataFrame | None], column: str) -> tuple[list[pl.DataFrame | None], pl.DataFrame | None]:
+    """`column` of every frame (None: a file the dataset lacks) as Int64: the tokens themselves
+    when all are whole numbers, else 1..N in sorted token order (Amazon ASINs, Steam names). Also
+    the (id, token) table of a renumbering (None when the tokens were numbers)."""
+    present = [f for f in frames if f is not None]
+    tokens = pl.concat([f.select(column) for f in present]).unique()
+    if tokens[column].cast(pl.Int64, strict=False).is_not_null().all():
+        return [f if f is None else f.with_columns(pl.col(column).cast(pl.Int64)) for f in frames], None
+    numbering = tokens.sort(column).with_row_index("_id", offset=1).select(
+        pl.col("_id").cast(pl.Int64), pl.col(column).alias("_token"))
+    renumbered = [f if f is None else f.join(numbering, left_on=column, right_on="_token", how="left",
+                                             maintain_order="left").drop(column).rename({"_id": column}).select(f.columns)
+                  for f in frames]
+    return renumbered, numbering.rename({"_id": column, "_token": "token"})
+
+
+def _first_field(frame: pl.DataFrame, names: tuple[str, ...]) -> str | None:
+    return next((name for name in names if name in frame.columns), None)
+
+
+def atomic_items(items: pl.DataFrame | None, item_ids: pl.Series) -> pl.DataFrame:
+    """Items in the data contract (item_id, title, year, genres) from an `.item` file's fields;
+    without one, or without a title field, an item is called by its id."""
+    if items is None:
+        items = pl.DataFrame({"item_id": item_ids.unique().sort()})
+    title, year, genres = (_first_field(items, names) for names in (TITLE_FIELDS, YEAR_FIELDS, GENRE_FIELDS))
+    named = pl.col(title).fill_null("").map_elements(_readable_title, return_dtype=pl.String) if title else pl.lit("")
+    return items.select(
+        "item_id",
+        pl.when(named != "").then(named).otherwise("item " + pl.col("item_id").cast(pl.String)).alias("title"),
+        (pl.col(year).cast(pl.String).cast(pl.Int64, strict=False) if year else pl.lit(None, pl.Int64)).alias("year"),
+        (pl.col(genres).fill_null("").str.split(" ").list.eval(pl.element().filter(pl.element() != ""))
+         if genres else pl.lit([], pl.List(pl.String))).alias("genres"),
+    )
+
+
+def read_atomic(folder: Path) -> tuple[pl.DataFrame, pl.DataFrame, pl.DataFrame | None, pl.DataFrame, Path]:
+    """(ratings, items, users or None, kg, the .inter path) of the RecBole atomic dataset in `folder`.
+
+    A dataset without ratings (LastFM plays, Steam purchases) rates every interaction 1; one
+    without timestamps orders each user's interactions as the file does.
+    """
+    files = atomic_dataset(folder)
+    inter = read_atomic_file(files[".inter"], ["user_id", "item_id"], complete=["rating", "timestamp"])
+    ratings = inter.select(
+        "user_id", "item_id",
+        pl.col("rating") if "rating" in inter.columns else pl.lit(1.0).alias("rating"),
+        (pl.col("timestamp") if "timestamp" in inter.columns else pl.int_range(pl.len())).cast(pl.Int64).alias("timestamp"),
+    )
+    items = read_atomic_file(files[".item"], ["item_id"]) if ".item" in files else None
+    users = read_atomic_file(files[".user"], ["user_id"]) if ".user" in files else None
+    if users is not None and "age" in users.columns:  # a number where the profile has one, as ml-100k's
+        users = users.with_columns(pl.col("age").cast(pl.Int64, strict=False))
+    link = read_atomic_file(files[".link"], ["item_id", "entity_id"]) if ".link" in files else None
+    if ".kg" in files and link is None:
+        raise DataError(f"{files['.kg']}: a knowledge graph needs its .link file (item_id, entity_id)")
+    [ratings, items, link], item_tokens = integer_ids([ratings, items, link], "item_id")
+    [ratings, users], _ = integer_ids([ratings, users], "user_id")
+    items = atomic_items(items, ratings["item_id"])
+    if item_tokens is not None:
+        items = items.join(item_tokens, on="item_id", how="left")
+    kg = _genre_edges(items)
+    if ".kg" in files:
+        triples = read_atomic_file(files[".kg"], ["head_id", "relation_id", "tail_id"])
+        # Freebase's movie relations keep their entity types; any other relation types its tail by
+        # the relation's last part (`book.written_work.author` -> `author`).
+        types = {r: FREEBASE_RELATIONS.get(r, r.rsplit(".", 1)[-1]) for r in triples["relation_id"].unique()}
+        kg = _ml100k_kg(items, link, triples, types)
+    return ratings, items, users, kg, files[".inter"]
+
+
 # ---------------------------------------------------------------- cut and split
 
 
@@ -447,12 +580,22 @@ SOURCE_FILES = {
 }
 
 
+def source_files(data: DataConfig) -> tuple[Path, list[str]]:
+    """(folder, file names) of the configured source."""
+    if data.source == "ml-100k":
+        return ml100k_folder(), SOURCE_FILES["ml-100k"]
+    folder = Path(data.path)
+    if data.source == "atomic":
+        return folder, sorted(p.name for p in folder.iterdir() if p.suffix in ATOMIC_SUFFIXES) if folder.is_dir() else []
+    return folder, SOURCE_FILES[data.source]
+
+
 def source_digest(data: DataConfig) -> str:
     """Content hash of the source files, part of prepare_data's cache key: a changed ratings file
     re-prepares the data (and so everything downstream), an unchanged one recomputes nothing."""
-    folder = ml100k_folder() if data.source == "ml-100k" else Path(data.path)
+    folder, names = source_files(data)
     digest = hashlib.sha256()
-    for name in SOURCE_FILES[data.source]:
+    for name in names:
         path = folder / name
         digest.update(name.encode() + b"\0")
         if path.exists():
@@ -472,10 +615,12 @@ def prepare_data(out: Path, *, data: DataConfig, source_digest: str | None = Non
         folder = ml100k_folder()
         ratings, items, users, kg = read_ml100k(folder)
         source = folder / "ml-100k.inter"
+    elif not Path(data.path).is_dir():
+        raise DataError(f"{data.path}: data.path is not a folder")
+    elif data.source == "atomic":
+        ratings, items, users, kg, source = read_atomic(Path(data.path))
     else:
         folder = Path(data.path)
-        if not folder.is_dir():
-            raise DataError(f"{folder}: data.path is not a folder")
         source = folder / "ratings.csv"
         ratings = read_ml_latest_ratings(folder)
         items, kg = read_ml_latest_side(folder, data)

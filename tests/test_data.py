@@ -242,3 +242,80 @@ def test_a_file_that_is_not_utf8_is_named(tmp_path):
     (folder / "tags.csv").write_bytes("userId,movieId,tag,timestamp\n1,2,Amélie,10\n".encode("latin-1"))
     with pytest.raises(DataError, match=r"tags.csv: not UTF-8 text"):
         prepare(tmp_path, source="ml-latest", path=folder, min_user_ratings=3)
+
+
+# ---------------------------------------------------------------- RecBole atomic datasets
+
+
+def test_atomic_ml100k_gives_the_builtin_interactions(tmp_path):
+    """The ml-100k files of the recbole wheel read as `data.source: atomic` give what the built-in
+    loader gives: interactions (and so splits), items and users."""
+    from tasks.data import ml100k_folder
+
+    builtin, atomic = tmp_path / "builtin", tmp_path / "atomic"
+    builtin.mkdir(), atomic.mkdir()
+    prepare_data(builtin, data=DataConfig())
+    prepare_data(atomic, data=DataConfig(source="atomic", path=ml100k_folder()))
+    for name in ("interactions", "items", "users"):
+        assert pl.read_parquet(atomic / f"{name}.parquet").equals(pl.read_parquet(builtin / f"{name}.parquet")), name
+    builtin_kg, atomic_kg = (set(pl.read_parquet(f / "kg.parquet").iter_rows()) for f in (builtin, atomic))
+    assert builtin_kg <= atomic_kg  # the atomic reader also keeps relations that are not Freebase's film ones
+
+
+def write_atomic(folder: Path, name: str, files: dict[str, str]) -> Path:
+    folder.mkdir(exist_ok=True)
+    for suffix, text in files.items():
+        (folder / f"{name}{suffix}").write_text(text)
+    return folder
+
+
+def test_atomic_tokens_without_ratings_or_timestamps(tmp_path):
+    """Amazon-like item tokens are numbered in sorted order; no rating rates 1; no timestamp keeps
+    the file's order; names, years and categories come from the .item fields; a KG with its .link."""
+    inter = "user_id:token\titem_id:token\n" + "".join(
+        f"u{u}\t{item}\n" for u in (1, 2) for item in ("B002", "B001", "B003", "B004"))
+    item = ("item_id:token\ttitle:token_seq\tyear:token\tcategories:token_seq\n"
+            "B001\tThe Gift\t1999\tBooks Fiction\nB002\tBig Sleep, The\t\tBooks\nB003\t\t2001\t\nB004\tDune\t1965\tBooks\n")
+    link = "item_id:token\tentity_id:token\nB001\tm.1\nB004\tm.4\n"
+    kg = "head_id:token\trelation_id:token\ttail_id:token\nm.1\tbook.written_work.author\tm.9\nm.4\tbook.book.sequel\tm.1\n"
+    folder = write_atomic(tmp_path / "books", "books", {".inter": inter, ".item": item, ".link": link, ".kg": kg})
+    out = tmp_path / "out"
+    out.mkdir()
+    prepare_data(out, data=DataConfig(source="atomic", path=folder, min_user_ratings=3))
+    interactions = pl.read_parquet(out / "interactions.parquet")
+    assert set(interactions["rating"]) == {1.0}
+    # Items B001..B004 are 1..4; each user's last line (B004) is test and the one before (B003) valid.
+    assert interactions.filter(pl.col("split") == "test")["item_id"].to_list() == [4, 4]
+    assert interactions.filter(pl.col("split") == "valid")["item_id"].to_list() == [3, 3]
+    items = pl.read_parquet(out / "items.parquet")
+    assert items.select("item_id", "title", "year", "token").rows() == [
+        (1, "The Gift", 1999, "B001"), (2, "The Big Sleep", None, "B002"), (3, "item 3", 2001, "B003"), (4, "Dune", 1965, "B004")]
+    assert items["genres"].to_list() == [["Books", "Fiction"], ["Books"], [], ["Books"]]
+    assert sorted(pl.read_parquet(out / "users.parquet")["user_id"]) == [1, 2]  # u1, u2 numbered
+    edges = set(pl.read_parquet(out / "kg.parquet").iter_rows())
+    assert {("movie:1", "book.written_work.author", "author:m.9"), ("movie:4", "book.book.sequel", "sequel:m.1"),
+            ("movie:1", "genre", "genre:Fiction")} <= edges
+
+
+@pytest.mark.parametrize("files, message", [
+    ({".inter": "user_id:token\titem_id:token\trating:float\n1\t2\t4\n1\t3\tgood\n"},
+     r"x\.inter: line 3: column 'rating:float' must be a number, got 'good'"),
+    ({".inter": "user_id:token\titem_id:token\trating:number\n1\t2\t4\n"},
+     r"x\.inter: column 'rating:number': the header must name each field as name:type"),
+    ({".inter": "user_id:token\trating:float\n1\t4\n"}, r"x\.inter: missing field\(s\) \['item_id'\]"),
+    ({".inter": "user_id:token\titem_id:token\n1\t2\n1\t3\t5\n"}, r"x\.inter: line 3: 3 field\(s\), the header has 2"),
+    ({".inter": "user_id:token\titem_id:token\n1\t\n"}, r"x\.inter: line 2: column 'item_id:token' is empty"),
+    ({".inter": "user_id:token\titem_id:token\n1\t2\n", ".kg": "head_id:token\trelation_id:token\ttail_id:token\n"},
+     r"x\.kg: a knowledge graph needs its \.link file"),
+])
+def test_bad_atomic_files_name_file_line_and_column(tmp_path, files, message):
+    folder = write_atomic(tmp_path / "x", "x", files)
+    with pytest.raises(DataError, match=message):
+        prepare_data(tmp_path, data=DataConfig(source="atomic", path=folder))
+
+
+def test_atomic_folder_needs_one_inter_file(tmp_path):
+    with pytest.raises(DataError, match="exactly one .inter file, found none"):
+        prepare_data(tmp_path, data=DataConfig(source="atomic", path=tmp_path))
+    with pytest.raises(ValidationError, match="data.path is required when data.source is 'atomic'"):
+        DataConfig(source="atomic")
