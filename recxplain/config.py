@@ -131,7 +131,9 @@ class PathsConfig(Section):
 
     Attributes:
         max_hops: longest path enumerated, in edges: 2 (user -> rated movie -> similar or
-            sequel movie) or 3 (also user -> rated movie -> shared entity -> movie).
+            sequel movie), 3 (also user -> rated movie -> shared entity -> movie) or 4 (also
+            user -> rated movie -> tag -> similar tag -> movie, where the KG has tag-tag
+            `similar_to` edges: the ml-latest tag genome).
         top_p: paths kept per (user, recommended item).
         min_rating: a rated movie links the user to a path only at or above this rating.
         similar_k: item-KNN neighbours per movie used as `similar_to` edges (at most the
@@ -146,7 +148,7 @@ class PathsConfig(Section):
             al. 2022).
     """
 
-    max_hops: int = Field(3, ge=2, le=3)
+    max_hops: int = Field(3, ge=2, le=4)
     top_p: int = Field(3, ge=1)
     min_rating: float = 0.0
     similar_k: int = Field(10, ge=1)

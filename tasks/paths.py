@@ -12,6 +12,11 @@ Paths enumerated for a (user u, recommended movie i) pair, all simple:
   movie the user rated and the recommended movie. For each shared entity only the user's
   `max_links_per_entity` best rated movies in it (rating, then recency) are considered, and the
   most credible of them is kept: one path per (pair, shared entity).
+- 4 hops (max_hops >= 4, where the KG has `tag -similar_to-> tag` edges, e.g. from the tag
+  genome): u -rated-> j -has_tag-> a -similar_to-> b <-has_tag- i, a tag of a rated movie similar
+  to a tag of the recommended one (similarity taken both ways); the user's best rated, then most
+  recent, j with tag a is kept: one path per (pair, tag pair). Its middle hop's strength is the
+  mean specificity of the two tags, and it ranks among the others by the same scores.
 
 Scores (Sorted Explanation Paths: credibility, readability, diversity), each in [0, 1]:
 - credibility = mean of (a) the user's rating of j, min-max scaled over the train ratings;
@@ -63,6 +68,7 @@ from tasks.recommend import Recommender, item_affinity, item_neighbours, load_re
 log = logging.getLogger(__name__)
 
 SIMILAR = "similar_to"
+TAG_SIMILARITY = "tag-similar_to-tag"  # the kind (and pattern middle) of 4-hop paths through similar tags
 _FREEBASE_ID = re.compile(r"^[mg]\.[0-9a-z_]+$")
 # Users mined together; bounds the (user, entity, rated movie) table held in memory, and the
 # (user, entity) mask of one batch to about _MASK_CELLS booleans.
@@ -138,6 +144,9 @@ def render_path(
             shown = f"'{label}'" if kind == "tag" else label
             return f"{opening}; {last} shares the {kind} {shown} with it."
         return f"{opening}; {last} shares {label} with it."
+    if len(steps) == 9 and steps[5] == SIMILAR:  # user -rated-> j -has_tag-> a -similar_to-> b <-has_tag- i
+        a, b = entity_label(steps[4], titles, names), entity_label(steps[6], titles, names)
+        return f"{opening}; it is tagged '{a}', and {last} is tagged '{b}', a similar tag."
     middle = ", ".join(entity_label(s, titles, names) for s in steps[4:-1:2])
     return f"{opening}; it connects to {last} through {middle}."
 
@@ -168,7 +177,9 @@ class Graph:
     relation name shown for each entity), movie_entity (movies x entities CSR), entity_degree,
     incoming links in CSR form (link_indptr over movies i; link_source j, link_relation,
     link_weight: j -relation-> i), relation_edges (relation ->
-    edge count), movie_popularity (train interactions per movie).
+    edge count), movie_popularity (train interactions per movie), tag_similar (entities x
+    entities CSR of `tag -similar_to-> tag` edges, both ways; empty without them) and, when it is
+    not empty, TAG_SIMILARITY as the last of `kinds` (`tag_similar_kind`).
     """
 
     def __init__(self, kg: pl.DataFrame, similar: pl.DataFrame, interactions: pl.DataFrame, movie_ids: np.ndarray):
@@ -226,11 +237,33 @@ class Graph:
         counts = kg["relation"].value_counts()
         self.relation_edges = dict(zip(counts["relation"].to_list(), counts["count"].to_list()))
         self.relation_edges[SIMILAR] = similar.height
+        self._tag_similarity(kg)
         train = interactions.group_by("item_id").len()
         pop = np.zeros(n)
         ok = train.filter(pl.col("item_id").is_in(self.movie_ids.tolist()))
         pop[_index(ok["item_id"].to_numpy(), self.movie_ids)] = ok["len"].to_numpy()
         self.movie_popularity = pop
+
+
+    def _tag_similarity(self, kg: pl.DataFrame) -> None:
+        """`tag_similar` from the KG's tag-tag `similar_to` edges between tags some movie has."""
+        n_ent = len(self.entities)
+        edges = kg.filter(pl.col("head").str.starts_with("tag:") & (pl.col("relation") == SIMILAR)
+                          & pl.col("tail").str.starts_with("tag:") & (pl.col("head") != pl.col("tail")))
+        a = np.searchsorted(self.entities, edges["head"].to_numpy().astype(str)) if n_ent else np.zeros(0, np.int64)
+        b = np.searchsorted(self.entities, edges["tail"].to_numpy().astype(str)) if n_ent else np.zeros(0, np.int64)
+        known = (a < n_ent) & (b < n_ent)
+        known[known] &= (self.entities[a[known]] == edges["head"].to_numpy()[known]) & (
+            self.entities[b[known]] == edges["tail"].to_numpy()[known])
+        a, b = a[known], b[known]
+        both_ways = sp.csr_matrix((np.ones(2 * len(a), np.float32), (np.r_[a, b], np.r_[b, a])), shape=(n_ent, n_ent))
+        both_ways.sum_duplicates()
+        both_ways.data[:] = 1
+        self.tag_similar = both_ways
+        self.tag_similar_kind = -1
+        if both_ways.nnz:  # appended last: the other kinds keep their indices
+            self.kinds = np.r_[self.kinds, [TAG_SIMILARITY]].astype(object)
+            self.tag_similar_kind = len(self.kinds) - 1
 
 
 def build_graph(
@@ -344,7 +377,8 @@ def mine(
     link_common = np.array([commonness.get(r, 0.0) for r in graph.kinds])[graph.link_kind]
     parts.append(
         dict(
-            pair=owner, j=j, middle=np.full(len(owner), -1), hops=np.full(len(owner), 2), hop=graph.link_weight[pos],
+            pair=owner, j=j, middle=np.full(len(owner), -1), middle2=np.full(len(owner), -1), hops=np.full(len(owner), 2),
+            hop=graph.link_weight[pos],
             rating=rated_rating[where], named=np.ones(len(owner)), common=link_common[pos], kind=graph.link_kind[pos],
         )
     )
@@ -391,10 +425,15 @@ def mine(
             pair, jj, ee, rr = pair[ok], jj[ok], pe[w2][ok], t_rating[tpos][ok]
             parts.append(
                 dict(
-                    pair=pair, j=jj, middle=ee, hops=np.full(len(pair), 3), hop=specificity[ee], rating=rr,
+                    pair=pair, j=jj, middle=ee, middle2=np.full(len(pair), -1), hops=np.full(len(pair), 3),
+                    hop=specificity[ee], rating=rr,
                     named=ent_named[ee], common=ent_common[ee], kind=graph.entity_kind[ee],
                 )
             )
+
+    if cfg.max_hops >= 4 and graph.tag_similar.nnz:
+        parts.append(_tag_similarity_candidates(graph, p_user, p_item, rated_keys, rated_rating, rated_time,
+                                                specificity, commonness.get(SIMILAR, 0.0)))
 
     cand = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
     log.debug("candidates %s", [len(p["pair"]) for p in parts])
@@ -405,9 +444,12 @@ def mine(
     readability = (2.0 / cand["hops"] + cand["named"] + cand["common"]) / 3.0
     base = cfg.weight_credibility * credibility + cfg.weight_readability * readability
 
-    # one path per (pair, middle entity or link kind): the most credible linking movie
+    # one path per (pair, middle entity, tag pair or link kind): the most credible linking movie
     slot = np.where(cand["middle"] >= 0, cand["middle"], n_ent + cand["kind"])
-    keep = _rank_within(pair * (n_ent + len(graph.kinds)) + slot, (j, -base)) == 0
+    tag_pair = cand["middle2"] >= 0
+    slot[tag_pair] = n_ent + len(graph.kinds) + cand["middle2"][tag_pair] * n_ent + cand["middle"][tag_pair]
+    slots = n_ent + len(graph.kinds) + (n_ent * n_ent if tag_pair.any() else 0)
+    keep = _rank_within(pair * slots + slot, (j, -base)) == 0
     keep &= _rank_within_masked(pair, (j, -base), keep) < cfg.max_paths_per_pair
     cand = {k: v[keep] for k, v in cand.items()}
     pair, j, base, credibility, readability = cand["pair"], cand["j"], base[keep], credibility[keep], readability[keep]
@@ -423,6 +465,7 @@ def mine(
             "rank": recs["rank"].to_numpy()[pair[top]].astype(np.int64),
             "linking_item_id": movies[j[top]],
             "middle": cand["middle"][top].astype(np.int64),
+            "middle2": cand["middle2"][top].astype(np.int64),
             "kind": graph.kinds[cand["kind"][top]],
             "rating": cand["rating"][top],
             "credibility": credibility[top],
@@ -433,6 +476,35 @@ def mine(
         },
         schema=_PATH_SCHEMA,
     )
+
+
+def _tag_similarity_candidates(graph: Graph, p_user: np.ndarray, p_item: np.ndarray, rated_keys: np.ndarray,
+                               rated_rating: np.ndarray, rated_time: np.ndarray, specificity: np.ndarray,
+                               commonness: float) -> dict[str, np.ndarray]:
+    """4-hop candidates u -rated-> j -has_tag-> a -similar_to-> b <-has_tag- i of every pair
+    (p_user, p_item): for each tag b of i and each tag a similar to it, the user's best rated,
+    then most recent, movie j tagged a. `middle` is a, `middle2` is b (entity indices)."""
+    me, similar, n_ent, n_movies = graph.movie_entity, graph.tag_similar, len(graph.entities), len(graph.movie_ids)
+    # (user, tag a) -> the user's best linking movie: every rated movie's tags, best first
+    rated_user, rated_movie = rated_keys // n_movies, rated_keys % n_movies
+    owner, pos = _expand(me.indptr[rated_movie], np.diff(me.indptr)[rated_movie])
+    tag_key = rated_user[owner] * n_ent + me.indices[pos]
+    order = np.lexsort((-rated_time[owner], -rated_rating[owner], tag_key))
+    first = _rank_sorted(tag_key[order]) == 0
+    best_key, best = tag_key[order][first], owner[order][first]
+    # (pair, tag b of i, tag a similar to b)
+    pair, pos = _expand(me.indptr[p_item], np.diff(me.indptr)[p_item])
+    b = me.indices[pos]
+    which, pos = _expand(similar.indptr[b], np.diff(similar.indptr)[b])
+    pair, b, a = pair[which], b[which], similar.indices[pos]
+    hit, where = _member(p_user[pair].astype(np.int64) * n_ent + a, best_key)
+    pair, a, b, linking = pair[hit], a[hit], b[hit], best[where[hit]]
+    j = rated_movie[linking]
+    ok = j != p_item[pair]
+    pair, a, b, j, linking = pair[ok], a[ok], b[ok], j[ok], linking[ok]
+    return dict(pair=pair, j=j, middle=a, middle2=b, hops=np.full(len(pair), 4), hop=(specificity[a] + specificity[b]) / 2,
+                rating=rated_rating[linking], named=np.ones(len(pair)), common=np.full(len(pair), commonness),
+                kind=np.full(len(pair), graph.tag_similar_kind))
 
 
 def _rank_sorted(group: np.ndarray) -> np.ndarray:
@@ -460,6 +532,7 @@ def _rank_within_masked(group: np.ndarray, keys: tuple[np.ndarray, ...], mask: n
 
 _PATH_SCHEMA = {
     "user_id": pl.Int64, "item_id": pl.Int64, "rank": pl.Int64, "linking_item_id": pl.Int64, "middle": pl.Int64,
+    "middle2": pl.Int64,
     "kind": pl.String, "rating": pl.Float64, "credibility": pl.Float64, "readability": pl.Float64,
     "diversity": pl.Float64, "score": pl.Float64, "path_rank": pl.Int64,
 }
@@ -499,23 +572,34 @@ def finish_paths(frame: pl.DataFrame, graph: Graph, titles: Mapping[int, str], n
         opening + "; " + last + " shares " + ent_phrase[m].astype(object) + " with it.",
         np.where(kinds == SIMILAR, opening + "; people who liked it also liked " + last + ".", opening + "; " + last + " " + link_phrase.astype(object) + "."),
     )
+    # 4-hop paths through similar tags (render_path's sentence)
+    tag_pair = frame["middle2"].to_numpy() >= 0
+    m2 = np.maximum(frame["middle2"].to_numpy(), 0)
+    text[tag_pair] = (opening[tag_pair] + "; it is tagged '" + ent_label[m][tag_pair].astype(object) + "', and "
+                      + last[tag_pair] + " is tagged '" + ent_label[m2][tag_pair].astype(object) + "', a similar tag.")
     relation = graph.entity_relation[m] if len(ents) else np.full(len(frame), "", dtype=object)
     user = pl.lit("user:") + pl.col("user_id").cast(pl.String)
     j = pl.lit("movie:") + pl.col("linking_item_id").cast(pl.String)
     i = pl.lit("movie:") + pl.col("item_id").cast(pl.String)
     frame = frame.with_columns(
         _entity=pl.Series(np.where(has_entity, ents[m] if len(ents) else "", "").astype(str)),
+        _entity2=pl.Series(np.where(tag_pair, ents[m2] if len(ents) else "", "").astype(str)),
         _relation=pl.Series(np.where(has_entity, relation, kinds).astype(str)),
+        _relation2=pl.Series(np.where(tag_pair, graph.entity_relation[m2] if len(ents) else "", "").astype(str)),
     )
+    steps = (pl.when(pl.col("middle2") >= 0)
+             .then(pl.concat_list(user, pl.lit("rated"), j, pl.col("_relation"), pl.col("_entity"), pl.lit(SIMILAR),
+                                  pl.col("_entity2"), pl.col("_relation2"), i))
+             .when(pl.col("middle") >= 0)
+             .then(pl.concat_list(user, pl.lit("rated"), j, pl.col("_relation"), pl.col("_entity"), pl.col("_relation"), i))
+             .otherwise(pl.concat_list(user, pl.lit("rated"), j, pl.col("_relation"), i)))
     return frame.with_columns(
         pattern=pl.when(pl.col("middle") >= 0)
         .then(pl.lit("user-rated-movie-") + pl.col("kind") + pl.lit("-movie"))
         .otherwise(pl.lit("user-rated-movie-") + pl.col("kind").str.split(".").list.last() + pl.lit("-movie")),
-        steps=pl.when(pl.col("middle") >= 0)
-        .then(pl.concat_list(user, pl.lit("rated"), j, pl.col("_relation"), pl.col("_entity"), pl.col("_relation"), i))
-        .otherwise(pl.concat_list(user, pl.lit("rated"), j, pl.col("_relation"), i)),
+        steps=steps,
         text=pl.Series(text.astype(str), dtype=pl.String),
-    ).drop("_entity", "_relation")
+    ).drop("_entity", "_entity2", "_relation", "_relation2")
 
 
 def path_quality(
@@ -542,7 +626,8 @@ def path_quality(
     path_sep = np.where(middle >= 0, ent_sep[np.maximum(middle, 0)], movie_sep[np.minimum(j_idx, len(movie_sep) - 1)])
     paths = paths.with_columns(sep=pl.Series(path_sep, dtype=pl.Float64)).join(lir_table, on=["user_id", "linking_item_id"], how="left")
 
-    n_types = len(set(kinds[: len(graph.entities)].tolist())) + len(set(graph.link_relation.tolist()))
+    n_types = len(set(kinds[: len(graph.entities)].tolist())) + len(set(graph.link_relation.tolist())) \
+        + (graph.tag_similar_kind >= 0)
     chosen = paths.filter(pl.col("path_rank") == 1)
     per_user = (
         recs.group_by("user_id").agg(recommendations=pl.len())

@@ -199,3 +199,35 @@ def test_column_wise_text_equals_render_path():
     paths = finish_paths(mine(PathsConfig(), graph, rec, recs, rated.drop("split")), graph, TITLES, None)
     for steps, rating, text in paths.select("steps", "rating", "text").iter_rows():
         assert text == render_path(steps, TITLES, rating)
+
+
+def test_path_through_similar_tags_is_mined_ranked_and_rendered():
+    """Movie 10 (rated 5/5) is tagged 'heist', movie 11 (3/5) 'gritty'; the recommended movie 20 is
+    tagged 'caper', which the genome finds similar to 'heist' (one edge, taken both ways). With
+    max_hops 4 the path 10 -has_tag-> heist -similar_to-> caper <-has_tag- 20 is mined, scored like
+    the others, and rendered as a sentence; with max_hops 3 it is not."""
+    graph, rec, rated, recs = _toy()
+    kg = pl.DataFrame({
+        "head": ["movie:10", "movie:11", "movie:20", "tag:caper", "tag:gritty"],
+        "relation": ["has_tag", "has_tag", "has_tag", "similar_to", "similar_to"],
+        "tail": ["tag:heist", "tag:gritty", "tag:caper", "tag:heist", "tag:unused"],
+    })
+    no_links = pl.DataFrame(schema={"item_id": pl.Int64, "neighbour_item_id": pl.Int64, "similarity": pl.Float64})
+    graph = Graph(kg, no_links, rated, rec.item_ids)
+    assert graph.kinds[-1] == "tag-similar_to-tag" and graph.tag_similar.nnz == 2  # the edge to an unused tag is left out
+    assert mine(PathsConfig(max_hops=3), graph, rec, recs, rated.drop("split")).height == 0
+    paths = finish_paths(mine(PathsConfig(max_hops=4), graph, rec, recs, rated.drop("split")), graph, TITLES, None)
+    [path] = paths.to_dicts()
+    assert path["pattern"] == "user-rated-movie-tag-similar_to-tag-movie" and path["linking_item_id"] == 10
+    assert path["steps"] == ["user:1", "rated", "movie:10", "has_tag", "tag:heist", "similar_to", "tag:caper", "has_tag",
+                             "movie:20"]
+    assert path["text"] == ("You rated Ten (1990) 5/5; it is tagged 'heist', and Twenty (1992) is tagged 'caper', "
+                            "a similar tag.")
+    assert path["text"] == render_path(path["steps"], TITLES, path["rating"])
+    spec = 1 - math.log(1) / math.log(3)  # each tag is on one of the 3 movies
+    common = math.log(1 + 0) / math.log(1 + 3)  # no item-KNN rows: similar_to counts 0 edges
+    assert path["credibility"] == pytest.approx((1 + 1 + spec) / 3)  # 5/5 (the top rating), cos(10, 20) = 1
+    assert path["readability"] == pytest.approx((2 / 4 + 1 + common) / 3)
+    _, _, summary = path_quality(paths, graph, rated, recs, beta=0.3)
+    assert summary["patterns_of_chosen"] == {"user-rated-movie-tag-similar_to-tag-movie": 1}
+    assert summary["path_types_possible"] == 2  # tags shared directly, and tags that are similar
