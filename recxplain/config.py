@@ -55,6 +55,11 @@ class DataConfig(Section):
         rating_range: the dataset's rating scale [low, high], inclusive (MovieLens: 0.5 to 5 in
             ml-latest, 1 to 5 in ml-100k); a rating outside it stops the data stage, naming the
             file and line.
+        imdb_path: folder with IMDb's public TSV files (`title.basics`, `title.principals`,
+            `name.basics`, `.tsv` read lazily, or `.tsv.gz`), joined to the movies through
+            `links.csv` (`ml-latest` only): adds movie -directed_by-> director, -written_by->
+            writer and -actor-> actor edges, the people's names (`entities.parquet`, read by
+            path mining) and years the movies lack. None: no IMDb data.
     """
 
     source: Literal["ml-100k", "ml-latest", "atomic"] = "ml-100k"
@@ -67,11 +72,18 @@ class DataConfig(Section):
     genome_min_relevance: float = Field(0.8, ge=0, le=1)
     genome_similar_tags: int = Field(5, ge=0)
     rating_range: tuple[float, float] = (0.5, 5.0)
+    imdb_path: Path | None = None
 
     @model_validator(mode="after")
     def _path_for_local_source(self) -> "DataConfig":
         if self.source in ("ml-latest", "atomic") and self.path is None:
             raise ValueError(f"data.path is required when data.source is {self.source!r}")
+        return self
+
+    @model_validator(mode="after")
+    def _imdb_with_links(self) -> "DataConfig":
+        if self.imdb_path is not None and self.source != "ml-latest":
+            raise ValueError("data.imdb_path joins IMDb through ml-latest's links.csv: it needs data.source ml-latest")
         return self
 
     @model_validator(mode="after")

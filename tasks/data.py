@@ -170,18 +170,19 @@ RATINGS_SCHEMA = {"userId": pl.Int64, "movieId": pl.Int64, "rating": pl.Float64,
 TYPE_NAMES = {pl.Int64: "a whole number", pl.Float64: "a number"}
 
 
-# RecBole's atomic files are tab-separated and never quoted; the other sources are CSV.
+# RecBole's atomic files and IMDb's TSVs are tab-separated and never quoted; the others are CSV.
 ATOMIC_SUFFIXES = (".inter", ".item", ".user", ".kg", ".link")
+TAB_SUFFIXES = ATOMIC_SUFFIXES + (".tsv",)
 
 
 def _csv_dialect(path: Path) -> dict:
     """csv.reader options of a file, by its suffix (see `_polars_dialect`)."""
-    return {"delimiter": "\t", "quoting": csv.QUOTE_NONE} if path.suffix in ATOMIC_SUFFIXES else {}
+    return {"delimiter": "\t", "quoting": csv.QUOTE_NONE} if path.suffix in TAB_SUFFIXES else {}
 
 
 def _polars_dialect(path: Path) -> dict:
     """pl.read_csv options of a file, by its suffix (see `_csv_dialect`)."""
-    return {"separator": "\t", "quote_char": None} if path.suffix in ATOMIC_SUFFIXES else {}
+    return {"separator": "\t", "quote_char": None} if path.suffix in TAB_SUFFIXES else {}
 
 
 def _data_records(path: Path) -> Iterator[tuple[int, list[str]]]:
@@ -288,8 +289,9 @@ def read_ml_latest_ratings(folder: Path) -> pl.DataFrame:
     return read_checked_csv(path, RATINGS_SCHEMA).rename({"userId": "user_id", "movieId": "item_id"})
 
 
-def read_ml_latest_side(folder: Path, cfg: DataConfig) -> tuple[pl.DataFrame, pl.DataFrame]:
-    """Items, users (ids only: ml-latest has no profiles) and KG edges of an ml-latest folder."""
+def read_ml_latest_side(folder: Path, cfg: DataConfig) -> tuple[pl.DataFrame, pl.DataFrame, pl.DataFrame | None]:
+    """Items, KG edges and entity names (None without `data.imdb_path`) of an ml-latest folder
+    (users are ids only: ml-latest has no profiles)."""
     movies = read_checked_csv(folder / "movies.csv", {"movieId": pl.Int64, "title": pl.String, "genres": pl.String})
     year = pl.col("title").str.extract(r"\((\d{4})\)\s*$").cast(pl.Int64, strict=False)
     items = movies.select(
@@ -325,8 +327,14 @@ def read_ml_latest_side(folder: Path, cfg: DataConfig) -> tuple[pl.DataFrame, pl
         )
     if (folder / "genome-scores.csv").exists() and (folder / "genome-tags.csv").exists():
         edges.extend(_genome_edges(folder, cfg))
+    names = None
+    if cfg.imdb_path is not None:
+        if "imdb_id" not in items.columns:
+            raise DataError(f"{folder / 'links.csv'}: file not found; data.imdb_path joins IMDb through it")
+        items, people, names = imdb_enrichment(Path(cfg.imdb_path), items)
+        edges.append(people)
     kg = pl.concat(edges).unique(maintain_order=True)
-    return items, kg
+    return items, kg, names
 
 
 def _genome_edges(folder: Path, cfg: DataConfig) -> list[pl.DataFrame]:
@@ -366,6 +374,87 @@ def _genome_edges(folder: Path, cfg: DataConfig) -> list[pl.DataFrame]:
         }
     )
     return [has_tag, similar]
+
+
+# ---------------------------------------------------------------- IMDb enrichment
+
+# title.principals categories kept, as (relation, entity type of the person).
+IMDB_ROLES = {"director": ("directed_by", "director"), "writer": ("written_by", "writer"),
+              "actor": ("actor", "actor"), "actress": ("actor", "actor")}
+IMDB_FILES = ("title.basics", "title.principals", "name.basics")
+
+
+def _imdb_file(folder: Path, stem: str) -> Path:
+    for path in (folder / f"{stem}.tsv", folder / f"{stem}.tsv.gz"):
+        if path.exists():
+            return path
+    raise DataError(f"{folder / stem}.tsv: file not found (data.imdb_path needs IMDb's "
+                    f"{', '.join(IMDB_FILES)} as .tsv or .tsv.gz)")
+
+
+def _scan_imdb(folder: Path, stem: str, columns: list[str]) -> pl.LazyFrame:
+    """`columns` of an IMDb TSV as text, lazily (`\\N` is empty); a .tsv.gz is read whole."""
+    path = _imdb_file(folder, stem)
+    if path.suffix == ".tsv":
+        _header(path, columns)
+        return pl.scan_csv(path, separator="\t", quote_char=None, null_values="\\N", infer_schema=False).select(columns)
+    frame = pl.read_csv(path, separator="\t", quote_char=None, null_values="\\N", infer_schema=False)
+    missing = [c for c in columns if c not in frame.columns]
+    if missing:
+        raise DataError(f"{path}: missing column(s) {missing}; found {frame.columns}")
+    return frame.lazy().select(columns)
+
+
+def _collect_imdb(frame: pl.LazyFrame, folder: Path) -> pl.DataFrame:
+    """Run an IMDb query; a malformed line is a DataError naming its file and line."""
+    try:
+        return frame.collect()
+    except pl.exceptions.PolarsError as err:
+        for stem in IMDB_FILES:
+            path = _imdb_file(folder, stem)
+            if path.suffix == ".tsv":
+                header = _header(path, [])
+                ragged = next(((line, f) for line, f in _data_records(path) if len(f) != len(header)), None)
+                if ragged is not None:
+                    raise _field_count_error(path, *ragged, header) from None
+        raise DataError(f"{folder}: IMDb files: {str(err).splitlines()[0]}") from None
+
+
+def imdb_enrichment(folder: Path, items: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame, pl.DataFrame]:
+    """(items with years filled from title.basics, director/writer/actor edges, entity names) for
+    the items with an `imdb_id` (links.csv), from IMDb's TSVs in `folder`, read lazily: only the
+    rows of these titles and their people are kept (title.principals has ~90M rows)."""
+    for stem in IMDB_FILES:  # all three there before any is read
+        _imdb_file(folder, stem)
+    titles = items.filter(pl.col("imdb_id").is_not_null()).select(
+        "item_id", ("tt" + pl.col("imdb_id").str.zfill(7)).alias("tconst"))
+    roles = pl.DataFrame({"category": list(IMDB_ROLES), "relation": [r for r, _ in IMDB_ROLES.values()],
+                          "kind": [k for _, k in IMDB_ROLES.values()]})
+    credits = _collect_imdb(
+        _scan_imdb(folder, "title.principals", ["tconst", "nconst", "category"]).with_row_index("_row")
+        .join(titles.lazy(), on="tconst"), folder)
+    # Polars reads a short line's missing fields as empty: check the lines of our titles.
+    bad = credits.filter(pl.any_horizontal(pl.col("nconst", "category").is_null())).head(1)
+    path = _imdb_file(folder, "title.principals")
+    if bad.height and path.suffix == ".tsv":
+        row = bad.row(0, named=True)
+        raise _bad_value(path, _header(path, []), row["_row"], "nconst" if row["nconst"] is None else "category", pl.String)
+    credits = credits.drop_nulls(["nconst", "category"]).join(roles, on="category")
+    edges = credits.select(
+        ("movie:" + pl.col("item_id").cast(pl.String)).alias("head"), "relation",
+        (pl.col("kind") + ":" + pl.col("nconst")).alias("tail"),
+    ).unique(maintain_order=True)
+    people = credits.select("nconst", "kind").unique()
+    names = _collect_imdb(
+        _scan_imdb(folder, "name.basics", ["nconst", "primaryName"]).join(people.lazy(), on="nconst")
+        .drop_nulls("primaryName"), folder,
+    ).select((pl.col("kind") + ":" + pl.col("nconst")).alias("entity"), pl.col("primaryName").alias("name")).sort("entity")
+    years = _collect_imdb(
+        _scan_imdb(folder, "title.basics", ["tconst", "startYear"]).join(titles.lazy(), on="tconst")
+        .select("item_id", pl.col("startYear").cast(pl.Int64, strict=False).alias("imdb_year")), folder)
+    items = items.join(years, on="item_id", how="left").with_columns(
+        pl.col("year").fill_null(pl.col("imdb_year"))).drop("imdb_year")
+    return items, edges, names
 
 
 # ---------------------------------------------------------------- RecBole atomic files
@@ -601,6 +690,9 @@ def source_digest(data: DataConfig) -> str:
         if path.exists():
             with open(path, "rb") as fh:
                 digest.update(hashlib.file_digest(fh, "sha256").digest())
+    if data.imdb_path is not None:  # gigabytes: their size and time of change stand for their content
+        for path in sorted(Path(data.imdb_path).glob("*.tsv*")):
+            digest.update(f"{path.name}\0{path.stat().st_size}\0{path.stat().st_mtime_ns}".encode())
     return digest.hexdigest()
 
 
@@ -611,6 +703,7 @@ def prepare_data(out: Path, *, data: DataConfig, source_digest: str | None = Non
     stage's cache key changes when the source files do.
     """
     # Every check runs on the whole input before the cut, and nothing is written before all pass.
+    names = None
     if data.source == "ml-100k":
         folder = ml100k_folder()
         ratings, items, users, kg = read_ml100k(folder)
@@ -623,7 +716,7 @@ def prepare_data(out: Path, *, data: DataConfig, source_digest: str | None = Non
         folder = Path(data.path)
         source = folder / "ratings.csv"
         ratings = read_ml_latest_ratings(folder)
-        items, kg = read_ml_latest_side(folder, data)
+        items, kg, names = read_ml_latest_side(folder, data)
         users = None
     check_ratings(ratings, items["item_id"], source, data.rating_range)
     cut = most_recent_of_active(ratings.lazy(), data.min_user_ratings, data.max_ratings).lazy()
@@ -648,6 +741,8 @@ def prepare_data(out: Path, *, data: DataConfig, source_digest: str | None = Non
     items.write_parquet(out / "items.parquet")
     users.write_parquet(out / "users.parquet")
     kg.write_parquet(out / "kg.parquet")
+    if names is not None:  # people's names for the paths' sentences (tasks/paths.py reads them)
+        names.filter(pl.col("entity").is_in(kg["tail"].implode())).write_parquet(out / "entities.parquet")
     summary = {
         "source": data.source,
         "ratings": interactions.height,

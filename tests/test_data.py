@@ -319,3 +319,66 @@ def test_atomic_folder_needs_one_inter_file(tmp_path):
         prepare_data(tmp_path, data=DataConfig(source="atomic", path=tmp_path))
     with pytest.raises(ValidationError, match="data.path is required when data.source is 'atomic'"):
         DataConfig(source="atomic")
+
+
+# ---------------------------------------------------------------- IMDb enrichment
+
+
+def write_imdb(folder: Path, principals: str | None = None) -> Path:
+    """IMDb's three TSVs for the two linked movies of `write_ml_latest` (American President:
+    tt0112346, Heat: tt0113277) and one title nobody rated."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "title.basics.tsv").write_text(
+        "tconst\ttitleType\tprimaryTitle\tstartYear\tgenres\n"
+        "tt0112346\tmovie\tThe American President\t1995\tComedy\n"
+        "tt0113277\tmovie\tHeat\t1995\tCrime\ntt9999999\tmovie\tNobody's\t\\N\tDrama\n")
+    (folder / "title.principals.tsv").write_text(principals if principals is not None else (
+        "tconst\tordering\tnconst\tcategory\tjob\tcharacters\n"
+        "tt0112346\t1\tnm0000175\tactor\t\\N\t[\"Andrew Shepherd\"]\n"
+        "tt0112346\t2\tnm0001661\tdirector\t\\N\t\\N\n"
+        "tt0112346\t3\tnm0001782\twriter\tscreenplay\t\\N\n"
+        "tt0113277\t1\tnm0000199\tactor\t\\N\t[\"McCauley\"]\n"
+        "tt0113277\t2\tnm0000520\tdirector\t\\N\t\\N\n"
+        "tt0113277\t3\tnm0000634\tcomposer\t\\N\t\\N\n"
+        "tt9999999\t1\tnm0000001\tactress\t\\N\t\\N\n"))
+    (folder / "name.basics.tsv").write_text(
+        "nconst\tprimaryName\tbirthYear\nnm0000175\tMichael Douglas\t1944\nnm0001661\tRob Reiner\t1947\n"
+        "nm0001782\tAaron Sorkin\t1961\nnm0000199\tAl Pacino\t1940\nnm0000520\tMichael Mann\t1943\n"
+        "nm0000634\tElliot Goldenthal\t1954\nnm0000001\tFred Astaire\t1899\n")
+    return folder
+
+
+def test_imdb_adds_directors_writers_and_actors_with_names(tmp_path):
+    folder = write_ml_latest(tmp_path / "ml")
+    imdb = write_imdb(tmp_path / "imdb")
+    out = prepare(tmp_path, source="ml-latest", path=folder, min_user_ratings=3, imdb_path=imdb)
+    edges = set(pl.read_parquet(out / "kg.parquet").iter_rows())
+    assert {("movie:1", "actor", "actor:nm0000175"), ("movie:1", "directed_by", "director:nm0001661"),
+            ("movie:1", "written_by", "writer:nm0001782"), ("movie:2", "actor", "actor:nm0000199"),
+            ("movie:2", "directed_by", "director:nm0000520")} <= edges
+    assert not any("nm0000634" in tail or "nm0000001" in tail for _, _, tail in edges)  # a composer; an unrated title
+    names = dict(pl.read_parquet(out / "entities.parquet").iter_rows())
+    assert names == {"actor:nm0000175": "Michael Douglas", "director:nm0001661": "Rob Reiner",
+                     "writer:nm0001782": "Aaron Sorkin", "actor:nm0000199": "Al Pacino", "director:nm0000520": "Michael Mann"}
+    # The names reach the paths' sentences (tasks/paths.py reads entities.parquet).
+    from tasks.paths import render_path
+    steps = ["user:1", "rated", "movie:1", "directed_by", "director:nm0001661", "directed_by", "movie:2"]
+    assert render_path(steps, {1: "The American President", 2: "Heat"}, 4.0, names) == (
+        "You rated The American President 4/5; Heat shares the director Rob Reiner with it.")
+    without = prepare(tmp_path / "plain", source="ml-latest", path=folder, min_user_ratings=3)
+    assert not (without / "entities.parquet").exists()
+
+
+def test_bad_imdb_files_are_named(tmp_path):
+    folder = write_ml_latest(tmp_path / "ml")
+    ragged = "tconst\tordering\tnconst\tcategory\ntt0112346\t1\tnm0000175\tactor\ntt0113277\t1\tnm0000199\n"
+    with pytest.raises(DataError, match=r"title\.principals\.tsv: line 3: 3 field\(s\), the header has 4"):
+        prepare(tmp_path, source="ml-latest", path=folder, imdb_path=write_imdb(tmp_path / "a", ragged))
+    no_category = "tconst\tordering\tnconst\ntt0112346\t1\tnm0000175\n"
+    with pytest.raises(DataError, match=r"title\.principals\.tsv: missing column\(s\) \['category'\]"):
+        prepare(tmp_path, source="ml-latest", path=folder, imdb_path=write_imdb(tmp_path / "b", no_category))
+    (tmp_path / "c").mkdir()
+    with pytest.raises(DataError, match=r"title\.basics\.tsv: file not found"):
+        prepare(tmp_path, source="ml-latest", path=folder, imdb_path=tmp_path / "c")
+    with pytest.raises(ValidationError, match="needs data.source ml-latest"):
+        DataConfig(imdb_path=tmp_path)
