@@ -440,6 +440,10 @@ class TrainingConfig(Section):
 
     Attributes:
         base_model: Hugging Face model folder, or `smollm2` for the embedded default.
+        thinking: `llm.thinking` of the student whenever it generates (`base`, the trained
+            students, DPO's pair samples): `off` for Qwen3, whose chat template then opens the
+            answer with the empty thinking block its SFT rows hold; `default` for models that
+            never think.
         lora: adapter settings.
         sft_epochs: SFT epochs over the teacher data.
         orpo_epochs: ORPO epochs over the judged pairs.
@@ -482,6 +486,7 @@ class TrainingConfig(Section):
     """
 
     base_model: str = "smollm2"
+    thinking: Literal["default", "off", "on"] = "default"
     lora: LoraConfig = LoraConfig()
     sft_epochs: float = Field(1.0, gt=0)
     orpo_epochs: float = Field(1.0, gt=0)

@@ -80,9 +80,9 @@ def student_llm(training: TrainingConfig, student: Path) -> LLMConfig:
     """The current student as a local model: base model + its adapter (or its merged model)."""
     adapter, merged = Path(student) / "adapter", Path(student) / "merged"
     if adapter.exists():
-        return LLMConfig(provider="local", model=training.base_model, adapter=adapter)
+        return LLMConfig(provider="local", model=training.base_model, adapter=adapter, thinking=training.thinking)
     if merged.exists():
-        return LLMConfig(provider="local", model=str(merged))
+        return LLMConfig(provider="local", model=str(merged), thinking=training.thinking)
     raise FileNotFoundError(f"{student}: no adapter/ or merged/ folder (written by the training stages)")
 
 

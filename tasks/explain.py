@@ -94,7 +94,7 @@ def explainer_llm(name: str, *, teacher: TeacherConfig, training: TrainingConfig
     if name == "teacher":
         return teacher.llm
     if name == "base":
-        return LLMConfig(provider="local", model=training.base_model)
+        return LLMConfig(provider="local", model=training.base_model, thinking=training.thinking)
     if not STUDENT.fullmatch(name):
         raise ValueError(f"unknown explainer {name!r}: use template, teacher, base, sft, orpo or dpo_rN")
     if name not in students:

@@ -69,6 +69,10 @@ def test_explainer_models(tmp_path):
     student = ex.explainer_llm("sft", **kw)
     assert (student.provider, student.model, student.adapter) == ("local", "smollm2", sft)
     assert ex.explainer_llm("orpo", **kw).model == str(merged)
+    # A thinking student (Qwen3) is asked with thinking off wherever it generates.
+    unthinking = kw | {"training": TrainingConfig(base_model="smollm2", thinking="off")}
+    assert {ex.explainer_llm(n, **unthinking).thinking for n in ("base", "sft", "orpo")} == {"off"}
+    assert base.thinking == "default"
     with pytest.raises(FileNotFoundError, match="no adapter/ or merged/"):
         ex.explainer_llm("dpo_r1", **kw)
     with pytest.raises(ValueError, match="dpo_r2.*student folder"):
