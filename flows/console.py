@@ -133,7 +133,8 @@ def set_library_output(verbose: bool) -> None:
 
 
 def note(line: str) -> None:
-    """A line for the person watching a command-line run (nothing elsewhere: the run's Prefect
-    artifacts say the same)."""
+    """A line for the person watching the run: on the console of a command-line run, and in the
+    run's Prefect log (flows run with log_prints, so print() is an INFO line on its UI page)."""
+    print(line)
     if CONSOLE is not None:
         CONSOLE.write(line)
