@@ -26,7 +26,7 @@ from recxplain.stage import stage
 from tasks.cases import build_cases
 from tasks.data import prepare_data, source_digest
 from tasks.evaluate import evaluate
-from tasks.explain import generate_explanations, student_explainers
+from tasks.explain import explanation_prompts, generate_explanations, student_explainers
 from tasks.judge import judge_pairs
 from tasks.paths import mine_paths
 from tasks.recommend import train_recommender
@@ -104,7 +104,7 @@ def evaluation_stages(cfg: Config, log: StageLog, cases: Path, students: dict[st
     wanted = {name: students[name] for name in student_explainers(cfg.evaluation, cfg.training)}
     explanations = log.run(
         GENERATE_EXPLANATIONS, evaluation=cfg.evaluation, teacher=cfg.teacher, training=cfg.training,
-        cases=cases, students=wanted, templates=read_templates(cfg.teacher.prompt),
+        cases=cases, students=wanted, templates=read_templates(*explanation_prompts(cfg.evaluation, cfg.teacher)),
     )
     metrics = log.run(
         EVALUATE, evaluation=cfg.evaluation, judge=cfg.judge, cases=cases, explanations=explanations,
