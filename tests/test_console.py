@@ -5,6 +5,7 @@ Prefect UI, and the CI rule for skipped browser tests."""
 import json
 import logging
 import os
+import re
 import subprocess
 import sys
 import time
@@ -63,6 +64,12 @@ def prefect_logger_level():
     set_library_output(verbose=False)
 
 
+def no_prefect_failure_logs(err: str) -> bool:
+    """No traceback and none of Prefect's failure lines (`12:00:01.123 | ERROR | Task run ...`).
+    Only those: a temporary Prefect server on a busy machine may warn on this stderr too."""
+    return "Traceback" not in err and "| ERROR" not in err and "Finished in state Failed" not in err
+
+
 def toy_config(tmp_path: Path, run_name: str = "toy") -> str:
     path = tmp_path / "toy.yaml"
     path.write_text(f"runtime: {{artifacts_dir: {tmp_path / 'artifacts'}, run_name: {run_name}}}\n")
@@ -83,12 +90,14 @@ def test_a_stage_failing_on_bad_input_ends_the_run_with_one_line(tmp_path, capfd
     code = run_flow(failing_flow, ["--config", toy_config(tmp_path)], "toy", "toy")
     out, err = capfd.readouterr()
     assert code == 1
-    assert err.strip() == (
+    assert err.splitlines()[-1] == (
         "error: stage read_ratings_r1 failed: ratings.csv: line 3: column 'rating' must be Float64, got 'good'"
     )
-    assert out.splitlines() == [
-        "[1] make_numbers ...", "[1] make_numbers ... 0 s", "[2] read_ratings_r1 ...", "[2] read_ratings_r1 ... failed after 0 s",
-    ]
+    assert no_prefect_failure_logs(err)
+    assert re.fullmatch(
+        r"\[1\] make_numbers \.\.\.\n\[1\] make_numbers \.\.\. \d+ s\n"
+        r"\[2\] read_ratings_r1 \.\.\.\n\[2\] read_ratings_r1 \.\.\. failed after \d+ s\n", out
+    ), out
 
     # A bug (not bad input) names its type and where the traceback is; verbose prints it.
     config = toy_config(tmp_path, run_name="crash")
@@ -119,8 +128,9 @@ def test_pipeline_without_its_data_folder_fails_in_prepare_data_with_one_line(tm
     ], "pipeline", "pipeline")
     out, err = capfd.readouterr()
     assert code == 1
-    assert err.strip() == f"error: stage prepare_data failed: {missing}: data.path is not a folder"
-    assert out.splitlines() == ["[1/19] prepare_data ...", "[1/19] prepare_data ... failed after 0 s"]
+    assert err.splitlines()[-1] == f"error: stage prepare_data failed: {missing}: data.path is not a folder"
+    assert no_prefect_failure_logs(err)
+    assert re.fullmatch(r"\[1/19\] prepare_data \.\.\.\n\[1/19\] prepare_data \.\.\. failed after \d+ s\n", out), out
 
 
 def wait_for(read, check, seconds: float = 60):
