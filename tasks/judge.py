@@ -539,6 +539,14 @@ def judge_pairs(
         "template_hash": template_hash(template_source(judge.prompt, templates)) if judge_model is not None else None,
     }
     (Path(out) / "stats.json").write_text(json.dumps(stats, indent=2))
+    if not stats["kept"]:  # say it here, with the counts, not later as an empty training file
+        sampled = Path(pairs) / "stats.json"
+        identical = json.loads(sampled.read_text()).get("identical_dropped") if sampled.exists() else None
+        raise ValueError(
+            f"judge_pairs: no preference pair kept, nothing to train on: {stats['pairs_judged']} pairs judged "
+            f"(ties {stats['ties']}, both bad {stats['both_bad']}, order-inconsistent {stats['order_inconsistent']}, "
+            f"invalid {stats['invalid']}), {identical if identical is not None else 'unknown'} dropped as identical "
+            f"twins by sample_pairs; see {Path(out) / 'verdicts.parquet'}")
 
 
 # ---------------------------------------------------------------------------------------------

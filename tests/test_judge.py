@@ -279,7 +279,7 @@ def test_judge_pairs_rejects_unknown_cases(tmp_path):
                     artifacts_dir=tmp_path)
 
 
-def test_judge_pairs_with_no_pairs_writes_empty_files(tmp_path):
+def test_judge_pairs_that_keep_nothing_write_their_files_then_say_so(tmp_path):
     cases, pairs, out = tmp_path / "cases", tmp_path / "pairs", tmp_path / "out"
     for folder in (cases, pairs, out):
         folder.mkdir()
@@ -287,7 +287,10 @@ def test_judge_pairs_with_no_pairs_writes_empty_files(tmp_path):
     (cases / "catalogue.json").write_text(json.dumps({"titles": TITLES, "genres": GENRES}))
     pl.DataFrame(schema={"case_id": pl.String, "text_a": pl.String, "text_b": pl.String, "source": pl.String,
                          "prompt": pl.String}).write_parquet(pairs / "pairs.parquet")
-    judge_pairs(out, judge=JudgeConfig(kind="rubric"), cases=cases, pairs=pairs, templates={}, artifacts_dir=tmp_path)
+    (pairs / "stats.json").write_text(json.dumps({"pairs": 0, "identical_dropped": 1}))
+    with pytest.raises(ValueError, match="no preference pair kept.*0 pairs judged.*1 dropped as identical twins"):
+        judge_pairs(out, judge=JudgeConfig(kind="rubric"), cases=cases, pairs=pairs, templates={},
+                    artifacts_dir=tmp_path)
     assert (out / "preferences.jsonl").read_text() == ""
     verdicts = pl.read_parquet(out / "verdicts.parquet")
     assert verdicts.height == 0 and {"case_id", "verdict", "kept", "source"} <= set(verdicts.columns)
