@@ -36,6 +36,7 @@ import os
 import random
 import resource
 import shutil
+import sys
 import time
 from pathlib import Path
 
@@ -427,7 +428,7 @@ def _common_args(
         seed=training.seed,
         data_seed=training.seed,
         report_to="none",
-        disable_tqdm=True,
+        disable_tqdm=not sys.stderr.isatty(),  # steps and their rate on a terminal, nothing in logs
         dataloader_num_workers=0,
     )
 

@@ -28,6 +28,8 @@ import time
 from dataclasses import asdict, dataclass, replace
 from typing import Callable, Iterator
 
+from tqdm.auto import tqdm
+
 from recxplain.config import LLMConfig, SamplingConfig
 from recxplain.llm.cache import ResponseCache, cache_key
 from recxplain.text import cut_at_repeated_sentence
@@ -183,7 +185,11 @@ class ChatModel:
         try:
             if missing:
                 self._usage.add(calls=len(missing))
+                # Answers and their rate on a terminal (disable=None: off when stderr is no TTY, as in logs and tests).
+                progress = tqdm(total=len(missing), desc=f"{self.cfg.provider} {self.cfg.model}", unit="answer",
+                                leave=False, disable=None)
                 for m, generation in self._run([jobs[j] for j in missing], sampling, self._usage):
+                    progress.update()
                     j = missing[m]
                     results[j] = strip_thinking(generation)
                     self._usage.add_generation(results[j])
@@ -193,6 +199,7 @@ class ChatModel:
                         if not fields["thinking_tokens"]:  # rows of models that do not think keep their shape
                             del fields["thinking_tokens"]
                         self._cache.put(keys[j], fields, self.identity)
+                progress.close()
         finally:
             self._usage.add(seconds=time.perf_counter() - start)
         if any(r is None for r in results):  # a provider bug, not a failed call
