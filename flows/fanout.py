@@ -27,12 +27,13 @@ from prefect import Task
 from prefect.futures import PrefectFuture, as_completed
 
 from flows.summary import StageLog
+from recxplain.stage import bind_task
 
 
-def submit_stage(stage_task: Task, artifacts_dir: Path, **inputs: Any) -> PrefectFuture:
-    """Submit one stage task to the current flow's task runner; the future resolves to its folder."""
-    bound = stage_task.with_options(result_storage=Path(artifacts_dir).resolve())
-    return bound.submit(Path(artifacts_dir), inputs)
+def submit_stage(stage_task: Task, artifacts_dir: Path, label: str | None = None, **inputs: Any) -> PrefectFuture:
+    """Submit one stage task to the current flow's task runner, its task run named `label`;
+    the future resolves to its folder."""
+    return bind_task(stage_task, artifacts_dir, label).submit(Path(artifacts_dir), inputs)
 
 
 def run_parallel(log: StageLog, calls: dict[str, tuple[Task, dict[str, Any]]]) -> dict[str, Path]:
@@ -42,7 +43,7 @@ def run_parallel(log: StageLog, calls: dict[str, tuple[Task, dict[str, Any]]]) -
     failure in `calls` order is raised with the stage's own exception.
     """
     started = time.perf_counter()
-    futures = {label: submit_stage(task, log.artifacts_dir, **inputs) for label, (task, inputs) in calls.items()}
+    futures = {label: submit_stage(task, log.artifacts_dir, label, **inputs) for label, (task, inputs) in calls.items()}
     seconds: dict[str, float] = {}
     labels = {future.task_run_id: label for label, future in futures.items()}
     for future in as_completed(list(futures.values())):
