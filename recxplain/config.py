@@ -902,6 +902,14 @@ class Config(Section):
     retrain: RetrainConfig = RetrainConfig()
     reclaif: ReclaifConfig = ReclaifConfig()
 
+    @model_validator(mode="after")
+    def _teacher_samples_need_samples(self) -> "Config":
+        # Checked here, not after the teacher has run: the pairs are the teacher's own samples.
+        if self.pairs.source == "teacher_samples" and (self.task != "explain" or self.teacher.best_of < 2):
+            raise ValueError("pairs.source 'teacher_samples' needs task 'explain' and teacher.best_of >= 2 "
+                             f"(task is {self.task!r}, teacher.best_of is {self.teacher.best_of})")
+        return self
+
 
 class ConfigError(ValueError):
     """A config file or override that cannot be used; the message names file, field and reason."""

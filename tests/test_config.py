@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from recxplain.config import ConfigError, load_config, section_hash
+from recxplain.config import Config, ConfigError, load_config, section_hash
 
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"
 
@@ -55,3 +55,11 @@ def test_invalid_configs_name_file_field_and_reason(tmp_path, text, overrides, e
 def test_missing_file(tmp_path):
     with pytest.raises(ConfigError, match="nope.yaml: config file not found"):
         load_config(tmp_path / "nope.yaml")
+
+
+def test_teacher_samples_pairs_need_the_teachers_samples():
+    Config.model_validate({"pairs": {"source": "teacher_samples"}, "teacher": {"best_of": 2}})
+    with pytest.raises(ValueError, match="teacher_samples' needs task 'explain' and teacher.best_of >= 2"):
+        Config.model_validate({"pairs": {"source": "teacher_samples"}, "teacher": {"best_of": 1}})
+    with pytest.raises(ValueError, match="task is 'recommend'"):
+        Config.model_validate({"task": "recommend", "pairs": {"source": "teacher_samples"}, "teacher": {"best_of": 3}})

@@ -186,20 +186,19 @@ class ChatModel:
             if missing:
                 self._usage.add(calls=len(missing))
                 # Answers and their rate on a terminal (disable=None: off when stderr is no TTY, as in logs and tests).
-                progress = tqdm(total=len(missing), desc=f"{self.cfg.provider} {self.cfg.model}", unit="answer",
-                                leave=False, disable=None)
-                for m, generation in self._run([jobs[j] for j in missing], sampling, self._usage):
-                    progress.update()
-                    j = missing[m]
-                    results[j] = strip_thinking(generation)
-                    self._usage.add_generation(results[j])
-                    if generation.error is None and self._cache is not None:
-                        fields = asdict(generation)  # as the provider returned it, thinking included
-                        del fields["cached"], fields["error"]
-                        if not fields["thinking_tokens"]:  # rows of models that do not think keep their shape
-                            del fields["thinking_tokens"]
-                        self._cache.put(keys[j], fields, self.identity)
-                progress.close()
+                with tqdm(total=len(missing), desc=f"{self.cfg.provider} {self.cfg.model}", unit="answer",
+                          leave=False, disable=None) as progress:
+                    for m, generation in self._run([jobs[j] for j in missing], sampling, self._usage):
+                        progress.update()
+                        j = missing[m]
+                        results[j] = strip_thinking(generation)
+                        self._usage.add_generation(results[j])
+                        if generation.error is None and self._cache is not None:
+                            fields = asdict(generation)  # as the provider returned it, thinking included
+                            del fields["cached"], fields["error"]
+                            if not fields["thinking_tokens"]:  # rows of models that do not think keep their shape
+                                del fields["thinking_tokens"]
+                            self._cache.put(keys[j], fields, self.identity)
         finally:
             self._usage.add(seconds=time.perf_counter() - start)
         if any(r is None for r in results):  # a provider bug, not a failed call

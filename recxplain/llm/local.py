@@ -239,10 +239,11 @@ def generate_batch(model, tokenizer, prompts: list[list[int]], seeds: list[int],
     """
     start = time.perf_counter()
     rows = len(prompts)
-    distinct: dict[tuple[int, ...], int] = {}
-    same = [distinct.setdefault(tuple(ids) if READ_SAMPLES_ONCE else (r, *ids), len(distinct))
-            for r, ids in enumerate(prompts)]  # row -> its distinct prompt
-    unique = [list(ids if READ_SAMPLES_ONCE else ids[1:]) for ids in distinct]
+    same, unique = list(range(rows)), prompts  # row -> its distinct prompt; the distinct prompts
+    if READ_SAMPLES_ONCE:
+        distinct: dict[tuple[int, ...], int] = {}
+        same = [distinct.setdefault(tuple(ids), len(distinct)) for ids in prompts]
+        unique = [list(ids) for ids in distinct]
     # Two reads: the distinct shared starts (one row per group), then the rest of every prompt,
     # attending to a copy of its group's cache rows. Both reads are left-padded: row r's tokens
     # sit at [lead - cut, lead) and [width - rest, width). The second read is `tail` wide (the
