@@ -792,7 +792,11 @@ class ReclaifEvaluationConfig(Section):
             untrained student), `sft`, `dpo` (every round of training.rounds) or `dpo_rN`.
         baselines: classic recommenders fit on every interaction before the eval targets
             (train + valid) and scored on the same candidate sets: `itemknn`, `als`, `bpr`,
-            `popular` (settings from the `recommender` section).
+            `popular` (settings from the `recommender` section); and rankings that know nothing
+            of the user: `random` (a seeded shuffle of each set, followed in the table by
+            `random (expected)`, chance's exact expectation with the range of its mean over the
+            eval users) and `listed` (the candidates in the order the prompt lists them: what an
+            answer that copies the list's first k gets).
         sampling: decoding of the evaluated answers (greedy by default; no re-asks, so the
             validity ratio is that of first answers).
         diversity: mean pairwise cosine distance of the embedded texts (title, year, genres) of
@@ -805,7 +809,8 @@ class ReclaifEvaluationConfig(Section):
     """
 
     recommenders: list[str] = ["base", "sft", "dpo"]
-    baselines: list[Literal["itemknn", "als", "bpr", "popular"]] = ["itemknn", "als", "bpr", "popular"]
+    baselines: list[Literal["itemknn", "als", "bpr", "popular", "random", "listed"]] = [
+        "itemknn", "als", "bpr", "popular", "random", "listed"]
     sampling: SamplingConfig = SamplingConfig(temperature=0.0, max_new_tokens=128)
     diversity: bool = True
     embedding_model: str = "minilm"

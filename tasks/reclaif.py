@@ -347,6 +347,13 @@ _LIST_HEADING = re.compile(r"^\W*(?:recommended\s+(?:movies?|films?|items?)|reco
                            re.IGNORECASE)
 _PREFERENCE_LABEL = re.compile(r"^\s*preference\s*\d*\s*:\s*", re.IGNORECASE)
 _YEAR = re.compile(r"\s*\(\d{4}\)")
+# A candidate named by a number ("7", "#7", "[7]", "Candidate 7", "Movie 7"): the prompt lists
+# candidates without numbers, so a number names none of them (never mapped by its position).
+_NUMBER_REF = re.compile(r"^(?:#|no\.?\s*|(?:number|candidate|movie|option|item)\s*#?)?\[?\d{1,3}\]?[.):]?$",
+                         re.IGNORECASE)
+# "[6] Fargo", "6) Fargo" (brackets are gone by then): a number before a title, tried only when
+# the line does not start with a candidate's title (some titles start with a number).
+_NUMBER_PREFIX = re.compile(r"^#?\d{1,3}[.):]?\s+")
 # A line "Reason: ..." under a pick belongs to that pick; it names no movie.
 _REASON_LABELS = {"reason", "reasons", "why", "explanation", "because", "note"}
 _PLACEHOLDERS = {"movie title", "description", "reason for recommendation", "title", "..."}
@@ -460,16 +467,21 @@ def _read_list_line(line: str, bulleted: bool, index: _TitleIndex, threshold: fl
     if _title_key(name) in _PLACEHOLDERS:
         answer.not_candidates.append(name)
         return
+    # "1. [7] Heat (1995)": a number before the title is dropped, the title decides.
     item, fuzzy = index.at_start(body), False
+    if item is None:
+        item = index.at_start(_NUMBER_PREFIX.sub("", body, count=1))
     if item is None:
         item = index.similar(name, threshold)
         fuzzy = item is not None
-    if item is None:
+    if item is None and not _NUMBER_REF.match(name.strip()):
         item = index.anywhere(body)
         if item is not None:
             reason = body
     if item is None:
-        if bulleted or reason:  # a list line naming no candidate; prose lines are ignored
+        if _NUMBER_REF.match(name.strip()):
+            answer.not_candidates.append(f"{name[:20]} (a number, not a title)")
+        elif bulleted or reason:  # a list line naming no candidate; prose lines are ignored
             answer.not_candidates.append(name[:80])
         return
     if item in answer.picks:
@@ -538,7 +550,12 @@ def _load(cfg, artifacts_dir: Path, cache_path: Path) -> ChatModel:
 
 
 def _free(model: Any) -> None:
+    """Drop a stage's model, and the per-process copies of local models, before the next stage
+    loads its own: one model in memory at a time."""
+    from recxplain.llm.local import release_models
+
     del model
+    release_models()
     gc.collect()
 
 
@@ -672,14 +689,17 @@ def reclaif_template_teacher(
     matrix = np.array([[c.item_id for c in cs.candidates] for cs in sets], dtype=np.int64)
     scores = score_candidates(rec, [cs.user_id for cs in sets], matrix)
     order = np.argsort(-scores, axis=1, kind="stable")
-    rows, invalid = [], []
+    rows, invalid, ranks, positions = [], [], [], []
     with open(out / "sft.jsonl", "w") as fh:
         for i, cs in enumerate(sets):
             k = wanted_picks(cs, answer)
-            text = template_answer(cs, matrix[i, order[i]].tolist(), k)
+            ranking = matrix[i, order[i]].tolist()
+            text = template_answer(cs, ranking, k)
             parsed = parse_recommendation(text, cs.candidates, k, answer.fuzzy_threshold)
-            if not parsed.valid:  # a template bug, not a model's slip: report it
-                invalid.append(f"{cs.set_id}: {'; '.join(parsed.problems)}")
+            if not parsed.valid or parsed.picks != ranking[:k]:  # a template bug, not a model's slip: report it
+                invalid.append(f"{cs.set_id}: {'; '.join(parsed.problems) or 'picks differ from the ranking'}")
+            ranks.append(parsed.rank_of(cs.target.item_id))
+            positions += [shown_position(cs, item) for item in ranking[:k]]
             messages = recommend_messages(cs, answer, templates)
             fh.write(json.dumps({"messages": [*messages, {"role": "assistant", "content": text}], "case_id": cs.set_id}) + "\n")
             rows.append({"case_id": cs.set_id, "sample": 0, "text": text, "valid": parsed.valid, "kept": True,
@@ -687,8 +707,13 @@ def reclaif_template_teacher(
     if invalid:
         raise ValueError(f"template teacher wrote answers its own parser rejects: {invalid[:3]}")
     pl.DataFrame(rows).write_parquet(out / "generations.parquet")
+    # What the SFT rows teach about ranking: how often the answer holds the next movie, and where.
     stats = {"sets": len(sets), "samples": len(sets), "validity_ratio": 1.0, "sft_rows": len(sets),
              "teacher": f"template ({recommender.model})",
+             "next_movie_in_answer": round(float(np.mean([r <= answer.top_k for r in ranks])), 4),
+             "next_movie_ranks": {str(r): sum(int(x) == r for x in ranks if x <= answer.top_k)
+                                  for r in range(1, answer.top_k + 1)},
+             "mean_pick_position": round(float(np.mean(positions)), 2),
              "template_hash": template_hash(template_source(answer.prompt, templates))}
     (out / "stats.json").write_text(json.dumps(stats, indent=2))
 
@@ -722,6 +747,8 @@ def reclaif_sample_pairs(
     prompts = [recommend_messages(cs, answer, templates) for cs in sets]
     model = _load(cfg, artifacts_dir, out / "cache" / "pairs.sqlite")
     outputs = model.generate(prompts, pairs.sampling, n=2)
+    usage = dict(getattr(model, "usage", {}) or {})
+    _free(model)
     rows, identical, tokens = [], 0, 0
     name = cfg.model if cfg.adapter is None else f"{cfg.model}+{cfg.adapter}"
     for cs, messages, samples in zip(sets, prompts, outputs, strict=True):
@@ -741,7 +768,7 @@ def reclaif_sample_pairs(
     stats = {
         "sets": len(sets), "pairs": len(rows), "identical_dropped": identical, "source": pairs.source, "model": name,
         "validity_ratio": round(sum(r["valid_a"] + r["valid_b"] for r in rows) / answers, 4) if answers else None,
-        "completion_tokens": tokens, "usage": dict(getattr(model, "usage", {}) or {}),
+        "completion_tokens": tokens, "usage": usage,
     }
     (out / "stats.json").write_text(json.dumps(stats, indent=2))
 
@@ -774,13 +801,18 @@ def judge_recommendation_pairs(
 
     `llm`: RecLAIF's judge through `tasks.judge.judge_explanation_pairs` (both orders when
     judge.both_orders, order-consistent choices only; score = mean 0-5 score / 5). `rubric`:
-    validity first: both-bad when neither answer is valid, the valid one when only one is (its
-    three criteria can tie with a broken answer's, and teaching the format is the point of the
-    first rounds); between two valid answers the `answer_scores` quality margin decides (tie
-    below judge.tie_margin). `ensemble`: the same validity rule, then margin = w * LLM vote +
-    (1 - w) * rubric margin, w = judge.llm_weight. The LLM cannot change a validity decision,
-    so the ensemble asks it only about pairs of two valid answers whose verdict its vote can
-    change (each question is two long generations; `llm_choice` stays None for the rest).
+    the rank of the next movie first: when the answers' relevance differs (one ranks the next
+    movie higher in its top k), the higher-ranking answer wins if it is valid, and the pair is a
+    tie if it is not (a broken answer that happens to name the next movie would teach the broken
+    format, a valid one that misses it would teach missing it); a relevance sum of 0.5 x 5 over
+    the three criteria would otherwise let genre diversity outvote a hit. Equal relevance:
+    validity, both-bad when neither answer is valid, the valid one when only one is (teaching
+    the format is the point of the first rounds); between two valid answers the `answer_scores`
+    quality margin decides (tie below judge.tie_margin). `ensemble`: the same rules, then margin
+    = w * LLM vote + (1 - w) * rubric margin, w = judge.llm_weight. The LLM cannot change a
+    rank or validity decision, so the ensemble asks it only about pairs of two valid answers of
+    equal relevance whose verdict its vote can change (each question is two long generations;
+    `llm_choice` stays None for the rest).
     """
     needs_llm = judge.kind in ("llm", "ensemble")
     if needs_llm and (model is None or templates is None):
@@ -791,7 +823,7 @@ def judge_recommendation_pairs(
                for pair, (cs, text_a, text_b) in zip(parsed, items)]
 
     ask = [i for i, ((pa, pb), (ra, rb)) in enumerate(zip(parsed, rubrics)) if judge.kind == "llm"
-           or (judge.kind == "ensemble" and pa.valid and pb.valid
+           or (judge.kind == "ensemble" and pa.valid and pb.valid and ra.relevance == rb.relevance
                and vote_can_change_verdict(ra.quality - rb.quality, True, judge))]
     llm: list[PairJudgement | None] = [None] * len(items)
     if ask:
@@ -810,6 +842,9 @@ def judge_recommendation_pairs(
         score_a, score_b = rubric_a.quality, rubric_b.quality
         if judge.kind == "llm":
             verdict, score_a, score_b = verdict_llm.verdict, verdict_llm.score_a, verdict_llm.score_b
+        elif rubric_a.relevance != rubric_b.relevance:
+            higher_a = rubric_a.relevance > rubric_b.relevance
+            verdict = ("a" if higher_a else "b") if (parsed_a if higher_a else parsed_b).valid else "tie"
         elif parsed_a.valid != parsed_b.valid:
             verdict = "a" if parsed_a.valid else "b"
         else:  # rubric (its LLM weight is 0) or ensemble
@@ -858,6 +893,9 @@ def reclaif_judge_pairs(
         model = _load(judge.llm, artifacts_dir, out / "cache" / "judge.sqlite")
     judged = judge_recommendation_pairs([(sets[r["case_id"]], r["text_a"], r["text_b"]) for r in rows],
                                         judge=judge, answer=answer, templates=templates, model=model)
+    usage = dict(getattr(model, "usage", {}) or {})
+    if model is not None:
+        _free(model)
     verdict_rows = []
     with open(out / "preferences.jsonl", "w") as fh:
         for row, result in zip(rows, judged, strict=True):
@@ -883,13 +921,34 @@ def reclaif_judge_pairs(
                 "case_id": row["case_id"], "scores": {"chosen": scores[0], "rejected": scores[1]},
             }) + "\n")
     pl.DataFrame(verdict_rows, infer_schema_length=None).write_parquet(out / "verdicts.parquet")
-    stats = judge_stats([r.judgement for r in judged]) | {
+    stats = judge_stats([r.judgement for r in judged]) | ranking_signal(judged) | {
         "judge": judge.kind,
-        "llm": judge.llm.model if model is not None else None,
-        "usage": dict(getattr(model, "usage", {}) or {}),
-        "template_hash": template_hash(template_source(judge.prompt, templates)) if model is not None else None,
+        "llm": judge.llm.model if judge.kind != "rubric" else None,
+        "usage": usage,
+        "template_hash": template_hash(template_source(judge.prompt, templates)) if judge.kind != "rubric" else None,
     }
     (out / "stats.json").write_text(json.dumps(stats, indent=2))
+
+
+def ranking_signal(judged: Sequence[RecommendationJudgement]) -> dict[str, int]:
+    """What the judged pairs can teach about ranking: pairs where an answer has the next movie in
+    its top k, pairs whose two answers rank it differently, and among the kept pairs those whose
+    chosen answer ranks it higher or lower than the rejected one (lower should never happen with
+    the rubric and ensemble judges); `rank_vs_format`: pairs left as ties because the answer
+    ranking the next movie higher was invalid."""
+    differ = [j for j in judged if j.rubric_a.relevance != j.rubric_b.relevance]
+    kept = [j for j in differ if j.judgement.kept]
+
+    def chosen_higher(j: RecommendationJudgement) -> bool:
+        return (j.rubric_a.relevance > j.rubric_b.relevance) == (j.judgement.verdict == "a")
+
+    return {
+        "pairs_with_next_movie": sum(max(j.rubric_a.relevance, j.rubric_b.relevance) > 0 for j in judged),
+        "pairs_rank_differs": len(differ),
+        "kept_chosen_ranks_higher": sum(chosen_higher(j) for j in kept),
+        "kept_chosen_ranks_lower": sum(not chosen_higher(j) for j in kept),
+        "rank_vs_format": sum(j.judgement.verdict == "tie" for j in differ),
+    }
 
 
 def kept_preferences(folder: Path) -> int:
@@ -952,6 +1011,7 @@ def reclaif_recommend(
         answered[llm.model_dump_json()] = mine
         log.info("recommender %s: %d sets in %.1f s", name, len(sets), time.perf_counter() - started)
         _free(model)
+        del model  # before the next recommender loads: one model in memory at a time
     pl.DataFrame(rows, infer_schema_length=None).write_parquet(out / "answers.parquet")
 
 
@@ -1005,7 +1065,14 @@ def per_answer_table(
     sets: Sequence[CandidateSet], answers: pl.DataFrame, rankings: dict[str, list[list[int]]], answer: ReclaifAnswerConfig,
 ) -> pl.DataFrame:
     """One row per (recommender, eval set): kind, valid, rank of the next movie, picks and the
-    ranking metrics. LLM answers are parsed; a classic model's picks are its top k."""
+    ranking metrics. LLM answers are parsed; a classic model's picks are its top k.
+
+    Position columns: `target_position` (1-based place of the next movie in the shown candidate
+    list), `pick_positions` (places of the top-k picks), `names_target` (the next movie is among
+    ALL the movies an answer named, beyond k too) and `history_named` (listed titles that are
+    movies of the user's history, not candidates). Kind: `llm`, `classic`, or `chance` for the
+    `random` and `listed` rankings (`CHANCE_BASELINES`).
+    """
     by_id = {cs.set_id: cs for cs in sets}
     rows = []
     for row in answers.iter_rows(named=True):
@@ -1015,18 +1082,121 @@ def per_answer_table(
         k = wanted_picks(cs, answer)
         parsed = parse_recommendation(row["text"], cs.candidates, k, answer.fuzzy_threshold)
         rank = parsed.rank_of(cs.target.item_id)
+        history = {_title_key(_YEAR.sub("", display_title(m))) for m in cs.history}
         rows.append({"model": row["model"], "kind": "llm", "case_id": cs.set_id, "user_id": cs.user_id,
                      "valid": parsed.valid, "rank": rank, "picks": parsed.picks[:k], "fuzzy": parsed.fuzzy,
                      "not_candidates": len(parsed.not_candidates), "duplicates": len(parsed.duplicates),
-                     "problems": "; ".join(parsed.problems), "text": row["text"], **_ranking(rank, k)})
+                     "problems": "; ".join(parsed.problems), "text": row["text"],
+                     "target_position": shown_position(cs, cs.target.item_id),
+                     "pick_positions": [shown_position(cs, i) for i in parsed.picks[:k]],
+                     "names_target": cs.target.item_id in parsed.picks,
+                     "history_named": sum(_title_key(_YEAR.sub("", n)) in history for n in parsed.not_candidates),
+                     **_ranking(rank, k)})
     for name, ranked in rankings.items():
         for cs, order in zip(sets, ranked, strict=True):
             k = wanted_picks(cs, answer)
             rank = float(order.index(cs.target.item_id) + 1)
-            rows.append({"model": name, "kind": "classic", "case_id": cs.set_id, "user_id": cs.user_id, "valid": True,
+            rows.append({"model": name, "kind": "chance" if name in CHANCE_BASELINES else "classic",
+                         "case_id": cs.set_id, "user_id": cs.user_id, "valid": True,
                          "rank": rank, "picks": order[:k], "fuzzy": 0, "not_candidates": 0, "duplicates": 0,
-                         "problems": "", "text": None, **_ranking(rank, k)})
+                         "problems": "", "text": None, "target_position": shown_position(cs, cs.target.item_id),
+                         "pick_positions": [shown_position(cs, i) for i in order[:k]], "names_target": rank <= k,
+                         "history_named": 0, **_ranking(rank, k)})
     return pl.DataFrame(rows, infer_schema_length=None)
+
+
+def shown_position(cs: CandidateSet, item_id: int) -> int:
+    """1-based place of `item_id` in the candidate list as the prompt shows it."""
+    return [c.item_id for c in cs.candidates].index(item_id) + 1
+
+
+# Rankings that use nothing about the user: a seeded shuffle of each set (`random`, what chance
+# gets on these very sets) and the shown order (`listed`, what copying the list's top gets).
+CHANCE_BASELINES = ("random", "listed")
+RANDOM_EXPECTED = "random (expected)"
+
+
+def chance_rankings(names: Sequence[str], sets: Sequence[CandidateSet], seed: int) -> dict[str, list[list[int]]]:
+    """The `CHANCE_BASELINES` among `names`: full rankings of every set's candidates."""
+    rankings = {}
+    for name in names:
+        if name == "random":
+            rankings[name] = [[cs.candidates[j].item_id for j in np.random.default_rng([seed, cs.user_id]).permutation(
+                len(cs.candidates))] for cs in sets]
+        elif name == "listed":
+            rankings[name] = [[c.item_id for c in cs.candidates] for cs in sets]
+    return rankings
+
+
+def random_expected(sets: Sequence[CandidateSet], k: int, draws: int, seed: int) -> pl.DataFrame:
+    """The `random (expected)` rows of the comparison: the exact expectation of each ranking
+    metric when the next movie's rank is uniform over its set's candidates, with the 2.5-97.5%
+    range of the mean over these sets that `draws` random rankings give (how far chance alone
+    moves a recommender's mean on this many users)."""
+    sizes = np.array([len(cs.candidates) for cs in sets])
+    ranks = np.floor(np.random.default_rng(seed).random((draws, len(sets))) * sizes).astype(np.int64) + 1
+    simulated = {metric: np.array([_ranking(float(r), k)[metric] for r in range(1, sizes.max() + 1)])
+                 for metric in ("Hit@1", "Hit@3", "NDCG@3", "Precision@K")}
+    rows = []
+    for metric, by_rank in simulated.items():
+        exact = float(np.mean([by_rank[:n].mean() for n in sizes]))
+        means = by_rank[ranks - 1].mean(axis=1)
+        low, high = np.percentile(means, [2.5, 97.5])
+        rows.append({"model": RANDOM_EXPECTED, "kind": "chance", "metric": metric, "value": exact,
+                     "ci_low": float(low), "ci_high": float(high), "n": len(sets)})
+    return pl.DataFrame(rows, schema=SUMMARY_SCHEMA)
+
+
+POSITION_BIAS = ("copies first k", "picks in first k", "mean pick position", "names next movie (valid)",
+                 "names next movie (any)", "history titles named")
+
+
+def position_groups(n: int, k: int) -> list[tuple[int, int]]:
+    """Shown positions 1..n in groups: the first k alone, the rest in three near-equal runs."""
+    rest = [chunk for chunk in np.array_split(np.arange(k + 1, n + 1), 3) if len(chunk)]
+    return [(1, k), *[(int(c[0]), int(c[-1])) for c in rest]] if n > k else [(1, n)]
+
+
+def position_table(per_answer: pl.DataFrame, order: Sequence[str], k: int) -> pl.DataFrame:
+    """Where each recommender's hits come from: per recommender and group of shown positions of
+    the next movie (`position_groups`), the sets in the group and their Hit@1 and Hit@k."""
+    n = int(per_answer["target_position"].max())
+    rows = []
+    for name in order:
+        frame = per_answer.filter(pl.col("model") == name)
+        for first, last in position_groups(n, k):
+            group = frame.filter(pl.col("target_position").is_between(first, last))
+            rows.append({"model": name, "positions": f"{first}-{last}" if last > first else str(first),
+                         "sets": group.height,
+                         "Hit@1": float(group["Hit@1"].mean()) if group.height else math.nan,
+                         f"Hit@{k}": float((group["rank"] <= k).mean()) if group.height else math.nan})
+    return pl.DataFrame(rows)
+
+
+def position_bias(per_answer: pl.DataFrame, order: Sequence[str], k: int) -> pl.DataFrame:
+    """Per recommender (`POSITION_BIAS`): share of answers whose top k are the first k candidates
+    as listed, in that order; share of picks from the first k places; mean shown place of the
+    picks (chance: (n + 1) / 2); share of valid answers, and of all answers, that name the next
+    movie anywhere (beyond k too); listed titles that are history movies, per answer."""
+    rows = []
+    for name in order:
+        frame = per_answer.filter(pl.col("model") == name)
+        if frame.height == 0:
+            continue
+        positions = frame["pick_positions"].to_list()
+        flat = [p for ps in positions for p in ps]
+        valid = frame.filter(pl.col("valid"))
+        rows.append({
+            "model": name, "kind": frame["kind"][0], "answers": frame.height,
+            "copies first k": float(np.mean([ps == list(range(1, k + 1)) for ps in positions])),
+            "picks in first k": float(np.mean([p <= k for p in flat])) if flat else math.nan,
+            "mean pick position": float(np.mean(flat)) if flat else math.nan,
+            "names next movie (valid)": float(valid["names_target"].mean()) if valid.height else math.nan,
+            "valid answers": valid.height,
+            "names next movie (any)": float(frame["names_target"].mean()),
+            "history titles named": float(frame["history_named"].mean()),
+        })
+    return pl.DataFrame(rows)
 
 
 def _ranking(rank: float, k: int) -> dict[str, float]:
@@ -1052,22 +1222,31 @@ def summarise(per_answer: pl.DataFrame, order: Sequence[str], n_boot: int, seed:
                 continue
             values = frame[column].cast(pl.Float64).to_numpy()
             values = values[~np.isnan(values)]
-            if metric == "Explainability" and kind == "classic":
+            if metric == "Explainability" and kind != "llm":
                 continue
             low, high = bootstrap_ci(values, n_boot=n_boot, seed=seed)
             rows.append({"model": name, "kind": kind, "metric": metric,
                          "value": float(values.mean()) if len(values) else math.nan,
                          "ci_low": low, "ci_high": high, "n": int(len(values))})
-    return pl.DataFrame(rows, schema={"model": pl.String, "kind": pl.String, "metric": pl.String, "value": pl.Float64,
-                                      "ci_low": pl.Float64, "ci_high": pl.Float64, "n": pl.Int64})
+    return pl.DataFrame(rows, schema=SUMMARY_SCHEMA)
 
 
-def comparison_markdown(summary: pl.DataFrame, k: int, sets: int, negatives: int, sampler: str) -> str:
-    """The comparison table as markdown: one row per recommender, `value [ci_low, ci_high]` cells."""
+SUMMARY_SCHEMA = {"model": pl.String, "kind": pl.String, "metric": pl.String, "value": pl.Float64,
+                  "ci_low": pl.Float64, "ci_high": pl.Float64, "n": pl.Int64}
+
+
+def comparison_markdown(summary: pl.DataFrame, k: int, sets: int, negatives: int, sampler: str,
+                        positions: pl.DataFrame | None = None, bias: pl.DataFrame | None = None) -> str:
+    """The comparison table as markdown: one row per recommender, `value [ci_low, ci_high]` cells;
+    then, when given, Hit@k by the next movie's shown position (`position_table`) and the
+    position-bias table (`position_bias`)."""
     header = ["recommender", "kind", *[m.replace("@K", f"@{k}") for m in METRICS]]
     lines = [
         f"RecLAIF comparison on {sets} eval users, each ranking 1 held-out next movie + {negatives} {sampler} "
-        f"negatives; mean [95% bootstrap CI]. Explainability: the judge's 1-100 score (LLM answers only).",
+        f"negatives; mean [95% bootstrap CI]. Explainability: the judge's 1-100 score (LLM answers only). "
+        f"random: a seeded shuffle of each set; {RANDOM_EXPECTED}: the exact expectation of a random ranking "
+        f"[the 2.5-97.5% range of its mean over these {sets} users]; listed: the first {k} candidates as the "
+        f"prompt lists them.",
         "",
         "| " + " | ".join(header) + " |",
         "|" + "|".join(["---", "---"] + ["---:"] * len(METRICS)) + "|",
@@ -1085,6 +1264,27 @@ def comparison_markdown(summary: pl.DataFrame, k: int, sets: int, negatives: int
             else:
                 values.append(f"{r['value']:.3f} [{r['ci_low']:.3f}, {r['ci_high']:.3f}]")
         lines.append(f"| {name} | {frame['kind'][0]} | " + " | ".join(values) + " |")
+    if positions is not None and positions.height:
+        groups = positions["positions"].unique(maintain_order=True).to_list()
+        sizes = dict(zip(positions["positions"], positions["sets"]))
+        lines += ["", f"Hit@{k} by the next movie's position in the candidate list as shown (sets per group in "
+                  f"brackets; chance: {k}/{negatives + 1} in every group).", "",
+                  "| recommender | " + " | ".join(f"{g} ({sizes[g]})" for g in groups) + " |",
+                  "|---|" + "---:|" * len(groups)]
+        for name in positions["model"].unique(maintain_order=True).to_list():
+            cells = positions.filter(pl.col("model") == name)[f"Hit@{k}"].to_list()
+            lines.append(f"| {name} | " + " | ".join("–" if v != v else f"{v:.3f}" for v in cells) + " |")
+    if bias is not None and bias.height:
+        lines += ["", f"Position bias and reach: share of answers whose top {k} are the first {k} candidates as "
+                  f"listed; share of picks from the first {k} places (chance {k}/{negatives + 1}); mean place of "
+                  f"the picks (chance {(negatives + 2) / 2:g}); share of valid answers (count) and of all "
+                  "answers naming the next movie anywhere; history titles listed as picks per answer.", "",
+                  "| recommender | " + " | ".join(POSITION_BIAS) + " |", "|---|" + "---:|" * len(POSITION_BIAS)]
+        for r in bias.iter_rows(named=True):
+            valid = "–" if r["valid answers"] == 0 else f"{r['names next movie (valid)']:.3f} ({r['valid answers']})"
+            lines.append(f"| {r['model']} | {r['copies first k']:.3f} | {r['picks in first k']:.3f} | "
+                         f"{r['mean pick position']:.1f} | {valid} | {r['names next movie (any)']:.3f} | "
+                         f"{r['history titles named']:.2f} |")
     return "\n".join(lines) + "\n"
 
 
@@ -1115,7 +1315,10 @@ def reclaif_evaluate(
         raise FileNotFoundError(f"{answers_path}: missing (written by reclaif_recommend)")
     llm_answers = pl.read_parquet(answers_path)
     interactions = read_interactions(Path(data))
-    rankings = classic_rankings(recommender, evaluation.baselines, interactions, sets)
+    fitted = [b for b in evaluation.baselines if b not in CHANCE_BASELINES]
+    rankings = classic_rankings(recommender, fitted, interactions, sets)
+    rankings |= chance_rankings(evaluation.baselines, sets, evaluation.seed)
+    rankings = {name: rankings[name] for name in evaluation.baselines}  # the configured order
     per_answer = per_answer_table(sets, llm_answers, rankings, answer)
 
     movies = {m.item_id: m for cs in sets for m in cs.candidates}
@@ -1143,14 +1346,25 @@ def reclaif_evaluate(
 
     order = list(evaluation.baselines) + recommender_names(evaluation, training or TrainingConfig())
     order += [m for m in llm_answers["model"].unique(maintain_order=True).to_list() if m not in order]
-    summary = summarise(per_answer, order, evaluation.bootstrap, evaluation.seed)
-    summary.write_parquet(out / "comparison.parquet")
     k = min(answer.top_k, min(len(cs.candidates) for cs in sets))
+    summary = summarise(per_answer, order, evaluation.bootstrap, evaluation.seed)
+    if "random" in evaluation.baselines:  # the expectation right after the observed shuffle
+        at = summary["model"].to_list().index("random") + sum(1 for m in summary["model"] if m == "random")
+        expected = random_expected(sets, k, evaluation.bootstrap, evaluation.seed)
+        summary = pl.concat([summary.slice(0, at), expected, summary.slice(at)])
+    summary.write_parquet(out / "comparison.parquet")
+    positions = position_table(per_answer, order, k)
+    positions.write_parquet(out / "positions.parquet")
+    bias = position_bias(per_answer, order, k)
+    bias.write_parquet(out / "position_bias.parquet")
     negatives = max(len(cs.candidates) for cs in sets) - 1
-    (out / "comparison.md").write_text(comparison_markdown(summary, k, len(sets), negatives, _sampler(candidates)))
+    (out / "comparison.md").write_text(
+        comparison_markdown(summary, k, len(sets), negatives, _sampler(candidates), positions, bias))
     llm_rows_frame = per_answer.filter(pl.col("kind") == "llm")
     stats = {
         "eval_sets": len(sets), "recommenders": order, "top_k": answer.top_k,
+        "target_positions": sorted(per_answer.filter(pl.col("model") == order[0])["target_position"].to_list()),
+        "position_bias": bias.to_dicts(),
         "explainability_scored": int(np.isfinite(np.array(explainability, dtype=float)).sum()),
         "explainability_requests": int(llm_rows_frame.height) if evaluation.explainability else 0,
         "fuzzy_matches": int(llm_rows_frame["fuzzy"].sum()) if llm_rows_frame.height else 0,

@@ -227,6 +227,51 @@ def test_parser_duplicate_picks_and_count():
     assert ambiguous.picks == [] and ambiguous.not_candidates == ["Star Trek"]
 
 
+def answer_naming(*lines: str) -> str:
+    return "Key Preferences:\n- Preference 1: crime\n- Preference 2: space\n\nRecommended Movies (from most to least likely):\n" + \
+        "\n".join(f"{i}. {line} - a reason of several words." for i, line in enumerate(lines, 1))
+
+
+@pytest.mark.parametrize("rank", [1, 2, 3, None])
+def test_parser_and_scoring_with_the_next_movie_at_each_rank(rank):
+    # The next movie is Fargo (3); the other picks are Babe (6) and Star Wars (2).
+    cs = CandidateSet(set_id="eval-1", split="eval", user_id=1, history=[], candidates=CANDIDATES, target=CANDIDATES[2])
+    others = ["Babe (1995)", "Star Wars (1977)", "Star Trek: Generations (1994)"]
+    lines = others[:2] if rank else others
+    if rank:
+        lines.insert(rank - 1, "Fargo (1996)")
+    parsed = parse_recommendation(answer_naming(*lines), CANDIDATES, 3)
+    assert parsed.valid, parsed.problems
+    expected = float(rank) if rank else math.inf
+    assert parsed.rank_of(3) == expected
+    values = ranking_values(parsed.rank_of(3), 3)
+    assert values["Hit@1"] == float(rank == 1) and values["Hit@3"] == float(rank is not None)
+    assert values["NDCG@3"] == pytest.approx(1 / math.log2(rank + 1) if rank else 0.0)
+    assert values["Precision@3"] == pytest.approx(1 / 3 if rank else 0.0)
+    assert answer_scores(parsed, answer_naming(*lines), cs, 3).relevance == pytest.approx(
+        5 / math.log2(rank + 1) if rank else 0.0)
+    # An invalid answer (a fourth pick that is no candidate) is scored on the candidates it named, in its order.
+    broken = parse_recommendation(answer_naming(*lines, "Titanic (1997)"), CANDIDATES, 3)
+    assert not broken.valid and broken.rank_of(3) == expected
+
+
+def test_parser_candidates_named_by_number():
+    # The prompt lists candidates without numbers, so "3", "#2" or "Candidate 5" names no
+    # candidate: never mapped by position, counted against validity, and a miss ("#" is read as
+    # markdown and dropped).
+    parsed = parse_recommendation(answer_naming("3", "#2", "Candidate 5"), CANDIDATES, 3)
+    assert parsed.picks == [] and not parsed.valid
+    assert parsed.not_candidates == ["3 (a number, not a title)", "2 (a number, not a title)",
+                                     "Candidate 5 (a number, not a title)"]
+    assert math.isinf(parsed.rank_of(3)) and ranking_values(parsed.rank_of(3), 3)["Hit@3"] == 0.0
+    # A bare number under the heading is a pick that names nothing, not prose.
+    bare = parse_recommendation("Key Preferences:\n- crime\n\nRecommended Movies:\n3\n5\n1", CANDIDATES, 3)
+    assert bare.picks == [] and len(bare.not_candidates) == 3
+    # A number before the title is dropped and the title decides (not the number's position).
+    numbered = parse_recommendation(answer_naming("[6] Fargo (1996)", "4) Babe (1995)", "2. Star Wars"), CANDIDATES, 3)
+    assert numbered.valid and numbered.picks == [3, 6, 2], numbered.problems
+
+
 def test_template_teacher_answers_parse_valid():
     cs = CandidateSet(set_id="train-1", split="train", user_id=1, candidates=CANDIDATES, target=CANDIDATES[2],
                       history=[movie(11, "Heat", 1995, ["Action", "Crime"]), movie(12, "Se7en", 1995, ["Crime"])])
@@ -237,6 +282,37 @@ def test_template_teacher_answers_parse_valid():
     assert parsed.valid and parsed.picks == [3, 1, 2]
     messages = recommend_messages(cs, ReclaifAnswerConfig(), read_templates("reclaif_recommend.j2"))
     assert "- Star Trek: First Contact (1996)\n" in messages[-1]["content"] and "top 3 movies" in messages[-1]["content"]
+
+
+def test_template_teacher_sft_rows_carry_the_recommenders_order(toy, tmp_path):
+    # The SFT rows are what the student learns to rank from: each answer's picks must be the
+    # classic recommender's top k of its set, in its order, and stats.json says how often they
+    # hold the next movie.
+    from tasks.reclaif import reclaif_template_teacher
+    from tasks.recommend import fit_recommender, read_interactions, score_candidates
+
+    sets_dir, teacher = tmp_path / "sets", tmp_path / "teacher"
+    sets_dir.mkdir(), teacher.mkdir()
+    build_candidate_sets(sets_dir, candidates=ReclaifCandidatesConfig(train_users=8, eval_users=2, negatives=9),
+                         data=toy["data"], recommender=toy["recommender"])
+    recommender = RecommenderConfig(k=5, top_n=5, neighbours_per_item=3, sampled_negatives=5)
+    reclaif_template_teacher(teacher, answer=ReclaifAnswerConfig(), recommender=recommender, candidates=sets_dir,
+                             data=toy["data"], templates=read_templates("reclaif_recommend.j2"))
+    sets = read_candidate_sets(sets_dir, "train")
+    rec = fit_recommender(recommender, read_interactions(toy["data"]).filter(pl.col("split") == "train"))
+    matrix = np.array([[c.item_id for c in cs.candidates] for cs in sets])
+    scores = score_candidates(rec, [cs.user_id for cs in sets], matrix)
+    rows = [json.loads(line) for line in (teacher / "sft.jsonl").read_text().splitlines()]
+    ranks = []
+    for cs, row, score, ids in zip(sets, rows, scores, matrix, strict=True):
+        assert row["case_id"] == cs.set_id
+        top = ids[np.argsort(-score, kind="stable")][:3].tolist()
+        parsed = parse_recommendation(row["messages"][-1]["content"], cs.candidates, 3)
+        assert parsed.valid and parsed.picks == top
+        ranks.append(parsed.rank_of(cs.target.item_id))
+    stats = json.loads((teacher / "stats.json").read_text())
+    assert stats["next_movie_in_answer"] == pytest.approx(np.mean([r <= 3 for r in ranks]), abs=1e-4)
+    assert sum(stats["next_movie_ranks"].values()) == sum(r <= 3 for r in ranks)
 
 
 def test_parser_titles_with_markdown_characters():
@@ -362,27 +438,44 @@ def test_judge_both_orders_rubric_and_ensemble():
     assert [v.judgement.verdict for v in verdicts] == ["b", "both_bad"]
     assert verdicts[0].rubric_b.relevance == 5.0 and verdicts[0].rubric_a.relevance == 0.0
 
-    # Ensemble: a position-biased (inconsistent) LLM casts no vote; the rubric decides.
+    # The next movie's rank decides first: the ensemble does not even ask the LLM when the two
+    # answers rank it differently.
     ensemble = JudgeConfig(kind="ensemble", prompt="reclaif_judge.j2", llm_weight=0.3)
+    model = ScriptedModel(position_biased)
     [result] = judge_recommendation_pairs([(cs, worse, better)], judge=ensemble, answer=ReclaifAnswerConfig(),
+                                          templates=templates, model=model)
+    assert result.judgement.verdict == "b" and result.judgement.llm_choice is None and not model.prompts
+    # Equal relevance (both miss the next movie): a position-biased (inconsistent) LLM casts no
+    # vote; the rubric decides (genre diversity: Babe / Godfather / First Contact beat three
+    # science fiction films).
+    narrow = GOOD.replace("1. Fargo (1996)", "1. Star Wars (1977)").replace("2. Godfather, The", "2. Star Trek: Generations")
+    [result] = judge_recommendation_pairs([(cs, narrow, worse)], judge=ensemble, answer=ReclaifAnswerConfig(),
                                           templates=templates, model=ScriptedModel(position_biased))
     assert result.judgement.llm_choice == "inconsistent" and result.judgement.verdict == "b"
-    # Validity first: a valid answer beats a broken one even when their criteria are close, and
-    # the ensemble asks the LLM only about two valid answers (it cannot change the rest).
+    assert result.rubric_a.relevance == result.rubric_b.relevance == 0.0
+    # A valid answer beats a broken one when both miss; when the broken one ranks the next movie
+    # higher, neither is chosen (tie: choosing either would teach the wrong thing). The ensemble
+    # asks the LLM only about two valid answers of equal relevance (it cannot change the rest).
     broken = better.replace("3. Star Trek: First Contact (1996) - Space adventure with action and heart.", "")
+    broken_miss = worse.replace("3. Star Trek: First Contact (1996) - Space adventure with action and heart.", "")
     for judge in (rubric, ensemble):
         model = ScriptedModel(position_biased)
-        verdicts = judge_recommendation_pairs([(cs, invalid, invalid), (cs, worse, broken), (cs, worse, better)],
-                                              judge=judge, answer=ReclaifAnswerConfig(), templates=templates,
-                                              model=model)
-        assert [v.judgement.verdict for v in verdicts] == ["both_bad", "a", "b"]
+        verdicts = judge_recommendation_pairs(
+            [(cs, invalid, invalid), (cs, worse, broken), (cs, worse, better), (cs, broken_miss, worse), (cs, narrow, worse)],
+            judge=judge, answer=ReclaifAnswerConfig(), templates=templates, model=model)
+        assert [v.judgement.verdict for v in verdicts] == ["both_bad", "tie", "b", "b", "b"]
         assert verdicts[1].rubric_b.relevance > verdicts[1].rubric_a.relevance  # the broken one ranked Fargo first
         assert len(model.prompts) == (2 if judge is ensemble else 0)
-    assert [v.judgement.llm_choice for v in verdicts] == [None, None, "inconsistent"]
+    assert [v.judgement.llm_choice for v in verdicts] == [None, None, None, None, "inconsistent"]
+    from tasks.reclaif import ranking_signal
+
+    assert ranking_signal(verdicts) == {"pairs_with_next_movie": 2, "pairs_rank_differs": 2,
+                                        "kept_chosen_ranks_higher": 1, "kept_chosen_ranks_lower": 0,
+                                        "rank_vs_format": 1}
     # ... and only where its vote can change the verdict: at weight 0.01 the rubric margin decides alone.
     light = JudgeConfig(kind="ensemble", prompt="reclaif_judge.j2", llm_weight=0.01)
     model = ScriptedModel(position_biased)
-    [result] = judge_recommendation_pairs([(cs, worse, better)], judge=light, answer=ReclaifAnswerConfig(),
+    [result] = judge_recommendation_pairs([(cs, narrow, worse)], judge=light, answer=ReclaifAnswerConfig(),
                                           templates=templates, model=model)
     assert result.judgement.verdict == "b" and result.judgement.llm_choice is None and not model.prompts
 
@@ -413,8 +506,8 @@ def test_reclaif_evaluate_on_hand_made_answers(toy, tmp_path):
     pl.DataFrame(rows).write_parquet(answers / "answers.parquet")
     out = tmp_path / "out"
     out.mkdir()
-    evaluation = ReclaifEvaluationConfig(recommenders=["base"], baselines=["popular", "itemknn"], diversity=False,
-                                         explainability=False, bootstrap=50)
+    evaluation = ReclaifEvaluationConfig(recommenders=["base"], baselines=["popular", "itemknn", "random", "listed"],
+                                         diversity=False, explainability=False, bootstrap=50)
     reclaif_evaluate(out, evaluation=evaluation, answer=ReclaifAnswerConfig(), judge=JudgeConfig(),
                      recommender=RecommenderConfig(k=5), data=toy["data"], candidates=candidates, answers=answers,
                      templates={}, artifacts_dir=tmp_path)
@@ -435,7 +528,31 @@ def test_reclaif_evaluate_on_hand_made_answers(toy, tmp_path):
         assert row["rank"][0] == expected.index(cs.target.item_id) + 1
     markdown = (out / "comparison.md").read_text()
     assert "| oracle | llm | 1.000 [1.000, 1.000] |" in markdown and "| popular | classic |" in markdown
-    assert json.loads((out / "stats.json").read_text())["eval_sets"] == 4
+    stats = json.loads((out / "stats.json").read_text())
+    assert stats["eval_sets"] == 4
+    # Chance on the same sets: the shown order, a seeded shuffle, and the exact expectation
+    # (6 candidates: Hit@1 = 1/6, Hit@3 = 3/6) placed right after the shuffle.
+    positions = [[c.item_id for c in cs.candidates].index(cs.target.item_id) + 1 for cs in sets]
+    assert stats["target_positions"] == sorted(positions)
+    listed = per.filter(pl.col("model") == "listed").sort("case_id")
+    assert listed["rank"].to_list() == [float(p) for _, p in sorted(zip([cs.set_id for cs in sets], positions))]
+    assert value[("random (expected)", "Hit@1")] == pytest.approx(1 / 6)
+    assert value[("random (expected)", "Hit@3")] == pytest.approx(0.5)
+    assert value[("random (expected)", "NDCG@3")] == pytest.approx((1 + 1 / math.log2(3) + 0.5) / 6)
+    assert ("random (expected)", "ValidRatio") not in value
+    expected = table.filter((pl.col("model") == "random (expected)") & (pl.col("metric") == "Hit@3")).row(0, named=True)
+    assert 0.0 <= expected["ci_low"] < 0.5 < expected["ci_high"] <= 1.0  # 4 users: chance alone moves the mean a lot
+    models = table["model"].unique(maintain_order=True).to_list()
+    assert models[:5] == ["popular", "itemknn", "random", "random (expected)", "listed"]
+    assert per.filter(pl.col("model") == "random")["kind"].unique().to_list() == ["chance"]
+    # Position tables: the oracle hits wherever the next movie is listed; "half" only on the first two sets.
+    assert "by the next movie's position" in markdown and "Position bias and reach" in markdown
+    bias = {r["model"]: r for r in pl.read_parquet(out / "position_bias.parquet").iter_rows(named=True)}
+    assert bias["oracle"]["names next movie (any)"] == 1.0 and bias["half"]["names next movie (any)"] == 0.5
+    assert bias["listed"]["copies first k"] == 1.0 and bias["listed"]["mean pick position"] == 2.0
+    assert bias["broken"]["valid answers"] == 0
+    by_position = pl.read_parquet(out / "positions.parquet").filter(pl.col("model") == "oracle")
+    assert by_position["sets"].sum() == 4 and set(by_position["Hit@3"].drop_nans().to_list()) == {1.0}
 
     # The run's report: the same table, the feedback counts, the answers (escaped).
     from tasks.report import write_reclaif_report
@@ -452,5 +569,5 @@ def test_reclaif_evaluate_on_hand_made_answers(toy, tmp_path):
     assert "<th>oracle</th>" in page and "<th>popular</th>" in page and "Precision@3" in page
     assert page.count('class="example"') == 2 and "no idea" in page
     rows = json.loads((report / "metrics_table.json").read_text())
-    assert [r["recommender"] for r in rows] == ["popular", "itemknn", "base", "oracle", "half", "broken"] or \
-        {r["recommender"] for r in rows} == {"popular", "itemknn", "oracle", "half", "broken"}
+    assert [r["recommender"] for r in rows] == ["popular", "itemknn", "random", "random (expected)", "listed",
+                                                "oracle", "half", "broken"]

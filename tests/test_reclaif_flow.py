@@ -31,12 +31,16 @@ def test_reclaif_flow_writes_the_comparison_report_then_is_fully_cached(tmp_path
             "reclaif_judge_pairs_r2", "reclaif_recommend", "reclaif_evaluate", "write_report"} <= set(stages)
     run_dir = artifacts / "runs" / "reclaif_tiny"
     page = (run_dir / "report.html").read_text()
-    for name in ("itemknn", "als", "bpr", "popular", "base", "sft", "dpo_r1", "dpo_r2"):
+    names = ["itemknn", "als", "bpr", "popular", "random", "random (expected)", "listed", "base", "sft", "dpo_r1",
+             "dpo_r2"]
+    for name in names:
         assert f"<th>{name}</th>" in page, name
     assert "Hit@1" in page and "NDCG@3" in page and "Precision@3" in page
     rows = json.loads((run_dir / "metrics_table.json").read_text())
-    assert [r["recommender"] for r in rows] == ["itemknn", "als", "bpr", "popular", "base", "sft", "dpo_r1", "dpo_r2"]
-    assert "| itemknn | classic |" in (run_dir / "report.md").read_text()
+    assert [r["recommender"] for r in rows] == names
+    report = (run_dir / "report.md").read_text()
+    assert "| itemknn | classic |" in report and "| random (expected) | chance |" in report
+    assert "Position bias and reach" in report
 
     # The same command again: every stage from cache.
     again = run_flow(artifacts)

@@ -36,6 +36,7 @@
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import threading
 import time
@@ -140,6 +141,18 @@ def load_local_model(folder: Path, adapter: Path | None, dtype: str, device: str
         model.to(device).eval().requires_grad_(False)
         _MODELS[key] = (model, tokenizer)
         return model, tokenizer
+
+
+def release_models() -> int:
+    """Forget every model `load_local_model` cached in this process and collect the garbage, so
+    a stage that is done with its model gives the memory back before the next loads its own
+    (a RecLAIF run loads the base model, the students and the judge in turn). Returns how many
+    were released; a model is reloaded from disk when asked for again."""
+    with _LOAD_LOCK:
+        count = len(_MODELS)
+        _MODELS.clear()
+    gc.collect()
+    return count
 
 
 def make_run(cfg: LLMConfig, artifacts_dir: Path) -> Run:
