@@ -19,7 +19,12 @@ Compared side by side:
   one round from which precomputing pays off is printed. The reference is the round's init
   student, so the precompute is paid again every DPO round;
 - DPO scoring the completion tokens only (our CPU default) vs every position, trl's own choice
-  on devices without Triton (`--trainers dpo_per_step dpo_all_positions`).
+  on devices without Triton (`--trainers dpo_per_step dpo_all_positions`);
+- SFT with the LM head on the answer positions only (our CPU default) vs on every position, the
+  model's own loss (`--trainers sft_plain_loss sft_full_head`);
+- ORPO reading each pair's prompt once, [prompt][chosen][rejected] in one row (our default), vs
+  trl's two rows per pair (`--trainers orpo orpo_unpacked`);
+- LoRA dropout 0 vs the configured one (`--trainers sft_plain_loss sft_lora_dropout0`).
 
 `--default-flow` runs SFT, ORPO and two DPO rounds with the default TrainingConfig (what
 `make flow` trains) and reports each stage's wall time, for the 15-minute flow budget.
@@ -169,6 +174,8 @@ def run_one(kind: str, work: Path, steps: int, threads: int | None = None) -> di
         overrides.update(batch_size=2, gradient_accumulation_steps=2)
     if kind in ("sft_fp32", "sft_bf16"):  # training.precision pinned either way (`auto` picks one)
         overrides["precision"] = kind.removeprefix("sft_")
+    if kind == "sft_lora_dropout0":
+        overrides["lora"] = TrainingConfig().lora.model_copy(update={"dropout": 0.0})
     training = TrainingConfig(**overrides)
     artifacts = REPO / "artifacts"
     out = work / kind
@@ -185,6 +192,17 @@ def run_one(kind: str, work: Path, steps: int, threads: int | None = None) -> di
         from trl import SFTTrainer
 
         train._plain_loss_sft_trainer = lambda: SFTTrainer  # trl's own chunked LM-head loss
+    if kind == "sft_full_head":  # the model's own loss: the LM head at every position
+        from trl import SFTTrainer
+
+        class FullHeadSFTTrainer(SFTTrainer):
+            def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+                inputs = {k: v for k, v in inputs.items() if k in ("input_ids", "attention_mask", "labels")}
+                return Trainer.compute_loss(self, model, inputs, return_outputs, num_items_in_batch)
+
+        train._plain_loss_sft_trainer = lambda: FullHeadSFTTrainer
+    if kind == "orpo_unpacked":  # trl's forward: chosen and rejected rows each with the prompt
+        train.packed_pair_logps = lambda *args: None
     if kind == "dpo_all_positions":  # trl's own CPU behaviour: log-probs of every position
         train._score_completion_tokens_only = lambda: None
     if kind.startswith("dpo"):
@@ -197,7 +215,7 @@ def run_one(kind: str, work: Path, steps: int, threads: int | None = None) -> di
     start, cpu_start = time.perf_counter(), time.process_time()
     if kind.startswith("sft"):
         train.train_sft(out, training=training, sft=work / "sft", artifacts_dir=artifacts)
-    elif kind == "orpo":
+    elif kind.startswith("orpo"):
         train.train_orpo(out, training=training, preferences=work / "pairs", artifacts_dir=artifacts)
     else:
         train.train_dpo(out, training=training, preferences=work / "pairs", init=work / "sft_plain_loss",
@@ -230,6 +248,7 @@ def run_one(kind: str, work: Path, steps: int, threads: int | None = None) -> di
         "ref_forward_s": ref_forwards,
         "load_average": os.getloadavg()[0],
         "threads": torch.get_num_threads(),
+        "lora_dropout": training.lora.dropout,
     }
 
 
@@ -276,6 +295,14 @@ def _compare(results: list[dict]) -> None:
 
     if "sft_plain_loss" in by and "sft_trl_loss" in by:
         print(f"SFT plain loss faster than trl chunked loss: {ratio(by['sft_trl_loss'], by['sft_plain_loss'])}")
+    for slow, fast, what in (("sft_full_head", "sft_plain_loss", "SFT LM head on answer positions vs every position"),
+                             ("orpo_unpacked", "orpo", "ORPO prompt read once per pair vs two rows per pair")):
+        if slow in by and fast in by:
+            print(f"{what}: faster {ratio(by[slow], by[fast])}; peak {by[fast]['peak_rss_gb']:.2f} vs "
+                  f"{by[slow]['peak_rss_gb']:.2f} GB")
+    if "sft_plain_loss" in by and "sft_lora_dropout0" in by:
+        print(f"SFT LoRA dropout 0 faster than dropout {by['sft_plain_loss'].get('lora_dropout')}: "
+              f"{ratio(by['sft_plain_loss'], by['sft_lora_dropout0'])}")
     if "sft_plain_loss" in by and "sft_batch2x2" in by:
         a, b = by["sft_plain_loss"], by["sft_batch2x2"]
         print(f"SFT batch 2 x 2 accumulation vs batch 4: step time {ratio(b, a)}; "

@@ -592,11 +592,20 @@ def most_recent_of_active(ratings: pl.LazyFrame, min_user_ratings: int, max_rati
     return active.filter(pl.len().over("user_id") >= 3)
 
 
-def split_leave_last_out(ratings: pl.LazyFrame) -> pl.LazyFrame:
-    """Per user by time: last rating -> test, second last -> valid, the rest -> train."""
-    ordered = ratings.sort(["user_id", "timestamp", "item_id"]).with_columns(
-        pl.int_range(pl.len(), 0, -1).over("user_id").alias("_from_end")
-    )
+def split_leave_last_out(ratings: pl.LazyFrame, tie_order: str = "file") -> pl.LazyFrame:
+    """Per user by time: last rating -> test, second last -> valid, the rest -> train.
+
+    Ratings with the same timestamp keep the order of the source file (`tie_order="file"`, the
+    `_row` column `prepare_data` adds, else the frame's own order), as RecBole's time-ordered
+    leave-one-out does; `"item_id"` puts the highest item id last instead.
+    """
+    if tie_order == "item_id":
+        ordered = ratings.sort(["user_id", "timestamp", "item_id"])
+    elif "_row" in ratings.collect_schema().names():
+        ordered = ratings.sort(["user_id", "timestamp", "_row"])
+    else:
+        ordered = ratings.sort(["user_id", "timestamp"], maintain_order=True)
+    ordered = ordered.with_columns(pl.int_range(pl.len(), 0, -1).over("user_id").alias("_from_end"))
     return ordered.with_columns(
         pl.when(pl.col("_from_end") == 1)
         .then(pl.lit("test"))
@@ -719,14 +728,15 @@ def prepare_data(out: Path, *, data: DataConfig, source_digest: str | None = Non
         items, kg, names = read_ml_latest_side(folder, data)
         users = None
     check_ratings(ratings, items["item_id"], source, data.rating_range)
-    cut = most_recent_of_active(ratings.lazy(), data.min_user_ratings, data.max_ratings).lazy()
+    # `_row`: the line order of the source, which breaks timestamp ties in leave-last-out
+    cut = most_recent_of_active(ratings.lazy().with_row_index("_row"), data.min_user_ratings, data.max_ratings).lazy()
     del ratings  # the whole file is no longer needed (ML-32M: ~1 GiB)
     split = (
-        split_leave_last_out(cut)
+        split_leave_last_out(cut, data.tie_order)
         if data.split == "leave_last_out"
         else split_temporal(cut, data.temporal_valid_fraction, data.temporal_test_fraction)
     )
-    interactions = split.collect()
+    interactions = split.drop("_row").collect()
     if interactions.height == 0:
         raise DataError(f"{source}: no ratings left after keeping users with >= {data.min_user_ratings} ratings")
     used = interactions["item_id"].unique()

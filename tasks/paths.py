@@ -27,9 +27,14 @@ Scores (Sorted Explanation Paths: credibility, readability, diversity), each in 
 - readability = mean of (a) length 2 / hops; (b) 1 if the middle node has a human name (genre,
   tag, movie title, or a name in the optional `entities.parquet`), 0.5 when it renders only as
   "an actor"; (c) commonness of the relation, log(1 + edges) / log(1 + edges of the commonest).
-- diversity: greedy selection of the top P maximises w_c*cred + w_r*read + w_d*[pattern not yet
-  chosen for this pair]; with a 0/1 novelty bonus the greedy pick is exactly "the best path of
-  each pattern gets +w_d", so one sort does it. `score` is that adjusted value.
+- diversity: the top P paths of a recommendation cover different patterns where the graph allows:
+  its first (chosen) path, then the best path of each other pattern, then the rest, each by score.
+  The first path is picked over the user's recommendations in rank order (Sorted Explanation
+  Paths): the best path of each pattern scores w_c*cred + w_r*read + w_d*[pattern not yet first
+  for a higher-ranked recommendation of this user]. Without it the item-KNN neighbour path
+  (`similar_to`, also the intrinsic explanation) came first for almost every ml-100k
+  recommendation (benchmarks/bench_paths.py). `diversity` is that 0/1 novelty, `score` the
+  adjusted value.
 
 Path quality of the chosen explanation of each recommendation (its rank-1 path), after Balloccu
 et al. (SIGIR 2022), each in [0, 1]:
@@ -453,10 +458,14 @@ def mine(
     keep &= _rank_within_masked(pair, (j, -base), keep) < cfg.max_paths_per_pair
     cand = {k: v[keep] for k, v in cand.items()}
     pair, j, base, credibility, readability = cand["pair"], cand["j"], base[keep], credibility[keep], readability[keep]
-    # diversity: the best path of each pattern (kind) in a pair gets the bonus
-    diversity = (_rank_within(pair * len(graph.kinds) + cand["kind"], (j, -base)) == 0).astype(np.float64)
+    best_of_kind = _rank_within(pair * len(graph.kinds) + cand["kind"], (j, -base)) == 0
+    first, novel = _first_paths(pair, cand["kind"], base, best_of_kind, recs["user_id"].to_numpy(),
+                                recs["rank"].to_numpy(), cfg.weight_diversity)
+    diversity = novel.astype(np.float64)
     score = base + cfg.weight_diversity * diversity
-    path_rank = _rank_within(pair, (j, -score)) + 1
+    # the first path, then the best path of each other pattern, then the rest; by score within each
+    tier = np.where(first, 0, np.where(best_of_kind, 1, 2))
+    path_rank = _rank_within(pair, (j, -score, tier)) + 1
     top = path_rank <= cfg.top_p
     return pl.DataFrame(
         {
@@ -505,6 +514,32 @@ def _tag_similarity_candidates(graph: Graph, p_user: np.ndarray, p_item: np.ndar
     return dict(pair=pair, j=j, middle=a, middle2=b, hops=np.full(len(pair), 4), hop=(specificity[a] + specificity[b]) / 2,
                 rating=rated_rating[linking], named=np.ones(len(pair)), common=np.full(len(pair), commonness),
                 kind=np.full(len(pair), graph.tag_similar_kind))
+
+
+def _first_paths(pair: np.ndarray, kind: np.ndarray, base: np.ndarray, best_of_kind: np.ndarray,
+                 rec_user: np.ndarray, rec_rank: np.ndarray, weight: float) -> tuple[np.ndarray, np.ndarray]:
+    """(first, novel) masks over the candidates: the first (chosen) path of every recommendation,
+    and the best paths of a pattern that the user's higher-ranked recommendations did not get first.
+
+    Greedy over each user's recommendations in rank order: among the best path of each pattern,
+    the first is the one with the highest base score plus `weight` if its pattern is new for the
+    user (Sorted Explanation Paths' diversity, which raises ETD).
+    """
+    first, novel = np.zeros(len(pair), bool), np.zeros(len(pair), bool)
+    candidates = np.flatnonzero(best_of_kind)
+    candidates = candidates[np.lexsort((-base[candidates], rec_rank[pair[candidates]], rec_user[pair[candidates]]))]
+    bounds = np.flatnonzero(np.diff(pair[candidates])) + 1
+    used: set[int] = set()
+    user = None
+    for group in np.split(candidates, bounds) if len(candidates) else ():
+        if rec_user[pair[group[0]]] != user:
+            user, used = rec_user[pair[group[0]]], set()
+        new = np.array([k not in used for k in kind[group].tolist()])
+        novel[group] = new
+        pick = group[np.argmax(base[group] + weight * new)]
+        first[pick] = True
+        used.add(int(kind[pick]))
+    return first, novel
 
 
 def _rank_sorted(group: np.ndarray) -> np.ndarray:

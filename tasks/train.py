@@ -449,17 +449,28 @@ def _score_completion_tokens_only() -> None:
 
 @functools.cache
 def _answer_nll_orpo_trainer() -> type:
-    """ORPOTrainer whose likelihood term covers the chosen answer only, like the SFT loss.
+    """ORPOTrainer whose likelihood term covers the chosen answer only, like the SFT loss, and whose
+    forward reads each pair's prompt once (`packed_pair_logps`).
 
-    trl's covers the prompt too: with a ~165-token prompt and a ~45-token answer most of that
-    signal is "reproduce the prompt", and a 135M student trained on it answered by copying the
-    prompt's fact lines over and over. The odds-ratio term is trl's, unchanged.
+    trl's likelihood term covers the prompt too: with a ~165-token prompt and a ~45-token answer
+    most of that signal is "reproduce the prompt", and a 135M student trained on it answered by
+    copying the prompt's fact lines over and over. The odds-ratio term is trl's, unchanged; its
+    "logits/chosen" metric is the mean over answer tokens.
     """
+    import torch
     import torch.nn.functional as F
     from trl.experimental.orpo import ORPOTrainer
 
     class AnswerNLLORPOTrainer(ORPOTrainer):
         def concatenated_forward(self, model, batch):
+            packed = None if self.aux_loss_enabled or self.is_encoder_decoder else packed_pair_logps(
+                model, batch["chosen_input_ids"], batch["chosen_labels"],
+                batch["rejected_input_ids"], batch["rejected_labels"])
+            if packed is not None:
+                chosen, rejected, chosen_logits, rejected_logits = packed
+                nll = -torch.cat(chosen).mean()
+                return (torch.stack([c.mean() for c in chosen]), torch.stack([r.mean() for r in rejected]),
+                        chosen_logits, rejected_logits, nll)
             chosen_logps, rejected_logps, chosen_logits, rejected_logits, _, *rest = super().concatenated_forward(
                 model, batch)
             labels = batch["chosen_labels"][:, 1:].to(chosen_logits.device)  # the prompt is -100 there
@@ -472,21 +483,97 @@ def _answer_nll_orpo_trainer() -> type:
 
 @functools.cache
 def _plain_loss_sft_trainer() -> type:
-    """SFTTrainer with the model's own cross-entropy instead of trl's chunked LM-head loss.
+    """SFTTrainer with a plain cross-entropy on the answer tokens instead of trl's chunked LM-head loss.
 
-    Same loss (the prompt tokens are already -100 in the labels), faster on CPU; trl's token
-    accuracy and entropy metrics are not logged. A factory so that trl is imported only when a
-    trainer is built (see the imports at the top).
+    Same loss (the prompt tokens are -100 in the labels), faster on CPU: the LM head runs on the
+    answer positions only (`answer_token_loss`); trl's token accuracy and entropy metrics are not
+    logged. A factory so that trl is imported only when a trainer is built (see the imports at the top).
     """
-    from transformers import Trainer
     from trl import SFTTrainer
 
     class PlainLossSFTTrainer(SFTTrainer):
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-            inputs = {k: v for k, v in inputs.items() if k in ("input_ids", "attention_mask", "labels")}
-            return Trainer.compute_loss(self, model, inputs, return_outputs, num_items_in_batch)
+            loss = answer_token_loss(model, inputs["input_ids"], inputs["attention_mask"], inputs["labels"],
+                                     num_items_in_batch)
+            return (loss, {"loss": loss}) if return_outputs else loss
 
     return PlainLossSFTTrainer
+
+
+def _decoder_and_head(model):
+    """The transformer body and the LM head of a causal LM, through a peft wrapper if any."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return base.get_decoder(), base.get_output_embeddings()
+
+
+def answer_token_loss(model, input_ids, attention_mask, labels, num_items_in_batch=None):
+    """Next-token cross-entropy over the positions whose label is not -100, with the LM head run on
+    those positions only: on CPU the head over a 49k vocabulary at every prompt position costs a
+    large share of a step (benchmarks/bench_train.py). Summed and divided by `num_items_in_batch`
+    when the Trainer gives it (gradient accumulation), else averaged, as transformers' own loss."""
+    import torch.nn.functional as F
+
+    decoder, head = _decoder_and_head(model)
+    hidden = decoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+    targets = labels[:, 1:].to(hidden.device)
+    keep = targets != -100
+    logits = head(hidden[:, :-1][keep]).float()
+    loss = F.cross_entropy(logits, targets[keep], reduction="sum")
+    return loss / (num_items_in_batch if num_items_in_batch is not None else keep.sum().clamp(min=1))
+
+
+def packed_pair_logps(model, chosen_ids, chosen_labels, rejected_ids, rejected_labels):
+    """Per-token log-probs of each pair's chosen and rejected answers from ONE row per pair,
+    [prompt][chosen][rejected], instead of two rows that each repeat the prompt.
+
+    The rejected answer continues the prompt's positions and a 4-D attention mask hides the chosen
+    answer from it, so every answer token sees exactly what it sees in its own row; the answers'
+    first tokens are both predicted from the prompt's last position. Rows are trl's (prompt +
+    answer, labels -100 outside the answer, padding at the end). Returns (chosen, rejected:
+    lists of 1-D log-prob tensors, one per pair; chosen and rejected answer logits), or None when
+    the model's attention cannot take a custom mask or a pair's two rows do not share their prompt.
+    """
+    import torch
+
+    decoder, head = _decoder_and_head(model)
+    attention = getattr(model.config, "_attn_implementation", None)
+    if attention not in ("sdpa", "eager"):
+        return None
+    rows = []
+    for c_ids, c_lab, r_ids, r_lab in zip(chosen_ids, chosen_labels, rejected_ids, rejected_labels):
+        c_at, r_at = (c_lab != -100).nonzero().squeeze(1), (r_lab != -100).nonzero().squeeze(1)
+        if not len(c_at) or not len(r_at) or c_at[0] != r_at[0] or not torch.equal(c_ids[:c_at[0]], r_ids[:r_at[0]]):
+            return None
+        rows.append((c_ids[:c_at[0]], c_ids[c_at], r_ids[r_at]))
+    width = max(len(p) + len(c) + len(r) for p, c, r in rows)
+    ids = torch.zeros((len(rows), width), dtype=torch.long)
+    positions = torch.zeros((len(rows), width), dtype=torch.long)
+    allowed = torch.ones((len(rows), width, width), dtype=torch.bool).tril()
+    chosen_at, rejected_at = [], []  # (row, position) that predicts each answer token
+    for i, (prompt, chosen, rejected) in enumerate(rows):
+        P, C, R = len(prompt), len(chosen), len(rejected)
+        ids[i, :P + C + R] = torch.cat([prompt, chosen, rejected])
+        positions[i, :P + C] = torch.arange(P + C)
+        positions[i, P + C:P + C + R] = torch.arange(P, P + R)
+        allowed[i, P + C:, P:P + C] = False  # the rejected answer (and the padding after it) never sees the chosen
+        chosen_at.append((i, [P - 1] + list(range(P, P + C - 1))))
+        rejected_at.append((i, [P - 1] + list(range(P + C, P + C + R - 1))))
+    device = chosen_ids.device
+    mask = allowed[:, None].to(device)
+    if attention == "eager":  # additive
+        mask = torch.zeros(mask.shape, dtype=model.dtype, device=device).masked_fill(~mask, torch.finfo(model.dtype).min)
+    hidden = decoder(input_ids=ids.to(device), attention_mask=mask, position_ids=positions.to(device)).last_hidden_state
+
+    def answers(at, rows_tokens):
+        index = [(i, p) for i, places in at for p in places]
+        logits = head(hidden[[i for i, _ in index], [p for _, p in index]]).float()
+        targets = torch.cat(rows_tokens).to(device)
+        logps = logits.log_softmax(-1).gather(1, targets[:, None]).squeeze(1)
+        return list(logps.split([len(t) for t in rows_tokens])), logits
+
+    chosen, chosen_logits = answers(chosen_at, [c for _, c, _ in rows])
+    rejected, rejected_logits = answers(rejected_at, [r for _, _, r in rows])
+    return chosen, rejected, chosen_logits, rejected_logits
 
 
 # ---------------------------------------------------------------------------------------------

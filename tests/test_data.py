@@ -382,3 +382,28 @@ def test_bad_imdb_files_are_named(tmp_path):
         prepare(tmp_path, source="ml-latest", path=folder, imdb_path=tmp_path / "c")
     with pytest.raises(ValidationError, match="needs data.source ml-latest"):
         DataConfig(imdb_path=tmp_path)
+
+
+def test_leave_last_out_ties_keep_the_file_order():
+    """Two last ratings in the same second: the later line of the file is the test item (RecBole's
+    order), whatever the item ids; `tie_order="item_id"` keeps the old rule (highest id last)."""
+    ratings = pl.DataFrame(
+        {"user_id": [1, 1, 1, 1], "item_id": [9, 5, 2, 7], "rating": [3.0] * 4, "timestamp": [10, 20, 30, 30]}
+    ).lazy()
+    by_file = split_leave_last_out(ratings.with_row_index("_row")).collect()
+    assert dict(by_file.select("item_id", "split").iter_rows()) == {9: "train", 5: "train", 2: "valid", 7: "test"}
+    swapped = pl.concat([ratings.collect()[[0, 1, 3]], ratings.collect()[[2]]]).lazy()  # 7's line before 2's
+    assert dict(split_leave_last_out(swapped).collect().select("item_id", "split").iter_rows())[2] == "test"
+    by_id = split_leave_last_out(swapped, tie_order="item_id").collect()
+    assert dict(by_id.select("item_id", "split").iter_rows())[7] == "test"
+
+
+def test_prepare_data_breaks_ties_by_file_line(tmp_path):
+    folder = tmp_path / "ml"
+    folder.mkdir()
+    (folder / "movies.csv").write_text("movieId,title,genres\n" + "".join(f"{i},M{i} (1990),Drama\n" for i in range(1, 7)))
+    (folder / "ratings.csv").write_text(
+        "userId,movieId,rating,timestamp\n1,6,4.0,1\n1,1,4.0,2\n1,5,4.0,3\n1,3,4.0,3\n1,2,4.0,3\n")
+    prepare_data(tmp_path, data=DataConfig(source="ml-latest", path=folder, min_user_ratings=3))
+    split = dict(pl.read_parquet(tmp_path / "interactions.parquet").select("item_id", "split").iter_rows())
+    assert split[2] == "test" and split[3] == "valid" and split[5] == "train"

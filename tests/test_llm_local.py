@@ -365,3 +365,40 @@ def test_embedded_smollm2_stops_at_a_repeated_sentence():
     tokenizer = AutoTokenizer.from_pretrained(resolve_model("smollm2", ARTIFACTS))
     ends = sentence_end_ids(tokenizer)
     assert tokenizer.convert_tokens_to_ids(".") in ends and tokenizer.convert_tokens_to_ids("Ġthe") not in ends
+
+
+TEACHER_LIKE = [
+    [{"role": "system", "content": "You write short movie recommendations from facts."},
+     {"role": "user", "content": "Facts: you rated Heat 5/5. Why Ronin?"},
+     {"role": "assistant", "content": "You rated Heat 5/5, and Ronin is a crime thriller like it."},
+     {"role": "user", "content": f"Facts: {facts} Why {movie}?"}]
+    for facts, movie in (
+        ("you rated Babe 4/5, Toy Story 5/5, Pocahontas 3/5, Aladdin 4/5, The Lion King 5/5, Dumbo 2/5, "
+         "Mulan 4/5, Hercules 3/5, Tarzan 4/5, Bambi 5/5 and Cinderella 3/5; all are animated films.", "Balto"),
+        ("you rated Casino 5/5, Fargo 3/5, Heat 5/5, Scarface 4/5, The Godfather 5/5, Donnie Brasco 4/5, "
+         "Carlito's Way 4/5, Mean Streets 3/5 and Chinatown 5/5; people who liked them liked crime.", "Goodfellas"),
+        ("you rated Star Wars 5/5, Alien 4/5, Aliens 5/5, Blade Runner 5/5, Brazil 3/5, Dune 2/5, Tron 3/5, "
+         "The Terminator 4/5, Total Recall 4/5 and RoboCop 3/5; all of them are science fiction.", "Gattaca"))
+]
+
+
+def test_batch_start_read_once(tiny, monkeypatch):
+    """Prompts that share only a worked example (too short a share of each prompt to group them:
+    `shared_prefixes`) read it once, in a first
+    one-row read, and every answer, greedy or sampled, is the one its prompt gets alone."""
+    model, tokenizer = load_local_model(tiny, None, "float32", "cpu")
+    assert len(set(shared_prefixes([prompt_token_ids(tokenizer, p) for p in TEACHER_LIKE])[0])) == 3
+    widths = []
+    forward = model.forward
+    monkeypatch.setattr(model, "forward", lambda **kw: widths.append(tuple(kw["input_ids"].shape)) or forward(**kw))
+    batched = load_chat_model(tiny_cfg(tiny), ARTIFACTS).generate(TEACHER_LIKE, GREEDY)
+    assert widths[0][0] == 1 and widths[0][1] > 30  # the system message and the example, one row
+    assert widths[1][0] == len(TEACHER_LIKE)
+    sampled = load_chat_model(tiny_cfg(tiny), ARTIFACTS).generate(TEACHER_LIKE, SAMPLED, n=2)
+    for prompt, samples in zip(TEACHER_LIKE, batched):
+        [[alone]] = load_chat_model(tiny_cfg(tiny, batch_size=1), ARTIFACTS).generate([prompt], GREEDY)
+        assert samples[0].text == alone.text and samples[0].prompt_tokens == alone.prompt_tokens
+    monkeypatch.setattr("recxplain.llm.local.BATCH_START_TOKENS", math.inf)
+    widths.clear()
+    assert texts(load_chat_model(tiny_cfg(tiny), ARTIFACTS).generate(TEACHER_LIKE, SAMPLED, n=2)) == texts(sampled)
+    assert widths[0][0] == len(TEACHER_LIKE)  # without it, every prompt reads the example

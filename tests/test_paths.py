@@ -16,6 +16,7 @@ import scipy.sparse as sp
 
 from recxplain.config import PathsConfig, RecommenderConfig
 from tasks.paths import (
+    _first_paths,
     Graph,
     build_graph,
     entity_label,
@@ -110,7 +111,7 @@ def test_path_scores_on_toy_graph_match_hand_computation():
     assert got.keys() == expected.keys()
     for kind, (j, c, r) in expected.items():
         assert got[kind] == (j, pytest.approx(c), pytest.approx(r))
-    score = {k: 0.5 * c + 0.3 * r + 0.2 for k, (_, c, r) in expected.items()}  # all patterns distinct
+    score = {k: 0.5 * c + 0.3 * r + 0.1 for k, (_, c, r) in expected.items()}  # every pattern new to the user
     ranked = sorted(score, key=score.get, reverse=True)
     assert ranked == ["director", "similar_to", "genre"]
     assert paths.sort("path_rank")["kind"].to_list() == ranked
@@ -231,3 +232,21 @@ def test_path_through_similar_tags_is_mined_ranked_and_rendered():
     _, _, summary = path_quality(paths, graph, rated, recs, beta=0.3)
     assert summary["patterns_of_chosen"] == {"user-rated-movie-tag-similar_to-tag-movie": 1}
     assert summary["path_types_possible"] == 2  # tags shared directly, and tags that are similar
+
+
+def test_first_paths_vary_the_pattern_over_a_users_recommendations():
+    """Two recommendations whose best path is the same pattern: the second gets another pattern
+    first (ETD), the first keeps its best; without the diversity weight both keep their best."""
+    # candidates: pair 0 (rank 1) and pair 1 (rank 2), patterns 0 (similar_to-like) and 1 (genre-like)
+    pair, kind = np.array([0, 0, 1, 1, 1]), np.array([0, 1, 0, 1, 1])
+    base = np.array([0.9, 0.6, 0.8, 0.7, 0.65])
+    best = np.array([True, True, True, True, False])
+    users, ranks = np.array([7, 7]), np.array([1, 2])
+    first, novel = _first_paths(pair, kind, base, best, users, ranks, weight=0.2)
+    assert first.tolist() == [True, False, False, True, False]
+    assert novel.tolist() == [True, True, False, True, False]
+    first, _ = _first_paths(pair, kind, base, best, users, ranks, weight=0.0)
+    assert first.tolist() == [True, False, True, False, False]
+    # another user starts afresh
+    first, _ = _first_paths(pair, kind, base, best, np.array([7, 8]), ranks, weight=0.2)
+    assert first.tolist() == [True, False, True, False, False]

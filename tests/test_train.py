@@ -350,7 +350,9 @@ def test_orpo_likelihood_covers_the_chosen_answer_only(monkeypatch):
     monkeypatch.setattr(ORPOTrainer, "concatenated_forward",
                         lambda self, model, batch: ("chosen", "rejected", chosen_logits, "rejected logits", "trl nll"))
     trainer_class = train._answer_nll_orpo_trainer()
-    out = trainer_class.concatenated_forward(object.__new__(trainer_class), None, {"chosen_labels": chosen_labels})
+    trainer = object.__new__(trainer_class)
+    trainer.is_encoder_decoder, trainer.aux_loss_enabled = False, True  # trl's forward: no packed pairs
+    out = trainer_class.concatenated_forward(trainer, None, {"chosen_labels": chosen_labels})
     expected = torch.nn.functional.cross_entropy(chosen_logits[:, :3].reshape(-1, 11), chosen_labels[:, 1:].reshape(-1))
     assert out[:4] == ("chosen", "rejected", chosen_logits, "rejected logits")
     assert out[4].item() == pytest.approx(expected.item())
@@ -366,3 +368,76 @@ def test_dpo_with_the_chosen_answers_likelihood(sft_student, tiny_model, data, t
     train.train_dpo(tmp_path, training=config, preferences=data["pairs"], init=sft_student, artifacts_dir=tmp_path)
     first = json.loads((tmp_path / "training.json").read_text())["curve"][0]
     assert first["step"] == 1 and first["train_loss"] > math.log(2) + 0.01
+
+
+def _pair_rows(tokenizer, pairs: list[tuple[list[dict], str, str]]):
+    """trl-shaped rows: prompt + answer token ids padded at the end, labels -100 outside the answer."""
+    def rows(which):
+        ids, labels = [], []
+        for prompt, *answers in pairs:
+            start = tokenizer.apply_chat_template(prompt, add_generation_prompt=True, tokenize=False)
+            p = tokenizer(start, add_special_tokens=False)["input_ids"]
+            a = tokenizer(answers[which] + "<|im_end|>", add_special_tokens=False)["input_ids"]
+            ids.append(p + a)
+            labels.append([-100] * len(p) + a)
+        width = max(map(len, ids)) + 2  # padding after every row
+        return (torch.tensor([r + [0] * (width - len(r)) for r in ids]),
+                torch.tensor([r + [-100] * (width - len(r)) for r in labels]))
+    return (*rows(0), *rows(1))
+
+
+def _row_logps(model, ids, labels) -> list[torch.Tensor]:
+    """Each answer's token log-probs from its own row (the plain way)."""
+    out = []
+    for row, lab in zip(ids, labels):
+        real = int((lab != -100).nonzero().max()) + 1
+        logits = model(input_ids=row[None, :real]).logits[0, :-1].log_softmax(-1)
+        targets = row[1:real]
+        keep = lab[1:real] != -100
+        out.append(logits[keep].gather(1, targets[keep][:, None]).squeeze(1))
+    return out
+
+
+@pytest.mark.parametrize("attention", ["sdpa", "eager"])
+def test_packed_pairs_match_rows_read_alone(tiny_model, attention):
+    """ORPO's packed forward ([prompt][chosen][rejected] in one row) gives every answer token the
+    log-prob, and the LoRA weights the gradient, of reading prompt + answer alone."""
+    from peft import LoraConfig as PeftLoraConfig, get_peft_model
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model)
+    torch.manual_seed(0)
+    model = get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_model, attn_implementation=attention),
+                           PeftLoraConfig(r=4, lora_alpha=8, target_modules="all-linear", init_lora_weights=False))
+    pairs = [(_prompt(i), _answer(i), "zq xv " * (1 + i)) for i in range(3)]
+    pairs[1] = (pairs[1][0], "A much longer chosen answer than the rejected one, " * 3, "No.")
+    c_ids, c_lab, r_ids, r_lab = _pair_rows(tokenizer, pairs)
+
+    chosen, rejected, chosen_logits, _ = train.packed_pair_logps(model, c_ids, c_lab, r_ids, r_lab)
+    (torch.cat(chosen).sum() - torch.cat(rejected).sum()).backward()
+    packed_grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
+    model.zero_grad()
+    alone_c, alone_r = _row_logps(model, c_ids, c_lab), _row_logps(model, r_ids, r_lab)
+    (torch.cat(alone_c).sum() - torch.cat(alone_r).sum()).backward()
+
+    assert chosen_logits.shape == (sum(len(c) for c in chosen), len(tokenizer))
+    for packed, alone in zip(chosen + rejected, alone_c + alone_r):
+        assert packed.shape == alone.shape and torch.allclose(packed, alone, atol=1e-5)
+    for name, parameter in model.named_parameters():
+        if parameter.requires_grad:
+            assert torch.allclose(packed_grads[name], parameter.grad, rtol=1e-4, atol=1e-4), name
+    # a pair whose two rows do not start with the same prompt is left to trl's forward
+    r_ids[0, 3] += 1
+    assert train.packed_pair_logps(model, c_ids, c_lab, r_ids, r_lab) is None
+
+
+def test_answer_token_loss_is_the_models_own_loss(tiny_model):
+    """The SFT loss with the LM head on the answer positions only equals transformers' loss."""
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model)
+    model = AutoModelForCausalLM.from_pretrained(tiny_model)
+    ids, labels, _, _ = _pair_rows(tokenizer, [(_prompt(i), _answer(i), "x") for i in range(3)])
+    mask = (ids != 0).long()
+    expected = model(input_ids=ids, attention_mask=mask, labels=labels).loss
+    assert train.answer_token_loss(model, ids, mask, labels).item() == pytest.approx(expected.item(), rel=1e-5)
+    n = int((labels[:, 1:] != -100).sum())
+    assert train.answer_token_loss(model, ids, mask, labels, torch.tensor(2 * n)).item() == pytest.approx(
+        expected.item() / 2, rel=1e-5)

@@ -11,9 +11,10 @@
   (`GrowingCache`) and finished rows dropped from the batch as they end.
 - Shared prefixes: a judge reads the same evidence before each pair of answers it compares
   (both orders; every pair of explainers in the tournament), and every prompt of a stage starts
-  with the same instructions. `generate_batch` reads each shared start once and copies its KV
-  cache rows to the prompts that share it (`shared_prefixes`), then reads the rest of every
-  distinct prompt once: the samples of one prompt (best-of-n, pair candidates) copy its cache.
+  with the same instructions (and the teacher's with the same worked example). `generate_batch`
+  reads the start common to the whole batch once, then each shared start once, copying KV cache
+  rows to the prompts that share them (`shared_prefixes`), then the rest of every distinct prompt
+  once: the samples of one prompt (best-of-n, pair candidates) copy its cache.
 - Sampling: each row's next token is drawn with its own `torch.Generator` seeded with
   `sampling.seed + sample index`, so sample i of a prompt is the same whatever else is in the
   batch (up to the float noise padding brings) and across runs. `sample_tokens` applies
@@ -64,6 +65,10 @@ SHARED_FRACTION = 0.5
 # The samples of one prompt read it once (read at call time: benchmarks/bench_best_of.py turns it
 # off to time every sample reading its own copy).
 READ_SAMPLES_ONCE = True
+# A start that every prompt of a batch shares (the system message, a worked example, the template's
+# first words) is read once when it is at least this many tokens; read at call time
+# (benchmarks/bench_shared_prefix.py --batch-start sets it to inf to time the batch without it).
+BATCH_START_TOKENS = 8
 
 _MODELS: dict[tuple, tuple] = {}
 _LOAD_LOCK = threading.Lock()
@@ -271,6 +276,12 @@ def generate_batch(model, tokenizer, prompts: list[list[int]], seeds: list[int],
         member.setdefault(group[r], r)
     lead = max(cut)
     width = lead + tail
+    # The start every prompt of the batch shares, read once (one row) before the group heads.
+    common = min(cut)
+    for g, r in member.items():
+        common = min(common, _common_length(unique[member[0]], unique[r][:cut[g]]))
+    if common < BATCH_START_TOKENS or groups == 1:
+        common = 0
     capacity = width + sampling.max_new_tokens
     pad = tokenizer.pad_token_id
     head_ids = torch.full((groups, lead), pad, dtype=torch.long)
@@ -278,9 +289,12 @@ def generate_batch(model, tokenizer, prompts: list[list[int]], seeds: list[int],
     input_ids = torch.full((len(unique), tail), pad, dtype=torch.long)
     attention_mask = torch.zeros((len(unique), capacity), dtype=torch.long)
     for g, r in member.items():
-        if cut[g]:
-            head_ids[g, lead - cut[g]:] = torch.tensor(unique[r][:cut[g]])
-            head_mask[g, lead - cut[g]:] = 1
+        # [common start][padding][rest of the group's start]: padding sits after the common start
+        head_ids[g, :common] = torch.tensor(unique[r][:common], dtype=torch.long)
+        head_mask[g, :common] = 1
+        if cut[g] > common:
+            head_ids[g, lead - cut[g] + common:] = torch.tensor(unique[r][common:cut[g]])
+            head_mask[g, lead - cut[g] + common:] = 1
     for r, ids in enumerate(unique):
         own = ids[cut[group[r]]:]
         input_ids[r, tail - len(own):] = torch.tensor(own)
@@ -310,8 +324,12 @@ def generate_batch(model, tokenizer, prompts: list[list[int]], seeds: list[int],
                      cache=cache, use_cache=True, logits_to_keep=1).logits[:, -1].float().cpu()
 
     with torch.inference_mode():
+        if common:
+            next_token_logits(head_ids[:1, :common], torch.arange(common)[None], head_mask[:1, :common])
+            cache.batch_select_indices(torch.zeros(groups, dtype=torch.long).to(device))
+        if lead > common:
+            next_token_logits(head_ids[:, common:], (head_mask.cumsum(-1) - 1).clamp(min=0)[:, common:], head_mask)
         if lead:
-            next_token_logits(head_ids, (head_mask.cumsum(-1) - 1).clamp(min=0), head_mask)
             cache.batch_select_indices(torch.tensor(group).to(device))
         logits = next_token_logits(input_ids, positions, attention_mask[:, :width])
         if len(unique) < rows:  # every sample starts from its prompt's cache and logits
