@@ -22,9 +22,9 @@ Compared side by side:
   on devices without Triton (`--trainers dpo_per_step dpo_all_positions`);
 - SFT with the LM head on the answer positions only (our CPU default) vs on every position, the
   model's own loss (`--trainers sft_plain_loss sft_full_head`);
-- ORPO reading each pair's prompt once, [prompt][chosen][rejected] in one row (our default), vs
-  trl's two rows per pair (`--trainers orpo orpo_unpacked`);
-- LoRA dropout 0 vs the configured one (`--trainers sft_plain_loss sft_lora_dropout0`).
+- ORPO and DPO reading each pair's prompt once, [prompt][chosen][rejected] in one row (our CPU
+  default), vs trl's two rows per pair (`--trainers orpo orpo_unpacked dpo_per_step dpo_unpacked`);
+- SFT with LoRA dropout 0 (the default) vs 0.05 (`--trainers sft_plain_loss sft_lora_dropout`).
 
 `--default-flow` runs SFT, ORPO and two DPO rounds with the default TrainingConfig (what
 `make flow` trains) and reports each stage's wall time, for the 15-minute flow budget.
@@ -174,8 +174,8 @@ def run_one(kind: str, work: Path, steps: int, threads: int | None = None) -> di
         overrides.update(batch_size=2, gradient_accumulation_steps=2)
     if kind in ("sft_fp32", "sft_bf16"):  # training.precision pinned either way (`auto` picks one)
         overrides["precision"] = kind.removeprefix("sft_")
-    if kind == "sft_lora_dropout0":
-        overrides["lora"] = TrainingConfig().lora.model_copy(update={"dropout": 0.0})
+    if kind == "sft_lora_dropout":
+        overrides["lora"] = TrainingConfig().lora.model_copy(update={"dropout": 0.05})
     training = TrainingConfig(**overrides)
     artifacts = REPO / "artifacts"
     out = work / kind
@@ -203,6 +203,8 @@ def run_one(kind: str, work: Path, steps: int, threads: int | None = None) -> di
         train._plain_loss_sft_trainer = lambda: FullHeadSFTTrainer
     if kind == "orpo_unpacked":  # trl's forward: chosen and rejected rows each with the prompt
         train.packed_pair_logps = lambda *args: None
+    if kind == "dpo_unpacked":  # trl's rows: chosen and rejected each with the prompt
+        train._read_dpo_prompts_once = lambda trainer: None
     if kind == "dpo_all_positions":  # trl's own CPU behaviour: log-probs of every position
         train._score_completion_tokens_only = lambda: None
     if kind.startswith("dpo"):
@@ -296,13 +298,14 @@ def _compare(results: list[dict]) -> None:
     if "sft_plain_loss" in by and "sft_trl_loss" in by:
         print(f"SFT plain loss faster than trl chunked loss: {ratio(by['sft_trl_loss'], by['sft_plain_loss'])}")
     for slow, fast, what in (("sft_full_head", "sft_plain_loss", "SFT LM head on answer positions vs every position"),
-                             ("orpo_unpacked", "orpo", "ORPO prompt read once per pair vs two rows per pair")):
+                             ("orpo_unpacked", "orpo", "ORPO prompt read once per pair vs two rows per pair"),
+                             ("dpo_unpacked", "dpo_per_step", "DPO prompt read once per pair vs trl's rows")):
         if slow in by and fast in by:
             print(f"{what}: faster {ratio(by[slow], by[fast])}; peak {by[fast]['peak_rss_gb']:.2f} vs "
                   f"{by[slow]['peak_rss_gb']:.2f} GB")
-    if "sft_plain_loss" in by and "sft_lora_dropout0" in by:
-        print(f"SFT LoRA dropout 0 faster than dropout {by['sft_plain_loss'].get('lora_dropout')}: "
-              f"{ratio(by['sft_plain_loss'], by['sft_lora_dropout0'])}")
+    if "sft_plain_loss" in by and "sft_lora_dropout" in by:
+        print(f"SFT LoRA dropout {by['sft_plain_loss']['lora_dropout']} faster than "
+              f"{by['sft_lora_dropout']['lora_dropout']}: {ratio(by['sft_lora_dropout'], by['sft_plain_loss'])}")
     if "sft_plain_loss" in by and "sft_batch2x2" in by:
         a, b = by["sft_plain_loss"], by["sft_batch2x2"]
         print(f"SFT batch 2 x 2 accumulation vs batch 4: step time {ratio(b, a)}; "

@@ -205,6 +205,8 @@ def train_dpo(
         eval_dataset=_dataset(valid_rows) if valid_rows else None,
         processing_class=tokenizer,
     )
+    if device["name"] == "cpu":  # on a GPU trl's fused LM head keeps memory flat; the packed rows' logits do not
+        _read_dpo_prompts_once(trainer)
     _fit_and_export(trainer, out, training, base=base, method="dpo", device=device, rows=len(rows), init=init)
 
 
@@ -522,20 +524,21 @@ def answer_token_loss(model, input_ids, attention_mask, labels, num_items_in_bat
     return loss / (num_items_in_batch if num_items_in_batch is not None else keep.sum().clamp(min=1))
 
 
-def packed_pair_logps(model, chosen_ids, chosen_labels, rejected_ids, rejected_labels):
-    """Per-token log-probs of each pair's chosen and rejected answers from ONE row per pair,
-    [prompt][chosen][rejected], instead of two rows that each repeat the prompt.
+def packed_pair_hidden(model, chosen_ids, chosen_labels, rejected_ids, rejected_labels):
+    """The hidden states that predict each pair's chosen and rejected answer tokens, from ONE row
+    per pair, [prompt][chosen][rejected], instead of two rows that each repeat the prompt.
 
     The rejected answer continues the prompt's positions and a 4-D attention mask hides the chosen
     answer from it, so every answer token sees exactly what it sees in its own row; the answers'
     first tokens are both predicted from the prompt's last position. Rows are trl's (prompt +
-    answer, labels -100 outside the answer, padding at the end). Returns (chosen, rejected:
-    lists of 1-D log-prob tensors, one per pair; chosen and rejected answer logits), or None when
-    the model's attention cannot take a custom mask or a pair's two rows do not share their prompt.
+    answer, labels -100 outside the answer, padding at the end). Returns (hidden states, their
+    target tokens, answer lengths): every chosen answer's tokens pair by pair, then every rejected
+    one's; or None when the model's attention cannot take a custom mask or a pair's two rows do not
+    share their prompt.
     """
     import torch
 
-    decoder, head = _decoder_and_head(model)
+    decoder, _ = _decoder_and_head(model)
     attention = getattr(model.config, "_attn_implementation", None)
     if attention not in ("sdpa", "eager"):
         return None
@@ -549,31 +552,77 @@ def packed_pair_logps(model, chosen_ids, chosen_labels, rejected_ids, rejected_l
     ids = torch.zeros((len(rows), width), dtype=torch.long)
     positions = torch.zeros((len(rows), width), dtype=torch.long)
     allowed = torch.ones((len(rows), width, width), dtype=torch.bool).tril()
-    chosen_at, rejected_at = [], []  # (row, position) that predicts each answer token
+    chosen_at, rejected_at = [], []  # (row, position) of the hidden state that predicts each answer token
     for i, (prompt, chosen, rejected) in enumerate(rows):
         P, C, R = len(prompt), len(chosen), len(rejected)
         ids[i, :P + C + R] = torch.cat([prompt, chosen, rejected])
         positions[i, :P + C] = torch.arange(P + C)
         positions[i, P + C:P + C + R] = torch.arange(P, P + R)
         allowed[i, P + C:, P:P + C] = False  # the rejected answer (and the padding after it) never sees the chosen
-        chosen_at.append((i, [P - 1] + list(range(P, P + C - 1))))
-        rejected_at.append((i, [P - 1] + list(range(P + C, P + C + R - 1))))
+        chosen_at += [(i, p) for p in [P - 1] + list(range(P, P + C - 1))]
+        rejected_at += [(i, p) for p in [P - 1] + list(range(P + C, P + C + R - 1))]
     device = chosen_ids.device
     mask = allowed[:, None].to(device)
     if attention == "eager":  # additive
         mask = torch.zeros(mask.shape, dtype=model.dtype, device=device).masked_fill(~mask, torch.finfo(model.dtype).min)
     hidden = decoder(input_ids=ids.to(device), attention_mask=mask, position_ids=positions.to(device)).last_hidden_state
+    at = chosen_at + rejected_at
+    answers = [c for _, c, _ in rows] + [r for _, _, r in rows]
+    return hidden[[i for i, _ in at], [p for _, p in at]], torch.cat(answers).to(device), [len(a) for a in answers]
 
-    def answers(at, rows_tokens):
-        index = [(i, p) for i, places in at for p in places]
-        logits = head(hidden[[i for i, _ in index], [p for _, p in index]]).float()
-        targets = torch.cat(rows_tokens).to(device)
-        logps = logits.log_softmax(-1).gather(1, targets[:, None]).squeeze(1)
-        return list(logps.split([len(t) for t in rows_tokens])), logits
 
-    chosen, chosen_logits = answers(chosen_at, [c for _, c, _ in rows])
-    rejected, rejected_logits = answers(rejected_at, [r for _, _, r in rows])
-    return chosen, rejected, chosen_logits, rejected_logits
+def packed_pair_logps(model, chosen_ids, chosen_labels, rejected_ids, rejected_labels):
+    """Per-token log-probs of each pair's answers read as `packed_pair_hidden` does: (chosen,
+    rejected: lists of 1-D tensors, one per pair; chosen and rejected answer logits), or None."""
+    packed = packed_pair_hidden(model, chosen_ids, chosen_labels, rejected_ids, rejected_labels)
+    if packed is None:
+        return None
+    hidden, targets, lengths = packed
+    logits = _decoder_and_head(model)[1](hidden).float()
+    logps = list(logits.log_softmax(-1).gather(1, targets[:, None]).squeeze(1).split(lengths))
+    pairs, chosen_tokens = len(lengths) // 2, sum(lengths[:len(lengths) // 2])
+    return logps[:pairs], logps[pairs:], logits[:chosen_tokens], logits[chosen_tokens:]
+
+
+def _read_dpo_prompts_once(trainer) -> None:
+    """Make the DPO trainer's model (and reference) read each pair's prompt once.
+
+    trl calls `model(input_ids, attention_mask, labels, fused_lm_head=True)` on [chosen rows;
+    rejected rows] for the policy and the reference and reads per-token log-probs, entropy, mean
+    logits and top-1 hits at the answer positions. This forward computes them from
+    `packed_pair_hidden` (the LM head on the answer positions only) and falls back to trl's for
+    anything else (generation, a batch whose halves do not share prompts, weighting or router
+    outputs it does not compute).
+    """
+    import types
+
+    from peft import PeftModel
+    from trl.trainer.utils import FusedCausalLMOutput
+
+    def packed_forward(self, *args, fused_lm_head=False, labels=None, trl_forward=None, **kwargs):
+        input_ids = kwargs.get("input_ids")
+        if (fused_lm_head and not args and labels is not None and input_ids is not None and len(input_ids) % 2 == 0
+                and not trainer.use_weighting and not kwargs.get("output_router_logits")):
+            half = len(input_ids) // 2
+            packed = packed_pair_hidden(self, input_ids[:half], labels[:half], input_ids[half:], labels[half:])
+            if packed is not None:
+                hidden, targets, _ = packed
+                logits = self.get_output_embeddings()(hidden).float()
+                logps = logits.log_softmax(-1)
+                mask = labels[:, 1:] != -100
+                fields = {"log_probs": logps.gather(1, targets[:, None]).squeeze(1),
+                          "entropy": -(logps.exp() * logps).sum(-1), "mean_logits": logits.mean(-1),
+                          "is_top1": logits.argmax(-1) == targets}
+                out = {k: v.new_zeros(mask.shape).masked_scatter(mask, v) for k, v in fields.items()}
+                return FusedCausalLMOutput(loss=-out["log_probs"].sum() / mask.sum().clamp(min=1), label_mask=mask,
+                                           log_sum_sq_probs=None, aux_loss=None, **out)
+        return trl_forward(*args, fused_lm_head=fused_lm_head, labels=labels, **kwargs)
+
+    for model in (trainer.model, trainer.ref_model):
+        if model is None:
+            continue
+        base = model.get_base_model() if isinstance(model, PeftModel) else model
+        base.forward = types.MethodType(functools.partial(packed_forward, trl_forward=base.forward), base)
 
 
 # ---------------------------------------------------------------------------------------------

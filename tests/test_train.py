@@ -441,3 +441,46 @@ def test_answer_token_loss_is_the_models_own_loss(tiny_model):
     n = int((labels[:, 1:] != -100).sum())
     assert train.answer_token_loss(model, ids, mask, labels, torch.tensor(2 * n)).item() == pytest.approx(
         expected.item() / 2, rel=1e-5)
+
+
+def test_dpo_reads_each_prompt_once_with_trls_numbers(tiny_model, monkeypatch):
+    """The DPO forward that packs each pair ([prompt][chosen][rejected]) returns what trl's fused
+    LM head returns on [chosen rows; rejected rows]: log-probs, entropy, mean logits, top-1 hits
+    at the answer positions (zeros elsewhere), and the same LoRA gradients."""
+    from types import SimpleNamespace
+
+    from peft import LoraConfig as PeftLoraConfig, get_peft_model
+    from trl.trainer.utils import add_fused_lm_head
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model)
+    base = AutoModelForCausalLM.from_pretrained(tiny_model)
+    add_fused_lm_head(base, outputs=("log_probs", "entropy", "mean_logits", "is_top1"))
+    torch.manual_seed(0)
+    model = get_peft_model(base, PeftLoraConfig(r=4, lora_alpha=8, target_modules="all-linear", init_lora_weights=False))
+    pairs = [(_prompt(i), _answer(i), "zq xv " * (1 + i)) for i in range(3)]
+    c_ids, c_lab, r_ids, r_lab = _pair_rows(tokenizer, pairs)
+    width = max(c_ids.shape[1], r_ids.shape[1])
+    pad = lambda t, v: torch.nn.functional.pad(t, (0, width - t.shape[1]), value=v)  # noqa: E731
+    ids, labels = torch.cat([pad(c_ids, 0), pad(r_ids, 0)]), torch.cat([pad(c_lab, -100), pad(r_lab, -100)])
+    batch = {"input_ids": ids, "attention_mask": (ids != 0).long(), "labels": labels, "fused_lm_head": True,
+             "use_cache": False}
+
+    def run():
+        model.zero_grad()
+        out = model(**batch)
+        out.log_probs.sum().backward()
+        return out, {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
+
+    trl_out, trl_grads = run()
+    train._read_dpo_prompts_once(SimpleNamespace(model=model, ref_model=None, use_weighting=False))
+    packed_rows = []
+    monkeypatch.setattr(train, "packed_pair_hidden", lambda *a, read=train.packed_pair_hidden: packed_rows.append(
+        len(a[1])) or read(*a))
+    packed_out, packed_grads = run()
+    assert packed_rows == [3]  # one packed row per pair, not trl's six
+    for field in ("log_probs", "entropy", "mean_logits"):
+        assert torch.allclose(getattr(packed_out, field), getattr(trl_out, field), atol=1e-4), field
+    assert torch.equal(packed_out.is_top1, trl_out.is_top1)
+    assert (packed_out.log_probs != 0).sum() == (labels[:, 1:] != -100).sum()
+    for name, grad in trl_grads.items():
+        assert torch.allclose(packed_grads[name], grad, rtol=1e-4, atol=1e-4), name
