@@ -9,7 +9,8 @@ The checks (each passes or fails):
 - `complete`: not empty and ends a sentence (an answer cut off mid-sentence fails);
 - `length_ok`: within the word bounds;
 - `no_repetition`: no sentence said twice, no word 4-gram said more than twice (`repetition`);
-- `grounded`: names no title, genre or capitalised name that the evidence does not hold;
+- `grounded`: names no title, genre or capitalised name that the evidence does not hold, and
+  gives no movie of the case a genre it does not have ("Casablanca is a sci-fi movie");
 - `consistent_ratings`: every claim about the user's own ratings matches the history ("you rated
   X 4/5" when they did; not a rating of the recommended movie, which they have not seen, nor a
   star count outside the 5-star scale);
@@ -230,6 +231,7 @@ class CheckResult(BaseModel):
     unknown_genres: list[str] = []
     unknown_names: list[str] = []
     wrong_years: list[str] = []
+    wrong_genres: list[str] = []
     false_rating_claims: list[str] = []
     technical_terms: list[str] = []
     repeated: str | None = None
@@ -262,10 +264,10 @@ class CheckResult(BaseModel):
 
     @property
     def unsupported(self) -> int:
-        """Claims the evidence does not support: unknown titles, genres and names, wrong years,
-        false claims about the user's ratings."""
+        """Claims the evidence does not support: unknown titles, genres and names, wrong years and
+        genres, false claims about the user's ratings."""
         return (len(self.unknown_titles) + len(self.unknown_genres) + len(self.unknown_names)
-                + len(self.wrong_years) + len(self.false_rating_claims))
+                + len(self.wrong_years) + len(self.wrong_genres) + len(self.false_rating_claims))
 
     @property
     def faithfulness(self) -> float:
@@ -435,6 +437,32 @@ def rating_claims(case: Case, text: str, titles: list[tuple[int, int, str]],
     return false, wrong_years, supported
 
 
+# "<title> (1942) is a sci-fi movie", "<title> was an action and": the copula, then at most two words
+_GENRE_CLAIM = re.compile(r"\s*(?:\(\d{4}\)\s*)?,?\s*(?:is|was)\s+(?:(?:a|an|the)\s+)?(?:[a-z]+\s+){0,2}", re.I)
+
+
+def genre_claims(case: Case, text: str, titles: list[tuple[int, int, str]],
+                 genres: list[tuple[int, str]]) -> list[str]:
+    """Genres claimed for a movie of the case that it does not have: each genre mention right after
+    "<title> (year) is a" (`titles`: evidence-title mentions (start, end, title), `genres`: genre
+    mentions (start, genre), both over `_tokens(text)`). Movies whose genres the case does not
+    hold (a path's linking movie outside the history) are not judged."""
+    plain = text.replace("'", "").replace("\u2019", "")
+    starts = _token_starts(plain)
+    known = {m.title: set(m.genres) for m in [case.item, *case.history] if m.genres}
+    wrong = []
+    for at, genre in genres:
+        subject = next(((end, t) for _, end, t in reversed(titles) if end <= at), None)
+        if subject is None or subject[1] not in known or genre in known[subject[1]]:
+            continue
+        end, title = subject
+        between = plain[starts[end - 1]:starts[at]]
+        between = between[re.match(r"[A-Za-z0-9]+", between).end():]  # after the title's last word
+        if _GENRE_CLAIM.fullmatch(between):
+            wrong.append(f"{title} is not {genre} ({', '.join(sorted(known[title]))})")
+    return wrong
+
+
 def ends_sentence(text: str) -> bool:
     """Whether `text` ends a sentence (a full stop, ! or ?, maybe inside quotes or brackets)."""
     return bool(re.search(r"[.!?][\"')\u201d\u2019]*\s*$", text))
@@ -458,7 +486,9 @@ def check_explanation(
     - `unknown_genres`: a catalogue genre no evidence movie or path has;
     - `unknown_names`: a run of two or more capitalised words (a person, a place, an invented
       title) that appears nowhere in the evidence;
-    - `wrong_years`: an evidence title followed by a year that is not its own.
+    - `wrong_years`: an evidence title followed by a year that is not its own;
+    - `wrong_genres`: "<title> (year) is a <genre> ..." for a movie of the case whose genres are
+      known and do not include that genre.
     Without a catalogue, titles are checked through quoted phrases and capitalised runs only.
     """
     catalogue = catalogue or Catalogue()
@@ -494,12 +524,14 @@ def check_explanation(
             if not genre_phrases.find(_tokens(quoted)[0]):
                 unknown_titles.append(quoted)
 
-    named_genres = set()
+    named_genres, genre_mentions = set(), []
     for start, end, genre in genre_phrases.find(tokens):
         if not any(covered[start:end]):  # a word inside a title ("Star Wars") names no genre
             named_genres.add(genre)
+            genre_mentions.append((start, genre))
             cover(start, end)
     unknown_genres = sorted(named_genres - evidence_genres)
+    wrong_genres = genre_claims(case, text, mentions, genre_mentions)
 
     evidence_text = normalize(" ".join([*evidence_titles, *(p.text for p in case.paths), *evidence_genres]))
     unknown_names = []
@@ -517,7 +549,7 @@ def check_explanation(
         complete=count > 0 and ends_sentence(text),
         length_ok=min_words <= count <= max_words,
         no_repetition=repeated is None,
-        grounded=not unknown_titles and not unknown_genres and not unknown_names and not wrong_years,
+        grounded=not (unknown_titles or unknown_genres or unknown_names or wrong_years or wrong_genres),
         consistent_ratings=not false_claims,
         no_technical_terms=not technical,
         mentions_title=case.item.title in used_titles,
@@ -529,6 +561,7 @@ def check_explanation(
         unknown_genres=unknown_genres,
         unknown_names=unknown_names,
         wrong_years=wrong_years,
+        wrong_genres=wrong_genres,
         false_rating_claims=false_claims,
         technical_terms=technical,
         repeated=repeated,

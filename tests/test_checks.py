@@ -202,7 +202,7 @@ ML_CATALOGUE = Catalogue(titles=["Star Wars (1977)", "Usual Suspects, The (1995)
 def test_movielens_titles_as_prose_writes_them():
     # "Usual Suspects, The (1995)" is "The Usual Suspects" (or "Usual Suspects") in prose
     for name in ("The Usual Suspects", "Usual Suspects"):
-        text = f"You rated {name} 4/5, and Return of the Jedi is a thriller you should enjoy as much."
+        text = f"You rated {name} 4/5, a thriller, and Return of the Jedi is an action film you should enjoy."
         result = check_explanation(movielens_case(), text, catalogue=ML_CATALOGUE)
         assert result.passed and result.unknown_names == [] and result.faithfulness == 1.0, (name, result.failed)
     # the template explainer quotes titles with their years; "(5/5)" after a title is its rating
@@ -320,3 +320,25 @@ def test_parse_explanation_counts_the_case_titles_as_one_word():
         parse_explanation(text, min_words=5, max_words=80)
     assert parse_explanation(text, min_words=5, max_words=80, case=case) == text
     assert check_explanation(case, text, min_words=5, max_words=80).no_repetition
+
+
+def test_a_genre_claimed_for_the_wrong_movie_is_ungrounded():
+    """The students' "Casablanca (1942) is a sci-fi movie": every genre named is in the evidence,
+    but not the genre of the movie it is claimed for."""
+    case = air_force_one().model_copy(update={"history": air_force_one().history + [
+        RatedMovie(item_id=7, title="Casablanca", year=1942, genres=["Drama", "Romance", "War"], rating=5,
+                   timestamp=3)]})
+    catalogue = Catalogue(titles=["Air Force One", "The Saint", "Spawn", "Casablanca", "Star Wars"], genres=GENRES)
+    wrong = check_explanation(case, "You rated Star Wars 5/5, and people who liked it also liked Air Force One. "
+                                    "Casablanca (1942) is a sci-fi movie, so it should suit you.", catalogue=catalogue)
+    assert not wrong.grounded and wrong.unknown_genres == []
+    assert wrong.wrong_genres == ["Casablanca is not Sci-Fi (Drama, Romance, War)"] and wrong.unsupported == 1
+    for text in ("You rated Star Wars 5/5, and people who liked it also liked Air Force One. Star Wars (1977) is a "
+                 "sci-fi movie, and Air Force One is an action thriller, so it should suit you.",
+                 # "it" after a clause break is the recommended movie, not the title before it
+                 "You rated Star Wars 5/5, and people who liked it also liked Air Force One. Like Casablanca, which "
+                 "you rated 5/5, it is an action movie, so it should suit you."):
+        assert check_explanation(case, text, catalogue=catalogue).wrong_genres == [], text
+    two = check_explanation(case, "You rated Casablanca 5/5. Air Force One (1997) is an action and war film you "
+                                  "may like, like The Saint.", catalogue=catalogue)
+    assert two.wrong_genres == ["Air Force One is not War (Action, Thriller)"]
