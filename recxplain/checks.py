@@ -441,24 +441,35 @@ def rating_claims(case: Case, text: str, titles: list[tuple[int, int, str]],
 _GENRE_CLAIM = re.compile(r"\s*(?:\(\d{4}\)\s*)?,?\s*(?:is|was)\s+(?:(?:a|an|the)\s+)?(?:[a-z]+\s+){0,2}", re.I)
 
 
+# The worked example's shape, up to the genre: "Like <title>, which you rated 4/5, it is a " (one sentence)
+_LIKE_IT = re.compile(r"(?:^|[.!?]\s+)Like [^.!?]*,\s*it\s+(?:is|was)\s+(?:(?:a|an)\s+)?(?:[a-z]+\s+){0,2}$")
+
+
 def genre_claims(case: Case, text: str, titles: list[tuple[int, int, str]],
                  genres: list[tuple[int, str]]) -> list[str]:
     """Genres claimed for a movie of the case that it does not have: each genre mention right after
-    "<title> (year) is a" (`titles`: evidence-title mentions (start, end, title), `genres`: genre
-    mentions (start, genre), both over `_tokens(text)`). Movies whose genres the case does not
-    hold (a path's linking movie outside the history) are not judged."""
+    "<title> (year) is a", or after "Like <title>, ..., it is a" for the recommended movie
+    (`titles`: evidence-title mentions (start, end, title), `genres`: genre mentions (start,
+    genre), both over `_tokens(text)`). Movies whose genres the case does not hold (a path's
+    linking movie outside the history) are not judged."""
     plain = text.replace("'", "").replace("\u2019", "")
     starts = _token_starts(plain)
     known = {m.title: set(m.genres) for m in [case.item, *case.history] if m.genres}
     wrong = []
     for at, genre in genres:
         subject = next(((end, t) for _, end, t in reversed(titles) if end <= at), None)
-        if subject is None or subject[1] not in known or genre in known[subject[1]]:
+        if subject is None:
             continue
         end, title = subject
         between = plain[starts[end - 1]:starts[at]]
         between = between[re.match(r"[A-Za-z0-9]+", between).end():]  # after the title's last word
-        if _GENRE_CLAIM.fullmatch(between):
+        if not _GENRE_CLAIM.fullmatch(between):
+            # "Like <title>, which you rated 4/5, it is a sci-fi movie": "it" is the recommended movie
+            like = _LIKE_IT.search(plain[:starts[at]])
+            if not like or case.item.title not in known:
+                continue
+            title = case.item.title
+        if title in known and genre not in known[title]:
             wrong.append(f"{title} is not {genre} ({', '.join(sorted(known[title]))})")
     return wrong
 
@@ -487,8 +498,9 @@ def check_explanation(
     - `unknown_names`: a run of two or more capitalised words (a person, a place, an invented
       title) that appears nowhere in the evidence;
     - `wrong_years`: an evidence title followed by a year that is not its own;
-    - `wrong_genres`: "<title> (year) is a <genre> ..." for a movie of the case whose genres are
-      known and do not include that genre.
+    - `wrong_genres`: "<title> (year) is a <genre> ..." (or "Like <title>, ..., it is a <genre>"
+      of the recommended movie) for a movie of the case whose genres are known and do not
+      include that genre.
     Without a catalogue, titles are checked through quoted phrases and capitalised runs only.
     """
     catalogue = catalogue or Catalogue()

@@ -335,10 +335,14 @@ def test_a_genre_claimed_for_the_wrong_movie_is_ungrounded():
     assert wrong.wrong_genres == ["Casablanca is not Sci-Fi (Drama, Romance, War)"] and wrong.unsupported == 1
     for text in ("You rated Star Wars 5/5, and people who liked it also liked Air Force One. Star Wars (1977) is a "
                  "sci-fi movie, and Air Force One is an action thriller, so it should suit you.",
-                 # "it" after a clause break is the recommended movie, not the title before it
+                 # "it" after "Like <title>, ...," is the recommended movie, not the title before it
                  "You rated Star Wars 5/5, and people who liked it also liked Air Force One. Like Casablanca, which "
                  "you rated 5/5, it is an action movie, so it should suit you."):
         assert check_explanation(case, text, catalogue=catalogue).wrong_genres == [], text
     two = check_explanation(case, "You rated Casablanca 5/5. Air Force One (1997) is an action and war film you "
                                   "may like, like The Saint.", catalogue=catalogue)
     assert two.wrong_genres == ["Air Force One is not War (Action, Thriller)"]
+    like = check_explanation(case, "You rated The Saint 4/5, and people who liked it also liked Air Force One. Like "
+                                   "Star Wars, which you rated 5/5, it is a sci-fi movie, so it should suit you.",
+                             catalogue=catalogue)
+    assert like.wrong_genres == ["Air Force One is not Sci-Fi (Action, Thriller)"]
