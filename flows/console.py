@@ -76,12 +76,13 @@ def planned_stages(cfg: Config, flow_name: str) -> int | None:
         # cases, teacher, teacher pairs, judge, SFT, ORPO, (sample, judge, DPO) per round,
         # explanations, evaluate, report, arena
         learned = 1 + 3 + 2 + 3 * rounds + 4
+    discriminator = int(cfg.task == "explain" and cfg.judge.kind == "discriminator")  # train_discriminator
     if flow_name == "recxplain-pipeline":
-        return evidence + learned
+        return evidence + learned + discriminator
     if flow_name == "recxplain-retrain":
-        return evidence if cfg.retrain.evidence_only else evidence + learned
+        return evidence if cfg.retrain.evidence_only else evidence + learned + discriminator
     if flow_name == "recxplain-evaluate":
-        return evidence + 1 + 4
+        return evidence + 1 + 4 + discriminator
     return None
 
 

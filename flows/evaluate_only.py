@@ -7,12 +7,14 @@ folders that the run named `runtime.run_name` recorded in `<artifacts>/runs/<run
 (the `evaluate` deployment takes another run's name as `students_from`). Data, recommender,
 paths and cases come from the pipeline's cached stages (recomputed only when their config
 changed), then the held-out explanations, metrics, report and arena bundle are written again.
-The run's summary goes to `runs/<run_name>-evaluate/`, next to the training run's.
+The run's summary goes to `runs/<run_name>-evaluate/`, next to the training run's. With
+`judge.kind: discriminator` the discriminator learns from the judged pairs that run recorded.
 """
 
 from __future__ import annotations
 
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -45,6 +47,21 @@ def trained_students(artifacts_dir: Path, run_name: str, wanted: list[str]) -> d
     return {name: students[name] for name in wanted}
 
 
+def judged_pairs_of_run(artifacts_dir: Path, run_name: str) -> dict[str, Path]:
+    """The judge_pairs folders (`preferences`, `preferences_rN`) that run `run_name` recorded,
+    for the discriminator to learn from; a clear error if there are none or one was altered."""
+    summary = Path(artifacts_dir) / "runs" / run_name / "summary.json"
+    recorded = json.loads(summary.read_text()).get("artifacts", {}) if summary.exists() else {}
+    judged = {name: Path(folder) for name, folder in recorded.items() if re.fullmatch(r"preferences(_r\d+)?", name)}
+    if not judged:
+        raise ValueError(f"{summary}: run {run_name!r} recorded no judged pairs (preferences) for judge.kind "
+                         "'discriminator' to learn from; run the pipeline first")
+    altered = [str(folder) for folder in judged.values() if not is_intact(folder)]
+    if altered:
+        raise ValueError(f"{summary}: judged pairs deleted or altered since the run: {altered}")
+    return judged
+
+
 @flow(name="recxplain-evaluate", log_prints=True, task_runner=ConfigTaskRunner())
 def evaluate_only(
     config_path: str = "configs/default.yaml", overrides: list[str] | None = None, students_from: str | None = None
@@ -64,7 +81,9 @@ def evaluate_only(
         BUILD_CASES, cases=cfg.cases, data=artifacts["data"], recommender=artifacts["recommender"],
         paths=artifacts["paths"],
     )
-    artifacts |= students | evaluation_stages(cfg, log, artifacts["cases"], students)
+    judged = (judged_pairs_of_run(cfg.runtime.artifacts_dir, students_from or cfg.runtime.run_name)
+              if cfg.judge.kind == "discriminator" else None)
+    artifacts |= students | evaluation_stages(cfg, log, artifacts["cases"], students, judged=judged)
     runtime = cfg.runtime.model_copy(update={"run_name": f"{cfg.runtime.run_name}-evaluate"})
     run_dir = publish_run_summary(cfg.model_copy(update={"runtime": runtime}), config_path, overrides, log, artifacts)
     return str(run_dir)

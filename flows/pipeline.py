@@ -21,13 +21,15 @@ from flows.runners import ConfigTaskRunner
 from flows.reclaif import reclaif_stages
 from flows.summary import StageLog, publish_run_summary
 from recxplain.config import Config, load_config
+from recxplain.discriminator import file_digest
 from recxplain.prompts import read_templates
 from recxplain.stage import stage
 from tasks.cases import build_cases
 from tasks.data import prepare_data, source_digest
 from tasks.evaluate import evaluate
 from tasks.explain import explanation_prompts, generate_explanations, student_explainers
-from tasks.judge import judge_pairs
+from tasks.discriminator import train_discriminator
+from tasks.judge import base_judge, judge_pairs
 from tasks.paths import mine_paths
 from tasks.recommend import train_recommender
 from tasks.report import write_report
@@ -42,6 +44,7 @@ BUILD_CASES = stage(build_cases)
 TEACHER_GENERATE = stage(teacher_generate)
 SAMPLE_PAIRS = stage(sample_pairs)
 JUDGE_PAIRS = stage(judge_pairs)
+TRAIN_DISCRIMINATOR = stage(train_discriminator)
 TRAIN_SFT = stage(train_sft)
 TRAIN_ORPO = stage(train_orpo)
 TRAIN_DPO = stage(train_dpo)
@@ -70,14 +73,16 @@ def feedback_stages(cfg: Config, log: StageLog, cases: Path) -> dict[str, Path]:
         teacher_samples=teacher if cfg.pairs.source == "teacher_samples" else None,
     )
     preferences = log.run(
-        JUDGE_PAIRS, judge=cfg.judge, cases=cases, pairs=pairs, templates=judge_prompts
+        JUDGE_PAIRS, judge=base_judge(cfg.judge), cases=cases, pairs=pairs, templates=judge_prompts
     )
     return {"teacher": teacher, "pairs": pairs, "preferences": preferences}
 
 
 def student_stages(cfg: Config, log: StageLog, cases: Path, feedback: dict[str, Path]) -> dict[str, Path]:
     """SFT on the teacher, ORPO on the judged pairs, then RecLAIF's rounds: round r samples two
-    answers per case from the round r-1 student, the judge picks, DPO trains round r."""
+    answers per case from the round r-1 student, the judge picks, DPO trains round r. Each
+    round's judge_pairs folder is added to `feedback` as `preferences_rN` (the discriminator
+    learns from every judged pair)."""
     students = {"sft": log.run(TRAIN_SFT, training=cfg.training, sft=feedback["teacher"])}
     students["orpo"] = log.run(TRAIN_ORPO, training=cfg.training, preferences=feedback["preferences"])
     current = students["sft"]
@@ -89,9 +94,10 @@ def student_stages(cfg: Config, log: StageLog, cases: Path, feedback: dict[str, 
             training=cfg.training, cases=cases, student=current, templates=explain_prompt,
         )
         preferences = log.run(
-            JUDGE_PAIRS, label=f"judge_pairs_r{r}", judge=cfg.judge, cases=cases, pairs=pairs,
+            JUDGE_PAIRS, label=f"judge_pairs_r{r}", judge=base_judge(cfg.judge), cases=cases, pairs=pairs,
             templates=read_templates(cfg.judge.prompt),
         )
+        feedback[f"preferences_r{r}"] = preferences
         current = log.run(
             TRAIN_DPO, label=f"train_dpo_r{r}", training=cfg.training, preferences=preferences, init=current
         )
@@ -99,23 +105,41 @@ def student_stages(cfg: Config, log: StageLog, cases: Path, feedback: dict[str, 
     return students
 
 
-def evaluation_stages(cfg: Config, log: StageLog, cases: Path, students: dict[str, Path]) -> dict[str, Path]:
-    """Every explainer on the held-out cases, every metric, the report and the arena bundle."""
+def evaluation_stages(cfg: Config, log: StageLog, cases: Path, students: dict[str, Path],
+                      judged: dict[str, Path] | None = None) -> dict[str, Path]:
+    """Every explainer on the held-out cases, every metric, the report and the arena bundle.
+    `judged`: folders of judged pairs (`preferences`, `preferences_rN`), which the discriminator
+    learns from (`judge.kind: discriminator`)."""
     wanted = {name: students[name] for name in student_explainers(cfg.evaluation, cfg.training)}
     explanations = log.run(
         GENERATE_EXPLANATIONS, evaluation=cfg.evaluation, teacher=cfg.teacher, training=cfg.training,
         cases=cases, students=wanted, templates=read_templates(*explanation_prompts(cfg.evaluation, cfg.teacher)),
     )
+    out: dict[str, Path] = {}
+    judge_prompts = [cfg.judge.prompt, cfg.judge.explainability_prompt]
+    if cfg.judge.kind == "discriminator":
+        d = cfg.judge.discriminator
+        folders = {name: folder for name, folder in (judged or {}).items() if name.startswith("preferences")}
+        if not folders:
+            raise ValueError("judge.kind 'discriminator' needs judged pairs (judge_pairs folders) to learn from")
+        # The explanations and the votes file enter the key only when there are votes to read.
+        voting = {"explanations": explanations, "votes_digest": file_digest(d.arena_votes)} if d.arena_votes else {}
+        out["discriminator"] = log.run(
+            TRAIN_DISCRIMINATOR, judge=cfg.judge, cases=cases, judged=folders, templates=read_templates(d.prompt),
+            **voting,
+        )
+        judge_prompts.append(d.prompt)
     metrics = log.run(
         EVALUATE, evaluation=cfg.evaluation, judge=cfg.judge, cases=cases, explanations=explanations,
-        templates=read_templates(cfg.judge.prompt, cfg.judge.explainability_prompt),
+        templates=read_templates(*judge_prompts),
+        **({"discriminator": out["discriminator"]} if "discriminator" in out else {}),
     )
     report = log.run(
         WRITE_REPORT, evaluation=cfg.evaluation, metrics=metrics, explanations=explanations, cases=cases,
         students=wanted,
     )
     arena = log.run(EXPORT_ARENA, arena=cfg.arena, cases=cases, explanations=explanations, evaluation=metrics)
-    return {"explanations": explanations, "evaluate": metrics, "report": report, "arena": arena}
+    return out | {"explanations": explanations, "evaluate": metrics, "report": report, "arena": arena}
 
 
 @flow(name="recxplain-pipeline", log_prints=True, task_runner=ConfigTaskRunner())
@@ -133,7 +157,7 @@ def pipeline(config_path: str = "configs/default.yaml", overrides: list[str] | N
     )
     feedback = feedback_stages(cfg, log, artifacts["cases"])
     students = student_stages(cfg, log, artifacts["cases"], feedback)
-    artifacts |= feedback | students | evaluation_stages(cfg, log, artifacts["cases"], students)
+    artifacts |= feedback | students | evaluation_stages(cfg, log, artifacts["cases"], students, judged=feedback)
     run_dir = publish_run_summary(cfg, config_path, overrides or [], log, artifacts)
     return str(run_dir)
 

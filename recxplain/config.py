@@ -382,13 +382,70 @@ class PairsConfig(Section):
     sampling: SamplingConfig = SamplingConfig(temperature=1.0, top_p=0.95)
 
 
+class DiscriminatorConfig(Section):
+    """`judge.kind: discriminator` (LLMXRec): a small model learns the judge's preferences and
+    then judges the evaluation tournament (recxplain/discriminator.py).
+
+    It is a LoRA reward model (trl's `RewardTrainer`: a sequence-classification head reads the
+    case's evidence and one explanation and gives a score; the loss is Bradley-Terry's,
+    -log sigmoid(score chosen - score rejected)), trained on the pairs the `base` judge decided
+    consistently in both orders (the `kept` pairs of every judge_pairs stage: the teacher's
+    pairs and every DPO round's) and on the decisive arena votes of `arena_votes`. A pair is
+    then decided by the two scores: A when its score is higher by at least `tie_margin`.
+
+    Attributes:
+        base: the judge that labels the training pairs and judges the preference pairs of the
+            feedback stages (ORPO, DPO rounds): `rubric`, `llm` or `ensemble`, with the other
+            `judge.*` settings.
+        model: base model of the discriminator: `smollm2` (the embedded SmolLM2-135M-Instruct)
+            or a local Hugging Face folder.
+        prompt: template in `configs/prompts/` that shows the discriminator one case and one
+            explanation (`case`, `explanation`).
+        steps: optimiser steps.
+        batch_size: pairs per step (each pair is two sequences: chosen and rejected).
+        learning_rate: optimiser learning rate (the LoRA weights and the new score head).
+        lora_r: LoRA rank.
+        lora_alpha: LoRA scaling numerator (the update is scaled by alpha / r); no dropout, as
+            trl's reward trainer turns dropout off.
+        max_length: longest tokenised evidence + explanation; a longer sequence stops the stage,
+            naming its case (trl would drop it without a word).
+        holdout: share of the cases whose pairs are held out of training to measure the
+            discriminator's agreement with the judge (at least one case; whole cases, so no
+            case is seen in both parts).
+        tie_margin: a pair whose two scores differ by less than this is a tie (0: only equal
+            scores, e.g. identical texts, as LLMXRec's discriminator always picks one).
+        arena_votes: the arena's votes exported from `/admin` (`votes.csv` or `votes.parquet`);
+            its decisive votes (A or B, not flagged) on explanations of this run's
+            `generate_explanations` become training pairs too. None: judge pairs only.
+        score_batch_size: sequences per forward pass when scoring.
+        seed: seed of the holdout split, the score head's initialisation and the data order.
+    """
+
+    base: Literal["rubric", "llm", "ensemble"] = "rubric"
+    model: str = "smollm2"
+    prompt: str = "discriminator.j2"
+    steps: int = Field(12, ge=1)
+    batch_size: int = Field(4, ge=1)
+    learning_rate: float = Field(2e-4, gt=0)
+    lora_r: int = Field(16, ge=1)
+    lora_alpha: int = Field(32, ge=1)
+    max_length: int = Field(512, ge=16)
+    holdout: float = Field(0.2, gt=0, lt=1)
+    tie_margin: float = Field(0.0, ge=0)
+    arena_votes: Path | None = None
+    score_batch_size: int = Field(16, ge=1)
+    seed: int = 0
+
+
 class JudgeConfig(Section):
     """The judge compares two explanations of a case and picks one, or rejects both.
 
     Attributes:
-        kind: `llm` (a language model), `rubric` (verifiable checks computed from the case) or
-            `ensemble` (weighted combination of both). See tasks/judge.py for what each is and
-            is not good for.
+        kind: `llm` (a language model), `rubric` (verifiable checks computed from the case),
+            `ensemble` (weighted combination of both) or `discriminator` (LLMXRec: a LoRA model
+            trained on the verdicts of `discriminator.base` judges the evaluation tournament;
+            the preference pairs are judged by `discriminator.base`). See tasks/judge.py for
+            what each is and is not good for.
         llm: the model for `llm` and `ensemble` (and for the explainability score).
         prompt: judge template file in `configs/prompts/` (`judge_pair.j2`: JSON verdict;
             `reclaif_judge.j2`-style text answers parse too).
@@ -404,9 +461,10 @@ class JudgeConfig(Section):
             the length bounds, does not loop and has at least this rubric score; a pair whose
             candidates are both unacceptable is both-bad.
         sampling: decoding parameters (greedy by default).
+        discriminator: the discriminator's base judge, training and data (`kind: discriminator`).
     """
 
-    kind: Literal["llm", "rubric", "ensemble"] = "ensemble"
+    kind: Literal["llm", "rubric", "ensemble", "discriminator"] = "ensemble"
     llm: LLMConfig = LLMConfig()
     prompt: str = "judge_pair.j2"
     explainability_prompt: str = "explainability.j2"
@@ -418,6 +476,7 @@ class JudgeConfig(Section):
     tie_margin: float = Field(0.05, ge=0)
     min_rubric_score: float = Field(0.5, ge=0, le=1)
     sampling: SamplingConfig = SamplingConfig(temperature=0.0, max_new_tokens=160)
+    discriminator: DiscriminatorConfig = DiscriminatorConfig()
 
 
 class LoraConfig(Section):
@@ -925,6 +984,15 @@ class Config(Section):
         if self.pairs.source == "teacher_samples" and (self.task != "explain" or self.teacher.best_of < 2):
             raise ValueError("pairs.source 'teacher_samples' needs task 'explain' and teacher.best_of >= 2 "
                              f"(task is {self.task!r}, teacher.best_of is {self.teacher.best_of})")
+        return self
+
+    @model_validator(mode="after")
+    def _discriminator_judges_explanations(self) -> "Config":
+        # The discriminator reads a case's evidence and one explanation; RecLAIF's judge compares
+        # ranked recommendation lists, which it has never seen.
+        if self.reclaif.judge.kind == "discriminator":
+            raise ValueError("reclaif.judge.kind 'discriminator' is not supported: the discriminator judges "
+                             "explanations (judge.kind); use llm, rubric or ensemble for RecLAIF's judge")
         return self
 
 

@@ -40,7 +40,10 @@ Metric definitions (all per explanation, then averaged per explainer unless said
 - `explainability`: the judge's 1-100 score (RecLAIF); `explainability_parsed`: the share of
   explanations whose score the judge gave in a parsable form (unparsable ones are left out).
 - `win_ratio`: points / comparisons over the tournament (LLMXRec), a win 1, a tie or both-bad
-  0.5 each; `avg_rank`: per case, explainers ranked by their points (1 = best, ties averaged),
+  0.5 each; `win_ratio_llmxrec` (with `judge.kind: discriminator`): LLMXRec's own count, wins /
+  decisive comparisons over all cases (the better explanation 1, the other 0; ties and both-bad
+  left out, as LLMXRec's discriminator always picks one), with a bootstrap interval over cases;
+  `avg_rank`: per case, explainers ranked by their points (1 = best, ties averaged),
   averaged over cases (LLMXRec's ranking order); `bt_strength`: Bradley-Terry strength.
 - `attr_<name>`: attribute prediction accuracy (see tasks/explain.py for the prompt).
 - `gender_length_gap`: mean words for female users minus male users.
@@ -412,15 +415,17 @@ def judge_tournament(cases: dict[str, Case], explanations: pd.DataFrame, explain
 
 
 def _judge_functions(judge: JudgeConfig, evaluation: EvaluationConfig, artifacts_dir: Path, cache_dir: Path,
-                     cases_dir: Path, templates: dict[str, str] | None):
-    """(pairwise verdict function, explainability score function) from tasks/judge.py; None when off."""
+                     cases_dir: Path, templates: dict[str, str] | None, discriminator: Path | None = None):
+    """(pairwise verdict function, explainability score function) from tasks/judge.py; None when off.
+    `discriminator`: the train_discriminator folder (`judge.kind: discriminator`)."""
     from tasks import judge as judging
 
     pair = scorer = None
     if evaluation.tournament:
         has_catalogue = (Path(cases_dir) / "catalogue.json").exists()
         catalogue = Catalogue.read(cases_dir) if has_catalogue else None
-        pair = judging.make_pair_judge(judge, artifacts_dir, cache_dir, templates=templates, catalogue=catalogue)
+        pair = judging.make_pair_judge(judge, artifacts_dir, cache_dir, templates=templates, catalogue=catalogue,
+                                       discriminator=discriminator)
     if evaluation.explainability:
         scorer = judging.make_explainability_scorer(judge, artifacts_dir, cache_dir, templates=templates)
     return pair, scorer
@@ -490,6 +495,12 @@ ALIGNMENT_METRICS = {"validity": ("binary", 1), "check_score": ("score", 1), "lo
 
 def judge_note(judge: JudgeConfig) -> str:
     """What judged the preference pairs and the tournament, for the report."""
+    if judge.kind == "discriminator":
+        d = judge.discriminator
+        return (f"Preference pairs were judged by judge.kind {d.base}; the tournament by a discriminator "
+                f"(LLMXRec): a LoRA reward model on {d.model} trained on the pairs that judge kept"
+                f"{' and on the arena votes' if d.arena_votes else ''}. LLMXRec's win ratio counts decisive "
+                "verdicts only (1 / 0); ours counts a tie as half a win.")
     if judge.kind == "rubric":
         return ("Preference pairs and the tournament were judged by the verifiable checks alone (judge.kind: "
                 "rubric). A language-model judge (judge.kind: llm or ensemble) is meant for API or GPU models: "
@@ -506,7 +517,7 @@ PER_EXPLANATION_METRICS = (
 
 
 def evaluate(out: Path, *, evaluation: EvaluationConfig, judge: JudgeConfig, cases: Path, explanations: Path,
-             artifacts_dir: Path, templates: dict[str, str] | None = None) -> None:
+             artifacts_dir: Path, templates: dict[str, str] | None = None, discriminator: Path | None = None) -> None:
     """Score every explainer's held-out explanations; write the tables listed in the module docstring.
 
     Args:
@@ -519,7 +530,10 @@ def evaluate(out: Path, *, evaluation: EvaluationConfig, judge: JudgeConfig, cas
         explanations: the generate_explanations folder (`explanations.parquet`, `attributes.parquet`).
         artifacts_dir: artifacts root (model resolution for an LLM judge).
         templates: `read_templates(judge.prompt, judge.explainability_prompt)`, the judge's prompt
-            templates (default: the shipped files).
+            templates (default: the shipped files); with `judge.kind: discriminator` also
+            `judge.discriminator.prompt`.
+        discriminator: the train_discriminator folder (`judge.kind: discriminator`): the
+            tournament's judge; its agreement with held-out verdicts goes into metrics.json.
     """
     out = Path(out)
     eval_cases = read_cases(Path(cases) / "eval.jsonl")
@@ -542,7 +556,7 @@ def evaluate(out: Path, *, evaluation: EvaluationConfig, judge: JudgeConfig, cas
     tournament = None
     if evaluation.tournament or evaluation.explainability:
         pair_judge, scorer = _judge_functions(judge, evaluation, Path(artifacts_dir), out / "cache", Path(cases),
-                                              templates)
+                                              templates, discriminator)
         if evaluation.explainability:
             scores = scorer([(by_id[c], t) for c, t in zip(table["case_id"], table["text"])])
             table["explainability"] = pd.to_numeric(pd.Series(scores, index=table.index, dtype=object), errors="coerce")
@@ -568,7 +582,7 @@ def evaluate(out: Path, *, evaluation: EvaluationConfig, judge: JudgeConfig, cas
 
     if tournament is not None:
         tournament.to_parquet(out / "tournament.parquet", index=False)
-        metric_frames.append(tournament_metrics(tournament, n_boot, seed, out))
+        metric_frames.append(tournament_metrics(tournament, n_boot, seed, out, llmxrec=judge.kind == "discriminator"))
 
     if evaluation.attribute_prediction and (Path(explanations) / "attributes.parquet").exists():
         predictions = pd.read_parquet(Path(explanations) / "attributes.parquet")
@@ -597,16 +611,52 @@ def evaluate(out: Path, *, evaluation: EvaluationConfig, judge: JudgeConfig, cas
     if tournament is not None:
         summary["tournament"] = {"comparisons": len(tournament),
                                  "order_inconsistent": float((~tournament["consistent"]).mean()) if len(tournament) else 0.0}
+        if judge.kind == "discriminator":
+            summary["tournament"]["ties"] = float((tournament["outcome"] == "tie").mean()) if len(tournament) else 0.0
+    if discriminator is not None and (Path(discriminator) / "agreement.json").exists():
+        summary["discriminator"] = json.loads((Path(discriminator) / "agreement.json").read_text())
     (out / "metrics.json").write_text(json.dumps(summary, indent=2))
 
 
-def tournament_metrics(tournament: pd.DataFrame, n_boot: int, seed: int, out: Path | None = None) -> pd.DataFrame:
-    """Win ratio, average rank (bootstrap over cases) and Bradley-Terry strength per explainer.
+def decisive_win_ratio(tournament: pd.DataFrame, n_boot: int, seed: int) -> pd.DataFrame:
+    """LLMXRec's win ratio per explainer: wins / decisive comparisons over all cases (the better
+    explanation scores 1, the other 0; ties, both-bad and invalid verdicts are left out), with a
+    percentile bootstrap interval over cases. Rows as `summarise` (metric `win_ratio_llmxrec`);
+    NaN for an explainer without a decisive comparison."""
+    decisive = tournament[tournament["outcome"].isin(["a", "b"])]
+    sides = pd.concat([
+        pd.DataFrame({"case_id": decisive["case_id"], "explainer": decisive["model_a"], "win": decisive["outcome"] == "a"}),
+        pd.DataFrame({"case_id": decisive["case_id"], "explainer": decisive["model_b"], "win": decisive["outcome"] == "b"}),
+    ])
+    explainers = list(dict.fromkeys([*tournament["model_a"], *tournament["model_b"]]))
+    rng = np.random.default_rng(seed)
+    rows = []
+    for explainer in explainers:
+        per_case = sides[sides["explainer"] == explainer].groupby("case_id")["win"].agg(["sum", "size"])
+        wins, total = per_case["sum"].to_numpy(float), per_case["size"].to_numpy(float)
+        value = wins.sum() / total.sum() if total.sum() else np.nan
+        low = high = np.nan
+        if len(per_case) > 1:
+            draws = rng.integers(0, len(per_case), size=(n_boot, len(per_case)))
+            low, high = np.percentile(wins[draws].sum(axis=1) / total[draws].sum(axis=1), [2.5, 97.5])
+        elif len(per_case) == 1:
+            low = high = value
+        rows.append({"explainer": explainer, "metric": "win_ratio_llmxrec", "value": value, "ci_low": low,
+                     "ci_high": high, "n": int(total.sum())})
+    return pd.DataFrame(rows, columns=["explainer", "metric", "value", "ci_low", "ci_high", "n"])
+
+
+def tournament_metrics(tournament: pd.DataFrame, n_boot: int, seed: int, out: Path | None = None,
+                       llmxrec: bool = False) -> pd.DataFrame:
+    """Win ratio, average rank (bootstrap over cases) and Bradley-Terry strength per explainer;
+    with `llmxrec`, also LLMXRec's decisive-only win ratio (`decisive_win_ratio`).
 
     Also writes `bradley_terry.parquet`, `pairwise.parquet` and `win_rates.parquet` into `out`.
     """
     per_case = win_ratio_and_rank(tournament)
     rows = summarise(per_case, ("win_ratio", "rank"), n_boot, seed).replace({"metric": {"rank": "avg_rank"}})
+    if llmxrec:
+        rows = pd.concat([rows, decisive_win_ratio(tournament, n_boot, seed)], ignore_index=True)
     battles = tournament[["model_a", "model_b", "outcome"]]
     battles = battles[battles["outcome"] != INVALID]
     strengths = bradley_terry(battles, n_boot=n_boot, seed=seed)

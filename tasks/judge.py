@@ -14,6 +14,9 @@ Three judges compare two explanations (A, B) of one case:
   + (1 - w) * (rubric score A - rubric score B), w = `judge.llm_weight`; the rubric alone decides
   when both candidates are unacceptable (`acceptable`: complete, within length bounds, no loop,
   check score >= `judge.min_rubric_score`), which makes the pair both-bad.
+- `discriminator` (LLMXRec): the preference pairs are judged by `judge.discriminator.base`
+  (`base_judge`), and a LoRA model trained on its verdicts (recxplain/discriminator.py, stage
+  tasks/discriminator.py) judges the evaluation tournament (`make_pair_judge`).
 
 Verdicts: "a", "b" (kept as preference pairs), "tie", "both_bad" (rejected, as in the first
 seed), "inconsistent" (the two orders disagree), "invalid" (unparsable after retries).
@@ -35,7 +38,7 @@ import polars as pl
 from pydantic import BaseModel, Field, ValidationError
 
 from recxplain.checks import Catalogue, CheckResult, check_explanation
-from recxplain.config import JudgeConfig
+from recxplain.config import DiscriminatorConfig, JudgeConfig
 from recxplain.prompts import (
     ChatModel,
     Parsed,
@@ -253,8 +256,19 @@ class PairJudgement(BaseModel):
         return self.llm_ab.choice == self.llm_ba.choice
 
 
+def base_judge(judge: JudgeConfig) -> JudgeConfig:
+    """The judge of the preference pairs: `judge` itself, or for `kind: discriminator` its base
+    judge (`judge.discriminator.base` with the other settings). The discriminator section is
+    reset to its defaults, so a rubric run and a discriminator run on a rubric base share their
+    judge_pairs stages (and everything trained on them) in the cache."""
+    if judge.kind != "discriminator":
+        return judge
+    return judge.model_copy(update={"kind": judge.discriminator.base, "discriminator": DiscriminatorConfig()})
+
+
 def load_judge_model(judge: JudgeConfig, artifacts_dir: Path, cache_path: Path | None = None) -> ChatModel | None:
     """The judge's language model (None for the rubric judge, which needs none)."""
+    judge = base_judge(judge)
     if judge.kind == "rubric":
         return None
     from recxplain.llm import load_chat_model
@@ -321,6 +335,9 @@ def judge_explanation_pairs(
     both orders agree. The ensemble asks the LLM only where its vote can change the verdict
     (`vote_can_change_verdict`); elsewhere `llm_choice` stays None.
     """
+    if judge.kind == "discriminator":
+        raise ValueError("judge.kind 'discriminator' judges the evaluation tournament only; judge pairs with "
+                         "base_judge(judge), its base judge (judge.discriminator.base)")
     needs_llm = judge.kind in ("llm", "ensemble")
     if needs_llm and (model is None or templates is None):
         raise ValueError(f"judge.kind={judge.kind!r} needs a model and the judge template ({judge.prompt})")
@@ -488,7 +505,9 @@ def judge_pairs(
     preference format + case_id, scores), verdicts.parquet (every pair) and stats.json.
 
     `templates`: `read_templates(judge.prompt)` (unused by the rubric judge, but pass it: the
-    key then follows the template)."""
+    key then follows the template). For `kind: discriminator` the pairs are judged by its base
+    judge (`base_judge`)."""
+    judge = base_judge(judge)
     by_id = {c.case_id: c for name in ("train.jsonl", "eval.jsonl") if (Path(cases) / name).exists()
              for c in read_cases(Path(cases) / name)}
     pairs_path = Path(pairs) / "pairs.parquet"
@@ -554,7 +573,8 @@ def judge_pairs(
 
 
 def make_pair_judge(judge: JudgeConfig, artifacts_dir: Path, cache_dir: Path, templates: Templates | None = None,
-                    catalogue: Catalogue | None = None, model: ChatModel | None = None):
+                    catalogue: Catalogue | None = None, model: ChatModel | None = None,
+                    discriminator: Path | None = None):
     """A function (case, text_a, text_b) triples -> (verdict with A shown first, verdict with B
     shown first or None) each, both as shown: "a", "b", "tie", "both_bad" or "invalid".
 
@@ -563,8 +583,18 @@ def make_pair_judge(judge: JudgeConfig, artifacts_dir: Path, cache_dir: Path, te
     only when its two orders agree, `judge_explanation_pairs`), returned for both orders when
     `judge.both_orders`: a position-biased 135M judge would otherwise cast a vote for whichever
     answer is shown first, and every pair would come out a tie. `model`: the judge's language
-    model (default: `load_judge_model`).
+    model (default: `load_judge_model`). `kind: discriminator` needs `discriminator`, the
+    train_discriminator folder, and `templates` holding `judge.discriminator.prompt`; its
+    verdicts come from the trained model's scores (`recxplain.discriminator.pair_judge`).
     """
+    if judge.kind == "discriminator":
+        from recxplain import discriminator as disc
+
+        if discriminator is None:
+            raise ValueError("judge.kind 'discriminator' needs the train_discriminator stage's folder")
+        templates = templates if templates is not None else read_templates(judge.discriminator.prompt)
+        return disc.pair_judge(Path(discriminator) / disc.ADAPTER, judge.discriminator, templates, artifacts_dir,
+                               both_orders=judge.both_orders)
     if model is None:
         model = load_judge_model(judge, artifacts_dir, Path(cache_dir) / "judge.sqlite")
     templates = templates if templates is not None else read_templates(judge.prompt)

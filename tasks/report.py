@@ -42,6 +42,7 @@ from tasks.reclaif import display_title, read_candidate_sets
 METRICS: dict[str, tuple[str, int, int]] = {
     "bt_strength": ("Bradley-Terry strength", 1, 2),
     "win_ratio": ("Win ratio", 1, 3),
+    "win_ratio_llmxrec": ("LLMXRec win ratio (decisive 1/0)", 1, 3),
     "avg_rank": ("Average rank", -1, 2),
     "explainability": ("Explainability (1-100)", 1, 1),
     "explainability_parsed": ("Explainability scores parsed", 0, 3),
@@ -248,7 +249,40 @@ def alignment_markdown(alignment: pd.DataFrame | None, judge_note: str | None) -
     return lines + [""]
 
 
-def report_markdown(metrics: Path, headline: tuple[str, ...] = ("bt_strength", "win_ratio", "avg_rank",
+def discriminator_sentences(summary: dict) -> list[str]:
+    """What the discriminator (judge.kind: discriminator) learnt from and how often it agrees with
+    the held-out verdicts of its base judge (and people's, with arena votes); [] without one."""
+    d = summary.get("discriminator")
+    if not d:
+        return []
+
+    def rate(a: dict) -> str:
+        if not a or not a.get("n"):
+            return "no pairs"
+        p = "" if a.get("p_value") is None else _p(a["p_value"])
+        p = p and (f", binomial p{p}" if p.startswith("<") else f", binomial p={p}")
+        return (f"{a['agree']} of {a['n']} = {a['rate']:.3f} [{a['ci_low']:.3f}, {a['ci_high']:.3f}] "
+                f"({a['disagree']} disagree, {a['ties']} ties{p})")
+
+    sources = ", ".join(f"{n} {s}" for s, n in d.get("sources", {}).items())
+    lines = [f"Discriminator (LLMXRec): a reward model trained on {d['train_pairs']} of {d['pairs']} pairs "
+             f"({sources}); {d['held_out_pairs']} pairs of {d['held_out_cases']} cases held out.",
+             f"Agreement with the held-out verdicts ({d['base']} judge): {rate(d['held_out'].get('all'))}; "
+             f"on its own training pairs: {rate(d['train'].get('all'))}."]
+    if "arena" in d["held_out"]:
+        lines.append(f"Agreement with held-out arena votes: {rate(d['held_out']['arena'])}.")
+    if d.get("arena"):
+        a = d["arena"]
+        lines.append(f"Arena votes: {a['votes']}, used {a['used']} (left out: {a['not_decisive']} ties or both-bad, "
+                     f"{a['flagged']} flagged, {a['unmatched']} on explanations this run lacks, {a['identical']} identical).")
+    tournament = summary.get("tournament") or {}
+    if "ties" in tournament:
+        lines.append(f"Tournament: {tournament['comparisons']} comparisons, {100 * tournament['ties']:.1f}% ties, "
+                     "which LLMXRec's win ratio leaves out and ours counts as half a win.")
+    return lines
+
+
+def report_markdown(metrics: Path, headline: tuple[str, ...] = ("bt_strength", "win_ratio", "win_ratio_llmxrec", "avg_rank",
                                                               "explainability", "faithfulness", "hallucination_rate",
                                                               "rouge_l", "diversity", "validity")) -> str:
     """A markdown summary of the evaluation: whether alignment helped (when the run compared its
@@ -262,6 +296,8 @@ def report_markdown(metrics: Path, headline: tuple[str, ...] = ("bt_strength", "
         lines += [f"{summary.get('cases', '?')} held-out cases, explainers: {explainers}.", ""]
     if summary.get("judge_note") and alignment is None:  # the note still belongs to the run
         lines += [f"_{summary['judge_note']}_", ""]
+    if summary.get("discriminator"):
+        lines += [f"- {s}" for s in discriminator_sentences(summary)] + [""]
     for metric in ("bt_strength", "win_ratio", "explainability"):
         best = _best(frame, metric)
         if best:
@@ -478,6 +514,7 @@ Bold: the best explainer on a metric with a direction.</p>
 <h2>Judge tournament</h2>
 <p>Every pair of explainers on every case{% if tournament %} ({{ tournament.comparisons }} comparisons; {{ "%.1f" | format(100 * tournament.order_inconsistent) }}% order-inconsistent, counted as ties){% endif %}.
 Win ratio and average rank as LLMXRec; Bradley-Terry strengths with bootstrap intervals.</p>
+{% if discriminator %}<ul>{% for s in discriminator %}<li>{{ s }}</li>{% endfor %}</ul>{% endif %}
 <div class="plots">{% for img in tournament_plots %}<img alt="tournament plot" src="data:image/png;base64,{{ img }}">{% endfor %}</div>
 {% if win_rates %}<h3>Win rate of the row explainer against the column explainer</h3>
 <table><tr>{% for c in win_rates.columns %}<th>{{ c }}</th>{% endfor %}</tr>
@@ -563,6 +600,7 @@ def render_report(*, evaluation: EvaluationConfig, metrics: Path, explanations: 
 
     tournament_plots = [p for p in (
         bar_plot(frame, "win_ratio", explainers, "Win ratio in the judge tournament", reference=0.5),
+        bar_plot(frame, "win_ratio_llmxrec", explainers, "LLMXRec's win ratio: decisive verdicts only", reference=0.5),
         bar_plot(frame, "bt_strength", explainers, "Bradley-Terry strength"),
         bar_plot(frame, "avg_rank", explainers, "Average rank per case (1 = best)"),
     ) if p]
@@ -592,6 +630,7 @@ def render_report(*, evaluation: EvaluationConfig, metrics: Path, explanations: 
         judge_note=summary.get("judge_note"),
         table=_metric_rows(frame, explainers),
         tournament=summary.get("tournament"),
+        discriminator=discriminator_sentences(summary),
         tournament_plots=tournament_plots,
         pairwise=_rows(pairwise),
         win_rates=_rows(win_rates),
