@@ -375,11 +375,16 @@ class PairsConfig(Section):
             checks rate best and the one they rate worst (chosen and rejected then differ on the
             checks, not only in wording).
         sampling: decoding parameters for the pair samples (high temperature, nucleus).
+        greedy_candidate: one of the `candidates` is the model's greedy answer (temperature 0,
+            `sampling`'s other settings), the others sampled: the answer the evaluation reads
+            is then in the pair, so a loop it would show at temperature 0 is judged against a
+            sample that does not loop (`teacher` and `student` sources).
     """
 
     source: Literal["teacher", "teacher_samples", "student"] = "teacher"
     candidates: int = Field(2, ge=2)
     sampling: SamplingConfig = SamplingConfig(temperature=1.0, top_p=0.95)
+    greedy_candidate: bool = False
 
 
 class DiscriminatorConfig(Section):

@@ -150,7 +150,8 @@ def sample_pairs(
 ) -> None:
     """Write pairs.parquet (case_id, text_a, text_b, source, prompt as JSON messages, model,
     valid_a, valid_b) and stats.json; `pairs.candidates` samples per training case at
-    `pairs.sampling`, of which the best and the worst by the checks form the pair.
+    `pairs.sampling` (the first the greedy answer with `pairs.greedy_candidate`), of which the
+    best and the worst by the checks form the pair.
 
     `student`: the folder of the current student (train_sft or the previous DPO round) when
     `pairs.source` is `student`. `teacher_samples`: the teacher_generate folder when it is
@@ -169,7 +170,11 @@ def sample_pairs(
     cfg = pair_sampler_llm(pairs, teacher, training, student)
     asked = prompts if pairs.source == "student" else [explain_messages(c, teacher.prompt, templates) for c in train]
     model = _load(cfg, artifacts_dir, out / "cache" / "pairs.sqlite")
-    outputs = model.generate(asked, pairs.sampling, n=pairs.candidates)
+    sampled = pairs.candidates - pairs.greedy_candidate
+    outputs = model.generate(asked, pairs.sampling, n=sampled)
+    if pairs.greedy_candidate:
+        greedy = model.generate(asked, pairs.sampling.model_copy(update={"temperature": 0.0}))
+        outputs = [first + rest for first, rest in zip(greedy, outputs, strict=True)]
 
     def usable(text: str, case: Case) -> bool:
         try:

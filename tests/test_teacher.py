@@ -358,3 +358,27 @@ def test_pairs_and_judge_through_load_chat_model(tmp_path, cases_dir, tiny):
     assert preferences[-1]["chosen"] == [{"role": "assistant", "content": GOOD}]
     for row in preferences:
         assert row["prompt"][-1]["role"] == "user" and row["chosen"][0]["role"] == "assistant"
+
+
+def test_the_greedy_answer_is_a_candidate(tmp_path, cases_dir, monkeypatch):
+    """pairs.greedy_candidate: the answer read at temperature 0 (the evaluation's) is one of the
+    two, so its loop is paired against a sample."""
+    loop = "You rated Toy Story 5/5, and people who liked it also liked Babe. Babe is a comedy, and people who " \
+           "liked it also liked Babe."
+    temperatures = []
+
+    class ByTemperature(ScriptedModel):
+        def generate(self, prompts, sampling, n=1):
+            temperatures.append((sampling.temperature, n))
+            return super().generate(prompts, sampling, n)
+
+    model = ByTemperature(lambda messages, j: loop if temperatures[-1][0] == 0 else GOOD)
+    use_model(monkeypatch, model)
+    out = tmp_path / "out"
+    out.mkdir()
+    pairs = PairsConfig(greedy_candidate=True, sampling=SamplingConfig(temperature=0.9, top_p=0.95))
+    sample_pairs(out, pairs=pairs, teacher=TeacherConfig(min_words=5), training=TrainingConfig(),
+                 cases=cases_dir, student=None, templates=TEMPLATES, artifacts_dir=tmp_path)
+    assert temperatures == [(0.9, 1), (0.0, 1)]
+    frame = pl.read_parquet(out / "pairs.parquet")
+    assert set(frame["text_a"]) == {loop} and set(frame["text_b"]) == {GOOD}
