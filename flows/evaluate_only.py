@@ -83,7 +83,8 @@ def evaluate_only(
     )
     judged = (judged_pairs_of_run(cfg.runtime.artifacts_dir, students_from or cfg.runtime.run_name)
               if cfg.judge.kind == "discriminator" else None)
-    artifacts |= students | evaluation_stages(cfg, log, artifacts["cases"], students, judged=judged)
+    artifacts |= students | evaluation_stages(cfg, log, artifacts["cases"], students, judged=judged,
+                                                              paths=artifacts["paths"])
     runtime = cfg.runtime.model_copy(update={"run_name": f"{cfg.runtime.run_name}-evaluate"})
     run_dir = publish_run_summary(cfg.model_copy(update={"runtime": runtime}), config_path, overrides, log, artifacts)
     return str(run_dir)

@@ -106,10 +106,11 @@ def student_stages(cfg: Config, log: StageLog, cases: Path, feedback: dict[str, 
 
 
 def evaluation_stages(cfg: Config, log: StageLog, cases: Path, students: dict[str, Path],
-                      judged: dict[str, Path] | None = None) -> dict[str, Path]:
+                      judged: dict[str, Path] | None = None, paths: Path | None = None) -> dict[str, Path]:
     """Every explainer on the held-out cases, every metric, the report and the arena bundle.
     `judged`: folders of judged pairs (`preferences`, `preferences_rN`), which the discriminator
-    learns from (`judge.kind: discriminator`)."""
+    learns from (`judge.kind: discriminator`); `paths`: the mine_paths folder, whose path quality
+    the report shows."""
     wanted = {name: students[name] for name in student_explainers(cfg.evaluation, cfg.training)}
     explanations = log.run(
         GENERATE_EXPLANATIONS, evaluation=cfg.evaluation, teacher=cfg.teacher, training=cfg.training,
@@ -136,7 +137,7 @@ def evaluation_stages(cfg: Config, log: StageLog, cases: Path, students: dict[st
     )
     report = log.run(
         WRITE_REPORT, evaluation=cfg.evaluation, metrics=metrics, explanations=explanations, cases=cases,
-        students=wanted,
+        students=wanted, paths=paths,
     )
     arena = log.run(EXPORT_ARENA, arena=cfg.arena, cases=cases, explanations=explanations, evaluation=metrics)
     return out | {"explanations": explanations, "evaluate": metrics, "report": report, "arena": arena}
@@ -157,7 +158,8 @@ def pipeline(config_path: str = "configs/default.yaml", overrides: list[str] | N
     )
     feedback = feedback_stages(cfg, log, artifacts["cases"])
     students = student_stages(cfg, log, artifacts["cases"], feedback)
-    artifacts |= feedback | students | evaluation_stages(cfg, log, artifacts["cases"], students, judged=feedback)
+    artifacts |= feedback | students | evaluation_stages(cfg, log, artifacts["cases"], students, judged=feedback,
+                                                                 paths=artifacts["paths"])
     run_dir = publish_run_summary(cfg, config_path, overrides or [], log, artifacts)
     return str(run_dir)
 

@@ -232,7 +232,7 @@ def retrain(config_path: str = "configs/default.yaml", overrides: list[str] | No
         students = student_stages(cfg, log, student_cases, feedback)
         student = student_outcome(decision, state.get("student"), log.rows[first_student_row:])
         artifacts |= feedback | students | evaluation_stages(cfg, log, artifacts["cases"], students,
-                                                             judged=feedback)
+                                                             judged=feedback, paths=artifacts["paths"])
         if decision.train:
             state["student"] = {
                 "data": str(artifacts["data"]), "cases": str(artifacts["cases"]),

@@ -249,6 +249,23 @@ def alignment_markdown(alignment: pd.DataFrame | None, judge_note: str | None) -
     return lines + [""]
 
 
+def evidence_sentences(paths: Path | None) -> list[str]:
+    """The knowledge-graph paths behind the explanations (mine_paths' `path_quality.json`):
+    coverage, path quality (LIR, SEP, ETD) and the pattern mix of the chosen (first) paths."""
+    file = Path(paths) / "path_quality.json" if paths is not None else None
+    if file is None or not file.exists():
+        return []
+    q = json.loads(file.read_text())
+    chosen = q.get("patterns_of_chosen") or []
+    total = sum(n for _, n in chosen) or 1
+    mix = ", ".join(f"{pattern.split('-')[-2]} {n:,} ({100 * n / total:.0f}%)" for pattern, n in chosen)
+    return [f"Knowledge-graph paths for {q['recommendations']:,} recommendations: {100 * q['coverage']:.1f}% have at "
+            f"least one, {q['paths_per_recommendation']:.2f} per recommendation.",
+            f"Path quality of the chosen (first) paths: LIR {q['LIR']:.3f}, SEP {q['SEP']:.3f}, ETD {q['ETD']:.3f} "
+            f"(distinct patterns per user over the {q['path_types_possible']} the graph allows).",
+            f"Patterns of the chosen paths: {mix}."]
+
+
 def discriminator_sentences(summary: dict) -> list[str]:
     """What the discriminator (judge.kind: discriminator) learnt from and how often it agrees with
     the held-out verdicts of its base judge (and people's, with arena votes); [] without one."""
@@ -543,6 +560,9 @@ Win ratio and average rank as LLMXRec; Bradley-Terry strengths with bootstrap in
 {% if curves %}<h2>Training curves</h2>
 <div class="plots"><img alt="training curves" src="data:image/png;base64,{{ curves }}"></div>{% endif %}
 
+{% if evidence %}<h2>The evidence: knowledge-graph paths</h2>
+<ul>{% for s in evidence %}<li>{{ s }}</li>{% endfor %}</ul>{% endif %}
+
 <h2>Examples</h2>
 {% for ex in examples %}<div class="example">
 <h3>Case {{ ex.case.case_id }}: "{{ ex.case.item.title }}"{% if ex.case.item.genres %} ({{ ex.case.item.genres | join(", ") }}){% endif %}</h3>
@@ -586,7 +606,7 @@ def _metric_rows(frame: pd.DataFrame, explainers: list[str]) -> list[dict]:
 
 
 def render_report(*, evaluation: EvaluationConfig, metrics: Path, explanations: Path, cases: Path,
-                  students: dict[str, Path] | None = None) -> str:
+                  students: dict[str, Path] | None = None, paths: Path | None = None) -> str:
     """The report page as an HTML string (see `write_report`)."""
     import matplotlib
 
@@ -641,13 +661,14 @@ def render_report(*, evaluation: EvaluationConfig, metrics: Path, explanations: 
         gender_plot=gender_length_plot(bias) if bias is not None else None,
         bias=_rows(bias, 2),
         curves=training_curves(dict(students or {})),
+        evidence=evidence_sentences(paths),
         examples=examples(eval_cases, texts, [e for e in explainers if e in set(texts["model"])],
                           evaluation.report_examples),
     )
 
 
 def write_report(out: Path, *, evaluation: EvaluationConfig, metrics: Path, explanations: Path, cases: Path,
-                 students: dict[str, Path] | None = None) -> None:
+                 students: dict[str, Path] | None = None, paths: Path | None = None) -> None:
     """Write report.html, report.md and metrics_table.json into `out`.
 
     Args:
@@ -657,12 +678,14 @@ def write_report(out: Path, *, evaluation: EvaluationConfig, metrics: Path, expl
         explanations: the generate_explanations folder.
         cases: the build_cases folder (`eval.jsonl`: the examples' evidence).
         students: explainer name -> student folder (each `training.json` gives a training curve).
+        paths: the mine_paths folder (`path_quality.json`: coverage, LIR, SEP, ETD, pattern mix).
     """
     out = Path(out)
-    (out / "report.html").write_text(
-        render_report(evaluation=evaluation, metrics=metrics, explanations=explanations, cases=cases, students=students)
-    )
-    (out / "report.md").write_text(report_markdown(metrics))
+    (out / "report.html").write_text(render_report(evaluation=evaluation, metrics=metrics, explanations=explanations,
+                                                   cases=cases, students=students, paths=paths))
+    evidence = [f"- {sentence}" for sentence in evidence_sentences(paths)]
+    (out / "report.md").write_text(report_markdown(metrics) + ("\n## The evidence\n\n" + "\n".join(evidence) + "\n"
+                                                               if evidence else ""))
     (out / "metrics_table.json").write_text(json.dumps(metrics_table(metrics), indent=2))
 
 

@@ -93,9 +93,25 @@ def run(tmp_path_factory):
     (plain / "metrics.json").write_text(json.dumps(summary))
     out = root / "report"
     out.mkdir()
+    paths = root / "paths"
+    paths.mkdir()
+    (paths / "path_quality.json").write_text(json.dumps(PATH_QUALITY))
     report.write_report(out, evaluation=EvaluationConfig(report_examples=2), metrics=metrics, explanations=expl,
-                        cases=cases_dir, students={"sft": student})
+                        cases=cases_dir, students={"sft": student}, paths=paths)
     return {"out": out, "metrics": metrics, "plain": plain, "explanations": expl, "cases": cases_dir}
+
+
+PATH_QUALITY = {"recommendations": 9430, "explained": 9430, "coverage": 1.0, "paths_per_recommendation": 2.9989,
+                "LIR": 0.394, "SEP": 0.559, "ETD": 0.349, "path_types_possible": 15,
+                "patterns_of_chosen": [["user-rated-movie-similar_to-movie", 7065], ["user-rated-movie-actor-movie", 894]]}
+
+
+def test_the_report_shows_the_paths_quality_and_pattern_mix(run):
+    html = (run["out"] / "report.html").read_text()
+    markdown = (run["out"] / "report.md").read_text()
+    for page in (html, markdown):
+        assert "ETD 0.349" in page and "similar_to 7,065 (89%), actor 894 (11%)" in page
+        assert "9,430 recommendations: 100.0% have at least one" in page
 
 
 def test_tournament_metrics_of_the_scripted_judge(run):
