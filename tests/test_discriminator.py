@@ -292,6 +292,10 @@ def test_evaluate_judges_the_tournament_with_the_discriminator(trained, tmp_path
     summary = json.loads((out / "metrics.json").read_text())
     assert summary["discriminator"] == json.loads((trained["out"] / "agreement.json").read_text())
     assert summary["tournament"]["ties"] == pytest.approx(1 / 3) and "LLMXRec" in summary["judge_note"]
+    html = report.render_report(evaluation=EvaluationConfig(report_examples=1), metrics=out, explanations=expl,
+                                cases=cases_dir)
+    assert "LLMXRec win ratio (decisive 1/0)" in html and "Agreement with the held-out verdicts (rubric judge)" in html
+    assert "33.3% ties, which LLMXRec&#39;s win ratio leaves out" in html
 
 
 def test_a_sequence_over_max_length_names_its_case(trained, tmp_path):
