@@ -256,13 +256,14 @@ def evidence_sentences(paths: Path | None) -> list[str]:
     if file is None or not file.exists():
         return []
     q = json.loads(file.read_text())
-    chosen = q.get("patterns_of_chosen") or []
-    total = sum(n for _, n in chosen) or 1
-    mix = ", ".join(f"{pattern.split('-')[-2]} {n:,} ({100 * n / total:.0f}%)" for pattern, n in chosen)
+    chosen = q.get("patterns_of_chosen") or {}  # pattern -> count, most frequent first
+    total = sum(chosen.values()) or 1
+    mix = ", ".join(f"{pattern.split('-')[-2]} {n:,} ({100 * n / total:.0f}%)" for pattern, n in chosen.items())
     return [f"Knowledge-graph paths for {q['recommendations']:,} recommendations: {100 * q['coverage']:.1f}% have at "
             f"least one, {q['paths_per_recommendation']:.2f} per recommendation.",
             f"Path quality of the chosen (first) paths: LIR {q['LIR']:.3f}, SEP {q['SEP']:.3f}, ETD {q['ETD']:.3f} "
-            f"(distinct patterns per user over the {q['path_types_possible']} the graph allows).",
+            f"(per user: distinct patterns of the chosen paths over the most possible, at most the "
+            f"{q['path_types_possible']} patterns the graph allows).",
             f"Patterns of the chosen paths: {mix}."]
 
 

@@ -103,7 +103,7 @@ def run(tmp_path_factory):
 
 PATH_QUALITY = {"recommendations": 9430, "explained": 9430, "coverage": 1.0, "paths_per_recommendation": 2.9989,
                 "LIR": 0.394, "SEP": 0.559, "ETD": 0.349, "path_types_possible": 15,
-                "patterns_of_chosen": [["user-rated-movie-similar_to-movie", 7065], ["user-rated-movie-actor-movie", 894]]}
+                "patterns_of_chosen": {"user-rated-movie-similar_to-movie": 7065, "user-rated-movie-actor-movie": 894}}
 
 
 def test_the_report_shows_the_paths_quality_and_pattern_mix(run):
