@@ -18,6 +18,11 @@ a `PeftModel` whose adapter is trainable and no `peft_config`: it copies the ada
 name "ref", keeps it frozen and computes the reference log-probs with it (checked in
 tests/test_train.py: step-1 DPO loss is log 2 and the "ref" weights equal the init adapter).
 
+On a CPU the trainers read less than trl's defaults, with the same losses and gradients: SFT
+runs the LM head on the answer positions only (`answer_token_loss`), and ORPO and DPO read each
+pair's prompt once, in one row [prompt][chosen][rejected] (`packed_pair_hidden`), instead of a
+chosen and a rejected row that both repeat it (benchmarks/bench_train.py).
+
 Resume: Trainer checkpoints go to `out/checkpoints/`; calling a stage again with the same `out`
 resumes from the last one (the pipeline wrapper reuses `out` after a crash or kill). They are
 deleted once the adapter is exported, so a finished artifact holds only what is listed above.
