@@ -67,7 +67,7 @@ SHARED_FRACTION = 0.5
 READ_SAMPLES_ONCE = True
 # A start that every prompt of a batch shares (the system message, a worked example, the template's
 # first words) is read once when it is at least this many tokens; read at call time
-# (benchmarks/bench_shared_prefix.py --batch-start sets it to inf to time the batch without it).
+# (benchmarks/bench_batch_start.py sets it to inf to time the batch without it).
 BATCH_START_TOKENS = 8
 
 _MODELS: dict[tuple, tuple] = {}
