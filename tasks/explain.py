@@ -35,6 +35,7 @@ Outputs in `out`:
 
 from __future__ import annotations
 
+import gc
 import logging
 import re
 import time
@@ -44,7 +45,6 @@ import pandas as pd
 
 from recxplain.checks import Catalogue, clean_explanation, parse_explanation, pick_best
 from recxplain.config import EvaluationConfig, LLMConfig, NamedExplainer, TeacherConfig, TrainingConfig
-from recxplain.llm import release_models
 from recxplain.models import student_llm
 from recxplain.prompts import explain_messages, read_templates
 from recxplain.schemas import Case, read_cases
@@ -246,6 +246,18 @@ def load_model(config: LLMConfig, artifacts_dir: Path, cache_path: Path):
     return load_chat_model(config, artifacts_dir, cache_path=cache_path)
 
 
+def _free(model) -> None:
+    del model
+    gc.collect()
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+    except ImportError:
+        pass
+
+
 def generate_explanations(
     out: Path,
     *,
@@ -333,8 +345,7 @@ def generate_explanations(
             attribute_rows += _predict_attributes(model, name, eval_cases, all_cases, evaluation)
         log.info("explainer %s: %d cases in %.1f s, usage %s", name, len(eval_cases),
                  time.perf_counter() - started, getattr(model, "usage", {}))
-        model = None  # the stage's last reference: the next explainer loads its own
-        release_models()
+        _free(model)
 
     pd.DataFrame(explanation_rows).to_parquet(out / "explanations.parquet", index=False)
     if evaluation.attribute_prediction:

@@ -157,8 +157,6 @@ def release_models() -> int:
         count = len(_MODELS)
         _MODELS.clear()
     gc.collect()
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()
     return count
 
 
