@@ -341,6 +341,9 @@ class TeacherConfig(Section):
         require_checks: keep an answer only when it passes every check; a case none of whose
             answers does is left out of the SFT data. (The evaluation's `teacher` explainer keeps
             its best answer either way, so that every held-out case has one.)
+        sft_answers: `best` gives the SFT data one row per case, the kept answer; `passing` adds
+            every other sample of the case that passes every check (more distinct targets from
+            the same samples; `pairs.source: teacher_samples` then pairs each of them too).
         students_see_example: False gives the students (and `base`, and every LLM explainer of
             the evaluation but the teacher) the prompt without the template's worked example, in
             their SFT and preference rows too: the teacher's answers teach the format the example
@@ -356,6 +359,7 @@ class TeacherConfig(Section):
     sampling: SamplingConfig = SamplingConfig(stop_on_repeat=True, max_new_tokens=64)
     best_of: int = Field(4, ge=1)
     require_checks: bool = True
+    sft_answers: Literal["best", "passing"] = "best"
     students_see_example: bool = False
     max_parse_retries: int = Field(0, ge=0)
     min_words: int = Field(15, ge=1)
@@ -367,8 +371,9 @@ class PairsConfig(Section):
 
     Attributes:
         source: `teacher` samples the candidates from the teacher (first seed);
-            `teacher_samples` samples nothing and pairs the teacher's kept best-of-n answer
-            with the one of its other samples the checks rate worst (explain mode; needs
+            `teacher_samples` samples nothing and pairs each of the teacher's SFT answers (its
+            kept best-of-n answer, and with `teacher.sft_answers: passing` every other sample that
+            passes every check) with the case's sample the checks rate worst (explain mode; needs
             `teacher.best_of` >= 2); `student` samples them from the current student (RecLAIF
             Algorithm 1, every DPO round, whatever this field says).
         candidates: answers sampled per case; with more than two, the pair is the answer the

@@ -68,9 +68,11 @@ def teacher_generate(
     templates: dict[str, str],
     artifacts_dir: Path,
 ) -> None:
-    """Write sft.jsonl (trl conversational rows: the students' prompt, the kept answer, case_id),
-    generations.parquet (every sample and attempt, with its checks) and stats.json (calls,
-    tokens, cost, validity, kept cases and how many of them pass every check).
+    """Write sft.jsonl (trl conversational rows: the students' prompt, an answer, case_id; the
+    kept answer of each case, and with `teacher.sft_answers: passing` every other sample that
+    passes every check), generations.parquet (every sample and attempt, with its checks; `kept`
+    marks the best sample, `sft` every sample in sft.jsonl) and stats.json (calls, tokens, cost,
+    validity, kept cases and how many of them pass every check).
 
     `templates`: `read_templates(teacher.prompt)`.
     """
@@ -93,6 +95,10 @@ def teacher_generate(
     rows = []
     with open(out / "sft.jsonl", "w") as fh:
         for case, messages, samples, kept, sample_checks in zip(train, student_prompts, results, best, checks):
+            answers = [] if kept is None else [kept] + [
+                j for j, check in enumerate(sample_checks)
+                if teacher.sft_answers == "passing" and j != kept and check is not None and check.passed
+            ]
             for j, parsed in enumerate(samples):
                 check = sample_checks[j]
                 rows.append({
@@ -102,10 +108,10 @@ def teacher_generate(
                     "raw": json.dumps(parsed.raw), "prompt_tokens": parsed.prompt_tokens,
                     "completion_tokens": parsed.completion_tokens,
                     "score": check.score if check else None, "passed": check.passed if check else False,
-                    "failed": check.failed if check else [], "kept": j == kept,
+                    "failed": check.failed if check else [], "kept": j == kept, "sft": j in answers,
                 })
-            if kept is not None:
-                answer = {"role": "assistant", "content": samples[kept].value}
+            for j in answers:
+                answer = {"role": "assistant", "content": samples[j].value}
                 fh.write(json.dumps({"messages": [*messages, answer], "case_id": case.case_id}) + "\n")
     pl.DataFrame(rows, infer_schema_length=None).write_parquet(out / "generations.parquet")
 
@@ -115,7 +121,8 @@ def teacher_generate(
         "cases": len(train),
         **validity_stats(samples),
         "samples_passing_checks": sum(bool(c and c.passed) for s in checks for c in s),
-        "sft_rows": len(kept_checks),
+        "sft_cases": len(kept_checks),
+        "sft_rows": sum(bool(r["sft"]) for r in rows),
         "kept_passing_checks": sum(c.passed for c in kept_checks),
         "best_of": teacher.best_of,
         "model": teacher.llm.model,
@@ -231,8 +238,10 @@ PAIR_SCHEMA = {"case_id": pl.String, "text_a": pl.String, "text_b": pl.String, "
 
 def _pairs_from_teacher_samples(out: Path, train: list[Case], prompts: list[list[dict]], teacher_dir: Path,
                                 teacher: TeacherConfig, templates: dict[str, str]) -> None:
-    """pairs.parquet from teacher_generate's generations.parquet: per case the kept answer (text_a)
-    and the sample the checks rate worst among the others (unparsable ones first)."""
+    """pairs.parquet from teacher_generate's generations.parquet: each SFT answer of a case (text_a:
+    the kept one, then any other in sft.jsonl) against the sample the checks rate worst among the
+    case's others (text_b, unparsable ones first); an extra SFT answer whose worst other is itself
+    an SFT answer makes no pair."""
     path = teacher_dir / "generations.parquet"
     if not path.exists():
         raise FileNotFoundError(f"{path}: missing (written by teacher_generate)")
@@ -245,17 +254,22 @@ def _pairs_from_teacher_samples(out: Path, train: list[Case], prompts: list[list
         if kept is None or kept.is_empty():
             without_kept += 1
             continue
-        others = frame.filter(~pl.col("kept")).with_columns(pl.col("score").fill_null(-1.0))
-        if others.is_empty():
+        if frame.height < 2:
             raise ValueError(f"{path}: case {case.case_id} has one sample; pairs.source 'teacher_samples' needs "
                              "teacher.best_of >= 2")
-        best, worst = kept.row(0, named=True), others.sort(["score", "sample"]).row(0, named=True)
-        if " ".join(best["text"].lower().split()) == " ".join(worst["text"].lower().split()):
-            identical += 1
-            continue
-        rows.append({"case_id": case.case_id, "text_a": best["text"], "text_b": worst["text"],
-                     "source": "teacher_samples", "prompt": json.dumps(messages), "model": teacher.llm.model,
-                     "valid_a": bool(best["valid"]), "valid_b": bool(worst["valid"])})
+        # Files written before the `sft` column hold the kept answer only.
+        answers = frame.filter(pl.col("sft") if "sft" in frame.columns else pl.col("kept"))
+        for best in answers.sort(["kept", "sample"], descending=[True, False]).iter_rows(named=True):
+            others = frame.filter(pl.col("sample") != best["sample"]).with_columns(pl.col("score").fill_null(-1.0))
+            worst = others.sort(["score", "sample"]).row(0, named=True)
+            if not best["kept"] and worst.get("sft", worst["kept"]):
+                continue
+            if " ".join(best["text"].lower().split()) == " ".join(worst["text"].lower().split()):
+                identical += 1
+                continue
+            rows.append({"case_id": case.case_id, "text_a": best["text"], "text_b": worst["text"],
+                         "source": "teacher_samples", "prompt": json.dumps(messages), "model": teacher.llm.model,
+                         "valid_a": bool(best["valid"]), "valid_b": bool(worst["valid"])})
     pl.DataFrame(rows, schema=PAIR_SCHEMA).write_parquet(out / "pairs.parquet")
     stats = {
         "cases": len(train),

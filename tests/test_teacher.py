@@ -142,6 +142,37 @@ def test_teacher_samples_pair_the_kept_answer_with_the_worst_other(tmp_path, cas
                      cases=cases_dir, student=None, templates=TEMPLATES, artifacts_dir=tmp_path)
 
 
+def test_sft_answers_passing_adds_every_passing_sample_and_pairs_each(tmp_path, cases_dir, monkeypatch):
+    # every case: GOOD (kept, first), the other passing answer, then "Babe." (unusable: the worst)
+    other = ("You loved Toy Story and The Lion King, so Babe should suit you too: it is a warm comedy "
+             "about a brave little pig.")
+    use_model(monkeypatch, ScriptedModel(lambda messages, j: "Babe." if is_retry(messages) else
+                                         [GOOD, other, "Babe."][j]))
+    teacher = TeacherConfig(best_of=3, min_words=5, sft_answers="passing")
+    (tmp_path / "teacher").mkdir()
+    teacher_generate(tmp_path / "teacher", teacher=teacher, cases=cases_dir, templates=TEMPLATES,
+                     artifacts_dir=tmp_path)
+    rows = [json.loads(line) for line in (tmp_path / "teacher" / "sft.jsonl").read_text().splitlines()]
+    assert [r["messages"][-1]["content"] for r in rows] == [GOOD, other] * 3
+    generations = pl.read_parquet(tmp_path / "teacher" / "generations.parquet")
+    assert generations["kept"].to_list() == [True, False, False] * 3
+    assert generations["sft"].to_list() == [True, True, False] * 3
+    stats = json.loads((tmp_path / "teacher" / "stats.json").read_text())
+    assert (stats["sft_cases"], stats["sft_rows"]) == (3, 6)
+    out = tmp_path / "pairs"
+    out.mkdir()
+    sample_pairs(out, pairs=PairsConfig(source="teacher_samples"), teacher=teacher, training=TrainingConfig(),
+                 cases=cases_dir, student=None, templates=TEMPLATES, artifacts_dir=tmp_path,
+                 teacher_samples=tmp_path / "teacher")
+    frame = pl.read_parquet(out / "pairs.parquet")
+    assert frame["text_a"].to_list() == [GOOD, other] * 3 and set(frame["text_b"]) == {"Babe."}
+    # "best" (the default) keeps one answer per case
+    teacher_generate(tmp_path / "teacher", teacher=teacher.model_copy(update={"sft_answers": "best"}),
+                     cases=cases_dir, templates=TEMPLATES, artifacts_dir=tmp_path)
+    rows = [json.loads(line) for line in (tmp_path / "teacher" / "sft.jsonl").read_text().splitlines()]
+    assert [r["messages"][-1]["content"] for r in rows] == [GOOD] * 3
+
+
 def test_best_of_without_a_passing_sample(tmp_path, cases_dir, monkeypatch):
     # every sample is usable, none passes every check (TECHNICAL leaks the recommender's internals)
     use_model(monkeypatch, ScriptedModel(lambda messages, j: TECHNICAL))
