@@ -27,7 +27,9 @@ export OVERRIDES
 flow: setup
 	$(PY) -m flows.pipeline --config $(CONFIG) --overrides "$$OVERRIDES"
 
+# Lint first (ruff, configured in pyproject.toml), then the fast tests.
 test: setup
+	$(VENV)/bin/ruff check .
 	$(PY) -m pytest -q
 
 test-slow: setup

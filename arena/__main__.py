@@ -41,7 +41,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m arena", description=__doc__.split("\n")[0])
     parser.add_argument("--config", type=Path, help=f"YAML config (default: {DEFAULT_CONFIG} when it exists)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override, repeatable")
-    parser.add_argument("--bundle", type=Path, help="folder written by the export_arena stage (default: the last run's)")
+    parser.add_argument(
+        "--bundle", type=Path, help="folder written by the export_arena stage (default: the last run's)"
+    )
     parser.add_argument("--db", type=Path, help="SQLite votes file (default: arena.db_path, else one per bundle)")
     parser.add_argument("--host", help="listen address (default: arena.host)")
     parser.add_argument("--port", type=int, help="listen port (default: arena.port)")

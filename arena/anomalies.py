@@ -43,4 +43,9 @@ def by_voter(votes: pd.DataFrame, flags: pd.Series, top: int = 20) -> pd.DataFra
         flag=("flag", "max"),  # the longest list of reasons among its votes
     )
     table["flagged_first"] = table["flag"] == ""
-    return table.sort_values(["flagged_first", "votes"], ascending=[True, False]).head(top).drop(columns="flagged_first").reset_index()
+    return (
+        table.sort_values(["flagged_first", "votes"], ascending=[True, False])
+        .head(top)
+        .drop(columns="flagged_first")
+        .reset_index()
+    )

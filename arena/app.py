@@ -39,8 +39,8 @@ from flask import Flask, abort, flash, redirect, render_template, request, send_
 from flask_limiter import Limiter
 from flask_wtf import FlaskForm
 from flask_wtf.csrf import CSRFError, CSRFProtect
-from wtforms import HiddenField, PasswordField, RadioField, StringField, TextAreaField
 from werkzeug.middleware.proxy_fix import ProxyFix
+from wtforms import HiddenField, PasswordField, RadioField, StringField, TextAreaField
 from wtforms.validators import InputRequired, Length
 
 from arena import anomalies, storage
@@ -107,7 +107,9 @@ def _quotas(config: ArenaConfig, field: str) -> tuple[storage.Quota, ...]:
         raise ValueError(f"arena.{field}: {err}") from None
 
 
-def create_app(bundle_dir: Path, db_path: Path, config: ArenaConfig = ArenaConfig()) -> Flask:
+def create_app(
+    bundle_dir: Path, db_path: Path, config: ArenaConfig = ArenaConfig()  # noqa: B008 (frozen, only read)
+) -> Flask:
     """The arena app for an exported bundle, storing votes in `db_path` (created when missing).
 
     Reads the session-signing key from the environment variable `config.secret_key_env` (a random
@@ -122,7 +124,9 @@ def create_app(bundle_dir: Path, db_path: Path, config: ArenaConfig = ArenaConfi
     app = Flask(__name__)
     secret = os.environ.get(config.secret_key_env)
     if not secret:
-        log.warning("%s is not set: using a random session key; voters get new ids after a restart", config.secret_key_env)
+        log.warning(
+            "%s is not set: using a random session key; voters get new ids after a restart", config.secret_key_env
+        )
         secret = secrets.token_hex(32)
     app.config.update(
         SECRET_KEY=secret,
@@ -176,7 +180,9 @@ def create_app(bundle_dir: Path, db_path: Path, config: ArenaConfig = ArenaConfi
         @functools.wraps(view)
         def wrapped(*args, **kwargs):
             if admin_password is None:
-                abort(403, "The admin pages are disabled: set the environment variable " + config.admin_password_env + ".")
+                abort(
+                    403, "The admin pages are disabled: set the environment variable " + config.admin_password_env + "."
+                )
             if not session.get("admin"):
                 return redirect(url_for("admin_login"))
             return view(*args, **kwargs)
@@ -190,7 +196,11 @@ def create_app(bundle_dir: Path, db_path: Path, config: ArenaConfig = ArenaConfi
             return redirect(url_for("join"))
         conn = db()
         matchup = session.get("shown")
-        if matchup is None or matchup["case_id"] not in bundle.cases or (voter and storage.get_matchup(conn, matchup["matchup_id"], voter)):
+        if (
+            matchup is None
+            or matchup["case_id"] not in bundle.cases
+            or (voter and storage.get_matchup(conn, matchup["matchup_id"], voter))
+        ):
             matchup = storage.new_matchup(conn, voter, bundle, rng)  # stored only when voted on or skipped
             session.permanent = True
             session["shown"] = matchup
@@ -214,7 +224,11 @@ def create_app(bundle_dir: Path, db_path: Path, config: ArenaConfig = ArenaConfi
         """Register this session's voter: on its first vote, skip or invite code, never on a page view."""
         voter = storage.add_voter(db(), ip_hash(), new_voter_quotas, invite_code=invite_code)
         if voter is None:
-            log.warning("refused a new voter: IP hash %s is at arena.new_voters_per_ip (%s)", ip_hash(), config.new_voters_per_ip)
+            log.warning(
+                "refused a new voter: IP hash %s is at arena.new_voters_per_ip (%s)",
+                ip_hash(),
+                config.new_voters_per_ip,
+            )
             abort(429, "Too many new voters from your network; please try again later.")
         session.permanent = True
         session["voter"] = voter
@@ -336,7 +350,9 @@ def create_app(bundle_dir: Path, db_path: Path, config: ArenaConfig = ArenaConfi
             # The bootstrap takes a second or two: recompute only when the counted votes changed.
             key = (exclude, tuple(counted["vote_id"]))
             if leaderboard_cache.get("key") != key:
-                leaderboard_cache.update(key=key, board=build_leaderboard(counted, bundle.judge, config.bootstrap, config.seed))
+                leaderboard_cache.update(
+                    key=key, board=build_leaderboard(counted, bundle.judge, config.bootstrap, config.seed)
+                )
             board = leaderboard_cache["board"]
         return render_template(
             "admin.html",
@@ -365,11 +381,17 @@ def create_app(bundle_dir: Path, db_path: Path, config: ArenaConfig = ArenaConfi
         buffer = io.BytesIO()
         flagged_votes().to_parquet(buffer, index=False)
         buffer.seek(0)
-        return send_file(buffer, mimetype="application/vnd.apache.parquet", as_attachment=True, download_name="votes.parquet")
+        return send_file(
+            buffer, mimetype="application/vnd.apache.parquet", as_attachment=True, download_name="votes.parquet"
+        )
 
     @app.errorhandler(CSRFError)
     def csrf_error(error):
-        return render_template("error.html", code=400, message="This form has expired or was not sent by the arena page. Reload and try again."), 400
+        return render_template(
+            "error.html",
+            code=400,
+            message="This form has expired or was not sent by the arena page. Reload and try again.",
+        ), 400
 
     for code in (400, 403, 404, 405, 413, 429, 500):
 

@@ -81,7 +81,9 @@ def export_arena(
     duplicated = frame.filter(pl.struct("case_id", "model").is_duplicated())
     if len(duplicated):
         first = duplicated.row(0, named=True)
-        raise ValueError(f"{explanation_file}: case {first['case_id']!r} has several explanations by {first['model']!r}")
+        raise ValueError(
+            f"{explanation_file}: case {first['case_id']!r} has several explanations by {first['model']!r}"
+        )
     available = sorted(frame["model"].unique().to_list())
     explainers = sorted(set(arena.explainers)) if arena.explainers is not None else available
     unknown = [name for name in explainers if name not in available]
@@ -120,7 +122,10 @@ def export_arena(
 
     bundle = {"format": BUNDLE_FORMAT, "codes": sorted(code_of.values()), "cases": exported}
     (out / "bundle.json").write_text(json.dumps(bundle, ensure_ascii=False, indent=1))
-    admin = {"format": BUNDLE_FORMAT, "mapping": {code: name for name, code in sorted(code_of.items(), key=lambda kv: kv[1])}}
+    admin = {
+        "format": BUNDLE_FORMAT,
+        "mapping": {code: name for name, code in sorted(code_of.items(), key=lambda kv: kv[1])},
+    }
     (out / "admin.json").write_text(json.dumps(admin, indent=1))
 
     if evaluation is not None:
@@ -131,7 +136,11 @@ def export_arena(
             judge = judge[judge["outcome"] != "invalid"]
         judge = check_battles(judge, str(source), need_case=True)
         exported_ids = {case["case_id"] for case in exported}
-        keep = judge["case_id"].astype(str).isin(exported_ids) & judge["model_a"].isin(explainers) & judge["model_b"].isin(explainers)
+        keep = (
+            judge["case_id"].astype(str).isin(exported_ids)
+            & judge["model_a"].isin(explainers)
+            & judge["model_b"].isin(explainers)
+        )
         judge = judge.loc[keep, ["case_id", "model_a", "model_b", "outcome"]].astype(str)
         judge.to_parquet(out / "judge.parquet", index=False)
 
@@ -157,8 +166,13 @@ def load_bundle(folder: Path) -> Bundle:
     for number, case in enumerate(bundle["cases"]):
         strange = set(case["explanations"]) - set(codes)
         if strange or len(case["explanations"]) < 2:
-            raise ValueError(f"{bundle_file}: case {number} ({case.get('case_id')!r}) has explanations {sorted(case['explanations'])}")
+            raise ValueError(
+                f"{bundle_file}: case {number} ({case.get('case_id')!r}) has explanations "
+                f"{sorted(case['explanations'])}"
+            )
         cases[case["case_id"]] = case
     judge_file = folder / "judge.parquet"
-    judge = check_battles(pd.read_parquet(judge_file), str(judge_file), need_case=True) if judge_file.is_file() else None
+    judge = (
+        check_battles(pd.read_parquet(judge_file), str(judge_file), need_case=True) if judge_file.is_file() else None
+    )
     return Bundle(cases=cases, codes=codes, mapping=mapping, judge=judge, digest=hashlib.sha256(raw).hexdigest())

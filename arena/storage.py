@@ -215,9 +215,16 @@ def new_matchup(conn: sqlite3.Connection, voter_id: str | None, bundle: Bundle, 
         for row in conn.execute("SELECT case_id, pair_low, pair_high FROM matchups WHERE voter_id = ?", (voter_id,))
     }
     pair_counts = Counter(
-        {(r["pair_low"], r["pair_high"]): r["n"] for r in conn.execute("SELECT pair_low, pair_high, COUNT(*) AS n FROM matchups GROUP BY pair_low, pair_high")}
+        {
+            (r["pair_low"], r["pair_high"]): r["n"]
+            for r in conn.execute(
+                "SELECT pair_low, pair_high, COUNT(*) AS n FROM matchups GROUP BY pair_low, pair_high"
+            )
+        }
     )
-    case_counts = Counter({r["case_id"]: r["n"] for r in conn.execute("SELECT case_id, COUNT(*) AS n FROM matchups GROUP BY case_id")})
+    case_counts = Counter(
+        {r["case_id"]: r["n"] for r in conn.execute("SELECT case_id, COUNT(*) AS n FROM matchups GROUP BY case_id")}
+    )
     # Tie-breaks from a generator seeded by `rng` (one draw of the OS's randomness, not one per candidate).
     chosen = choose_matchup(bundle, done, pair_counts, case_counts, random.Random(rng.getrandbits(64)))
     if chosen is None:
@@ -232,8 +239,8 @@ def new_matchup(conn: sqlite3.Connection, voter_id: str | None, bundle: Bundle, 
 
 def _insert_matchup(conn: sqlite3.Connection, voter_id: str, shown: dict, status: str) -> None:
     conn.execute(
-        "INSERT INTO matchups (matchup_id, voter_id, case_id, left_code, right_code, pair_low, pair_high, status, shown_at)"
-        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        "INSERT INTO matchups (matchup_id, voter_id, case_id, left_code, right_code, pair_low, pair_high, status,"
+        " shown_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
         (shown["matchup_id"], voter_id, shown["case_id"], shown["left_code"], shown["right_code"],
          shown["pair_low"], shown["pair_high"], status, shown["shown_at"]),
     )
@@ -256,8 +263,8 @@ def record_vote(
                 return "limited"
             _insert_matchup(conn, voter_id, shown, "voted")
             conn.execute(
-                "INSERT INTO votes (matchup_id, voter_id, case_id, model_a, model_b, pair_low, pair_high, outcome, comment,"
-                " created_at, ip_hash) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                "INSERT INTO votes (matchup_id, voter_id, case_id, model_a, model_b, pair_low, pair_high, outcome,"
+                " comment, created_at, ip_hash) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     shown["matchup_id"], voter_id, shown["case_id"], shown["left_code"], shown["right_code"],
                     shown["pair_low"], shown["pair_high"], outcome, comment, time.time(), ip_hash,
@@ -293,7 +300,10 @@ def votes_frame(conn: sqlite3.Connection, bundle: Bundle) -> pd.DataFrame:
         " FROM votes AS v JOIN voters AS w USING (voter_id) JOIN matchups AS m USING (matchup_id)"
         " ORDER BY v.vote_id"
     ).fetchall()
-    columns = ["vote_id", "created_at", "voter_id", "invite_code", "ip_hash", "case_id", "code_a", "code_b", "outcome", "comment", "seconds"]
+    columns = [
+        "vote_id", "created_at", "voter_id", "invite_code", "ip_hash", "case_id",
+        "code_a", "code_b", "outcome", "comment", "seconds",
+    ]
     frame = pd.DataFrame([tuple(r) for r in rows], columns=columns)
     frame["created_at"] = pd.to_datetime(frame["created_at"].astype(float), unit="s", utc=True)
     frame["seconds"] = frame["seconds"].astype(float)

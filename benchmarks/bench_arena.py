@@ -49,7 +49,10 @@ def build_bundle(folder: Path, n_cases: int, explainers: list[str]) -> Path:
     cases_dir, expl_dir, bundle_dir = folder / "cases", folder / "explanations", folder / "bundle"
     for path in (cases_dir, expl_dir, bundle_dir):
         path.mkdir()
-    history = [RatedMovie(item_id=k, title=f"Movie {k}", year=1980 + k, genres=["Drama"], rating=1 + k % 5, timestamp=k) for k in range(10)]
+    history = [
+        RatedMovie(item_id=k, title=f"Movie {k}", year=1980 + k, genres=["Drama"], rating=1 + k % 5, timestamp=k)
+        for k in range(10)
+    ]
     cases = [
         Case(case_id=f"{n}-{1000 + n}", split="eval", user_id=n, history=history, rank=1, score=1.0,
              item=Movie(item_id=1000 + n, title=f"Pick {n}", year=2000, genres=["Comedy"]))
@@ -57,8 +60,8 @@ def build_bundle(folder: Path, n_cases: int, explainers: list[str]) -> Path:
     ]
     write_cases(cases, cases_dir / "eval.jsonl")
     rows = [
-        {"case_id": case.case_id, "model": model, "text": f"{model}: because you liked Movie {n % 10}, try Pick {n}. " * 3,
-         "tokens": 40, "valid": True}
+        {"case_id": case.case_id, "model": model,
+         "text": f"{model}: because you liked Movie {n % 10}, try Pick {n}. " * 3, "tokens": 40, "valid": True}
         for n, case in enumerate(cases) for model in explainers
     ]
     pd.DataFrame(rows).to_parquet(expl_dir / "explanations.parquet")
@@ -145,7 +148,8 @@ def main() -> int:
         # The server's log goes to a file: an undrained pipe fills up and blocks the server.
         server_log = open(folder / "server.log", "w")
         server = subprocess.Popen(
-            [sys.executable, "-m", "arena", "--bundle", str(bundle), "--db", str(db), "--config", str(config), "--port", str(port)],
+            [sys.executable, "-m", "arena", "--bundle", str(bundle), "--db", str(db), "--config", str(config),
+             "--port", str(port)],
             cwd=ROOT, env=env, stdout=server_log, stderr=subprocess.STDOUT,
         )
         try:
@@ -154,7 +158,9 @@ def main() -> int:
             lock = threading.Lock()
             start = time.monotonic()
             deadline = start + args.seconds
-            threads = [threading.Thread(target=voter, args=(url, deadline, i, results, lock)) for i in range(args.voters)]
+            threads = [
+                threading.Thread(target=voter, args=(url, deadline, i, results, lock)) for i in range(args.voters)
+            ]
             for thread in threads:
                 thread.start()
             for thread in threads:

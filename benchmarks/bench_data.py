@@ -90,7 +90,9 @@ def main() -> None:
         started = time.perf_counter()
         synthetic_ml32m(folder, args.rows)
         size = (folder / "ratings.csv").stat().st_size / 2**30
-        print(f"generated {args.rows:,} synthetic ratings ({size:.2f} GiB CSV) in {time.perf_counter() - started:.0f} s")
+        print(
+            f"generated {args.rows:,} synthetic ratings ({size:.2f} GiB CSV) in {time.perf_counter() - started:.0f} s"
+        )
         big = measure(
             {"source": "ml-latest", "path": str(folder), "min_user_ratings": 20, "max_ratings": args.keep},
             tmp / "ml32m-out",

@@ -29,7 +29,8 @@ def run(config: str, artifacts: Path) -> tuple[float, dict]:
     )
     seconds = time.perf_counter() - started
     run_name = json.loads(subprocess.run(
-        [sys.executable, "-c", f"from recxplain.config import load_config; print(load_config({config!r}).runtime.model_dump_json())"],
+        [sys.executable, "-c",
+         f"from recxplain.config import load_config; print(load_config({config!r}).runtime.model_dump_json())"],
         cwd=ROOT, check=True, capture_output=True, text=True,
     ).stdout)["run_name"]
     return seconds, json.loads((artifacts / "runs" / run_name / "summary.json").read_text())

@@ -60,7 +60,8 @@ def explanation_prompts(n: int, seed: int = 0) -> list[list[dict]]:
             f"Recently watched:\n{lines}\n"
             f"Recommended: {title} ({year}; {genres}).\n"
             f"Similar movies the user liked: {', '.join(t for t, _, _ in liked)}.\n"
-            f"Evidence: the user rated {liked[0][0]} highly; it shares the genre {genres.split(', ')[0]} with {title}.\n"
+            f"Evidence: the user rated {liked[0][0]} highly; "
+            f"it shares the genre {genres.split(', ')[0]} with {title}.\n"
             "Write a short, friendly explanation (2-3 sentences) of why the user may enjoy the recommended movie."
         )
         prompts.append([{"role": "system", "content": "You explain movie recommendations to users."},
@@ -152,15 +153,16 @@ def main() -> None:
     single_rate = tokens / seconds
     results["runs"].append({"path": "one_at_a_time", "prompts": args.single, "tokens": tokens,
                             "seconds": round(seconds, 2), "tokens_per_s": round(single_rate, 1)})
-    print(f"one at a time  {args.single:3d} prompts {tokens:5d} tokens {seconds:7.1f} s {single_rate:7.1f} tok/s", flush=True)
+    print(f"one at a time  {args.single:3d} prompts {tokens:5d} tokens {seconds:7.1f} s {single_rate:7.1f} tok/s",
+          flush=True)
     for batch_size in [int(b) for b in args.batch_sizes.split(",")]:
         tokens, seconds = generate_batched(model, tokenizer, prompts, sampling, batch_size)
         rate = tokens / seconds
         results["runs"].append({"path": f"generate_batched_{batch_size}", "prompts": len(prompts), "tokens": tokens,
                                 "seconds": round(seconds, 2), "tokens_per_s": round(rate, 1),
                                 "ratio_vs_one_at_a_time": round(rate / single_rate, 2)})
-        print(f"generate bs={batch_size:<3d}{len(prompts):3d} prompts {tokens:5d} tokens {seconds:7.1f} s {rate:7.1f} tok/s"
-              f"  x{rate / single_rate:.1f}", flush=True)
+        print(f"generate bs={batch_size:<3d}{len(prompts):3d} prompts {tokens:5d} tokens {seconds:7.1f} s "
+              f"{rate:7.1f} tok/s  x{rate / single_rate:.1f}", flush=True)
         chat = load_chat_model(LLMConfig(dtype=args.dtype, batch_size=batch_size), args.artifacts)
         outs = chat.generate(prompts, sampling)
         tokens, seconds = chat.usage["completion_tokens"], chat.usage["seconds"]
@@ -169,8 +171,8 @@ def main() -> None:
                                 "seconds": round(seconds, 2), "tokens_per_s": round(rate, 1),
                                 "ratio_vs_one_at_a_time": round(rate / single_rate, 2),
                                 "stopped_early": sum(g.finish_reason == "stop" for s in outs for g in s)})
-        print(f"batched bs={batch_size:<3d} {len(prompts):3d} prompts {tokens:5d} tokens {seconds:7.1f} s {rate:7.1f} tok/s"
-              f"  x{rate / single_rate:.1f}", flush=True)
+        print(f"batched bs={batch_size:<3d} {len(prompts):3d} prompts {tokens:5d} tokens {seconds:7.1f} s "
+              f"{rate:7.1f} tok/s  x{rate / single_rate:.1f}", flush=True)
     results["load_after"] = os.getloadavg()[0]
     print(f"load average after: {results['load_after']:.1f}\nexample: {outs[0][0].text[:300]!r}")
     if args.json:

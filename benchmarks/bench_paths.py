@@ -47,11 +47,16 @@ def synthetic_ml32m(folder: Path, ratings: int, seed: int = 0) -> None:
     ).sort("user_id", "timestamp")
     pos_from_end = pl.int_range(pl.len()).over("user_id").reverse().over("user_id")
     frame = frame.with_columns(
-        split=pl.when(pos_from_end == 0).then(pl.lit("test")).when(pos_from_end == 1).then(pl.lit("valid")).otherwise(pl.lit("train"))
+        split=pl.when(pos_from_end == 0)
+        .then(pl.lit("test"))
+        .when(pos_from_end == 1)
+        .then(pl.lit("valid"))
+        .otherwise(pl.lit("train"))
     )
     frame.write_parquet(folder / "interactions.parquet")
-    genres = np.array(["Action", "Adventure", "Animation", "Children", "Comedy", "Crime", "Documentary", "Drama", "Fantasy",
-                       "Film-Noir", "Horror", "IMAX", "Musical", "Mystery", "Romance", "Sci-Fi", "Thriller", "War", "Western", "Other"])
+    genres = np.array(["Action", "Adventure", "Animation", "Children", "Comedy", "Crime", "Documentary", "Drama",
+                       "Fantasy", "Film-Noir", "Horror", "IMAX", "Musical", "Mystery", "Romance", "Sci-Fi", "Thriller",
+                       "War", "Western", "Other"])
     item_genres = [list(rng.choice(genres, rng.integers(1, 4), replace=False)) for _ in range(n_items)]
     pl.DataFrame(
         {"item_id": np.arange(1, n_items + 1), "title": [f"Movie {i}" for i in range(1, n_items + 1)],

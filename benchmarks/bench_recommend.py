@@ -35,7 +35,8 @@ def main() -> None:
     train = interactions.filter(pl.col("split") == "train")
     n_items = interactions["item_id"].n_unique()
     print(f"ml-100k: {interactions.height} ratings, {train['user_id'].n_unique()} users, train {train.height}")
-    print(f"{'model':8} {'fit_s':>7} {'top10_s':>8} {'total_s':>8} {'HR@10v':>7} {'NDCG@10v':>8} {'HR@10t':>7} {'NDCG@10t':>8} {'sHR@10t':>8}")
+    print(f"{'model':8} {'fit_s':>7} {'top10_s':>8} {'total_s':>8} {'HR@10v':>7} {'NDCG@10v':>8} {'HR@10t':>7} "
+          f"{'NDCG@10t':>8} {'sHR@10t':>8}")
     for name in args.models:
         cfg = RecommenderConfig(model=name, eval_ks=[10])
         fits, tops = [], []

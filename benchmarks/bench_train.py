@@ -263,7 +263,8 @@ def default_flow(work: Path) -> None:
     artifacts = REPO / "artifacts"
     total = total_cpu = 0.0
     print(f"load average at start {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores (shared machine)")
-    print(f"{'stage':10} {'steps':>5} {'wall_s':>7} {'cpu_s':>7} {'train_s':>7} {'valid_loss first->last':>24} {'peak_GB':>7}")
+    print(f"{'stage':10} {'steps':>5} {'wall_s':>7} {'cpu_s':>7} {'train_s':>7} {'valid_loss first->last':>24} "
+          f"{'peak_GB':>7}")
     previous = None
     for name in ("sft", "orpo", "dpo_r1", "dpo_r2"):
         out = work / name
@@ -293,7 +294,8 @@ def _compare(results: list[dict]) -> None:
     by = {r["trainer"]: r for r in results}
 
     def ratio(slow: dict, fast: dict) -> str:
-        return f"{slow['s_per_step'] / fast['s_per_step']:.2f}x by mean step, {slow['min_step_s'] / fast['min_step_s']:.2f}x by fastest step"
+        return (f"{slow['s_per_step'] / fast['s_per_step']:.2f}x by mean step, "
+                f"{slow['min_step_s'] / fast['min_step_s']:.2f}x by fastest step")
 
     if "sft_plain_loss" in by and "sft_trl_loss" in by:
         print(f"SFT plain loss faster than trl chunked loss: {ratio(by['sft_trl_loss'], by['sft_plain_loss'])}")
@@ -340,7 +342,8 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=64, help="synthetic rows / pairs")
     parser.add_argument("--default-flow", action="store_true", help="time the default flow's training stages")
     parser.add_argument("--trainers", nargs="+",
-                        default=["sft_plain_loss", "sft_trl_loss", "sft_batch2x2", "orpo", "dpo_per_step", "dpo_precomputed"])  # fmt: skip
+                        default=["sft_plain_loss", "sft_trl_loss", "sft_batch2x2", "orpo", "dpo_per_step",
+                                 "dpo_precomputed"])  # fmt: skip
     parser.add_argument("--threads", type=int, help="torch threads (default: torch's, one per core); 1 keeps "
                         "the timings steadier while other processes share the cores")  # fmt: skip
     parser.add_argument("--one", help=argparse.SUPPRESS)  # internal: run one trainer in this process
@@ -380,7 +383,8 @@ def main() -> None:
             precompute = f"{r['precompute_s']:.1f}" if r["precompute_s"] else "-"
             print(f"{kind:16} {r['s_per_step']:>7.2f} {r['min_step_s']:>7.2f} {r['cpu_s_per_step']:>10.2f} "
                   f"{r['tokens_per_step']:>8.0f} {r['tokens_per_s']:>6.0f} {r['tokens_per_s_min_step']:>13.0f} "
-                  f"{r['peak_rss_gb']:>7.2f} {init:>6} {precompute:>12} {r['load_average']:>5.1f}", flush=True)  # fmt: skip
+                  f"{r['peak_rss_gb']:>7.2f} {init:>6} {precompute:>12} {r['load_average']:>5.1f}",
+                  flush=True)  # fmt: skip
         _compare(results)
         print(f"load average at end {os.getloadavg()[0]:.1f}")
         print(json.dumps(results, indent=1))

@@ -19,6 +19,8 @@ import sys
 from pathlib import Path
 
 import flows  # noqa: F401  (quiet offline Prefect settings, before prefect is imported)
+
+# isort: split
 from prefect import flow
 
 from flows.cli import run_flow
@@ -74,7 +76,9 @@ def evaluate_only(
                          f"not task {cfg.task!r}; run the pipeline instead")
     log = StageLog(cfg.runtime.artifacts_dir)
     students = trained_students(
-        cfg.runtime.artifacts_dir, students_from or cfg.runtime.run_name, student_explainers(cfg.evaluation, cfg.training)
+        cfg.runtime.artifacts_dir,
+        students_from or cfg.runtime.run_name,
+        student_explainers(cfg.evaluation, cfg.training),
     )
     artifacts = evidence_stages(cfg, log)
     artifacts["cases"] = log.run(

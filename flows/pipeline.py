@@ -15,10 +15,13 @@ import sys
 from pathlib import Path
 
 import flows  # noqa: F401  (quiet offline Prefect settings, before prefect is imported)
+
+# isort: split
 from prefect import flow
 
-from flows.runners import ConfigTaskRunner
+from arena.bundle import export_arena
 from flows.reclaif import reclaif_stages
+from flows.runners import ConfigTaskRunner
 from flows.summary import StageLog, publish_run_summary
 from recxplain.config import Config, load_config
 from recxplain.discriminator import file_digest
@@ -26,16 +29,15 @@ from recxplain.prompts import read_templates
 from recxplain.stage import stage
 from tasks.cases import build_cases
 from tasks.data import prepare_data, source_digest
+from tasks.discriminator import train_discriminator
 from tasks.evaluate import evaluate
 from tasks.explain import explanation_prompts, generate_explanations, student_explainers
-from tasks.discriminator import train_discriminator
 from tasks.judge import base_judge, judge_pairs
 from tasks.paths import mine_paths
 from tasks.recommend import train_recommender
 from tasks.report import write_report
 from tasks.teacher import sample_pairs, teacher_generate
 from tasks.train import train_dpo, train_orpo, train_sft
-from arena.bundle import export_arena
 
 PREPARE_DATA = stage(prepare_data)
 TRAIN_RECOMMENDER = stage(train_recommender)

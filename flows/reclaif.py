@@ -117,7 +117,8 @@ def publish_comparison(evaluation: Path) -> None:
     """The comparison table as Prefect artifacts: a table (one row per recommender and metric)
     and the markdown table."""
     table = pl.read_parquet(Path(evaluation) / "comparison.parquet")
-    rows = [{k: (None if v != v else round(v, 4)) if isinstance(v, float) else v for k, v in row.items()}  # NaN: no value
+    rows = [{k: (None if v != v else round(v, 4)) if isinstance(v, float) else v  # NaN: no value
+             for k, v in row.items()}
             for row in table.iter_rows(named=True)]
     create_table_artifact(key="reclaif-comparison", table=rows,
                           description="RecLAIF: classic baselines vs LLM recommenders on the same candidate sets")

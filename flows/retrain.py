@@ -33,10 +33,14 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import flows  # noqa: F401  (quiet offline Prefect settings, before prefect is imported)
+
+# isort: split
 import polars as pl
 from prefect import flow
 from prefect.artifacts import create_markdown_artifact
 
+from flows.cli import run_flow
+from flows.console import note
 from flows.pipeline import (
     BUILD_CASES,
     evaluation_stages,
@@ -44,10 +48,8 @@ from flows.pipeline import (
     feedback_stages,
     student_stages,
 )
-from flows.cli import run_flow
 from flows.reclaif import reclaif_stages
 from flows.runners import ConfigTaskRunner
-from flows.console import note
 from flows.summary import StageLog, publish_run_summary
 from recxplain.config import Config, RetrainConfig, load_config
 from recxplain.stage import is_intact
@@ -146,7 +148,9 @@ def write_state(folder: Path, state: dict, record: dict) -> None:
 
 
 def data_source(cfg: Config) -> str:
-    return "MovieLens-100K (embedded)" if cfg.data.source == "ml-100k" else f"{cfg.data.source} files in {cfg.data.path}"
+    return (
+        "MovieLens-100K (embedded)" if cfg.data.source == "ml-100k" else f"{cfg.data.source} files in {cfg.data.path}"
+    )
 
 
 def student_outcome(decision: StudentDecision, recorded: dict | None, rows: list[dict]) -> dict:

@@ -131,7 +131,7 @@ class ConfigTaskRunner(TaskRunner):
         self._stack = ExitStack()
         self._lock = threading.Lock()
 
-    def duplicate(self) -> "ConfigTaskRunner":
+    def duplicate(self) -> ConfigTaskRunner:
         return type(self)()
 
     def __reduce__(self):

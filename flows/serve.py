@@ -16,6 +16,8 @@ import os
 import sys
 
 import flows  # noqa: F401  (quiet offline Prefect settings, before prefect is imported)
+
+# isort: split
 from prefect import serve
 from prefect.deployments.runner import RunnerDeployment
 from prefect.schedules import Cron
@@ -36,7 +38,9 @@ def served_deployments(config_path: str, overrides: list[str] | None = None) -> 
         evaluate_only.to_deployment(
             name="evaluate", parameters=parameters | {"students_from": None}, tags=["recxplain"]
         ),
-        retrain.to_deployment(name="retrain", parameters=parameters, schedules=[schedule], tags=["recxplain", "scheduled"]),
+        retrain.to_deployment(
+            name="retrain", parameters=parameters, schedules=[schedule], tags=["recxplain", "scheduled"]
+        ),
     ]
 
 

@@ -297,7 +297,7 @@ class Catalogue:
         self.title_phrases = _Phrases({form: title for form, title in forms.items() if len(form) >= 2})
 
     @classmethod
-    def read(cls, cases_dir: Path) -> "Catalogue":
+    def read(cls, cases_dir: Path) -> Catalogue:
         path = Path(cases_dir) / "catalogue.json"
         if not path.exists():
             raise FileNotFoundError(f"{path}: missing (build_cases writes it next to the cases)")
@@ -509,8 +509,12 @@ def check_explanation(
     evidence_titles = case_titles(case)
     evidence_titles += [title for _, _, title in catalogue.title_phrases.find(path_tokens)]
     evidence_forms = {form for title in evidence_titles for form in title_forms(title)}
-    evidence = _Phrases({tuple(form.split()): title for title in reversed(evidence_titles) for form in title_forms(title)})
-    genre_phrases = _Phrases(_genre_phrases(sorted(set(catalogue.genres) | {g for m in [case.item, *case.history] for g in m.genres})))
+    evidence = _Phrases(
+        {tuple(form.split()): title for title in reversed(evidence_titles) for form in title_forms(title)}
+    )
+    genre_phrases = _Phrases(
+        _genre_phrases(sorted(set(catalogue.genres) | {g for m in [case.item, *case.history] for g in m.genres}))
+    )
     evidence_genres = {g for m in [case.item, *case.history] for g in m.genres}
     evidence_genres |= {genre for _, _, genre in genre_phrases.find(path_tokens)}
 

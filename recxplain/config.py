@@ -81,19 +81,19 @@ class DataConfig(Section):
     imdb_path: Path | None = None
 
     @model_validator(mode="after")
-    def _path_for_local_source(self) -> "DataConfig":
+    def _path_for_local_source(self) -> DataConfig:
         if self.source in ("ml-latest", "atomic") and self.path is None:
             raise ValueError(f"data.path is required when data.source is {self.source!r}")
         return self
 
     @model_validator(mode="after")
-    def _imdb_with_links(self) -> "DataConfig":
+    def _imdb_with_links(self) -> DataConfig:
         if self.imdb_path is not None and self.source != "ml-latest":
             raise ValueError("data.imdb_path joins IMDb through ml-latest's links.csv: it needs data.source ml-latest")
         return self
 
     @model_validator(mode="after")
-    def _rating_range_low_to_high(self) -> "DataConfig":
+    def _rating_range_low_to_high(self) -> DataConfig:
         if self.rating_range[0] > self.rating_range[1]:
             raise ValueError(f"data.rating_range must be [low, high], got {list(self.rating_range)}")
         return self
@@ -138,7 +138,7 @@ class RecommenderConfig(Section):
     seed: int = 42
 
     @model_validator(mode="after")
-    def _positive_cutoffs(self) -> "RecommenderConfig":
+    def _positive_cutoffs(self) -> RecommenderConfig:
         if any(k < 1 for k in self.eval_ks):
             raise ValueError(f"recommender.eval_ks must be positive, got {self.eval_ks}")
         return self
@@ -312,7 +312,7 @@ class LLMConfig(Section):
     reasoning_effort: Literal["none", "minimal", "low", "medium", "high"] | None = None
 
     @model_validator(mode="after")
-    def _thinking_fits_the_provider(self) -> "LLMConfig":
+    def _thinking_fits_the_provider(self) -> LLMConfig:
         if self.thinking_budget is not None and self.provider == "local":
             raise ValueError("llm.thinking_budget applies to the openai (Gemini) and anthropic providers; "
                              "for a local model use llm.thinking: off")
@@ -596,7 +596,7 @@ class TrainingConfig(Section):
     seed: int = 42
 
     @model_validator(mode="after")
-    def _steps_not_zero(self) -> "TrainingConfig":
+    def _steps_not_zero(self) -> TrainingConfig:
         for name in ("sft_max_steps", "orpo_max_steps", "dpo_max_steps"):
             if getattr(self, name) == 0:
                 raise ValueError(f"training.{name} must be -1 (no cap) or a positive number of steps")
@@ -627,7 +627,7 @@ class NamedExplainer(Section):
     sampling: SamplingConfig | None = None
 
     @model_validator(mode="after")
-    def _not_a_built_in_name(self) -> "NamedExplainer":
+    def _not_a_built_in_name(self) -> NamedExplainer:
         if BUILT_IN_EXPLAINER.fullmatch(self.name):
             raise ValueError(f"named explainer {self.name!r} takes a built-in explainer's name; choose another")
         return self
@@ -695,7 +695,7 @@ class EvaluationConfig(Section):
     seed: int = 0
 
     @model_validator(mode="after")
-    def _known_explainers(self) -> "EvaluationConfig":
+    def _known_explainers(self) -> EvaluationConfig:
         unknown = [e for e in self.explainers if isinstance(e, str) and not BUILT_IN_EXPLAINER.fullmatch(e)]
         if unknown:
             raise ValueError(
@@ -767,7 +767,7 @@ class ArenaConfig(Section):
     seed: int = 0
 
     @model_validator(mode="after")
-    def _enough_explainers(self) -> "ArenaConfig":
+    def _enough_explainers(self) -> ArenaConfig:
         if self.explainers is not None and len(set(self.explainers)) < 2:
             raise ValueError("arena.explainers needs at least two different explainers")
         return self
@@ -804,14 +804,16 @@ class RetrainConfig(Section):
     evidence_only: bool = False
 
     @model_validator(mode="after")
-    def _schedule(self) -> "RetrainConfig":
+    def _schedule(self) -> RetrainConfig:
         # The full cron grammar is checked by Prefect when the deployment is registered.
         if len(self.cron.split()) != 5:
             raise ValueError(f"retrain.cron must have 5 fields (minute hour day month weekday), got {self.cron!r}")
         try:
             ZoneInfo(self.timezone)
         except (ZoneInfoNotFoundError, ValueError):
-            raise ValueError(f"retrain.timezone {self.timezone!r} is not an IANA time zone (e.g. Europe/Berlin)") from None
+            raise ValueError(
+                f"retrain.timezone {self.timezone!r} is not an IANA time zone (e.g. Europe/Berlin)"
+            ) from None
         return self
 
 
@@ -901,7 +903,7 @@ class ReclaifEvaluationConfig(Section):
     seed: int = 0
 
     @model_validator(mode="after")
-    def _known_recommenders(self) -> "ReclaifEvaluationConfig":
+    def _known_recommenders(self) -> ReclaifEvaluationConfig:
         unknown = [n for n in self.recommenders if not re.fullmatch(r"teacher|base|sft|dpo|dpo_r[1-9][0-9]*", n)]
         if unknown:
             raise ValueError(f"unknown recommender(s) {unknown}: use teacher, base, sft, dpo or dpo_rN")
@@ -989,7 +991,7 @@ class Config(Section):
     reclaif: ReclaifConfig = ReclaifConfig()
 
     @model_validator(mode="after")
-    def _teacher_samples_need_samples(self) -> "Config":
+    def _teacher_samples_need_samples(self) -> Config:
         # Checked here, not after the teacher has run: the pairs are the teacher's own samples.
         if self.pairs.source == "teacher_samples" and (self.task != "explain" or self.teacher.best_of < 2):
             raise ValueError("pairs.source 'teacher_samples' needs task 'explain' and teacher.best_of >= 2 "
@@ -997,7 +999,7 @@ class Config(Section):
         return self
 
     @model_validator(mode="after")
-    def _discriminator_judges_explanations(self) -> "Config":
+    def _discriminator_judges_explanations(self) -> Config:
         # The discriminator reads a case's evidence and one explanation; RecLAIF's judge compares
         # ranked recommendation lists, which it has never seen.
         if self.reclaif.judge.kind == "discriminator":

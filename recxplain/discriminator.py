@@ -99,7 +99,11 @@ def arena_pairs(votes: pd.DataFrame, explanations: pd.DataFrame) -> tuple[list[d
     ties and both-bad, flagged votes (the admin's anomaly flags), votes on an explainer or case
     these explanations lack, and pairs of identical texts."""
     text = explanations.set_index(["case_id", "model"])["text"]
-    flagged = votes["flag"].fillna("").astype(str).str.len() > 0 if "flag" in votes.columns else pd.Series(False, index=votes.index)
+    flagged = (
+        votes["flag"].fillna("").astype(str).str.len() > 0
+        if "flag" in votes.columns
+        else pd.Series(False, index=votes.index)
+    )
     decisive = votes["outcome"].isin(["a", "b"])
     counts = {"votes": len(votes), "not_decisive": int((~decisive).sum()), "flagged": int((decisive & flagged).sum()),
               "unmatched": 0, "identical": 0, "used": 0}
@@ -316,7 +320,9 @@ def agreement(pairs: Sequence[dict], chosen: np.ndarray, rejected: np.ndarray, t
         low, high = proportion_confint(agree, n, method="wilson") if n else (math.nan, math.nan)
         result[source] = {
             "n": n, "agree": agree, "disagree": disagree, "ties": n - agree - disagree,
-            "rate": agree / n if n else None, "ci_low": float(low) if n else None, "ci_high": float(high) if n else None,
+            "rate": agree / n if n else None,
+            "ci_low": float(low) if n else None,
+            "ci_high": float(high) if n else None,
             "p_value": binomtest(agree, agree + disagree).pvalue if agree + disagree else None,
         }
     return result

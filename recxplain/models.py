@@ -63,7 +63,8 @@ def resolve_model(name: str, artifacts_dir: Path) -> Path:
     tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
     model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name)
     # GGUF-loaded models refuse save_pretrained and training until the quantization config
-    # is dropped (transformers refuses to save or train a GGUF-quantized model); the weights are already dequantized to fp32 at this point.
+    # is dropped (transformers refuses to save or train a GGUF-quantized model); the weights are
+    # already dequantized to fp32 at this point.
     model.hf_quantizer.remove_quantization_config(model)
     partial = target.with_name(target.name + f".partial-{os.getpid()}")
     shutil.rmtree(partial, ignore_errors=True)

@@ -25,11 +25,11 @@ as invalid (never raised), so one bad answer cannot crash a run.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Callable, Protocol
+from typing import Any, Protocol
 
 import jinja2
 
@@ -101,7 +101,9 @@ def template_source(name: str, templates: Templates = PROMPTS_DIR) -> str:
 BLOCKS = (("system", "system"), ("example_user", "user"), ("example_answer", "assistant"), ("user", "user"))
 
 
-def render_messages(name: str, templates: Templates = PROMPTS_DIR, *, example: bool = True, **context: Any) -> list[dict]:
+def render_messages(
+    name: str, templates: Templates = PROMPTS_DIR, *, example: bool = True, **context: Any
+) -> list[dict]:
     """Render template `name` to chat messages [system?, example user?, example answer?, user];
     `templates` as `template_source`; `example=False` leaves the worked example out."""
     template = _compile(name, template_source(name, templates))
@@ -190,7 +192,7 @@ class Parsed:
         self.cached = self.cached and bool(generation.cached)
 
 
-def validity_stats(samples: list["Parsed"]) -> dict:
+def validity_stats(samples: list[Parsed]) -> dict:
     """Counts every generating stage reports: samples, valid ones, valid at the first try, re-asks."""
     n = max(len(samples), 1)
     valid = sum(p.valid for p in samples)

@@ -112,7 +112,9 @@ def _models(battles: pd.DataFrame) -> list[str]:
     return sorted(set(battles["model_a"]).union(battles["model_b"]))
 
 
-def _win_matrix(index_a: np.ndarray, index_b: np.ndarray, score_a: np.ndarray, weights: np.ndarray, n: int) -> np.ndarray:
+def _win_matrix(
+    index_a: np.ndarray, index_b: np.ndarray, score_a: np.ndarray, weights: np.ndarray, n: int
+) -> np.ndarray:
     """wins[i, j] = (weighted) number of times i beat j, ties counting half to each side."""
     wins = np.zeros((n, n))
     np.add.at(wins, (index_a, index_b), weights * score_a)
@@ -162,7 +164,9 @@ def bradley_terry(battles: pd.DataFrame, n_boot: int = 1000, seed: int = 0, alph
     draws = rng.multinomial(n_battles, observed / n_battles, size=n_boot)
     # Each resample starts from the full fit: same optimum, fewer iterations.
     samples = np.array([fit(weights.astype(float), strength) for weights in draws])
-    counts = np.bincount(index_a, weights=observed, minlength=n_models) + np.bincount(index_b, weights=observed, minlength=n_models)
+    counts = np.bincount(index_a, weights=observed, minlength=n_models) + np.bincount(
+        index_b, weights=observed, minlength=n_models
+    )
     if n_boot > 0:
         low, high = np.percentile(samples, [2.5, 97.5], axis=0)
     else:
@@ -217,7 +221,9 @@ def _oriented(frame: pd.DataFrame) -> pd.DataFrame:
     out = frame.copy()
     out.loc[swap, "model_a"] = frame.loc[swap, "model_b"]
     out.loc[swap, "model_b"] = frame.loc[swap, "model_a"]
-    out.loc[swap, "outcome"] = frame.loc[swap, "outcome"].map({"a": "b", "b": "a", "tie": "tie", "both_bad": "both_bad"})
+    out.loc[swap, "outcome"] = frame.loc[swap, "outcome"].map(
+        {"a": "b", "b": "a", "tie": "tie", "both_bad": "both_bad"}
+    )
     return out
 
 
@@ -231,7 +237,9 @@ def pairwise_tests(battles: pd.DataFrame) -> pd.DataFrame:
     to detect the observed win rate against 0.5; NaN at exactly 0.5).
     """
     frame = _oriented(check_battles(battles))
-    columns = ["model_a", "model_b", "wins_a", "wins_b", "ties", "both_bad", "win_rate_a", "p_value", "p_holm", "votes_needed"]
+    columns = [
+        "model_a", "model_b", "wins_a", "wins_b", "ties", "both_bad", "win_rate_a", "p_value", "p_holm", "votes_needed",
+    ]
     if frame.empty:
         return pd.DataFrame(columns=columns)
     counts = (

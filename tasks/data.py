@@ -438,7 +438,9 @@ def imdb_enrichment(folder: Path, items: pl.DataFrame) -> tuple[pl.DataFrame, pl
     path = _imdb_file(folder, "title.principals")
     if bad.height and path.suffix == ".tsv":
         row = bad.row(0, named=True)
-        raise _bad_value(path, _header(path, []), row["_row"], "nconst" if row["nconst"] is None else "category", pl.String)
+        raise _bad_value(
+            path, _header(path, []), row["_row"], "nconst" if row["nconst"] is None else "category", pl.String
+        )
     credits = credits.drop_nulls(["nconst", "category"]).join(roles, on="category")
     edges = credits.select(
         ("movie:" + pl.col("item_id").cast(pl.String)).alias("head"), "relation",
@@ -448,7 +450,9 @@ def imdb_enrichment(folder: Path, items: pl.DataFrame) -> tuple[pl.DataFrame, pl
     names = _collect_imdb(
         _scan_imdb(folder, "name.basics", ["nconst", "primaryName"]).join(people.lazy(), on="nconst")
         .drop_nulls("primaryName"), folder,
-    ).select((pl.col("kind") + ":" + pl.col("nconst")).alias("entity"), pl.col("primaryName").alias("name")).sort("entity")
+    ).select(
+        (pl.col("kind") + ":" + pl.col("nconst")).alias("entity"), pl.col("primaryName").alias("name")
+    ).sort("entity")
     years = _collect_imdb(
         _scan_imdb(folder, "title.basics", ["tconst", "startYear"]).join(titles.lazy(), on="tconst")
         .select("item_id", pl.col("startYear").cast(pl.Int64, strict=False).alias("imdb_year")), folder)
@@ -498,7 +502,9 @@ def read_atomic_file(path: Path, required: Iterable[str], complete: Iterable[str
     return frame.rename({column: name for name, column in fields.items()})
 
 
-def integer_ids(frames: list[pl.DataFrame | None], column: str) -> tuple[list[pl.DataFrame | None], pl.DataFrame | None]:
+def integer_ids(
+    frames: list[pl.DataFrame | None], column: str
+) -> tuple[list[pl.DataFrame | None], pl.DataFrame | None]:
     """`column` of every frame (None: a file the dataset lacks) as Int64: the tokens themselves
     when all are whole numbers, else 1..N in sorted token order (Amazon ASINs, Steam names). Also
     the (id, token) table of a renumbering (None when the tokens were numbers)."""
@@ -508,9 +514,12 @@ def integer_ids(frames: list[pl.DataFrame | None], column: str) -> tuple[list[pl
         return [f if f is None else f.with_columns(pl.col(column).cast(pl.Int64)) for f in frames], None
     numbering = tokens.sort(column).with_row_index("_id", offset=1).select(
         pl.col("_id").cast(pl.Int64), pl.col(column).alias("_token"))
-    renumbered = [f if f is None else f.join(numbering, left_on=column, right_on="_token", how="left",
-                                             maintain_order="left").drop(column).rename({"_id": column}).select(f.columns)
-                  for f in frames]
+    renumbered = [
+        f if f is None
+        else f.join(numbering, left_on=column, right_on="_token", how="left", maintain_order="left")
+        .drop(column).rename({"_id": column}).select(f.columns)
+        for f in frames
+    ]
     return renumbered, numbering.rename({"_id": column, "_token": "token"})
 
 
@@ -545,7 +554,9 @@ def read_atomic(folder: Path) -> tuple[pl.DataFrame, pl.DataFrame, pl.DataFrame 
     ratings = inter.select(
         "user_id", "item_id",
         pl.col("rating") if "rating" in inter.columns else pl.lit(1.0).alias("rating"),
-        (pl.col("timestamp") if "timestamp" in inter.columns else pl.int_range(pl.len())).cast(pl.Int64).alias("timestamp"),
+        (pl.col("timestamp") if "timestamp" in inter.columns else pl.int_range(pl.len()))
+        .cast(pl.Int64)
+        .alias("timestamp"),
     )
     items = read_atomic_file(files[".item"], ["item_id"]) if ".item" in files else None
     users = read_atomic_file(files[".user"], ["user_id"]) if ".user" in files else None
@@ -655,7 +666,9 @@ def check_ratings(ratings: pl.DataFrame, item_ids: pl.Series, path: Path, rating
         numbered = ratings.with_row_index("_row")
         repeats = numbered.filter(~pl.struct("user_id", "item_id").is_first_distinct())
         again = repeats.row(0, named=True)
-        first = numbered.filter((pl.col("user_id") == again["user_id"]) & (pl.col("item_id") == again["item_id"]))["_row"][0]
+        first = numbered.filter(
+            (pl.col("user_id") == again["user_id"]) & (pl.col("item_id") == again["item_id"])
+        )["_row"][0]
         raise DataError(
             f"{path}: line {_line_of(path, again['_row'])}: duplicate (user_id, item_id) = ({again['user_id']}, "
             f"{again['item_id']}), first on line {_line_of(path, first)} ({repeats.height} repeated row(s) in all); "
@@ -684,7 +697,9 @@ def source_files(data: DataConfig) -> tuple[Path, list[str]]:
         return ml100k_folder(), SOURCE_FILES["ml-100k"]
     folder = Path(data.path)
     if data.source == "atomic":
-        return folder, sorted(p.name for p in folder.iterdir() if p.suffix in ATOMIC_SUFFIXES) if folder.is_dir() else []
+        return folder, (
+            sorted(p.name for p in folder.iterdir() if p.suffix in ATOMIC_SUFFIXES) if folder.is_dir() else []
+        )
     return folder, SOURCE_FILES[data.source]
 
 
@@ -760,7 +775,11 @@ def prepare_data(out: Path, *, data: DataConfig, source_digest: str | None = Non
         "items": items.height,
         "kg_edges": kg.height,
         # Sorted: the summary is part of the artifact's content hash and must be byte-stable.
-        "kg_relations": kg["relation"].value_counts().sort(["count", "relation"], descending=[True, False]).head(30).rows(),
+        "kg_relations": kg["relation"]
+        .value_counts()
+        .sort(["count", "relation"], descending=[True, False])
+        .head(30)
+        .rows(),
         "splits": dict(sorted(interactions["split"].value_counts().iter_rows())),
     }
     (out / "data_summary.json").write_text(json.dumps(summary, indent=2))

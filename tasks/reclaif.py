@@ -55,6 +55,7 @@ import numpy as np
 import polars as pl
 from pydantic import BaseModel, ConfigDict
 
+from recxplain.checks import normalize, repetition, title_forms, words
 from recxplain.config import (
     JudgeConfig,
     PairsConfig,
@@ -65,11 +66,16 @@ from recxplain.config import (
     TeacherConfig,
     TrainingConfig,
 )
-from recxplain.prompts import (
-    ChatModel, Templates, generate_parsed, render_messages, template_hash, template_source, validity_stats,
-)
-from recxplain.checks import normalize, repetition, title_forms, words
 from recxplain.models import pair_sampler_llm
+from recxplain.prompts import (
+    ChatModel,
+    Templates,
+    generate_parsed,
+    render_messages,
+    template_hash,
+    template_source,
+    validity_stats,
+)
 from recxplain.schemas import Movie
 from recxplain.stats import bootstrap_ci
 from tasks.explain import expand_rounds, explainer_llm
@@ -82,7 +88,14 @@ from tasks.judge import (
     judge_stats,
     vote_can_change_verdict,
 )
-from tasks.recommend import fit_recommender, load_recommender, ranks_to_metrics, read_interactions, recommend, score_candidates
+from tasks.recommend import (
+    fit_recommender,
+    load_recommender,
+    ranks_to_metrics,
+    read_interactions,
+    recommend,
+    score_candidates,
+)
 
 log = logging.getLogger(__name__)
 
@@ -184,7 +197,9 @@ def draw_candidates(
     return [candidates[i] for i in rng.permutation(len(candidates))], len(negatives)
 
 
-def pick_users(eligible_eval: set[int], eligible_train: set[int], cfg: ReclaifCandidatesConfig) -> tuple[list[int], list[int]]:
+def pick_users(
+    eligible_eval: set[int], eligible_train: set[int], cfg: ReclaifCandidatesConfig
+) -> tuple[list[int], list[int]]:
     """(eval users, train users): a seeded permutation; eval drawn first, train from the rest."""
     order = [int(u) for u in np.random.default_rng(cfg.seed).permutation(sorted(eligible_eval | eligible_train))]
     eval_users = [u for u in order if u in eligible_eval][: cfg.eval_users]
@@ -251,7 +266,11 @@ def build_candidate_sets(out: Path, *, candidates: ReclaifCandidatesConfig, data
         for user in users:
             frame = by_user[user]
             target = first["test" if split == "eval" else "valid"][user]
-            before = frame.filter(pl.col("split") == "train") if split == "train" else frame.filter(pl.col("split") != "test")
+            before = (
+                frame.filter(pl.col("split") == "train")
+                if split == "train"
+                else frame.filter(pl.col("split") != "test")
+            )
             history = before["item_id"].to_list()[-cfg.history_length:]
             rng = np.random.default_rng([cfg.seed, user])  # per user: stable when other users change
             pool_mask = np.ones(len(catalogue), bool)
@@ -298,7 +317,11 @@ def recommend_messages(cs: CandidateSet, answer: ReclaifAnswerConfig, templates:
 
 def judge_context(cs: CandidateSet) -> dict[str, Any]:
     """Template variables of RecLAIF's judge and explainability prompts for one candidate set."""
-    return {"history": _shown(cs.history), "candidates": _shown(cs.candidates), "label": {"title": display_title(cs.target)}}
+    return {
+        "history": _shown(cs.history),
+        "candidates": _shown(cs.candidates),
+        "label": {"title": display_title(cs.target)},
+    }
 
 
 def wanted_picks(cs: CandidateSet, answer: ReclaifAnswerConfig) -> int:
@@ -343,7 +366,8 @@ class RecommendationAnswer:
 _BULLET = re.compile(r"^\s*(?:[-*\u2022]+|\(?\d{1,2}[.):]|#\d{1,2}[.):]?)\s*")
 _DASH = re.compile(r"\s+[-\u2013\u2014]+\s+|\s*[\u2013\u2014]\s*|\s+-(?=[A-Z])")
 _PREFERENCES = re.compile(r"^\W*key\s+preferences?\b\W*(.*)$", re.IGNORECASE)
-_LIST_HEADING = re.compile(r"^\W*(?:recommended\s+(?:movies?|films?|items?)|recommendations|top\s+\d+\s+(?:movies?|recommendations))\b",
+_LIST_HEADING = re.compile(r"^\W*(?:recommended\s+(?:movies?|films?|items?)|recommendations|"
+                           r"top\s+\d+\s+(?:movies?|recommendations))\b",
                            re.IGNORECASE)
 _PREFERENCE_LABEL = re.compile(r"^\s*preference\s*\d*\s*:\s*", re.IGNORECASE)
 _YEAR = re.compile(r"\s*\(\d{4}\)")
@@ -367,7 +391,9 @@ class _TitleIndex:
         for movie in candidates:
             # Answer lines lose markdown characters (`_clean_line`), and with them the stars of
             # "M*A*S*H": index the title as it reads after that cleaning too.
-            for name in {movie.title, display_title(movie), _clean_line(movie.title), _clean_line(display_title(movie))}:
+            for name in {
+                movie.title, display_title(movie), _clean_line(movie.title), _clean_line(display_title(movie))
+            }:
                 for form in title_forms(name):
                     owners.setdefault(form, set()).add(movie.item_id)
         # A form two candidates share ("star trek" before a subtitle) identifies neither.
@@ -410,7 +436,9 @@ def _clean_line(line: str) -> str:
     return re.sub(r"[*_`#]+", "", line).strip()
 
 
-def parse_recommendation(text: str, candidates: Sequence[Movie], k: int, fuzzy_threshold: float = 0.85) -> RecommendationAnswer:
+def parse_recommendation(
+    text: str, candidates: Sequence[Movie], k: int, fuzzy_threshold: float = 0.85
+) -> RecommendationAnswer:
     """Parse a RecLAIF answer (key preferences, then a ranked list) against its candidates.
 
     Never raises: what is wrong goes to `problems` (see `RecommendationAnswer`). A list line is
@@ -456,7 +484,9 @@ def parse_recommendation(text: str, candidates: Sequence[Movie], k: int, fuzzy_t
     return answer
 
 
-def _read_list_line(line: str, bulleted: bool, index: _TitleIndex, threshold: float, answer: RecommendationAnswer) -> None:
+def _read_list_line(
+    line: str, bulleted: bool, index: _TitleIndex, threshold: float, answer: RecommendationAnswer
+) -> None:
     body = _BULLET.sub("", line, count=1).strip()
     body = re.sub(r"[\[\]\"\u201c\u201d]", "", body).strip()
     name, reason = _split_reason(body)
@@ -602,7 +632,8 @@ def reclaif_teacher(
             for j, parsed in enumerate(samples):
                 rows.append({
                     "case_id": cs.set_id, "sample": j, "text": parsed.text, "valid": parsed.valid,
-                    "attempts": parsed.attempts, "error": parsed.errors[-1] if parsed.errors and not parsed.valid else None,
+                    "attempts": parsed.attempts,
+                    "error": parsed.errors[-1] if parsed.errors and not parsed.valid else None,
                     "quality": quality[j], "kept": j == kept, "prompt_tokens": parsed.prompt_tokens,
                     "completion_tokens": parsed.completion_tokens, "latency_s": parsed.latency_s,
                 })
@@ -630,8 +661,9 @@ def reclaif_teacher(
 
 
 def _plural(genre: str) -> str:
-    return {"Comedy": "comedies", "Documentary": "documentaries", "Mystery": "mysteries", "Children's": "children's movies",
-            "Film-Noir": "film noirs", "Sci-Fi": "science fiction movies"}.get(genre, f"{genre.lower()} movies")
+    return {"Comedy": "comedies", "Documentary": "documentaries", "Mystery": "mysteries",
+            "Children's": "children's movies", "Film-Noir": "film noirs",
+            "Sci-Fi": "science fiction movies"}.get(genre, f"{genre.lower()} movies")
 
 
 def template_answer(cs: CandidateSet, ranking: Sequence[int], k: int) -> str:
@@ -701,7 +733,10 @@ def reclaif_template_teacher(
             ranks.append(parsed.rank_of(cs.target.item_id))
             positions += [shown_position(cs, item) for item in ranking[:k]]
             messages = recommend_messages(cs, answer, templates)
-            fh.write(json.dumps({"messages": [*messages, {"role": "assistant", "content": text}], "case_id": cs.set_id}) + "\n")
+            fh.write(
+                json.dumps({"messages": [*messages, {"role": "assistant", "content": text}], "case_id": cs.set_id})
+                + "\n"
+            )
             rows.append({"case_id": cs.set_id, "sample": 0, "text": text, "valid": parsed.valid, "kept": True,
                          "quality": answer_scores(parsed, text, cs, k).quality})
     if invalid:
@@ -758,7 +793,9 @@ def reclaif_sample_pairs(
             identical += 1
             continue
         k = wanted_picks(cs, answer)
-        valid_a, valid_b = (parse_recommendation(t, cs.candidates, k, answer.fuzzy_threshold).valid for t in (text_a, text_b))
+        valid_a, valid_b = (
+            parse_recommendation(t, cs.candidates, k, answer.fuzzy_threshold).valid for t in (text_a, text_b)
+        )
         rows.append({"case_id": cs.set_id, "text_a": text_a, "text_b": text_b, "source": pairs.source,
                      "prompt": json.dumps(messages), "model": name, "valid_a": valid_a, "valid_b": valid_b})
     schema = {"case_id": pl.String, "text_a": pl.String, "text_b": pl.String, "source": pl.String,
@@ -837,7 +874,9 @@ def judge_recommendation_pairs(
         gate = parsed_a.valid or parsed_b.valid
         fields: dict[str, Any] = {}
         if verdict_llm is not None:
-            fields = {name: getattr(verdict_llm, name) for name in ("llm_choice", "llm_ab", "llm_ba", "raw_ab", "raw_ba")}
+            fields = {
+                name: getattr(verdict_llm, name) for name in ("llm_choice", "llm_ab", "llm_ba", "raw_ab", "raw_ba")
+            }
         w = judge.llm_weight
         score_a, score_b = rubric_a.quality, rubric_b.quality
         if judge.kind == "llm":
@@ -1055,14 +1094,19 @@ def embedding_diversity(picks: Sequence[Sequence[int]], movies: dict[int, Movie]
     vectors = load_embedder(model_name).encode([item_text(movies[i]) for i in distinct], batch_size=64,
                                                show_progress_bar=False, convert_to_numpy=True)
     row = {item: n for n, item in enumerate(distinct)}
-    return [float(mean_cosine_distance(vectors[[row[i] for i in p]]).mean()) if len(p) >= 2 else math.nan for p in picks]
+    return [
+        float(mean_cosine_distance(vectors[[row[i] for i in p]]).mean()) if len(p) >= 2 else math.nan for p in picks
+    ]
 
 
 METRICS = ("ValidRatio", "Hit@1", "Hit@3", "NDCG@3", "Precision@K", "Diversity", "Explainability")
 
 
 def per_answer_table(
-    sets: Sequence[CandidateSet], answers: pl.DataFrame, rankings: dict[str, list[list[int]]], answer: ReclaifAnswerConfig,
+    sets: Sequence[CandidateSet],
+    answers: pl.DataFrame,
+    rankings: dict[str, list[list[int]]],
+    answer: ReclaifAnswerConfig,
 ) -> pl.DataFrame:
     """One row per (recommender, eval set): kind, valid, rank of the next movie, picks and the
     ranking metrics. LLM answers are parsed; a classic model's picks are its top k.

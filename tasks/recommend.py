@@ -418,7 +418,9 @@ def user_item_neighbours(rec: Recommender, recs: pl.DataFrame, n: int) -> pl.Dat
     Returns user_id, item_id, neighbour_item_id, weight, rank (1 = largest weight), at most `n`
     per recommendation, only positive weights.
     """
-    schema = {"user_id": pl.Int64, "item_id": pl.Int64, "neighbour_item_id": pl.Int64, "weight": pl.Float64, "rank": pl.Int64}
+    schema = {
+        "user_id": pl.Int64, "item_id": pl.Int64, "neighbour_item_id": pl.Int64, "weight": pl.Float64, "rank": pl.Int64,
+    }
     if recs.height == 0:
         return pl.DataFrame(schema=schema)
     rows = rec.user_rows(recs["user_id"].to_numpy())
@@ -441,7 +443,11 @@ def user_item_neighbours(rec: Recommender, recs: pl.DataFrame, n: int) -> pl.Dat
         coo = contrib.tocoo()
         frames.append(
             pl.DataFrame(
-                {"pos": (coo.row + start).astype(np.int64), "neighbour": coo.col.astype(np.int64), "weight": coo.data.astype(np.float64)}
+                {
+                    "pos": (coo.row + start).astype(np.int64),
+                    "neighbour": coo.col.astype(np.int64),
+                    "weight": coo.data.astype(np.float64),
+                }
             )
         )
     table = pl.concat(frames).filter(pl.col("weight") > 0)
@@ -638,7 +644,10 @@ def ranking_metrics(
                 metric, k = name.split("@")
                 rows.append((split, protocol, metric, int(k), value, n))
     table = pl.DataFrame(
-        rows, schema={"split": pl.Utf8, "protocol": pl.Utf8, "metric": pl.Utf8, "k": pl.Int64, "value": pl.Float64, "n": pl.Int64},
+        rows,
+        schema={
+            "split": pl.Utf8, "protocol": pl.Utf8, "metric": pl.Utf8, "k": pl.Int64, "value": pl.Float64, "n": pl.Int64,
+        },
         orient="row",
     ).with_columns(model=pl.lit(rec.model))
     return table, summary
@@ -666,7 +675,9 @@ def train_recommender(out: Path, *, recommender: RecommenderConfig, data: Path) 
     interactions = read_interactions(data)
     items_path = data / "items.parquet"
     n_catalogue = (
-        pl.read_parquet(items_path, columns=["item_id"]).height if items_path.exists() else interactions["item_id"].n_unique()
+        pl.read_parquet(items_path, columns=["item_id"]).height
+        if items_path.exists()
+        else interactions["item_id"].n_unique()
     )
     started = time.perf_counter()
     rec = fit_recommender(cfg, interactions.filter(pl.col("split") == "train"))
@@ -680,7 +691,15 @@ def train_recommender(out: Path, *, recommender: RecommenderConfig, data: Path) 
     user_item_neighbours(rec, recs, cfg.neighbours_per_item).write_parquet(out / "neighbours.parquet")
 
     table, summary = ranking_metrics(rec, interactions, cfg.eval_ks, cfg.sampled_negatives, cfg.seed, n_catalogue)
-    summary |= {"fit_s": round(fit_s, 4), "recommend_s": round(recommend_s, 4), "users": len(rec.user_ids), "catalogue": len(rec.item_ids)}
+    summary |= {
+        "fit_s": round(fit_s, 4),
+        "recommend_s": round(recommend_s, 4),
+        "users": len(rec.user_ids),
+        "catalogue": len(rec.item_ids),
+    }
     table.write_parquet(out / "ranking_metrics.parquet")
     (out / "ranking_metrics.json").write_text(json.dumps(summary, indent=2))
-    log.info("train_recommender %s: fit %.2fs, recommend %.2fs, %s", rec.model, fit_s, recommend_s, summary.get("test", {}).get("full"))
+    log.info(
+        "train_recommender %s: fit %.2fs, recommend %.2fs, %s",
+        rec.model, fit_s, recommend_s, summary.get("test", {}).get("full"),
+    )

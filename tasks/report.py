@@ -292,7 +292,8 @@ def discriminator_sentences(summary: dict) -> list[str]:
     if d.get("arena"):
         a = d["arena"]
         lines.append(f"Arena votes: {a['votes']}, used {a['used']} (left out: {a['not_decisive']} ties or both-bad, "
-                     f"{a['flagged']} flagged, {a['unmatched']} on explanations this run lacks, {a['identical']} identical).")
+                     f"{a['flagged']} flagged, {a['unmatched']} on explanations this run lacks, "
+                     f"{a['identical']} identical).")
     tournament = summary.get("tournament") or {}
     if "ties" in tournament:
         lines.append(f"Tournament: {tournament['comparisons']} comparisons, {100 * tournament['ties']:.1f}% ties, "
@@ -300,9 +301,11 @@ def discriminator_sentences(summary: dict) -> list[str]:
     return lines
 
 
-def report_markdown(metrics: Path, headline: tuple[str, ...] = ("bt_strength", "win_ratio", "win_ratio_llmxrec", "avg_rank",
-                                                              "explainability", "faithfulness", "hallucination_rate",
-                                                              "rouge_l", "diversity", "validity")) -> str:
+def report_markdown(
+    metrics: Path,
+    headline: tuple[str, ...] = ("bt_strength", "win_ratio", "win_ratio_llmxrec", "avg_rank", "explainability",
+                                 "faithfulness", "hallucination_rate", "rouge_l", "diversity", "validity"),
+) -> str:
     """A markdown summary of the evaluation: whether alignment helped (when the run compared its
     students), the leader, a compact table, the significant pairs."""
     frame = read_metrics(metrics)
@@ -357,11 +360,19 @@ def _errors(rows: pd.DataFrame) -> np.ndarray:
     return np.vstack([low.to_numpy(float), high.to_numpy(float)])
 
 
-def bar_plot(frame: pd.DataFrame, metric: str, explainers: list[str], title: str, reference: float | None = None) -> str | None:
+def bar_plot(
+    frame: pd.DataFrame, metric: str, explainers: list[str], title: str, reference: float | None = None
+) -> str | None:
     """Horizontal bars of one metric per explainer with their intervals."""
     import matplotlib.pyplot as plt
 
-    rows = frame[frame["metric"] == metric].set_index("explainer").reindex(explainers).dropna(subset=["value"]).reset_index()
+    rows = (
+        frame[frame["metric"] == metric]
+        .set_index("explainer")
+        .reindex(explainers)
+        .dropna(subset=["value"])
+        .reset_index()
+    )
     if rows.empty:
         return None
     fig, ax = plt.subplots(figsize=(6, 0.45 * len(rows) + 1))
@@ -374,7 +385,9 @@ def bar_plot(frame: pd.DataFrame, metric: str, explainers: list[str], title: str
     return _png(fig)
 
 
-def grouped_bars(frame: pd.DataFrame, metrics: tuple[str, ...], explainers: list[str], title: str, ylabel: str) -> str | None:
+def grouped_bars(
+    frame: pd.DataFrame, metrics: tuple[str, ...], explainers: list[str], title: str, ylabel: str
+) -> str | None:
     """Grouped bars: one group per metric, one bar per explainer, with intervals."""
     import matplotlib.pyplot as plt
 
@@ -526,14 +539,18 @@ Bold: the best explainer on a metric with a direction.</p>
 <h2>Metrics</h2>
 <table><tr><th>metric</th>{% for e in explainers %}<th>{{ e }}</th>{% endfor %}</tr>
 {% for row in table %}<tr><th title="{{ row.metric }}">{{ row.label }}</th>
-{% for cell in row.cells %}<td class="num{% if cell.best %} best{% endif %}">{{ cell.text }}{% if cell.n %} <span class="muted">n={{ cell.n }}</span>{% endif %}</td>{% endfor %}</tr>
+{% for cell in row.cells %}<td class="num{% if cell.best %} best{% endif %}">{{ cell.text }}\
+{% if cell.n %} <span class="muted">n={{ cell.n }}</span>{% endif %}</td>{% endfor %}</tr>
 {% endfor %}</table>
 
 <h2>Judge tournament</h2>
-<p>Every pair of explainers on every case{% if tournament %} ({{ tournament.comparisons }} comparisons; {{ "%.1f" | format(100 * tournament.order_inconsistent) }}% order-inconsistent, counted as ties){% endif %}.
+<p>Every pair of explainers on every case{% if tournament %}\
+ ({{ tournament.comparisons }} comparisons; {{ "%.1f" | format(100 * tournament.order_inconsistent) }}%\
+ order-inconsistent, counted as ties){% endif %}.
 Win ratio and average rank as LLMXRec; Bradley-Terry strengths with bootstrap intervals.</p>
 {% if discriminator %}<ul>{% for s in discriminator %}<li>{{ s }}</li>{% endfor %}</ul>{% endif %}
-<div class="plots">{% for img in tournament_plots %}<img alt="tournament plot" src="data:image/png;base64,{{ img }}">{% endfor %}</div>
+<div class="plots">{% for img in tournament_plots %}\
+<img alt="tournament plot" src="data:image/png;base64,{{ img }}">{% endfor %}</div>
 {% if win_rates %}<h3>Win rate of the row explainer against the column explainer</h3>
 <table><tr>{% for c in win_rates.columns %}<th>{{ c }}</th>{% endfor %}</tr>
 {% for r in win_rates.rows %}<tr>{% for v in r %}<td>{{ v }}</td>{% endfor %}</tr>{% endfor %}</table>{% endif %}
@@ -542,19 +559,24 @@ Win ratio and average rank as LLMXRec; Bradley-Terry strengths with bootstrap in
 {% for r in pairwise.rows %}<tr>{% for v in r %}<td>{{ v }}</td>{% endfor %}</tr>{% endfor %}</table>{% endif %}
 
 <h2>Quality, alignment and style</h2>
-<div class="plots">{% for img in metric_plots %}<img alt="metric plot" src="data:image/png;base64,{{ img }}">{% endfor %}</div>
+<div class="plots">{% for img in metric_plots %}\
+<img alt="metric plot" src="data:image/png;base64,{{ img }}">{% endfor %}</div>
 {% if significance %}<h3>Style differences between explainers (Mann-Whitney U, Holm-corrected per metric)</h3>
 <table><tr>{% for c in significance.columns %}<th>{{ c }}</th>{% endfor %}</tr>
 {% for r in significance.rows %}<tr>{% for v in r %}<td>{{ v }}</td>{% endfor %}</tr>{% endfor %}</table>{% endif %}
 
 {% if attribute_plot or attributes %}<h2>Attribute prediction (LLMXRec)</h2>
-<p>From the history and the recommended movie alone, each LLM explainer names the user's age bracket, gender and occupation.</p>
-{% if attribute_plot %}<div class="plots"><img alt="attribute accuracy" src="data:image/png;base64,{{ attribute_plot }}"></div>{% endif %}
+<p>From the history and the recommended movie alone,\
+ each LLM explainer names the user's age bracket, gender and occupation.</p>
+{% if attribute_plot %}<div class="plots">\
+<img alt="attribute accuracy" src="data:image/png;base64,{{ attribute_plot }}"></div>{% endif %}
 {% if attributes %}<table><tr>{% for c in attributes.columns %}<th>{{ c }}</th>{% endfor %}</tr>
-{% for r in attributes.rows %}<tr>{% for v in r %}<td>{{ v }}</td>{% endfor %}</tr>{% endfor %}</table>{% endif %}{% endif %}
+{% for r in attributes.rows %}<tr>{% for v in r %}<td>{{ v }}</td>{% endfor %}</tr>\
+{% endfor %}</table>{% endif %}{% endif %}
 
 <h2>Bias: explanation length by user gender</h2>
-{% if gender_plot %}<div class="plots"><img alt="length by gender" src="data:image/png;base64,{{ gender_plot }}"></div>{% endif %}
+{% if gender_plot %}<div class="plots">\
+<img alt="length by gender" src="data:image/png;base64,{{ gender_plot }}"></div>{% endif %}
 {% if bias %}<table><tr>{% for c in bias.columns %}<th>{{ c }}</th>{% endfor %}</tr>
 {% for r in bias.rows %}<tr>{% for v in r %}<td>{{ v }}</td>{% endfor %}</tr>{% endfor %}</table>{% endif %}
 
@@ -566,10 +588,14 @@ Win ratio and average rank as LLMXRec; Bradley-Terry strengths with bootstrap in
 
 <h2>Examples</h2>
 {% for ex in examples %}<div class="example">
-<h3>Case {{ ex.case.case_id }}: "{{ ex.case.item.title }}"{% if ex.case.item.genres %} ({{ ex.case.item.genres | join(", ") }}){% endif %}</h3>
+<h3>Case {{ ex.case.case_id }}: "{{ ex.case.item.title }}"\
+{% if ex.case.item.genres %} ({{ ex.case.item.genres | join(", ") }}){% endif %}</h3>
 <p class="muted">User {{ ex.case.user_id }}{% for k, v in ex.case.profile.items() %}, {{ k }} {{ v }}{% endfor %}.
-History: {% for m in ex.case.history %}{{ m.title }} ({{ "%g" | format(m.rating) }}/5){{ "; " if not loop.last }}{% endfor %}.</p>
-{% if ex.case.neighbours %}<p class="muted">Neighbours: {% for n in ex.case.neighbours %}{{ n.title }} ({{ "%.2f" | format(n.weight) }}{% if n.rated is not none %}, rated {{ "%g" | format(n.rated) }}{% endif %}){{ "; " if not loop.last }}{% endfor %}.</p>{% endif %}
+History: {% for m in ex.case.history %}{{ m.title }} ({{ "%g" | format(m.rating) }}/5)\
+{{ "; " if not loop.last }}{% endfor %}.</p>
+{% if ex.case.neighbours %}<p class="muted">Neighbours: {% for n in ex.case.neighbours %}\
+{{ n.title }} ({{ "%.2f" | format(n.weight) }}{% if n.rated is not none %}\
+, rated {{ "%g" | format(n.rated) }}{% endif %}){{ "; " if not loop.last }}{% endfor %}.</p>{% endif %}
 {% if ex.case.paths %}<ul class="muted">{% for p in ex.case.paths %}<li>{{ p.text }}</li>{% endfor %}</ul>{% endif %}
 <div class="explanations">{% for name, text in ex.explanations %}<div class="explanation"><b>{{ name }}</b>
 {{ text }}</div>{% endfor %}</div></div>
@@ -658,7 +684,9 @@ def render_report(*, evaluation: EvaluationConfig, metrics: Path, explanations: 
         metric_plots=metric_plots,
         significance=_rows(significance),
         attribute_plot=attribute_plot(attributes),
-        attributes=_rows(attributes.drop(columns=["majority_value"], errors="ignore") if attributes is not None else None),
+        attributes=_rows(
+            attributes.drop(columns=["majority_value"], errors="ignore") if attributes is not None else None
+        ),
         gender_plot=gender_length_plot(bias) if bias is not None else None,
         bias=_rows(bias, 2),
         curves=training_curves(dict(students or {})),
@@ -734,7 +762,8 @@ RECLAIF_PAGE = """<!DOCTYPE html>
 ANSWER_COLUMNS = (("sets", "sets"), ("answers valid", "validity_ratio"), ("SFT rows", "sft_rows"),
                   ("pairs", "pairs"), ("identical dropped", "identical_dropped"))
 JUDGE_COLUMNS = (("judged", "pairs_judged"), ("LLM asked", "llm_asked"), ("kept", "kept"), ("both bad", "both_bad"),
-                 ("ties", "ties"), ("LLM verdicts parsed", "validity_ratio"), ("LLM order-inconsistent", "llm_order_inconsistent"))
+                 ("ties", "ties"), ("LLM verdicts parsed", "validity_ratio"),
+                 ("LLM order-inconsistent", "llm_order_inconsistent"))
 
 
 def _comparison_rows(summary: pd.DataFrame, metrics: list[str]) -> list[dict]:
@@ -827,7 +856,8 @@ def write_reclaif_report(out: Path, *, evaluation: Path, candidates: Path, feedb
     stats_path = evaluation / "stats.json"
     k = json.loads(stats_path.read_text()).get("top_k", "K") if stats_path.exists() else "K"
     page = jinja2.Environment(autoescape=True, undefined=jinja2.StrictUndefined).from_string(RECLAIF_PAGE).render(
-        caption=comparison_md.splitlines()[0], metrics=[m.replace("@K", f"@{k}") for m in metrics], table=table, plot=plot,
+        caption=comparison_md.splitlines()[0], metrics=[m.replace("@K", f"@{k}") for m in metrics], table=table,
+        plot=plot,
         feedback=_rows(feedback_frame), curves=training_curves(curves),
         examples=reclaif_examples(evaluation, candidates, examples),
     )

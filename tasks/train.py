@@ -44,6 +44,7 @@ import shutil
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 # Every trl trainer starts a telemetry thread that looks up the Hub; the machines we run on are
 # offline and nothing may be downloaded. ORPO lives in trl.experimental and warns on import.
@@ -54,6 +55,11 @@ import huggingface_hub.constants  # noqa: E402
 
 from recxplain.config import TrainingConfig  # noqa: E402
 from recxplain.models import fast_bf16, resolve_model  # noqa: E402
+
+if TYPE_CHECKING:  # annotations only: the heavy imports stay inside the functions (below)
+    from datasets import Dataset
+    from peft import LoraConfig as PeftLoraConfig
+    from peft import PeftModel
 
 # huggingface_hub reads HF_HUB_OFFLINE once, at its first import, which may precede this module's.
 huggingface_hub.constants.HF_HUB_DISABLE_TELEMETRY = True
@@ -569,7 +575,9 @@ def packed_pair_hidden(model, chosen_ids, chosen_labels, rejected_ids, rejected_
     device = chosen_ids.device
     mask = allowed[:, None].to(device)
     if attention == "eager":  # additive
-        mask = torch.zeros(mask.shape, dtype=model.dtype, device=device).masked_fill(~mask, torch.finfo(model.dtype).min)
+        mask = torch.zeros(mask.shape, dtype=model.dtype, device=device).masked_fill(
+            ~mask, torch.finfo(model.dtype).min
+        )
     hidden = decoder(input_ids=ids.to(device), attention_mask=mask, position_ids=positions.to(device)).last_hidden_state
     at = chosen_at + rejected_at
     answers = [c for _, c, _ in rows] + [r for _, _, r in rows]

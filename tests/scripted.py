@@ -8,7 +8,7 @@ through `load_chat_model` with the real local model.
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 from recxplain.llm import Generation
 from recxplain.schemas import Case, Movie, Neighbour, PathEvidence, RatedMovie
@@ -60,7 +60,8 @@ def toy_case(case_id: str = "1-2") -> Case:
             Neighbour(item_id=9, title="Fargo", weight=0.2),
         ],
         paths=[
-            PathEvidence(pattern="user-movie-genre-movie", steps=["user:1", "rated", "movie:3", "genre", "genre:Comedy", "genre", "movie:2"],
+            PathEvidence(pattern="user-movie-genre-movie",
+                         steps=["user:1", "rated", "movie:3", "genre", "genre:Comedy", "genre", "movie:2"],
                          text="You rated Toy Story 5/5; it shares the genre Comedy with Babe.", score=0.9)
         ],
         next_item=Movie(item_id=7, title="Star Wars", year=1977, genres=["Sci-Fi", "War"]),

@@ -24,7 +24,9 @@ XSS = '<script>alert("x")</script><img src=x onerror=alert(1)>'
 
 def make_case(n: int) -> Case:
     history = [
-        RatedMovie(item_id=100 + k, title=f"Old Movie {n}-{k}", year=1990 + k, genres=["Drama"], rating=1 + k % 5, timestamp=k)
+        RatedMovie(
+            item_id=100 + k, title=f"Old Movie {n}-{k}", year=1990 + k, genres=["Drama"], rating=1 + k % 5, timestamp=k
+        )
         for k in range(12)
     ]
     return Case(
@@ -49,11 +51,14 @@ def run_dirs(tmp_path):
     for n in range(4):
         for model in EXPLAINERS:
             text = XSS if (n, model) == (0, "dpo") else f"{model} explains case {n}."
-            rows.append({"case_id": f"{n}-{500 + n}", "model": model, "text": text, "tokens": 5, "latency_s": 0.1, "valid": True})
+            rows.append({"case_id": f"{n}-{500 + n}", "model": model, "text": text, "tokens": 5, "latency_s": 0.1,
+                         "valid": True})
     # Case 4: only one non-empty explanation, so it cannot be compared and is left out.
     rows.append({"case_id": "4-504", "model": "sft", "text": "only one", "tokens": 2, "latency_s": 0.1, "valid": True})
     rows.append({"case_id": "4-504", "model": "dpo", "text": "   ", "tokens": 0, "latency_s": 0.1, "valid": False})
-    rows.append({"case_id": "9-999", "model": "sft", "text": "not an eval case", "tokens": 3, "latency_s": 0.1, "valid": True})
+    rows.append(
+        {"case_id": "9-999", "model": "sft", "text": "not an eval case", "tokens": 3, "latency_s": 0.1, "valid": True}
+    )
     pd.DataFrame(rows).to_parquet(expl_dir / "explanations.parquet")
     judge = pd.DataFrame(
         {
@@ -128,10 +133,17 @@ def test_export_writes_an_anonymised_bundle(bundle_dir):
     assert case["item"] == {"title": "Recommended 1", "year": 1999, "genres": ["Comedy", "Romance"]}
     mapping = json.loads((bundle_dir / "admin.json").read_text())["mapping"]
     assert sorted(mapping.values()) == EXPLAINERS
-    assert {mapping[code]: text for code, text in case["explanations"].items()} == {m: f"{m} explains case 1." for m in EXPLAINERS}
+    assert {mapping[code]: text for code, text in case["explanations"].items()} == {
+        m: f"{m} explains case 1." for m in EXPLAINERS
+    }
     # The judge tournament keeps only exported cases and explainers.
     judge = pd.read_parquet(bundle_dir / "judge.parquet")
-    assert judge.values.tolist() == [["0-500", "sft", "dpo", "a"], ["1-501", "dpo", "sft", "b"], ["2-502", "template", "sft", "tie"], ["3-503", "sft", "dpo", "both_bad"]]
+    assert judge.values.tolist() == [
+        ["0-500", "sft", "dpo", "a"],
+        ["1-501", "dpo", "sft", "b"],
+        ["2-502", "template", "sft", "tie"],
+        ["3-503", "sft", "dpo", "both_bad"],
+    ]
     loaded = load_bundle(bundle_dir)
     assert len(loaded.cases) == 4 and loaded.mapping == mapping and len(loaded.judge) == 4
 
@@ -354,8 +366,9 @@ def test_unique_constraint_holds_in_the_database(env, bundle_dir, tmp_path):
     cast(client)
     with sqlite3.connect(db) as conn, pytest.raises(sqlite3.IntegrityError, match="UNIQUE"):
         conn.execute(
-            "INSERT INTO votes (matchup_id, voter_id, case_id, model_a, model_b, pair_low, pair_high, outcome, created_at)"
-            " SELECT matchup_id || 'x', voter_id, case_id, model_b, model_a, pair_low, pair_high, 'a', 0 FROM votes"
+            "INSERT INTO votes (matchup_id, voter_id, case_id, model_a, model_b, pair_low, pair_high, outcome,"
+            " created_at) SELECT matchup_id || 'x', voter_id, case_id, model_b, model_a, pair_low, pair_high, 'a', 0"
+            " FROM votes"
         )
 
 
@@ -416,7 +429,9 @@ def client_at(app, ip: str):
 
 def count_rows(db) -> int:
     with sqlite3.connect(db) as conn:
-        return sum(conn.execute(f"SELECT COUNT(*) FROM {table}").fetchone()[0] for table in ("voters", "matchups", "votes"))
+        return sum(
+            conn.execute(f"SELECT COUNT(*) FROM {table}").fetchone()[0] for table in ("voters", "matchups", "votes")
+        )
 
 
 @pytest.mark.parametrize(
@@ -505,7 +520,9 @@ def test_anomalies_are_flagged_and_can_be_left_out_of_the_leaderboard(env, bundl
     first = voters.split("<tbody>", 1)[1].split("</tr>", 1)[0]
     assert bot_id in first and "fast voter, busy network" in first
     networks = html.split('id="networks"', 1)[1].split("</table>", 1)[0]
-    assert re.search(r'<td class="num">1</td><td class="num">7</td><td class="num">0\.0</td><td class="num">7</td>', networks)
+    assert re.search(
+        r'<td class="num">1</td><td class="num">7</td><td class="num">0\.0</td><td class="num">7</td>', networks
+    )
 
     without = admin.get("/admin?exclude_flagged=1").get_data(as_text=True)
     assert "6 votes from 2 voters, flagged votes left out" in without

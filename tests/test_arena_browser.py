@@ -29,7 +29,10 @@ HOSTILE = '<script>alert("pwned")</script><img src=x onerror=alert(1)>'
 
 pytestmark = [
     pytest.mark.browser,
-    pytest.mark.skipif(not CHROMIUM.exists(), reason="Debian's chromium is not installed at /usr/bin/chromium (apt-get install chromium)"),
+    pytest.mark.skipif(
+        not CHROMIUM.exists(),
+        reason="Debian's chromium is not installed at /usr/bin/chromium (apt-get install chromium)",
+    ),
 ]
 
 
@@ -41,7 +44,9 @@ def server(tmp_path, monkeypatch):
     cases_dir, expl_dir, bundle_dir = tmp_path / "cases", tmp_path / "expl", tmp_path / "bundle"
     for folder in (cases_dir, expl_dir, bundle_dir):
         folder.mkdir()
-    history = [RatedMovie(item_id=k, title=f"Watched {k}", year=1990 + k, rating=3 + k % 3, timestamp=k) for k in range(6)]
+    history = [
+        RatedMovie(item_id=k, title=f"Watched {k}", year=1990 + k, rating=3 + k % 3, timestamp=k) for k in range(6)
+    ]
     write_cases(
         [
             Case(case_id=f"{n}-{50 + n}", split="eval", user_id=n, history=history, rank=1, score=1.0,
@@ -52,7 +57,8 @@ def server(tmp_path, monkeypatch):
     )
     rows = [
         {"case_id": f"{n}-{50 + n}", "model": model, "tokens": 9, "latency_s": 0.1, "valid": True,
-         "text": HOSTILE if model == "dpo" else f"Because you liked Watched {n}, {model} thinks you will enjoy Pick {n}."}
+         "text": HOSTILE if model == "dpo"
+         else f"Because you liked Watched {n}, {model} thinks you will enjoy Pick {n}."}
         for n in range(3) for model in ("dpo", "sft", "template")
     ]
     pd.DataFrame(rows).to_parquet(expl_dir / "explanations.parquet")
@@ -79,9 +85,22 @@ def test_vote_in_chromium_and_read_the_leaderboard(server, tmp_path):
         try:
             page = browser.new_page(viewport={"width": 1200, "height": 900})
             page.on("dialog", lambda dialog: (problems.append(f"dialog: {dialog.message}"), dialog.dismiss()))
-            page.on("console", lambda msg: problems.append(f"console {msg.type}: {msg.text}") if msg.type == "error" else None)
-            page.on("response", lambda response: problems.append(f"{response.status} {response.url}") if response.status >= 400 else None)
-            page.on("request", lambda request: None if request.url.startswith(url) else problems.append(f"outside request: {request.url}"))
+            page.on(
+                "console",
+                lambda msg: problems.append(f"console {msg.type}: {msg.text}") if msg.type == "error" else None,
+            )
+            page.on(
+                "response",
+                lambda response: problems.append(f"{response.status} {response.url}")
+                if response.status >= 400
+                else None,
+            )
+            page.on(
+                "request",
+                lambda request: None
+                if request.url.startswith(url)
+                else problems.append(f"outside request: {request.url}"),
+            )
 
             page.goto(url + "/")
             assert page.locator("#recommended").inner_text().startswith("Pick ")

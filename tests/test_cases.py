@@ -12,7 +12,9 @@ from recxplain.config import CasesConfig
 from recxplain.schemas import read_cases
 from tasks.cases import build_cases, sample_users
 
-TITLES = {1: "Toy Story", 2: "Babe", 3: "Heat", 4: "Fargo", 5: "The Lion King", 6: "Star Wars", 7: "Alien", 8: "Clueless"}
+TITLES = {
+    1: "Toy Story", 2: "Babe", 3: "Heat", 4: "Fargo", 5: "The Lion King", 6: "Star Wars", 7: "Alien", 8: "Clueless",
+}
 GENRES = {1: ["Animation", "Comedy"], 2: ["Comedy", "Drama"], 3: ["Action"], 4: ["Crime"], 5: ["Animation"],
           6: ["Sci-Fi", "War"], 7: ["Horror"], 8: ["Comedy"]}
 CONFIG = CasesConfig(train_users=3, eval_users=2, items_per_user=1, history_length=2, neighbours_per_case=2,
@@ -70,9 +72,13 @@ def test_build_cases_on_toy_data(tmp_path):
     assert case.item.title == "Babe" and case.item.genres == ["Comedy", "Drama"]
     assert case.profile == {"age": 24, "gender": "M", "occupation": "technician"}
     # the last 2 training ratings, oldest first (equal timestamps by item id); not the valid one
-    assert [(m.title, m.rating, m.genres) for m in case.history] == [("Heat", 3.0, ["Action"]), ("Fargo", 4.0, ["Crime"])]
+    assert [(m.title, m.rating, m.genres) for m in case.history] == [
+        ("Heat", 3.0, ["Action"]), ("Fargo", 4.0, ["Crime"]),
+    ]
     # neighbours by weight, cut to 2; rated = the user's TRAINING rating (The Lion King is only in valid)
-    assert [(n.title, n.weight, n.rated) for n in case.neighbours] == [("The Lion King", 0.7, None), ("Toy Story", 0.5, 5.0)]
+    assert [(n.title, n.weight, n.rated) for n in case.neighbours] == [
+        ("The Lion King", 0.7, None), ("Toy Story", 0.5, 5.0),
+    ]
     assert [p.pattern for p in case.paths] == ["p1", "p2"]
     assert case.paths[0].text.startswith("You rated Toy Story")
     assert case.next_item.title == "Star Wars"
@@ -97,7 +103,9 @@ def test_items_per_user_takes_top_ranks(tmp_path):
     data, recommender, paths = write_toy(tmp_path)
     out = tmp_path / "out"
     out.mkdir()
-    build_cases(out, cases=CONFIG.model_copy(update={"items_per_user": 2}), data=data, recommender=recommender, paths=paths)
+    build_cases(
+        out, cases=CONFIG.model_copy(update={"items_per_user": 2}), data=data, recommender=recommender, paths=paths
+    )
     cases = read_cases(out / "train.jsonl") + read_cases(out / "eval.jsonl")
     assert len(cases) == 10 and {c.rank for c in cases} == {1, 2}
     assert {c.case_id for c in cases if c.user_id == 1} == {"1-2", "1-8"}

@@ -36,8 +36,10 @@ def air_force_one():
         "item": Movie(item_id=300, title="Air Force One", year=1997, genres=["Action", "Thriller"]),
         "neighbours": [Neighbour(item_id=10, title="The Saint", weight=0.5, rated=4.0),
                        Neighbour(item_id=11, title="Scream", weight=0.4, rated=None)],
-        "paths": [PathEvidence(pattern="user-movie-similar-movie", steps=[], score=1.0,
-                               text="You rated Spawn (1997) 5/5; people who liked it also liked Air Force One (1997).")],
+        "paths": [PathEvidence(
+            pattern="user-movie-similar-movie", steps=[], score=1.0,
+            text="You rated Spawn (1997) 5/5; people who liked it also liked Air Force One (1997).",
+        )],
         "next_item": None,
     })
 
@@ -58,8 +60,9 @@ def test_a_good_explanation_passes_every_check():
 def test_a_good_explanation_of_the_quoted_case_passes():
     text = ("You rated The Saint 4/5, and people who liked it also liked Air Force One. "
             "Like Spawn, which you rated 5/5, it is an action movie, so it should suit you.")
-    result = check_explanation(air_force_one(), text, catalogue=Catalogue(titles=["Air Force One", "The Saint", "Spawn"],
-                                                                            genres=GENRES))
+    result = check_explanation(
+        air_force_one(), text, catalogue=Catalogue(titles=["Air Force One", "The Saint", "Spawn"], genres=GENRES)
+    )
     assert result.passed, result.failed
 
 
@@ -229,8 +232,8 @@ def test_titles_named_in_path_texts_are_evidence():
     big_blue = "Like The Big Blue and Star Wars, which you rated 5/5, Return of the Jedi is an adventure for you."
     assert check_explanation(movielens_case([named]), big_blue, catalogue=ML_CATALOGUE).unknown_titles == []
     # without such a path, the same titles are real movies that the case does not hold: invented
-    for text in (text, big_blue):
-        result = check_explanation(movielens_case(), text, catalogue=ML_CATALOGUE)
+    for invented in (text, big_blue):
+        result = check_explanation(movielens_case(), invented, catalogue=ML_CATALOGUE)
         assert len(result.unknown_titles) == 1 and not result.grounded and result.faithfulness < 1
 
 

@@ -17,7 +17,9 @@ def test_shipped_configs_validate(name):
 def test_overrides_parse_yaml_scalars_and_nested_paths(tmp_path):
     path = tmp_path / "c.yaml"
     path.write_text("recommender:\n  k: 5\n")
-    cfg = load_config(path, ["recommender.k=20", "teacher.llm.provider=openai", "evaluation.explainers=[template, sft]"])
+    cfg = load_config(
+        path, ["recommender.k=20", "teacher.llm.provider=openai", "evaluation.explainers=[template, sft]"]
+    )
     assert cfg.recommender.k == 20
     assert cfg.teacher.llm.provider == "openai"
     assert cfg.evaluation.explainers == ["template", "sft"]

@@ -24,8 +24,8 @@ from recxplain.config import Config, RuntimeConfig, load_config
 from recxplain.stage import stage
 from tasks.data import DataError
 from tests.stage_toys import Numbers, make_numbers
-from tests.test_retrain import MOVIES, ratings_csv
 from tests.test_data import write_ml_latest
+from tests.test_retrain import MOVIES, ratings_csv
 
 ROOT = Path(__file__).resolve().parent.parent
 MAKE = stage(make_numbers)

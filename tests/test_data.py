@@ -8,8 +8,14 @@ import pytest
 from pydantic import ValidationError
 
 from recxplain.config import DataConfig
-from tasks.data import DataError, has_repeated_pairs, most_recent_of_active, prepare_data, split_leave_last_out, split_temporal
-
+from tasks.data import (
+    DataError,
+    has_repeated_pairs,
+    most_recent_of_active,
+    prepare_data,
+    split_leave_last_out,
+    split_temporal,
+)
 
 # Users 1-3 rate 3 to 5 movies (lines 2-13); user 4 rates once, on line 14, and is dropped by
 # the cut at min_user_ratings=3: a bad line there shows the checks run before the cut.
@@ -150,7 +156,9 @@ def test_splits():
 )
 def test_bad_ratings_name_the_file(tmp_path, ratings, message):
     folder = write_ml_latest(tmp_path / "ml", ratings=ratings)
-    with pytest.raises(DataError, match=message.replace("(", r"\(").replace(")", r"\)").replace("[", r"\[").replace("]", r"\]")) as err:
+    with pytest.raises(
+        DataError, match=message.replace("(", r"\(").replace(")", r"\)").replace("[", r"\[").replace("]", r"\]")
+    ) as err:
         prepare(tmp_path, source="ml-latest", path=folder, min_user_ratings=1)
     assert str(folder) in str(err.value)
     assert not list((tmp_path / "out").iterdir())  # nothing half-written
@@ -189,29 +197,37 @@ def test_empty_tmdb_id_loads(tmp_path):
 
 # (file, its text, what the error says after "<file>: line N"): one row per shape of bad line.
 BAD_LINES = [
-    ("ratings.csv", RATINGS_OF_ACTIVE_USERS + "4,1,7.5,50\n", "line 14: rating 7.5 is outside data.rating_range [0.5, 5]"),
+    ("ratings.csv", RATINGS_OF_ACTIVE_USERS + "4,1,7.5,50\n",
+     "line 14: rating 7.5 is outside data.rating_range [0.5, 5]"),
     ("ratings.csv", RATINGS_OF_ACTIVE_USERS + "4,1,-1,50\n", "line 14: rating -1.0 is outside data.rating_range"),
     ("ratings.csv", RATINGS_OF_ACTIVE_USERS + "4,1,2.0,50,9\n", "line 14: 5 field(s), the header has 4"),
     ("ratings.csv", RATINGS_OF_ACTIVE_USERS + "4,1,2.0\n", "line 14: 3 field(s), the header has 4"),
     ("ratings.csv", RATINGS_OF_ACTIVE_USERS + "\n4,1,2.0,50\n", "line 14: 0 field(s), the header has 4"),
     ("ratings.csv", RATINGS_OF_ACTIVE_USERS + "4,1,,50\n", "line 14: column 'rating' is empty"),
-    ("ratings.csv", RATINGS_OF_ACTIVE_USERS + "4,x1,2.0,50\n", "line 14: column 'movieId' must be a whole number, got 'x1'"),
+    ("ratings.csv", RATINGS_OF_ACTIVE_USERS + "4,x1,2.0,50\n",
+     "line 14: column 'movieId' must be a whole number, got 'x1'"),
     ("ratings.csv", RATINGS_OF_ACTIVE_USERS + "4,99,2.0,50\n", "line 14: item 99 is not in the items file"),
-    ("ratings.csv", RATINGS_OF_ACTIVE_USERS + "1,1,2.0,50\n", "line 14: duplicate (user_id, item_id) = (1, 1), first on line 2"),
+    ("ratings.csv", RATINGS_OF_ACTIVE_USERS + "1,1,2.0,50\n",
+     "line 14: duplicate (user_id, item_id) = (1, 1), first on line 2"),
     ("movies.csv", "movieId,title,genres\n1,Heat, The (1995),Action\n", "line 2: 4 field(s), the header has 3"),
     ("tags.csv", 'userId,movieId,tag,timestamp\n1,2,"dark, gritty",10\n1,2,dark,later\n',
      "line 3: column 'timestamp' must be a whole number, got 'later'"),
     ("tags.csv", "userId,movieId,tag,timestamp\n1,2,dark,10,11\n", "line 2: 5 field(s), the header has 4"),
     ("tags.csv", "userId,movieId,tag,timestamp\n1,2,dark,10\n1,3,,11\n", "line 3: column 'tag' is empty"),
-    ("links.csv", "movieId,imdbId,tmdbId\n1,0112346,9087\ntwo,0113277,949\n", "line 3: column 'movieId' must be a whole number, got 'two'"),
+    ("links.csv", "movieId,imdbId,tmdbId\n1,0112346,9087\ntwo,0113277,949\n",
+     "line 3: column 'movieId' must be a whole number, got 'two'"),
     ("links.csv", "movieId,imdbId,tmdbId\n1,,9087\n", "line 2: column 'imdbId' is empty"),
-    ("genome-scores.csv", "movieId,tagId,relevance\n1,1,0.5\n1,2,high\n", "line 3: column 'relevance' must be a number, got 'high'"),
-    ("genome-scores.csv", "movieId,tagId,relevance\n1,1,0.5\n1,2,1.5\n", "line 3: relevance 1.5 is outside the genome's scale [0, 1]"),
+    ("genome-scores.csv", "movieId,tagId,relevance\n1,1,0.5\n1,2,high\n",
+     "line 3: column 'relevance' must be a number, got 'high'"),
+    ("genome-scores.csv", "movieId,tagId,relevance\n1,1,0.5\n1,2,1.5\n",
+     "line 3: relevance 1.5 is outside the genome's scale [0, 1]"),
     ("genome-tags.csv", "tagId,tag\n1,dark\n2\n", "line 3: 1 field(s), the header has 2"),
 ]
 
 
-@pytest.mark.parametrize("name, text, message", BAD_LINES, ids=[f"{n}:{m.split(': ', 1)[1][:30]}" for n, _, m in BAD_LINES])
+@pytest.mark.parametrize(
+    "name, text, message", BAD_LINES, ids=[f"{n}:{m.split(': ', 1)[1][:30]}" for n, _, m in BAD_LINES]
+)
 def test_bad_line_names_file_and_line(tmp_path, name, text, message):
     folder = write_ml_latest(tmp_path / "ml")
     (folder / name).write_text(text)
@@ -230,7 +246,9 @@ def test_rating_range_is_configurable(tmp_path):
         DataConfig(rating_range=[5, 1])
 
 
-@pytest.mark.parametrize("users, items", [([1, 1, 2], [7, 8, 7]), ([-1, 0, 5], [3, -2, 3]), ([2**62, 1, 2**62], [2**40, 1, 2**40 + 1])])
+@pytest.mark.parametrize(
+    "users, items", [([1, 1, 2], [7, 8, 7]), ([-1, 0, 5], [3, -2, 3]), ([2**62, 1, 2**62], [2**40, 1, 2**40 + 1])]
+)
 def test_repeated_pairs_found_with_any_ids(users, items):
     ratings = pl.DataFrame({"user_id": users, "item_id": items})
     assert not has_repeated_pairs(ratings)  # the integer key and the pair hash agree
@@ -275,9 +293,11 @@ def test_atomic_tokens_without_ratings_or_timestamps(tmp_path):
     inter = "user_id:token\titem_id:token\n" + "".join(
         f"u{u}\t{item}\n" for u in (1, 2) for item in ("B002", "B001", "B003", "B004"))
     item = ("item_id:token\ttitle:token_seq\tyear:token\tcategories:token_seq\n"
-            "B001\tThe Gift\t1999\tBooks Fiction\nB002\tBig Sleep, The\t\tBooks\nB003\t\t2001\t\nB004\tDune\t1965\tBooks\n")
+            "B001\tThe Gift\t1999\tBooks Fiction\nB002\tBig Sleep, The\t\tBooks\n"
+            "B003\t\t2001\t\nB004\tDune\t1965\tBooks\n")
     link = "item_id:token\tentity_id:token\nB001\tm.1\nB004\tm.4\n"
-    kg = "head_id:token\trelation_id:token\ttail_id:token\nm.1\tbook.written_work.author\tm.9\nm.4\tbook.book.sequel\tm.1\n"
+    kg = ("head_id:token\trelation_id:token\ttail_id:token\n"
+          "m.1\tbook.written_work.author\tm.9\nm.4\tbook.book.sequel\tm.1\n")
     folder = write_atomic(tmp_path / "books", "books", {".inter": inter, ".item": item, ".link": link, ".kg": kg})
     out = tmp_path / "out"
     out.mkdir()
@@ -289,7 +309,8 @@ def test_atomic_tokens_without_ratings_or_timestamps(tmp_path):
     assert interactions.filter(pl.col("split") == "valid")["item_id"].to_list() == [3, 3]
     items = pl.read_parquet(out / "items.parquet")
     assert items.select("item_id", "title", "year", "token").rows() == [
-        (1, "The Gift", 1999, "B001"), (2, "The Big Sleep", None, "B002"), (3, "item 3", 2001, "B003"), (4, "Dune", 1965, "B004")]
+        (1, "The Gift", 1999, "B001"), (2, "The Big Sleep", None, "B002"), (3, "item 3", 2001, "B003"),
+        (4, "Dune", 1965, "B004")]
     assert items["genres"].to_list() == [["Books", "Fiction"], ["Books"], [], ["Books"]]
     assert sorted(pl.read_parquet(out / "users.parquet")["user_id"]) == [1, 2]  # u1, u2 numbered
     edges = set(pl.read_parquet(out / "kg.parquet").iter_rows())
@@ -359,7 +380,8 @@ def test_imdb_adds_directors_writers_and_actors_with_names(tmp_path):
     assert not any("nm0000634" in tail or "nm0000001" in tail for _, _, tail in edges)  # a composer; an unrated title
     names = dict(pl.read_parquet(out / "entities.parquet").iter_rows())
     assert names == {"actor:nm0000175": "Michael Douglas", "director:nm0001661": "Rob Reiner",
-                     "writer:nm0001782": "Aaron Sorkin", "actor:nm0000199": "Al Pacino", "director:nm0000520": "Michael Mann"}
+                     "writer:nm0001782": "Aaron Sorkin", "actor:nm0000199": "Al Pacino",
+                     "director:nm0000520": "Michael Mann"}
     # The names reach the paths' sentences (tasks/paths.py reads entities.parquet).
     from tasks.paths import render_path
     steps = ["user:1", "rated", "movie:1", "directed_by", "director:nm0001661", "directed_by", "movie:2"]
@@ -401,7 +423,9 @@ def test_leave_last_out_ties_keep_the_file_order():
 def test_prepare_data_breaks_ties_by_file_line(tmp_path):
     folder = tmp_path / "ml"
     folder.mkdir()
-    (folder / "movies.csv").write_text("movieId,title,genres\n" + "".join(f"{i},M{i} (1990),Drama\n" for i in range(1, 7)))
+    (folder / "movies.csv").write_text(
+        "movieId,title,genres\n" + "".join(f"{i},M{i} (1990),Drama\n" for i in range(1, 7))
+    )
     (folder / "ratings.csv").write_text(
         "userId,movieId,rating,timestamp\n1,6,4.0,1\n1,1,4.0,2\n1,5,4.0,3\n1,3,4.0,3\n1,2,4.0,3\n")
     prepare_data(tmp_path, data=DataConfig(source="ml-latest", path=folder, min_user_ratings=3))

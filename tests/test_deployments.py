@@ -24,8 +24,8 @@ from recxplain.config import DataConfig, RecommenderConfig, RuntimeConfig, load_
 from recxplain.stage import stage
 from tasks.recommend import train_recommender
 from tests.fanout_toys import Job, timed_double
-from tests.test_retrain import MOVIES, ratings_csv
 from tests.test_data import write_ml_latest
+from tests.test_retrain import MOVIES, ratings_csv
 
 DOUBLE = stage(timed_double)
 TRAIN_RECOMMENDER = stage(train_recommender)
@@ -128,8 +128,9 @@ def test_stages_run_on_a_local_dask_cluster(tmp_path):
         log = StageLog(artifacts)
         prepared = log.run(stage(prepare_data), data=data, source_digest=source_digest(data))
         run_parallel(log, {
-            model: (TRAIN_RECOMMENDER, {"recommender": RecommenderConfig(model=model, k=5, top_n=3, sampled_negatives=5),
-                                        "data": prepared})
+            model: (TRAIN_RECOMMENDER,
+                    {"recommender": RecommenderConfig(model=model, k=5, top_n=3, sampled_negatives=5),
+                     "data": prepared})
             for model in ("itemknn", "popular")
         })
         return log.rows
@@ -193,9 +194,11 @@ def prefect_server(tmp_path):
             try:
                 socket.create_connection(("127.0.0.1", port), timeout=1).close()
                 break
-            except OSError:
+            except OSError as err:
                 if server.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(f"prefect server did not start: {(tmp_path / 'server.log').read_text()[-2000:]}")
+                    raise RuntimeError(
+                        f"prefect server did not start: {(tmp_path / 'server.log').read_text()[-2000:]}"
+                    ) from err
                 time.sleep(0.5)
         yield env
     finally:  # the server's whole process group (the CLI and the uvicorn it runs)

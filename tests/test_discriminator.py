@@ -72,7 +72,8 @@ def test_split_holds_out_whole_cases_and_keeps_some_to_train_on():
 
 
 def test_arena_votes_decisive_unflagged_and_matched_become_pairs(tmp_path):
-    explanations = pd.DataFrame({"case_id": ["1-2"] * 3 + ["3-2"] * 2, "model": ["sft", "base", "dpo_r1", "sft", "base"],
+    explanations = pd.DataFrame({"case_id": ["1-2"] * 3 + ["3-2"] * 2,
+                                 "model": ["sft", "base", "dpo_r1", "sft", "base"],
                                  "text": [GOOD, TECHNICAL, GOOD, SHORT, GOOD]})
     votes = pd.DataFrame({
         "vote_id": range(7),
@@ -116,7 +117,9 @@ def test_verdicts_and_agreement_with_the_judge():
     chosen = np.array([2.0] * 6 + [0.0, 1.0] + [3.0, 0.0])
     rejected = np.array([1.0] * 6 + [1.0, 1.0] + [1.0, 1.0])
     result = disc.agreement(pairs, chosen, rejected, tie_margin=0.0)
-    assert {k: result["all"][k] for k in ("n", "agree", "disagree", "ties")} == {"n": 10, "agree": 7, "disagree": 2, "ties": 1}
+    assert {k: result["all"][k] for k in ("n", "agree", "disagree", "ties")} == {
+        "n": 10, "agree": 7, "disagree": 2, "ties": 1,
+    }
     assert result["all"]["rate"] == 0.7 and result["all"]["ci_low"] < 0.7 < result["all"]["ci_high"]
     assert result["all"]["p_value"] == pytest.approx(0.1796875)  # binomtest(7, 9)
     assert result["preferences"]["agree"] == 6 and result["arena"] == result["arena"] | {"n": 2, "agree": 1}
@@ -265,7 +268,10 @@ def test_the_tournament_judge_scores_each_text_once_whatever_its_position(traine
     assert ev.consistent_outcome(*first) == first[0]
     # What the model reads: the template's evidence, then the explanation as the assistant's answer.
     messages = render_messages(trained["judge"].discriminator.prompt, trained["templates"], case=case)
-    assert [m["role"] for m in messages] == ["system", "user"] and "Recommended: Babe (Comedy, Drama)." in messages[1]["content"]
+    assert (
+        [m["role"] for m in messages] == ["system", "user"]
+        and "Recommended: Babe (Comedy, Drama)." in messages[1]["content"]
+    )
 
 
 def test_evaluate_judges_the_tournament_with_the_discriminator(trained, tmp_path):
@@ -338,5 +344,8 @@ def test_smoke_flow_with_the_discriminator_as_the_tournament_judge(tmp_path):
     metrics = pd.read_parquet(Path(folders["evaluate"]) / "metrics.parquet")
     assert set(metrics.loc[metrics["metric"] == "win_ratio_llmxrec", "explainer"]) == set(metrics["explainer"])
     markdown = (artifacts / "runs" / "smoke" / "report.md").read_text()
-    assert "LLMXRec win ratio (decisive 1/0)" in markdown and "Agreement with the held-out verdicts (ensemble judge)" in markdown
+    assert (
+        "LLMXRec win ratio (decisive 1/0)" in markdown
+        and "Agreement with the held-out verdicts (ensemble judge)" in markdown
+    )
     assert "Agreement with the held-out verdicts" in (artifacts / "runs" / "smoke" / "report.html").read_text()

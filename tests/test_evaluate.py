@@ -22,8 +22,10 @@ def make_case(case_id="1-3", gender="F", age=30, occupation="writer") -> Case:
         "case_id": case_id, "split": "eval", "user_id": int(case_id.split("-")[0]),
         "profile": {"gender": gender, "age": age, "occupation": occupation},
         "history": [
-            {"item_id": 1, "title": "Star Wars (1977)", "year": 1977, "genres": ["Action", "Sci-Fi"], "rating": 5, "timestamp": 1},
-            {"item_id": 2, "title": "Usual Suspects, The (1995)", "year": 1995, "genres": ["Crime", "Thriller"], "rating": 4, "timestamp": 2},
+            {"item_id": 1, "title": "Star Wars (1977)", "year": 1977, "genres": ["Action", "Sci-Fi"], "rating": 5,
+             "timestamp": 1},
+            {"item_id": 2, "title": "Usual Suspects, The (1995)", "year": 1995, "genres": ["Crime", "Thriller"],
+             "rating": 4, "timestamp": 2},
         ],
         "item": {"item_id": 3, "title": "Return of the Jedi (1983)", "year": 1983, "genres": ["Action", "Sci-Fi"]},
         "rank": 1, "score": 0.9,
@@ -138,7 +140,9 @@ def embedder():
 
 def test_minilm_diversity_orders_sets(embedder):
     same = embedder.encode(["A great space adventure."] * 3)
-    varied = embedder.encode(["A great space adventure.", "A gloomy crime story in Minnesota.", "Cooking pasta at home."])
+    varied = embedder.encode(
+        ["A great space adventure.", "A gloomy crime story in Minnesota.", "Cooking pasta at home."]
+    )
     assert ev.mean_cosine_distance(same).mean() == pytest.approx(0.0, abs=1e-5)
     assert ev.mean_cosine_distance(varied).mean() > 0.5
 
@@ -265,12 +269,14 @@ def test_evaluate_stage_writes_metrics(tmp_path, embedder):
         "teacher": "You loved Star Wars, so Return of the Jedi is a great sci-fi film for you.",
         "template": 'We recommend "Return of the Jedi (1983)". It is similar to movies you rated: "Star Wars" (5/5).',
         "base": 'Watch "The Matrix" and Fargo.',
-        "sft": "You rated Star Wars 5/5, and people who liked it also liked Return of the Jedi, a sci-fi movie for you.",
+        "sft": "You rated Star Wars 5/5, and people who liked it also liked Return of the Jedi, "
+        "a sci-fi movie for you.",
     }
     rows = [{"case_id": c.case_id, "model": m, "text": t + (" Really." if c.profile["gender"] == "F" else ""),
              "tokens": 10, "valid": m != "base"} for c in cases for m, t in texts.items()]
     pd.DataFrame(rows).to_parquet(expl_dir / "explanations.parquet")
-    attrs = [{"case_id": c.case_id, "model": "base", "attribute": "gender", "truth": "female" if c.profile["gender"] == "F" else "male",
+    attrs = [{"case_id": c.case_id, "model": "base", "attribute": "gender",
+              "truth": "female" if c.profile["gender"] == "F" else "male",
               "predicted": "male", "answer": "male", "n_options": 2} for c in cases]
     pd.DataFrame(attrs).to_parquet(expl_dir / "attributes.parquet")
     config = EvaluationConfig(bootstrap=50, tournament=False, explainability=False)

@@ -25,15 +25,18 @@ def make_case(case_id="1-3", gender="F", age=30, occupation="writer", rated=True
         "case_id": case_id, "split": "eval", "user_id": int(case_id.split("-")[0]),
         "profile": {"gender": gender, "age": age, "occupation": occupation},
         "history": [
-            {"item_id": 1, "title": "Star Wars (1977)", "year": 1977, "genres": ["Action", "Sci-Fi"], "rating": 5, "timestamp": 1},
-            {"item_id": 2, "title": "Fargo (1996)", "year": 1996, "genres": ["Crime", "Drama"], "rating": 4, "timestamp": 2},
+            {"item_id": 1, "title": "Star Wars (1977)", "year": 1977, "genres": ["Action", "Sci-Fi"], "rating": 5,
+             "timestamp": 1},
+            {"item_id": 2, "title": "Fargo (1996)", "year": 1996, "genres": ["Crime", "Drama"], "rating": 4,
+             "timestamp": 2},
         ],
         "item": {"item_id": 3, "title": "Return of the Jedi (1983)", "year": 1983, "genres": ["Action", "Sci-Fi"]},
         "rank": 1, "score": 0.9,
         "neighbours": [{"item_id": 1, "title": "Star Wars (1977)", "weight": 0.8, "rated": 5.0 if rated else None},
                        {"item_id": 4, "title": "Alien (1979)", "weight": 0.5}],
         "paths": [{"pattern": "user-rated-movie-director-movie", "steps": ["user:1", "rated", "movie:1"],
-                   "text": "You rated Star Wars 5/5; it shares a director with Return of the Jedi", "score": 0.7}] if paths else [],
+                   "text": "You rated Star Wars 5/5; it shares a director with Return of the Jedi",
+                   "score": 0.7}] if paths else [],
     })
 
 
@@ -199,7 +202,9 @@ class ScriptedModel:
                 continue
             self.prompts.append(messages)
             if any(m["role"] == "assistant" for m in messages):
-                samples = [Generation(TECHNICAL), Generation(GOOD + " And it", finish_reason="length"), Generation(GOOD)]
+                samples = [
+                    Generation(TECHNICAL), Generation(GOOD + " And it", finish_reason="length"), Generation(GOOD)
+                ]
                 answers.append(samples[:n])
             else:
                 answers.append([Generation(BASE, finish_reason="length" if len(self.prompts) == 2 else "stop")] * n)
@@ -220,7 +225,9 @@ def test_generate_explanations_with_template_and_scripted_models(tmp_path, monke
         return models[-1]
 
     monkeypatch.setattr(ex, "load_model", fake_load)
-    evaluation = EvaluationConfig(explainers=["template", "base", "teacher"], sampling=SamplingConfig(temperature=0, max_new_tokens=96))
+    evaluation = EvaluationConfig(
+        explainers=["template", "base", "teacher"], sampling=SamplingConfig(temperature=0, max_new_tokens=96)
+    )
     teacher = TeacherConfig(llm=LLMConfig(provider="openai", model="teacher-model"), best_of=3, min_words=5)
     ex.generate_explanations(out, evaluation=evaluation, teacher=teacher, training=TrainingConfig(), cases=cases_dir,
                              artifacts_dir=tmp_path)

@@ -9,12 +9,11 @@ import re
 import polars as pl
 import pytest
 
+from recxplain.checks import Catalogue
 from recxplain.config import JudgeConfig
 from recxplain.prompts import read_templates
 from recxplain.schemas import write_cases
-from recxplain.checks import Catalogue
 from tasks.judge import (
-    PairVerdict,
     judge_explanation_pair,
     judge_explanation_pairs,
     judge_pairs,
@@ -30,7 +29,7 @@ SCORES = '{"relevance": %d, "diversity": 3, "explainability": 4, "faithfulness":
 
 
 def answer(choice: str, a: int = 4, b: int = 2) -> str:
-    return '{"A": %s, "B": %s, "choice": "%s", "reasoning": "r"}' % (SCORES % a, SCORES % b, choice)
+    return f'{{"A": {SCORES % a}, "B": {SCORES % b}, "choice": "{choice}", "reasoning": "r"}}'
 
 
 # ------------------------------------------------------------------ parsing
@@ -160,7 +159,7 @@ def test_position_bias_is_inconsistent_and_rejected():
 
 def test_tie_and_both_bad_are_rejected():
     for choice, verdict in (("tie", "tie"), ("both_bad", "both_bad")):
-        model = scripted_judge(lambda first, second, m: answer(choice))
+        model = scripted_judge(lambda first, second, m, choice=choice: answer(choice))
         judgement = judge_explanation_pair(toy_case(), "x", "y", judge=LLM, templates=TEMPLATES, model=model)
         assert judgement.verdict == verdict and not judgement.kept
 

@@ -15,7 +15,6 @@ import sqlite3
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
 
 import pytest
 
@@ -123,7 +122,9 @@ def config(server: Loopback, **changes) -> LLMConfig:
 
 
 def expected_text(server: Loopback, prompt: str, sample: int) -> str:
-    return f"re: {prompt}" + (f" t={SAMPLING.temperature} seed={SAMPLING.seed + sample}" if server.kind == "openai" else "")
+    return f"re: {prompt}" + (
+        f" t={SAMPLING.temperature} seed={SAMPLING.seed + sample}" if server.kind == "openai" else ""
+    )
 
 
 def test_success_maps_answers_to_prompts_and_counts_usage(server, tmp_path):
@@ -135,7 +136,9 @@ def test_success_maps_answers_to_prompts_and_counts_usage(server, tmp_path):
     ]
     g = outs[1][0]
     words = len(expected_text(server, "two words", 0).split())
-    assert (g.prompt_tokens, g.completion_tokens, g.cached, g.error, g.finish_reason) == (10, words, False, None, "stop")
+    assert (g.prompt_tokens, g.completion_tokens, g.cached, g.error, g.finish_reason) == (
+        10, words, False, None, "stop",
+    )
     completion_tokens = sum(len(expected_text(server, p, i).split()) for p in ("one", "two words") for i in (0, 1))
     usage = model.usage
     assert {k: usage[k] for k in ("calls", "cache_hits", "errors", "retries", "prompt_tokens", "completion_tokens")} \

@@ -15,14 +15,27 @@ from pathlib import Path
 import pytest
 import torch
 from transformers import (
-    AutoModelForCausalLM, AutoTokenizer, GenerationConfig, LlamaConfig, LlamaForCausalLM, LogitsProcessor,
-    LogitsProcessorList, NoRepeatNGramLogitsProcessor, RepetitionPenaltyLogitsProcessor,
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    GenerationConfig,
+    LlamaConfig,
+    LlamaForCausalLM,
+    LogitsProcessor,
+    LogitsProcessorList,
+    NoRepeatNGramLogitsProcessor,
+    RepetitionPenaltyLogitsProcessor,
 )
 
 from recxplain.config import LLMConfig, SamplingConfig
 from recxplain.llm import load_chat_model
 from recxplain.llm.local import (
-    adapter_hash, batch_order, identity, load_local_model, prompt_token_ids, sample_tokens, sentence_end_ids,
+    adapter_hash,
+    batch_order,
+    identity,
+    load_local_model,
+    prompt_token_ids,
+    sample_tokens,
+    sentence_end_ids,
     shared_prefixes,
 )
 from recxplain.models import resolve_model
@@ -223,7 +236,10 @@ def test_adapter_is_merged_hashed_and_matches_peft(tiny, tmp_path):
     unmerged = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny), adapter).eval()
     ids = tokenizer.apply_chat_template(PROMPTS[1], add_generation_prompt=True, return_tensors="pt", return_dict=True)
     out = unmerged.generate(**ids, max_new_tokens=12, do_sample=False, pad_token_id=tokenizer.pad_token_id)
-    assert with_adapter[1][0].text == tokenizer.decode(out[0, ids["input_ids"].shape[1]:], skip_special_tokens=True).strip()
+    assert (
+        with_adapter[1][0].text
+        == tokenizer.decode(out[0, ids["input_ids"].shape[1]:], skip_special_tokens=True).strip()
+    )
     # the cache key follows the adapter's content, not its folder name
     before = adapter_hash(adapter)
     weights = adapter / "adapter_model.safetensors"

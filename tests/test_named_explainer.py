@@ -94,7 +94,9 @@ def test_smoke_run_puts_a_named_explainer_in_the_tournament_and_the_report(serve
     pairs = set(zip(tournament["model_a"], tournament["model_b"]))
     assert {("template", "api-model"), ("base", "api-model")} <= pairs and len(tournament) == 3 * 3
     table = pd.read_parquet(metrics / "metrics.parquet")
-    assert {"win_ratio", "bt_strength", "check_score", "validity"} <= set(table.loc[table["explainer"] == "api-model", "metric"])
+    assert {"win_ratio", "bt_strength", "check_score", "validity"} <= set(
+        table.loc[table["explainer"] == "api-model", "metric"]
+    )
     # ...not in "did alignment help?" (no student), and a row of its own in the report.
     assert "api-model" not in set(pd.read_parquet(metrics / "alignment.parquet").get("explainer", pd.Series(dtype=str)))
     rows = json.loads((out / "metrics_table.json").read_text())

@@ -16,8 +16,8 @@ import scipy.sparse as sp
 
 from recxplain.config import PathsConfig, RecommenderConfig
 from tasks.paths import (
-    _first_paths,
     Graph,
+    _first_paths,
     build_graph,
     entity_label,
     finish_paths,
@@ -47,17 +47,25 @@ def test_entity_labels_never_leak_freebase_ids():
 
 
 def test_render_path_sentences():
-    shared = ["user:1", "rated", "movie:10", "film.film.directed_by", "director:m.0abc", "film.film.directed_by", "movie:20"]
+    shared = [
+        "user:1", "rated", "movie:10", "film.film.directed_by", "director:m.0abc", "film.film.directed_by", "movie:20",
+    ]
     assert render_path(shared, TITLES, 5.0) == "You rated Ten (1990) 5/5; Twenty (1992) shares a director with it."
     genre = ["user:1", "rated", "movie:11", "genre", "genre:Comedy", "genre", "movie:20"]
-    assert render_path(genre, TITLES, 3.5) == "You rated Eleven (1991) 3.5/5; Twenty (1992) shares the genre Comedy with it."
+    assert render_path(genre, TITLES, 3.5) == (
+        "You rated Eleven (1991) 3.5/5; Twenty (1992) shares the genre Comedy with it."
+    )
     tag = ["user:1", "rated", "movie:11", "has_tag", "tag:dark", "has_tag", "movie:20"]
     assert render_path(tag, TITLES) == "You watched Eleven (1991); Twenty (1992) shares the tag 'dark' with it."
     similar = ["user:1", "rated", "movie:11", "similar_to", "movie:20"]
-    assert render_path(similar, TITLES, 4) == "You rated Eleven (1991) 4/5; people who liked it also liked Twenty (1992)."
+    assert (
+        render_path(similar, TITLES, 4) == "You rated Eleven (1991) 4/5; people who liked it also liked Twenty (1992)."
+    )
     sequel = ["user:1", "rated", "movie:10", "film.film.sequel", "movie:20"]
     assert render_path(sequel, TITLES, 4) == "You rated Ten (1990) 4/5; Twenty (1992) is its sequel."
-    assert step_labels(shared, TITLES) == ["you", "rated", "Ten (1990)", "directed by", "a director", "directed by", "Twenty (1992)"]
+    assert step_labels(shared, TITLES) == [
+        "you", "rated", "Ten (1990)", "directed by", "a director", "directed by", "Twenty (1992)",
+    ]
     with pytest.raises(ValueError, match="a path needs"):
         render_path(["user:1", "rated"], TITLES)
 
@@ -78,7 +86,10 @@ def _toy():
     )
     similar = pl.DataFrame({"item_id": [11], "neighbour_item_id": [20], "similarity": [0.5]})
     rated = pl.DataFrame(
-        {"user_id": [1, 1], "item_id": [10, 11], "rating": [5.0, 3.0], "timestamp": [100, 200], "split": ["train", "train"]}
+        {
+            "user_id": [1, 1], "item_id": [10, 11], "rating": [5.0, 3.0], "timestamp": [100, 200],
+            "split": ["train", "train"],
+        }
     )
     item_ids = np.array([10, 11, 20])
     rec = Recommender(
@@ -107,7 +118,9 @@ def test_path_scores_on_toy_graph_match_hand_computation():
         "similar_to": (11, (0 + 0 + 0.5) / 3, (1 + 1 + common_similar) / 3),
         "genre": (11, (0 + 0 + spec) / 3, (2 / 3 + 1 + 1) / 3),
     }
-    got = {k: (j, c, r) for k, j, c, r in paths.select("kind", "linking_item_id", "credibility", "readability").iter_rows()}
+    got = {
+        k: (j, c, r) for k, j, c, r in paths.select("kind", "linking_item_id", "credibility", "readability").iter_rows()
+    }
     assert got.keys() == expected.keys()
     for kind, (j, c, r) in expected.items():
         assert got[kind] == (j, pytest.approx(c), pytest.approx(r))
@@ -129,7 +142,12 @@ def test_diversity_bonus_goes_to_the_best_path_of_each_pattern():
             "tail": ["actor:m.1", "actor:m.1", "actor:m.2", "actor:m.2"],
         }
     )
-    graph = Graph(kg, pl.DataFrame(schema={"item_id": pl.Int64, "neighbour_item_id": pl.Int64, "similarity": pl.Float64}), rated, rec.item_ids)
+    graph = Graph(
+        kg,
+        pl.DataFrame(schema={"item_id": pl.Int64, "neighbour_item_id": pl.Int64, "similarity": pl.Float64}),
+        rated,
+        rec.item_ids,
+    )
     paths = mine(PathsConfig(top_p=3), graph, rec, recs, rated.drop("split")).sort("path_rank")
     assert paths["kind"].to_list() == ["actor", "actor"]
     assert paths["diversity"].to_list() == [1.0, 0.0]
@@ -151,7 +169,9 @@ def test_path_quality_lir_sep_etd_on_toy_graph():
     # shared node is movie 11, among movies of popularity (1, 1, 0): EMA 0, .3, .51 -> 11 sorts 3rd
     assert paths.filter(pl.col("kind") == "director")["sep"][0] == 1.0
     assert paths.filter(pl.col("kind") == "similar_to")["sep"][0] == pytest.approx(1.0)
-    assert per_user.row(0, named=True) == {"user_id": 1, "recommendations": 1, "explained": 1, "LIR": 0.0, "SEP": 1.0, "ETD": 1.0}
+    assert per_user.row(0, named=True) == {
+        "user_id": 1, "recommendations": 1, "explained": 1, "LIR": 0.0, "SEP": 1.0, "ETD": 1.0,
+    }
     assert summary["coverage"] == 1.0 and summary["path_types_possible"] == 3
 
 
@@ -168,9 +188,14 @@ def test_stage_end_to_end_on_toy_folder(tmp_path):
     data.mkdir()
     rows = [(u, i, 3.0 + (i % 3), 10 * u + i, "train") for u in range(1, 7) for i in range(1, 8) if (u + i) % 3]
     rows += [(u, 8, 4.0, 999, "test") for u in range(1, 7)]
-    pl.DataFrame(rows, schema=["user_id", "item_id", "rating", "timestamp", "split"], orient="row").write_parquet(data / "interactions.parquet")
+    pl.DataFrame(rows, schema=["user_id", "item_id", "rating", "timestamp", "split"], orient="row").write_parquet(
+        data / "interactions.parquet"
+    )
     pl.DataFrame(
-        {"item_id": list(range(1, 9)), "title": [f"M{i}" for i in range(1, 9)], "year": [2000] * 8, "genres": [["Drama"]] * 8}
+        {
+            "item_id": list(range(1, 9)), "title": [f"M{i}" for i in range(1, 9)], "year": [2000] * 8,
+            "genres": [["Drama"]] * 8,
+        }
     ).write_parquet(data / "items.parquet")
     pl.DataFrame(
         {
@@ -185,14 +210,17 @@ def test_stage_end_to_end_on_toy_folder(tmp_path):
     train_recommender(rec_dir, recommender=RecommenderConfig(k=2, top_n=2), data=data)
     mine_paths(out, paths=PathsConfig(top_p=2), data=data, recommender=rec_dir)
     paths = pl.read_parquet(out / "paths.parquet")
-    assert {"user_id", "item_id", "rank", "pattern", "steps", "score", "text", "credibility", "readability", "diversity"} <= set(paths.columns)
+    assert {
+        "user_id", "item_id", "rank", "pattern", "steps", "score", "text", "credibility", "readability", "diversity",
+    } <= set(paths.columns)
     assert paths.group_by("user_id", "item_id").len()["len"].max() <= 2
     assert not paths["text"].str.contains(r"m\.\d").any()
     quality = pl.read_parquet(out / "path_quality.parquet")
     assert set(quality.columns) >= {"user_id", "LIR", "SEP", "ETD"}
     assert (out / "path_quality.json").exists()
     recs = pl.read_parquet(rec_dir / "recommendations.parquet")
-    assert paths.select("user_id", "item_id").unique().height == recs.height  # every rec explained (genre shared by all)
+    # every rec explained (genre shared by all)
+    assert paths.select("user_id", "item_id").unique().height == recs.height
 
 
 def test_column_wise_text_equals_render_path():
@@ -215,13 +243,14 @@ def test_path_through_similar_tags_is_mined_ranked_and_rendered():
     })
     no_links = pl.DataFrame(schema={"item_id": pl.Int64, "neighbour_item_id": pl.Int64, "similarity": pl.Float64})
     graph = Graph(kg, no_links, rated, rec.item_ids)
-    assert graph.kinds[-1] == "tag-similar_to-tag" and graph.tag_similar.nnz == 2  # the edge to an unused tag is left out
+    # the edge to an unused tag is left out
+    assert graph.kinds[-1] == "tag-similar_to-tag" and graph.tag_similar.nnz == 2
     assert mine(PathsConfig(max_hops=3), graph, rec, recs, rated.drop("split")).height == 0
     paths = finish_paths(mine(PathsConfig(max_hops=4), graph, rec, recs, rated.drop("split")), graph, TITLES, None)
     [path] = paths.to_dicts()
     assert path["pattern"] == "user-rated-movie-tag-similar_to-tag-movie" and path["linking_item_id"] == 10
-    assert path["steps"] == ["user:1", "rated", "movie:10", "has_tag", "tag:heist", "similar_to", "tag:caper", "has_tag",
-                             "movie:20"]
+    assert path["steps"] == ["user:1", "rated", "movie:10", "has_tag", "tag:heist", "similar_to", "tag:caper",
+                             "has_tag", "movie:20"]
     assert path["text"] == ("You rated Ten (1990) 5/5; it is tagged 'heist', and Twenty (1992) is tagged 'caper', "
                             "a similar tag.")
     assert path["text"] == render_path(path["steps"], TITLES, path["rating"])

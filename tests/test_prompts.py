@@ -6,6 +6,7 @@ import pytest
 
 from recxplain.checks import parse_explanation
 from recxplain.config import SamplingConfig, TeacherConfig
+from recxplain.llm import Generation
 from recxplain.prompts import (
     PROMPTS_DIR,
     RETRY_MESSAGE,
@@ -15,7 +16,6 @@ from recxplain.prompts import (
     render_messages,
     template_hash,
 )
-from recxplain.llm import Generation
 from tests.scripted import ScriptedModel, toy_case
 
 SHIPPED = ["explain_seed.j2", "explain_llmxrec.j2", "judge_pair.j2", "explainability.j2",
@@ -91,7 +91,9 @@ def test_every_shipped_template_renders():
         assert messages[-1]["role"] == "user" and messages[-1]["content"]
     judge = render_messages("judge_pair.j2", **contexts["judge_pair.j2"])[1]["content"]
     assert "Option A: First text.\n\nOption B: Second text." in judge
-    assert "Next Preferred Movie: Fargo" in render_messages("reclaif_judge.j2", **contexts["reclaif_judge.j2"])[0]["content"]
+    assert "Next Preferred Movie: Fargo" in render_messages(
+        "reclaif_judge.j2", **contexts["reclaif_judge.j2"]
+    )[0]["content"]
 
 
 def test_bad_templates_fail_clearly(tmp_path):

@@ -24,7 +24,6 @@ from recxplain.config import (
 )
 from recxplain.prompts import read_templates
 from recxplain.schemas import Movie
-from tasks.recommend import train_recommender
 from tasks.reclaif import (
     CandidateSet,
     answer_scores,
@@ -41,6 +40,7 @@ from tasks.reclaif import (
     summarise,
     template_answer,
 )
+from tasks.recommend import train_recommender
 from tests.scripted import ScriptedModel
 
 GENRES = ["Drama", "Comedy", "Action", "Horror"]
@@ -223,13 +223,18 @@ def test_parser_duplicate_picks_and_count():
     assert parse_recommendation(four, CANDIDATES, 3).picks == [3, 1, 5, 6]
     assert not parse_recommendation(four, CANDIDATES, 3).valid
     # A "Star Trek" that could be either Star Trek candidate is not guessed.
-    ambiguous = parse_recommendation("Key Preferences:\n- sci-fi\nRecommended Movies:\n1. Star Trek - space", CANDIDATES, 1)
+    ambiguous = parse_recommendation(
+        "Key Preferences:\n- sci-fi\nRecommended Movies:\n1. Star Trek - space", CANDIDATES, 1
+    )
     assert ambiguous.picks == [] and ambiguous.not_candidates == ["Star Trek"]
 
 
 def answer_naming(*lines: str) -> str:
-    return "Key Preferences:\n- Preference 1: crime\n- Preference 2: space\n\nRecommended Movies (from most to least likely):\n" + \
-        "\n".join(f"{i}. {line} - a reason of several words." for i, line in enumerate(lines, 1))
+    return (
+        "Key Preferences:\n- Preference 1: crime\n- Preference 2: space\n\n"
+        "Recommended Movies (from most to least likely):\n"
+        + "\n".join(f"{i}. {line} - a reason of several words." for i, line in enumerate(lines, 1))
+    )
 
 
 @pytest.mark.parametrize("rank", [1, 2, 3, None])
@@ -281,7 +286,9 @@ def test_template_teacher_answers_parse_valid():
     parsed = parse_recommendation(text, CANDIDATES, 3)
     assert parsed.valid and parsed.picks == [3, 1, 2]
     messages = recommend_messages(cs, ReclaifAnswerConfig(), read_templates("reclaif_recommend.j2"))
-    assert "- Star Trek: First Contact (1996)\n" in messages[-1]["content"] and "top 3 movies" in messages[-1]["content"]
+    assert (
+        "- Star Trek: First Contact (1996)\n" in messages[-1]["content"] and "top 3 movies" in messages[-1]["content"]
+    )
 
 
 def test_template_teacher_sft_rows_carry_the_recommenders_order(toy, tmp_path):
@@ -346,7 +353,9 @@ def test_template_answers_fit_the_students_token_budget(tmp_path):
     build_candidate_sets(sets, candidates=every_user, data=data, recommender=rec)
     reclaif_template_teacher(teacher, answer=cfg.reclaif.answer, recommender=cfg.recommender, candidates=sets,
                              data=data, templates=read_templates(cfg.reclaif.answer.prompt))
-    tokenizer = AutoTokenizer.from_pretrained(resolve_model("smollm2", Path(__file__).resolve().parents[1] / "artifacts"))
+    tokenizer = AutoTokenizer.from_pretrained(
+        resolve_model("smollm2", Path(__file__).resolve().parents[1] / "artifacts")
+    )
     texts = pl.read_parquet(teacher / "generations.parquet")["text"].to_list()
     longest = max(len(tokenizer(text)["input_ids"]) for text in texts)
     assert len(texts) == 900 and longest + 1 <= budget, longest  # + the end-of-turn token
@@ -367,7 +376,9 @@ def test_ranking_values_hand_computed():
 def test_genre_diversity_and_answer_scores():
     assert genre_diversity([["A"], ["A"]]) == 0.0
     assert genre_diversity([["A", "B"], ["B", "C"], ["D"]]) == pytest.approx((2 / 3 + 1 + 1) / 3)
-    cs = CandidateSet(set_id="train-1", split="train", user_id=1, history=[], candidates=CANDIDATES, target=CANDIDATES[0])
+    cs = CandidateSet(
+        set_id="train-1", split="train", user_id=1, history=[], candidates=CANDIDATES, target=CANDIDATES[0]
+    )
     parsed = parse_recommendation(GOOD, CANDIDATES, 3)  # the target (The Godfather) is ranked 2nd
     scores = answer_scores(parsed, GOOD, cs, 3)
     assert scores.relevance == pytest.approx(5 / math.log2(3))
@@ -448,7 +459,9 @@ def test_judge_both_orders_rubric_and_ensemble():
     # Equal relevance (both miss the next movie): a position-biased (inconsistent) LLM casts no
     # vote; the rubric decides (genre diversity: Babe / Godfather / First Contact beat three
     # science fiction films).
-    narrow = GOOD.replace("1. Fargo (1996)", "1. Star Wars (1977)").replace("2. Godfather, The", "2. Star Trek: Generations")
+    narrow = GOOD.replace("1. Fargo (1996)", "1. Star Wars (1977)").replace(
+        "2. Godfather, The", "2. Star Trek: Generations"
+    )
     [result] = judge_recommendation_pairs([(cs, narrow, worse)], judge=ensemble, answer=ReclaifAnswerConfig(),
                                           templates=templates, model=ScriptedModel(position_biased))
     assert result.judgement.llm_choice == "inconsistent" and result.judgement.verdict == "b"
@@ -461,7 +474,8 @@ def test_judge_both_orders_rubric_and_ensemble():
     for judge in (rubric, ensemble):
         model = ScriptedModel(position_biased)
         verdicts = judge_recommendation_pairs(
-            [(cs, invalid, invalid), (cs, worse, broken), (cs, worse, better), (cs, broken_miss, worse), (cs, narrow, worse)],
+            [(cs, invalid, invalid), (cs, worse, broken), (cs, worse, better), (cs, broken_miss, worse),
+             (cs, narrow, worse)],
             judge=judge, answer=ReclaifAnswerConfig(), templates=templates, model=model)
         assert [v.judgement.verdict for v in verdicts] == ["both_bad", "tie", "b", "b", "b"]
         assert verdicts[1].rubric_b.relevance > verdicts[1].rubric_a.relevance  # the broken one ranked Fargo first

@@ -64,8 +64,13 @@ def _train():
 def test_itemknn_similarity_scores_and_neighbours_match_hand_computation():
     rec = fit_recommender(RecommenderConfig(model="itemknn", k=2), _train())
     assert rec.item_ids.tolist() == [2, 3, 1, 4]  # catalogue ordered by popularity, then id
-    sim = {(int(a), int(b)): w for a, b, w in item_neighbours(rec).select("item_id", "neighbour_item_id", "similarity").iter_rows()}
-    assert sim == pytest.approx({(1, 2): S12, (1, 3): S13, (2, 1): S12, (2, 3): S23, (3, 2): S23, (3, 4): S34, (4, 3): S34}, abs=1e-6)
+    sim = {
+        (int(a), int(b)): w
+        for a, b, w in item_neighbours(rec).select("item_id", "neighbour_item_id", "similarity").iter_rows()
+    }
+    assert sim == pytest.approx(
+        {(1, 2): S12, (1, 3): S13, (2, 1): S12, (2, 3): S23, (3, 2): S23, (3, 4): S34, (4, 3): S34}, abs=1e-6
+    )
 
     recs = recommend(rec, 2)
     got = {(u, r): (i, s) for u, r, i, s in recs.select("user_id", "rank", "item_id", "score").iter_rows()}
@@ -142,7 +147,9 @@ def test_stage_writes_artifacts_and_full_ranking_metrics(data_dir, tmp_path):
     recs = pl.read_parquet(out / "recommendations.parquet")
     assert recs.columns == ["user_id", "rank", "item_id", "score", "model"]
     assert set(recs["model"]) == {"itemknn"} and recs["user_id"].n_unique() == 4
-    assert set(pl.read_parquet(out / "neighbours.parquet").columns) >= {"user_id", "item_id", "neighbour_item_id", "weight"}
+    assert set(pl.read_parquet(out / "neighbours.parquet").columns) >= {
+        "user_id", "item_id", "neighbour_item_id", "weight",
+    }
     summary = json.loads((out / "ranking_metrics.json").read_text())
     # valid: user 10 ranks item 3 first, 20 item 4 first, 30 item 1 first; user 40 ranks item 1
     # second (2 scores .667, 1 scores 0) -> HR@1 = 3/4, MRR@3 = (1 + 1 + 1 + 1/2) / 4

@@ -66,7 +66,8 @@ def run(tmp_path_factory):
     pd.DataFrame([{"case_id": c.case_id, "model": m, "text": t, "tokens": 12, "latency_s": 0.2, "valid": True}
                   for c in cases for m, t in texts.items()]).to_parquet(expl / "explanations.parquet")
     (student / "training.json").write_text(json.dumps({"curve": [
-        {"step": 1, "train_loss": 2.0}, {"step": 2, "train_loss": 1.5, "valid_loss": 1.7}, {"step": 3, "train_loss": 1.2}]}))
+        {"step": 1, "train_loss": 2.0}, {"step": 2, "train_loss": 1.5, "valid_loss": 1.7},
+        {"step": 3, "train_loss": 1.2}]}))
 
     def prefer_teacher(requests):  # the teacher beats everyone; template beats sft (both orders)
         rank = {texts["teacher"]: 0, texts["template"]: 1, EVIL: 2}
@@ -145,7 +146,10 @@ def test_metrics_table_and_markdown(run):
     assert [r["explainer"] for r in rows] == ["template", "teacher", "sft"]
     teacher = next(r for r in rows if r["explainer"] == "teacher")
     assert teacher["win_ratio"] == "1.000 [1.000, 1.000]"
-    assert re.fullmatch(r"\d+\.\d+ \[\d+\.\d+, \d+\.\d+\]", teacher["bt_strength"]) or teacher["bt_strength"].startswith("-")
+    assert (
+        re.fullmatch(r"\d+\.\d+ \[\d+\.\d+, \d+\.\d+\]", teacher["bt_strength"])
+        or teacher["bt_strength"].startswith("-")
+    )
     markdown = (run["out"] / "report.md").read_text()
     assert "Best by win ratio: **teacher**" in markdown
     lines = markdown.splitlines()

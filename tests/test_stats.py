@@ -45,7 +45,9 @@ def test_bootstrap_ci_edge_cases_and_other_statistics():
 
 def test_bradley_terry_two_models_is_the_log_odds_of_the_win_rate():
     # x wins 3 of 4: P(x beats y) = 3/4, so strength_x - strength_y = log 3, centred at zero.
-    table = stats.bradley_terry(battles(repeat("x", "y", "a", 2) + [("y", "x", "b"), ("y", "x", "a")]), n_boot=0, alpha=0)
+    table = stats.bradley_terry(
+        battles(repeat("x", "y", "a", 2) + [("y", "x", "b"), ("y", "x", "a")]), n_boot=0, alpha=0
+    )
     assert list(table["model"]) == ["x", "y"]
     assert table["strength"].tolist() == pytest.approx([math.log(3) / 2, -math.log(3) / 2], abs=1e-6)
     assert table["battles"].tolist() == [4, 4]
@@ -159,7 +161,9 @@ def test_agreement_kappa_by_hand():
     # human b         0  3  1
     # human none      1  0  1
     # p_o = 7/10; p_e = (4*4 + 4*4 + 2*2) / 100 = 0.36; kappa = (0.7 - 0.36) / 0.64 = 0.53125.
-    pairs = [("a", "a")] * 3 + [("a", "b"), ("b", "b"), ("b", "b"), ("b", "b"), ("b", "none"), ("none", "a"), ("none", "none")]
+    pairs = [("a", "a")] * 3 + [
+        ("a", "b"), ("b", "b"), ("b", "b"), ("b", "b"), ("b", "none"), ("none", "a"), ("none", "none"),
+    ]
     to_outcome = {"a": "a", "b": "b", "none": "tie"}
     human, judge = [], []
     for i, (h, j) in enumerate(pairs):

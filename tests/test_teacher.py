@@ -122,7 +122,9 @@ def test_teacher_samples_pair_the_kept_answer_with_the_worst_other(tmp_path, cas
     use_model(monkeypatch, model)
     teacher = TeacherConfig(best_of=3, min_words=5)
     (tmp_path / "teacher").mkdir()
-    teacher_generate(tmp_path / "teacher", teacher=teacher, cases=cases_dir, templates=TEMPLATES, artifacts_dir=tmp_path)
+    teacher_generate(
+        tmp_path / "teacher", teacher=teacher, cases=cases_dir, templates=TEMPLATES, artifacts_dir=tmp_path
+    )
     calls = len(model.prompts)
     out = tmp_path / "pairs"
     out.mkdir()

@@ -64,7 +64,9 @@ def test_editing_a_template_reruns_exactly_the_stages_that_render_it(tmp_path, p
         "teacher.require_checks=false", "pairs.source=teacher_samples", "judge.kind=rubric", "judge.min_words=5",
         "judge.min_rubric_score=0.0",
     ]
-    evidence = {"prepare_data": "Cached", "train_recommender": "Cached", "mine_paths": "Cached", "build_cases": "Cached"}
+    evidence = {
+        "prepare_data": "Cached", "train_recommender": "Cached", "mine_paths": "Cached", "build_cases": "Cached",
+    }
 
     first = feedback_flow(settings)
     assert set(first.values()) == {"Completed"} and len(first) == 7

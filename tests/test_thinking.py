@@ -56,7 +56,9 @@ def test_qwen3_style_template_receives_enable_thinking_false(qwen3_style, tokeni
     assert template_options(local_cfg(qwen3_style)) == {}  # default: the template's own default
     assert template_options(local_cfg(qwen3_style, thinking="off")) == {"enable_thinking": False}
     assert template_options(local_cfg(qwen3_style, thinking="on")) == {"enable_thinking": True}
-    off = tokenizer.decode(prompt_token_ids(tokenizer, ASK[0], **template_options(local_cfg(qwen3_style, thinking="off"))))
+    off = tokenizer.decode(
+        prompt_token_ids(tokenizer, ASK[0], **template_options(local_cfg(qwen3_style, thinking="off")))
+    )
     assert off.endswith("<|im_start|>assistant\n<think>\n\n</think>\n\n")
     default = tokenizer.decode(prompt_token_ids(tokenizer, ASK[0]))
     assert default.endswith("<|im_start|>assistant\n")
@@ -138,7 +140,8 @@ def test_openai_thinking_settings_on_the_wire(openai_server, tmp_path):
     load_chat_model(api_cfg(openai_server, reasoning_effort="low"), tmp_path).generate(ASK, GREEDY)
     load_chat_model(api_cfg(openai_server), tmp_path).generate(ASK, GREEDY)
     off, effort, plain = (r["body"] for r in openai_server.requests)
-    assert off["chat_template_kwargs"] == {"enable_thinking": False} and off["max_tokens"] == 4  # vLLM, SGLang, llama.cpp
+    # vLLM, SGLang, llama.cpp
+    assert off["chat_template_kwargs"] == {"enable_thinking": False} and off["max_tokens"] == 4
     assert effort["reasoning_effort"] == "low" and effort["max_completion_tokens"] == 4 and "max_tokens" not in effort
     assert not {"chat_template_kwargs", "reasoning_effort", "max_completion_tokens"} & set(plain)
 

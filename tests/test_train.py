@@ -74,7 +74,8 @@ def tiny_model(tmp_path_factory) -> Path:
     config = LlamaConfig(
         vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
-        tie_word_embeddings=True, initializer_range=0.2, bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+        tie_word_embeddings=True, initializer_range=0.2, bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
     )  # fmt: skip
     torch.manual_seed(0)
     folder = tmp_path_factory.mktemp("tiny-llama")
@@ -180,7 +181,9 @@ def test_adapter_reloads_generates_and_matches_merged(sft_student):
     assert len(new) >= 1 and tokenizer.decode(new, skip_special_tokens=True).strip()
 
     again = train.merge_adapter(adapter, sft_student / "merged-again")
-    assert load_file(again / "model.safetensors").keys() == load_file(sft_student / "merged" / "model.safetensors").keys()
+    assert (
+        load_file(again / "model.safetensors").keys() == load_file(sft_student / "merged" / "model.safetensors").keys()
+    )
 
 
 def test_orpo_learns_from_base(tiny_model, data, tmp_path):
@@ -237,7 +240,9 @@ def test_full_fine_tuning_sft_then_dpo(tiny_model, data, tmp_path):
     train.train_dpo(dpo_out, training=config, preferences=data["pairs"], init=sft_out, artifacts_dir=tmp_path)
     report = json.loads((dpo_out / "training.json").read_text())
     assert report["adapter"] is None and report["merged"] == "merged"
-    assert report["trainable_parameters"] == sum(p.numel() for p in LlamaForCausalLM.from_pretrained(tiny_model).parameters())
+    assert report["trainable_parameters"] == sum(
+        p.numel() for p in LlamaForCausalLM.from_pretrained(tiny_model).parameters()
+    )
     # The reference is a frozen copy of the SFT model, so the first DPO loss is log 2.
     assert report["curve"][0]["train_loss"] == pytest.approx(math.log(2), abs=1e-4)
     with pytest.raises(FileNotFoundError, match="no adapter/ to continue"):
@@ -402,7 +407,8 @@ def _row_logps(model, ids, labels) -> list[torch.Tensor]:
 def test_packed_pairs_match_rows_read_alone(tiny_model, attention):
     """ORPO's packed forward ([prompt][chosen][rejected] in one row) gives every answer token the
     log-prob, and the LoRA weights the gradient, of reading prompt + answer alone."""
-    from peft import LoraConfig as PeftLoraConfig, get_peft_model
+    from peft import LoraConfig as PeftLoraConfig
+    from peft import get_peft_model
 
     tokenizer = AutoTokenizer.from_pretrained(tiny_model)
     torch.manual_seed(0)
@@ -449,14 +455,17 @@ def test_dpo_reads_each_prompt_once_with_trls_numbers(tiny_model, monkeypatch):
     at the answer positions (zeros elsewhere), and the same LoRA gradients."""
     from types import SimpleNamespace
 
-    from peft import LoraConfig as PeftLoraConfig, get_peft_model
+    from peft import LoraConfig as PeftLoraConfig
+    from peft import get_peft_model
     from trl.trainer.utils import add_fused_lm_head
 
     tokenizer = AutoTokenizer.from_pretrained(tiny_model)
     base = AutoModelForCausalLM.from_pretrained(tiny_model)
     add_fused_lm_head(base, outputs=("log_probs", "entropy", "mean_logits", "is_top1"))
     torch.manual_seed(0)
-    model = get_peft_model(base, PeftLoraConfig(r=4, lora_alpha=8, target_modules="all-linear", init_lora_weights=False))
+    model = get_peft_model(
+        base, PeftLoraConfig(r=4, lora_alpha=8, target_modules="all-linear", init_lora_weights=False)
+    )
     pairs = [(_prompt(i), _answer(i), "zq xv " * (1 + i)) for i in range(3)]
     c_ids, c_lab, r_ids, r_lab = _pair_rows(tokenizer, pairs)
     width = max(c_ids.shape[1], r_ids.shape[1])

@@ -17,7 +17,7 @@ of the text; `usage.output_tokens_details.thinking_tokens` becomes the answer's 
 from __future__ import annotations
 
 import time
-from typing import Iterator
+from collections.abc import Iterator
 
 import anthropic
 

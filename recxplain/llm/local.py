@@ -41,9 +41,9 @@ import gc
 import hashlib
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
-from typing import Iterator
 
 import torch
 from transformers.cache_utils import Cache, DynamicCache, DynamicLayer
@@ -163,7 +163,9 @@ def release_models() -> int:
 def make_run(cfg: LLMConfig, artifacts_dir: Path) -> Run:
     def run(jobs: list[Job], sampling: SamplingConfig, usage: Usage) -> Iterator[tuple[int, Generation]]:
         device = pick_device(cfg.device)
-        model, tokenizer = load_local_model(resolve_model(cfg.model, artifacts_dir), cfg.adapter, local_dtype(cfg), device)
+        model, tokenizer = load_local_model(
+            resolve_model(cfg.model, artifacts_dir), cfg.adapter, local_dtype(cfg), device
+        )
         options = template_options(cfg)
         prompt_ids = [prompt_token_ids(tokenizer, job.messages, **options) for job in jobs]
         order = batch_order(prompt_ids)
@@ -301,7 +303,9 @@ def generate_batch(model, tokenizer, prompts: list[list[int]], seeds: list[int],
         attention_mask[r, :lead] = head_mask[group[r]]
         attention_mask[r, width - len(own):width] = 1
     stop_ids = model.generation_config.eos_token_id
-    stop_ids = set(stop_ids if isinstance(stop_ids, list) else [stop_ids if stop_ids is not None else tokenizer.eos_token_id])
+    stop_ids = set(
+        stop_ids if isinstance(stop_ids, list) else [stop_ids if stop_ids is not None else tokenizer.eos_token_id]
+    )
     generators = [torch.Generator().manual_seed(seed) for seed in seeds]
     answers: list[list[int]] = [[] for _ in prompts]
     finished = [False] * rows
@@ -364,7 +368,9 @@ def generate_batch(model, tokenizer, prompts: list[list[int]], seeds: list[int],
             step_ids, positions, length = tokens[:, None], positions[:, -1:] + 1, length + 1
             if done.sum() >= COMPACT_AT * len(live):
                 keep = (~done).nonzero().squeeze(1)
-                live, step_ids, positions, attention_mask = live[keep], step_ids[keep], positions[keep], attention_mask[keep]
+                live, step_ids, positions, attention_mask = (
+                    live[keep], step_ids[keep], positions[keep], attention_mask[keep]
+                )
                 cache.batch_select_indices(keep.to(device))
                 if processors:
                     generated = generated[keep]

@@ -21,7 +21,7 @@ configured servers (vLLM, SGLang, llama.cpp serving Qwen3) take `chat_template_k
 from __future__ import annotations
 
 import time
-from typing import Iterator
+from collections.abc import Iterator
 from urllib.parse import urlsplit
 
 import openai

@@ -20,8 +20,8 @@ import json
 import os
 import random
 import time
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor, as_completed
-from typing import Callable, Iterator
 
 import anthropic
 import openai
