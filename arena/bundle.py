@@ -27,6 +27,7 @@ import polars as pl
 
 from recxplain.config import ArenaConfig
 from recxplain.schemas import check_columns, read_cases
+from recxplain.stage import reads
 from recxplain.stats import check_battles
 
 BUNDLE_FORMAT = "recxplain-arena-bundle/1"
@@ -50,6 +51,7 @@ def _tournament_file(path: Path) -> Path:
     return file
 
 
+@reads(arena=("explainers", "max_history", "seed"))
 def export_arena(
     out: Path,
     *,

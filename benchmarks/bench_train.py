@@ -13,7 +13,7 @@ Compared side by side:
 - SFT in fp32 vs bf16 autocast (`--trainers sft_fp32 sft_bf16`): bf16 pays only where the CPU
   multiplies bf16 matrices in hardware (AMX);
 - DPO with the reference log-probs computed by an extra forward pass each step vs precomputed
-  once before training (`training.precompute_ref_log_probs`). The precompute runs in the
+  once before training (`training.dpo.precompute_ref_log_probs`). The precompute runs in the
   DPOTrainer's constructor over every pair, before the timed steps, so it is timed separately
   (trainer construction and trl's `_precompute_ref_logps`), and the number of optimiser steps in
   one round from which precomputing pays off is printed. The reference is the round's init
@@ -166,10 +166,8 @@ def run_one(kind: str, work: Path, steps: int, threads: int | None = None) -> di
     from tasks import train
 
     # Steps capped, no validation: the numbers are step costs, not quality.
-    cap = {"sft_max_steps": steps, "orpo_max_steps": steps, "dpo_max_steps": steps}
-    overrides = {"valid_fraction": 0.0, **cap}
-    if kind == "dpo_precomputed":
-        overrides["precompute_ref_log_probs"] = True
+    overrides = {"valid_fraction": 0.0, "sft": {"max_steps": steps}, "orpo": {"max_steps": steps},
+                 "dpo": {"max_steps": steps, "precompute_ref_log_probs": kind == "dpo_precomputed"}}
     if kind == "sft_batch2x2":  # same 4 rows per optimiser step, half the activations at a time
         overrides.update(batch_size=2, gradient_accumulation_steps=2)
     if kind in ("sft_fp32", "sft_bf16"):  # training.precision pinned either way (`auto` picks one)
@@ -223,7 +221,8 @@ def run_one(kind: str, work: Path, steps: int, threads: int | None = None) -> di
         train.train_dpo(out, training=training, preferences=work / "pairs", init=work / "sft_plain_loss",
                         artifacts_dir=artifacts)  # fmt: skip
     wall, cpu = time.perf_counter() - start, time.process_time() - cpu_start
-    report = json.loads((out / "training.json").read_text())
+    # The content (steps, tokens) and the run's timings and peak memory, kept beside it.
+    report = json.loads((out / "training.json").read_text()) | json.loads((out / "run.json").read_text())
     tokens_per_step = report["train_tokens"] / report["steps"]
     later = step_times[1:] or step_times  # the first step also warms up
     return {

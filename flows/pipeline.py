@@ -25,13 +25,12 @@ from flows.runners import ConfigTaskRunner
 from flows.summary import StageLog, publish_run_summary
 from recxplain.config import Config, load_config
 from recxplain.discriminator import file_digest
-from recxplain.prompts import read_templates
 from recxplain.stage import stage
 from tasks.cases import build_cases
 from tasks.data import prepare_data, source_digest
 from tasks.discriminator import train_discriminator
 from tasks.evaluate import evaluate
-from tasks.explain import explanation_prompts, generate_explanations, student_explainers
+from tasks.explain import generate_explanations, student_explainers
 from tasks.judge import base_judge, judge_pairs
 from tasks.paths import mine_paths
 from tasks.recommend import train_recommender
@@ -66,17 +65,12 @@ def evidence_stages(cfg: Config, log: StageLog) -> dict[str, Path]:
 
 def feedback_stages(cfg: Config, log: StageLog, cases: Path) -> dict[str, Path]:
     """AI feedback on the train cases: teacher explanations (SFT data) and judged teacher pairs."""
-    explain_prompt = read_templates(cfg.teacher.prompt)
-    judge_prompts = read_templates(cfg.judge.prompt)
-    teacher = log.run(TEACHER_GENERATE, teacher=cfg.teacher, cases=cases, templates=explain_prompt)
+    teacher = log.run(TEACHER_GENERATE, teacher=cfg.teacher, cases=cases)
     pairs = log.run(
-        SAMPLE_PAIRS, pairs=cfg.pairs, teacher=cfg.teacher, training=cfg.training, cases=cases,
-        student=None, templates=explain_prompt,
+        SAMPLE_PAIRS, pairs=cfg.pairs, teacher=cfg.teacher, training=cfg.training, cases=cases, student=None,
         teacher_samples=teacher if cfg.pairs.source == "teacher_samples" else None,
     )
-    preferences = log.run(
-        JUDGE_PAIRS, judge=base_judge(cfg.judge), cases=cases, pairs=pairs, templates=judge_prompts
-    )
+    preferences = log.run(JUDGE_PAIRS, judge=base_judge(cfg.judge), cases=cases, pairs=pairs)
     return {"teacher": teacher, "pairs": pairs, "preferences": preferences}
 
 
@@ -89,15 +83,13 @@ def student_stages(cfg: Config, log: StageLog, cases: Path, feedback: dict[str, 
     students["orpo"] = log.run(TRAIN_ORPO, training=cfg.training, preferences=feedback["preferences"])
     current = students["sft"]
     student_pairs = cfg.pairs.model_copy(update={"source": "student"})
-    explain_prompt = read_templates(cfg.teacher.prompt)
     for r in range(1, cfg.training.rounds + 1):
         pairs = log.run(
             SAMPLE_PAIRS, label=f"sample_pairs_r{r}", pairs=student_pairs, teacher=cfg.teacher,
-            training=cfg.training, cases=cases, student=current, templates=explain_prompt,
+            training=cfg.training, cases=cases, student=current,
         )
         preferences = log.run(
-            JUDGE_PAIRS, label=f"judge_pairs_r{r}", judge=base_judge(cfg.judge), cases=cases, pairs=pairs,
-            templates=read_templates(cfg.judge.prompt),
+            JUDGE_PAIRS, label=f"judge_pairs_r{r}", judge=base_judge(cfg.judge), cases=cases, pairs=pairs
         )
         feedback[f"preferences_r{r}"] = preferences
         current = log.run(
@@ -116,10 +108,9 @@ def evaluation_stages(cfg: Config, log: StageLog, cases: Path, students: dict[st
     wanted = {name: students[name] for name in student_explainers(cfg.evaluation, cfg.training)}
     explanations = log.run(
         GENERATE_EXPLANATIONS, evaluation=cfg.evaluation, teacher=cfg.teacher, training=cfg.training,
-        cases=cases, students=wanted, templates=read_templates(*explanation_prompts(cfg.evaluation, cfg.teacher)),
+        cases=cases, students=wanted,
     )
     out: dict[str, Path] = {}
-    judge_prompts = [cfg.judge.prompt, cfg.judge.explainability_prompt]
     if cfg.judge.kind == "discriminator":
         d = cfg.judge.discriminator
         folders = {name: folder for name, folder in (judged or {}).items() if name.startswith("preferences")}
@@ -128,13 +119,10 @@ def evaluation_stages(cfg: Config, log: StageLog, cases: Path, students: dict[st
         # The explanations and the votes file enter the key only when there are votes to read.
         voting = {"explanations": explanations, "votes_digest": file_digest(d.arena_votes)} if d.arena_votes else {}
         out["discriminator"] = log.run(
-            TRAIN_DISCRIMINATOR, judge=cfg.judge, cases=cases, judged=folders, templates=read_templates(d.prompt),
-            **voting,
+            TRAIN_DISCRIMINATOR, judge=cfg.judge, cases=cases, judged=folders, **voting
         )
-        judge_prompts.append(d.prompt)
     metrics = log.run(
         EVALUATE, evaluation=cfg.evaluation, judge=cfg.judge, cases=cases, explanations=explanations,
-        templates=read_templates(*judge_prompts),
         **({"discriminator": out["discriminator"]} if "discriminator" in out else {}),
     )
     report = log.run(

@@ -23,7 +23,6 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
 from flows.summary import StageLog
 from recxplain.config import Config
-from recxplain.prompts import read_templates
 from recxplain.stage import stage
 from tasks.reclaif import (
     build_candidate_sets,
@@ -58,7 +57,6 @@ def reclaif_stages(cfg: Config, log: StageLog, evidence: dict[str, Path]) -> dic
     artifact folder by name (`reclaif_evaluate` holds comparison.md / comparison.parquet, `report`
     the report)."""
     r = cfg.reclaif
-    recommend_prompt = read_templates(r.answer.prompt)
     out: dict[str, Path] = {}
     out["reclaif_candidates"] = candidates = log.run(
         BUILD_CANDIDATE_SETS, candidates=r.candidates, data=evidence["data"], recommender=evidence["recommender"]
@@ -66,11 +64,11 @@ def reclaif_stages(cfg: Config, log: StageLog, evidence: dict[str, Path]) -> dic
     if r.teacher == "template":  # the classic recommender's ranking, written in RecLAIF's format
         out["reclaif_teacher"] = log.run(
             RECLAIF_TEMPLATE_TEACHER, answer=r.answer, recommender=cfg.recommender, candidates=candidates,
-            data=evidence["data"], templates=recommend_prompt,
+            data=evidence["data"],
         )
     else:
         out["reclaif_teacher"] = log.run(
-            RECLAIF_TEACHER, answer=r.answer, teacher=cfg.teacher, candidates=candidates, templates=recommend_prompt
+            RECLAIF_TEACHER, answer=r.answer, teacher=cfg.teacher, candidates=candidates
         )
     students = {"sft": log.run(TRAIN_SFT, label="reclaif_train_sft", training=cfg.training, sft=out["reclaif_teacher"])}
     pairs_cfg = cfg.pairs.model_copy(update={"source": "student"})  # RecLAIF samples the current student
@@ -80,11 +78,10 @@ def reclaif_stages(cfg: Config, log: StageLog, evidence: dict[str, Path]) -> dic
         pairs = log.run(
             RECLAIF_SAMPLE_PAIRS, label=f"reclaif_sample_pairs_r{round_}", answer=r.answer, pairs=pairs_cfg,
             teacher=cfg.teacher, training=cfg.training, candidates=candidates, student=current,
-            templates=recommend_prompt,
         )
         preferences = log.run(
             RECLAIF_JUDGE_PAIRS, label=f"reclaif_judge_pairs_r{round_}", judge=r.judge, answer=r.answer,
-            candidates=candidates, pairs=pairs, templates=read_templates(r.judge.prompt),
+            candidates=candidates, pairs=pairs,
         )
         out[f"reclaif_pairs_r{round_}"], out[f"reclaif_preferences_r{round_}"] = pairs, preferences
         feedback |= {f"pairs_r{round_}": pairs, f"judge_r{round_}": preferences}
@@ -100,12 +97,11 @@ def reclaif_stages(cfg: Config, log: StageLog, evidence: dict[str, Path]) -> dic
     wanted = {name: students[name] for name in student_recommenders(r.evaluation, cfg.training)}
     out["reclaif_answers"] = answers = log.run(
         RECLAIF_RECOMMEND, evaluation=r.evaluation, answer=r.answer, teacher=cfg.teacher, training=cfg.training,
-        candidates=candidates, students=wanted, templates=recommend_prompt,
+        candidates=candidates, students=wanted,
     )
     out["reclaif_evaluate"] = evaluation = log.run(
         RECLAIF_EVALUATE, evaluation=r.evaluation, answer=r.answer, judge=r.judge, recommender=cfg.recommender,
         data=evidence["data"], candidates=candidates, answers=answers, training=cfg.training,
-        templates=read_templates(r.judge.explainability_prompt),
     )
     publish_comparison(evaluation)
     out["report"] = log.run(WRITE_RECLAIF_REPORT, label="write_report", evaluation=evaluation, candidates=candidates,

@@ -14,8 +14,9 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+import warnings
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import yaml
@@ -512,12 +513,80 @@ class LoraConfig(Section):
     target_modules: list[str] | Literal["all-linear"] = "all-linear"
 
 
+class SFTConfig(Section):
+    """Supervised fine-tuning on the teacher's answers (`training.sft`).
+
+    Attributes:
+        epochs: epochs over the teacher data.
+        max_steps: cap on optimiser steps (-1: `epochs` decides).
+        learning_rate: optimiser learning rate (SFT learns the task from the base model).
+    """
+
+    epochs: float = Field(1.0, gt=0)
+    max_steps: int = Field(12, ge=-1)
+    learning_rate: float = Field(2e-4, gt=0)
+
+
+class ORPOConfig(Section):
+    """ORPO on the judged teacher pairs, from the base model (`training.orpo`).
+
+    Attributes:
+        epochs: epochs over the judged pairs.
+        max_steps: cap on optimiser steps (-1: `epochs` decides).
+        learning_rate: optimiser learning rate (ORPO, like SFT, learns the task from the base).
+        beta: ORPO's lambda, the weight of the odds-ratio term beside the chosen answer's NLL.
+    """
+
+    epochs: float = Field(1.0, gt=0)
+    max_steps: int = Field(8, ge=-1)
+    learning_rate: float = Field(2e-4, gt=0)
+    beta: float = Field(0.1, gt=0)
+
+
+class DPOConfig(Section):
+    """Each round of iterative DPO, from the previous student (`training.dpo`).
+
+    Attributes:
+        epochs: epochs per round.
+        max_steps: cap on optimiser steps per round (-1: `epochs` decides).
+        learning_rate: optimiser learning rate (continues an already trained student).
+        beta: DPO's beta, how far the policy may move from the reference.
+        sft_weight: weight of a likelihood term on the chosen answer added to the DPO loss
+            (RPO, Pang et al. 2024; trl's loss types `sigmoid` + `sft`); 0 is plain DPO. It keeps
+            the chosen answers' likelihood, their end of turn included, from falling with the
+            rejected ones' when the pairs are few.
+        precompute_ref_log_probs: compute the reference log-probs once per round before
+            training instead of one extra forward pass per step (pays off over several epochs).
+    """
+
+    epochs: float = Field(1.0, gt=0)
+    max_steps: int = Field(8, ge=-1)
+    learning_rate: float = Field(5e-5, gt=0)
+    beta: float = Field(0.1, gt=0)
+    sft_weight: float = Field(0.0, ge=0)
+    precompute_ref_log_probs: bool = False
+
+
+# Flat `training` keys of configs written before the per-trainer sections -> where they live now.
+OLD_TRAINING_KEYS = {
+    "sft_epochs": ("sft.epochs",), "sft_max_steps": ("sft.max_steps",),
+    "orpo_epochs": ("orpo.epochs",), "orpo_max_steps": ("orpo.max_steps",),
+    "dpo_epochs": ("dpo.epochs",), "dpo_max_steps": ("dpo.max_steps",),
+    "learning_rate": ("sft.learning_rate", "orpo.learning_rate"), "dpo_learning_rate": ("dpo.learning_rate",),
+    "beta": ("dpo.beta", "orpo.beta"), "dpo_sft_weight": ("dpo.sft_weight",),
+    "precompute_ref_log_probs": ("dpo.precompute_ref_log_probs",),
+}
+
+
 class TrainingConfig(Section):
-    """The student and how it is trained (SFT, ORPO, iterative DPO).
+    """The student and how it is trained: what every trainer shares here, and one section per
+    trainer (`sft`, `orpo`, `dpo`), as trl has one config per trainer.
 
     The defaults fit the embedded CPU flow (SmolLM2-135M, 2 cores): a few dozen optimiser steps
-    in all, capped by the `*_max_steps` fields (see benchmarks/bench_train.py for step times).
-    Raise the caps, or set them to -1 to let the epochs decide, for a real run.
+    in all, capped by each trainer's `max_steps` (see benchmarks/bench_train.py for step times).
+    Raise the caps, or set them to -1 to let the epochs decide, for a real run. Configs written
+    with the older flat keys (`sft_max_steps`, `dpo_learning_rate`, `beta`, ...) still load: each
+    is moved to its trainer's section, with a warning that names the new key.
 
     Attributes:
         base_model: Hugging Face model folder, or `smollm2` for the embedded default.
@@ -526,16 +595,10 @@ class TrainingConfig(Section):
             answer with the empty thinking block its SFT rows hold; `default` for models that
             never think.
         lora: adapter settings.
-        sft_epochs: SFT epochs over the teacher data.
-        orpo_epochs: ORPO epochs over the judged pairs.
-        dpo_epochs: DPO epochs per round.
-        sft_max_steps: cap on SFT optimiser steps (-1: `sft_epochs` decides).
-        orpo_max_steps: cap on ORPO optimiser steps (-1: `orpo_epochs` decides).
-        dpo_max_steps: cap on DPO optimiser steps per round (-1: `dpo_epochs` decides).
+        sft: supervised fine-tuning on the teacher's answers.
+        orpo: ORPO on the judged teacher pairs.
+        dpo: each DPO round.
         rounds: DPO rounds (RecLAIF Algorithm 1); 0 disables DPO.
-        learning_rate: optimiser learning rate for SFT and ORPO (both learn the task from the
-            base model).
-        dpo_learning_rate: optimiser learning rate for DPO (continues an already trained student).
         batch_size: per-device batch size on CPU (rows for SFT, pairs for ORPO/DPO).
         gpu_batch_size: per-device batch size when a CUDA GPU is present.
         gradient_accumulation_steps: micro-batches per optimiser step.
@@ -546,11 +609,6 @@ class TrainingConfig(Section):
             1.25x slower without it), else fp32.
         max_length: longest tokenised prompt + answer; a longer row fails before training,
             naming its file, line and case_id.
-        beta: DPO beta / ORPO lambda.
-        dpo_sft_weight: weight of a likelihood term on the chosen answer added to the DPO loss
-            (RPO, Pang et al. 2024; trl's loss types `sigmoid` + `sft`); 0 is plain DPO. It keeps
-            the chosen answers' likelihood, their end of turn included, from falling with the
-            rejected ones' when the pairs are few.
         valid_fraction: held-out share of the cases (grouped by case_id) for validation loss
             and DPO/ORPO reward accuracy; 0 disables validation.
         valid_min_cases: at least this many cases are held out when validating (at most a
@@ -560,8 +618,6 @@ class TrainingConfig(Section):
             first step, except for DPO, whose loss is log 2 there, and after the last).
         save_steps: write a resumable checkpoint under `<out>/checkpoints/` every N steps;
             checkpoints are deleted once the adapter is exported.
-        precompute_ref_log_probs: DPO computes reference log-probs once per round before
-            training instead of one extra forward pass per step (pays off over several epochs).
         merge: also export a merged full model (safetensors) next to each adapter.
         seed: training seed (data order, adapter initialisation, validation split).
     """
@@ -569,37 +625,51 @@ class TrainingConfig(Section):
     base_model: str = "smollm2"
     thinking: Literal["default", "off", "on"] = "default"
     lora: LoraConfig = LoraConfig()
-    sft_epochs: float = Field(1.0, gt=0)
-    orpo_epochs: float = Field(1.0, gt=0)
-    dpo_epochs: float = Field(1.0, gt=0)
-    sft_max_steps: int = Field(12, ge=-1)
-    orpo_max_steps: int = Field(8, ge=-1)
-    dpo_max_steps: int = Field(8, ge=-1)
+    sft: SFTConfig = SFTConfig()
+    orpo: ORPOConfig = ORPOConfig()
+    dpo: DPOConfig = DPOConfig()
     rounds: int = Field(2, ge=0)
-    learning_rate: float = Field(2e-4, gt=0)
-    dpo_learning_rate: float = Field(5e-5, gt=0)
     batch_size: int = Field(4, ge=1)
     gpu_batch_size: int = Field(16, ge=1)
     gradient_accumulation_steps: int = Field(1, ge=1)
     gradient_checkpointing: bool = False
     precision: Literal["auto", "bf16", "fp32"] = "auto"
     max_length: int = Field(1024, ge=16)
-    beta: float = Field(0.1, gt=0)
-    dpo_sft_weight: float = Field(0.0, ge=0)
     valid_fraction: float = Field(0.1, ge=0, lt=1)
     valid_min_cases: int = Field(8, ge=1)
     logging_steps: int = Field(1, ge=1)
     eval_steps: int = Field(4, ge=1)
     save_steps: int = Field(4, ge=1)
-    precompute_ref_log_probs: bool = False
     merge: bool = False
     seed: int = 42
 
+    @model_validator(mode="before")
+    @classmethod
+    def _move_old_keys(cls, data: Any) -> Any:
+        if not isinstance(data, dict) or not OLD_TRAINING_KEYS.keys() & data.keys():
+            return data
+        data = {k: dict(v) if k in ("sft", "orpo", "dpo") and isinstance(v, dict) else v for k, v in data.items()}
+        for old, targets in OLD_TRAINING_KEYS.items():
+            if old not in data:
+                continue
+            value = data.pop(old)
+            for target in targets:
+                trainer, field = target.split(".")
+                section = data.setdefault(trainer, {})
+                if not isinstance(section, dict):
+                    section = data[trainer] = section.model_dump()
+                if field in section:
+                    raise ValueError(f"training.{old} and training.{target} are both set: keep {target}")
+                section[field] = value
+            warnings.warn(f"training.{old} is now training.{' and training.'.join(targets)}", FutureWarning,
+                          stacklevel=2)
+        return data
+
     @model_validator(mode="after")
     def _steps_not_zero(self) -> TrainingConfig:
-        for name in ("sft_max_steps", "orpo_max_steps", "dpo_max_steps"):
-            if getattr(self, name) == 0:
-                raise ValueError(f"training.{name} must be -1 (no cap) or a positive number of steps")
+        for name in ("sft", "orpo", "dpo"):
+            if getattr(self, name).max_steps == 0:
+                raise ValueError(f"training.{name}.max_steps must be -1 (no cap) or a positive number of steps")
         return self
 
 
@@ -1045,6 +1115,13 @@ def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -
         raise ConfigError(f"{path}: the top level must be a mapping of sections")
     for text in overrides:
         keys, value = _parse_override(text)
+        if len(keys) == 2 and keys[0] == "training" and keys[1] in OLD_TRAINING_KEYS:  # wins over the file's
+            targets = OLD_TRAINING_KEYS[keys[1]]
+            warnings.warn(f"training.{keys[1]} is now training.{' and training.'.join(targets)}", FutureWarning,
+                          stacklevel=2)
+            for target in targets:
+                _apply_override(tree, ["training", *target.split(".")], value, text)
+            continue
         _apply_override(tree, keys, value, text)
     try:
         return Config.model_validate(tree)

@@ -64,6 +64,25 @@ def read_templates(*names: str, prompts_dir: Path = PROMPTS_DIR) -> dict[str, st
     return templates
 
 
+def usage_counts(model: object) -> dict:
+    """A chat model's counters (calls, tokens, cost) without its wall time: what a stage writes
+    into its stats; the seconds go to its run facts (artifact content must not change between
+    identical runs)."""
+    return {k: v for k, v in (getattr(model, "usage", {}) or {}).items() if k != "seconds"}
+
+
+def judge_prompts(judge, *, explainability: bool = False) -> list[str]:
+    """The templates a judge (`JudgeConfig`) renders: its pair prompt when an LLM votes, the
+    discriminator's prompt, and with `explainability` the 1-100 score's prompt."""
+    kind = judge.discriminator.base if judge.kind == "discriminator" else judge.kind
+    names = [judge.prompt] if kind in ("llm", "ensemble") else []
+    if judge.kind == "discriminator":
+        names.append(judge.discriminator.prompt)
+    if explainability:
+        names.append(judge.explainability_prompt)
+    return names
+
+
 def template_hash(source: str) -> str:
     """First 16 hex digits of the sha256 of a template's source text."""
     return hashlib.sha256(source.encode()).hexdigest()[:16]

@@ -3,9 +3,12 @@
 A stage function has the signature `fn(out: Path, **inputs) -> None` and writes its files into
 `out`. Its keyword arguments are config sections (pydantic models, hashed by value), input
 artifact folders (`Path`, or a dict of them, hashed by content) and `artifacts_dir` (not hashed).
+`@reads` declares which fields of each config section it reads and which prompt templates it
+renders: only those enter its key, and the stage gets sections that hold only those fields.
 
-The key of a run is the hash of the stage name, the source of the stage's module, the config
-sections and the content of the input folders. Its output lives in `<artifacts>/<stage>/<key>/`:
+The key of a run is the hash of the stage name, the source of the stage's module (and of the
+project modules it uses), the declared config fields, the declared templates' text and the
+content of the input folders. Its output lives in `<artifacts>/<stage>/<key>/`:
 - the function writes into `<key>.partial/`, which is renamed to `<key>/` only when it returns,
   so a killed run leaves no folder a later run would trust (and a partial folder keeps what a
   resumable stage, like training, needs to resume: its checkpoints);
@@ -17,6 +20,7 @@ sections and the content of the input folders. Its output lives in `<artifacts>/
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import inspect
 import json
@@ -31,20 +35,40 @@ from typing import Any
 
 from prefect import Task, task
 from prefect.cache_policies import CachePolicy
-from pydantic import BaseModel
+from pydantic import BaseModel, ConfigDict, create_model
+
+from recxplain.prompts import read_templates
 
 # Bump to invalidate every stage at once (e.g. when the artifact layout changes).
-LAYOUT_VERSION = "1"
+LAYOUT_VERSION = "2"
 MANIFEST = "_stage.json"
 PREFECT_RECORD = "_prefect_result"
-# Not part of an artifact's content: Prefect's record and training checkpoints kept for resume.
-NOT_CONTENT = {PREFECT_RECORD, "checkpoints"}
+# Facts about one run of a stage (seconds, tokens per second, peak memory, API usage): a stage
+# writes them here, beside its content, so that an identical rerun writes identical content.
+RUN_FACTS = "run.json"
+# Not part of an artifact's content: Prefect's record, training checkpoints kept for resume, the
+# LLM response caches and the run facts.
+NOT_CONTENT = {PREFECT_RECORD, "checkpoints", "cache", RUN_FACTS}
 
 
 # (folder, every file's name, inode, size and mtime) -> content digest. A run computes each folder's
 # digest several times (its own check, then once per downstream key); files are read once per
 # process unless one is rewritten (new inode, size or mtime).
 _DIGESTS: dict[tuple, str] = {}
+
+
+def write_run_facts(out: Path, **facts: Any) -> None:
+    """Add `facts` (seconds, throughput, peak memory, API usage) to `out/run.json`: what one run of
+    a stage measured, kept beside its content and out of its digest."""
+    path = Path(out) / RUN_FACTS
+    known = json.loads(path.read_text()) if path.exists() else {}
+    path.write_text(json.dumps(known | facts, indent=2, default=str))
+
+
+def read_run_facts(folder: Path) -> dict:
+    """The run facts of a stage folder (`write_run_facts`); {} when it has none."""
+    path = Path(folder) / RUN_FACTS
+    return json.loads(path.read_text()) if path.exists() else {}
 
 
 def _stat(path: Path) -> tuple[int, int, int]:
@@ -83,6 +107,112 @@ def folder_digest(folder: Path) -> str:
     if not (folder / MANIFEST).exists():
         raise FileNotFoundError(f"{folder}: not a completed stage artifact (no {MANIFEST})")
     return _content_digest(folder)
+
+
+# ---------------------------------------------------------------------------------------------
+# What a stage reads
+
+
+@dataclass(frozen=True)
+class Reads:
+    """A stage's declaration (`@reads`): config argument -> the fields it reads; the templates it
+    renders (dotted config paths naming a template, or a function of the stage's inputs that
+    returns template names)."""
+
+    fields: dict[str, tuple[str, ...]]
+    templates: tuple[str, ...] | Callable[..., list[str]] = ()
+
+
+def reads(templates: tuple[str, ...] | Callable[..., list[str]] = (), **fields: tuple[str, ...]) -> Callable:
+    """Declare what a stage reads, e.g. `@reads(training=("base_model", "sft"), templates=("teacher.prompt",))`
+    (`data=ALL`: every field of the section).
+
+    Only the declared fields of each config section enter the stage's key, and the stage is
+    called with sections holding only those fields (reading another one raises AttributeError),
+    so that changing a field reruns exactly the stages that read it. The declared templates are
+    read from `configs/prompts/` and passed as the stage's `templates` argument; their text is in
+    the key. `templates` as a function gets the stage's (declared) config sections by name.
+    """
+    def declare(fn: Callable) -> Callable:
+        fn.__reads__ = Reads({name: tuple(names) for name, names in fields.items()}, templates)
+        return fn
+
+    return declare
+
+
+# `@reads(data=ALL)`: the stage reads every field of the section.
+ALL = ("*",)
+
+
+def declared(fn: Callable) -> Reads | None:
+    return getattr(fn, "__reads__", None)
+
+
+class _View(BaseModel):
+    """A config section cut down to the fields a stage declares."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            raise AttributeError(f"{type(self).__qualname__} has no field {name!r}: the stage reads only the fields "
+                                 "its @reads declares") from None
+
+
+@functools.cache
+def _view_class(cls: type[BaseModel], fields: tuple[str, ...]) -> type[BaseModel]:
+    unknown = [name for name in fields if name not in cls.model_fields]
+    if unknown:
+        raise ValueError(f"{cls.__name__} has no field(s) {unknown}: fix the stage's @reads")
+    definitions = {name: (cls.model_fields[name].annotation, cls.model_fields[name]) for name in fields}
+    view = create_model(cls.__name__, __base__=_View, __doc__=cls.__doc__, **definitions)
+    view.__qualname__ = f"{cls.__qualname__}[{', '.join(fields)}]"
+    return view
+
+
+def project(section: BaseModel, fields: tuple[str, ...]) -> BaseModel:
+    """`section` with only `fields` (a pydantic model of the same name, without the others)."""
+    values = {name: getattr(section, name) for name in fields}
+    return _view_class(type(section), tuple(fields)).model_construct(**values)
+
+
+def _template_names(reads_: Reads, inputs: dict[str, Any]) -> list[str]:
+    if callable(reads_.templates):
+        return [name for name in reads_.templates(**inputs) if name]
+    names = []
+    for path in reads_.templates:
+        section, *attrs = path.split(".")
+        value = inputs.get(section)
+        for attr in attrs:
+            value = getattr(value, attr, None) if value is not None else None
+        if value:
+            names.append(value)
+    return list(dict.fromkeys(names))
+
+
+def stage_inputs(fn: Callable, inputs: dict[str, Any]) -> dict[str, Any]:
+    """What `fn` gets of `inputs`: each declared section projected on its declared fields, and the
+    declared templates' text as `templates` (see `reads`)."""
+    reads_ = declared(fn)
+    if reads_ is None:
+        return dict(inputs)
+    missing = sorted(set(reads_.fields) - set(inputs))
+    if missing:
+        raise TypeError(f"{fn.__name__} declares @reads of {missing}, which it was not given")
+    undeclared = sorted(name for name, value in inputs.items()
+                        if isinstance(value, BaseModel) and name not in reads_.fields)
+    if undeclared:
+        raise TypeError(f"{fn.__name__} was given config section(s) {undeclared} that its @reads does not declare")
+    given = {name: project(value, reads_.fields[name])
+             if name in reads_.fields and value is not None and reads_.fields[name] != ALL else value
+             for name, value in inputs.items()}
+    if reads_.templates:
+        if "templates" in inputs:
+            raise TypeError(f"{fn.__name__} reads its templates itself (@reads): do not pass templates=")
+        given["templates"] = read_templates(*_template_names(reads_, given))
+    return given
 
 
 def _describe(value: Any) -> Any:
@@ -136,6 +266,7 @@ def code_version(fn: Callable) -> str:
 
 
 def stage_key(name: str, fn: Callable, inputs: dict[str, Any]) -> str:
+    inputs = stage_inputs(fn, inputs)
     described = {k: _describe(v) for k, v in sorted(inputs.items()) if k != "artifacts_dir"}
     text = json.dumps(
         {"stage": name, "layout": LAYOUT_VERSION, "code": code_version(fn), "inputs": described},
@@ -155,7 +286,7 @@ def run_stage(name: str, fn: Callable, artifacts_dir: Path, inputs: dict[str, An
     partial = out.with_name(f"{key}.partial")
     partial.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
-    call = dict(inputs)
+    call = stage_inputs(fn, inputs)
     if "artifacts_dir" in inspect.signature(fn).parameters:
         call["artifacts_dir"] = Path(artifacts_dir)
     fn(partial, **call)
@@ -165,7 +296,9 @@ def run_stage(name: str, fn: Callable, artifacts_dir: Path, inputs: dict[str, An
         "code": code_version(fn),
         "seconds": round(time.perf_counter() - started, 3),
         "digest": _content_digest(partial),
-        "inputs": {k: str(v) if isinstance(v, Path) else _describe(v) for k, v in inputs.items()},
+        "inputs": {k: str(v) if isinstance(v, Path) else _describe(v) for k, v in call.items()
+                   if k not in ("artifacts_dir", "templates")},
+        "templates": sorted(call.get("templates") or {}),
         "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
     (partial / MANIFEST).write_text(json.dumps(manifest, indent=2, default=str))

@@ -26,6 +26,7 @@ import polars as pl
 
 from recxplain.config import CasesConfig
 from recxplain.schemas import Case, Movie, Neighbour, PathEvidence, RatedMovie, check_columns, write_cases
+from recxplain.stage import ALL, reads
 
 PROFILE_FIELDS = ("age", "gender", "occupation")
 CATALOGUE = "catalogue.json"
@@ -55,6 +56,7 @@ def sample_users(eligible: list[int], cases: CasesConfig) -> tuple[list[int], li
     return sorted(picked[cases.eval_users :]), sorted(picked[: cases.eval_users])
 
 
+@reads(cases=ALL)
 def build_cases(out: Path, *, cases: CasesConfig, data: Path, recommender: Path, paths: Path) -> None:
     """Write train.jsonl / eval.jsonl of explanation cases, catalogue.json and stats.json."""
     interactions = _read(data, "interactions.parquet", "interactions")

@@ -31,6 +31,7 @@ import numpy as np
 import polars as pl
 
 from recxplain.config import DataConfig
+from recxplain.stage import ALL, reads
 
 # Freebase relations of the ml-100k KG, movie -> entity direction, and the entity type of the tail.
 # The reverse relations (`film.director.film`, ...) carry the same edges and are dropped.
@@ -720,6 +721,7 @@ def source_digest(data: DataConfig) -> str:
     return digest.hexdigest()
 
 
+@reads(data=ALL)
 def prepare_data(out: Path, *, data: DataConfig, source_digest: str | None = None) -> None:
     """Read the configured source, cut, split and write the data artifacts into `out`.
 

@@ -13,7 +13,7 @@ out `judge.discriminator.holdout` of the cases, trains the LoRA reward model of
 - `agreement.json`: agreement with the held-out verdicts (and, for comparison, with the training
   pairs it saw), overall and per source, with n, a Wilson 95% interval and a binomial test
   against chance; the arena votes used and left out;
-- `training.json`: steps, loss and accuracy per step, seconds, device.
+- `training.json`: steps, loss and accuracy per step, device (`run.json`: seconds).
 """
 
 from __future__ import annotations
@@ -26,8 +26,10 @@ import pandas as pd
 from recxplain import discriminator as disc
 from recxplain.config import JudgeConfig
 from recxplain.schemas import check_columns, read_cases
+from recxplain.stage import ALL, reads, write_run_facts
 
 
+@reads(judge=ALL, templates=("judge.discriminator.prompt",))
 def train_discriminator(
     out: Path,
     *,
@@ -94,4 +96,5 @@ def train_discriminator(
         "held_out_cases": len({p["case_id"] for p in held_out}),
         "held_out": measured["held_out"], "train": measured["train"], "arena": arena,
     }, indent=2))
+    write_run_facts(out, train_seconds=report.pop("train_seconds"))
     (out / "training.json").write_text(json.dumps(report, indent=2))

@@ -65,7 +65,9 @@ import pandas as pd
 
 from recxplain.checks import Catalogue, CheckResult, check_explanations
 from recxplain.config import EvaluationConfig, JudgeConfig
+from recxplain.prompts import judge_prompts
 from recxplain.schemas import Case, check_columns, read_cases
+from recxplain.stage import ALL, reads
 from recxplain.stats import bootstrap_ci, bradley_terry, paired_comparison, pairwise_tests, win_rate_matrix
 from tasks.explain import AGE_TOLERANCE, STUDENT
 
@@ -530,6 +532,10 @@ PER_EXPLANATION_METRICS = (
 )
 
 
+@reads(evaluation=("attribute_prediction", "attributes", "bootstrap", "diversity", "embedding_model", "explainability",
+                   "seed", "tournament", "tournament_cases"),
+       judge=ALL,
+       templates=lambda judge, evaluation, **_: judge_prompts(judge, explainability=evaluation.explainability))
 def evaluate(out: Path, *, evaluation: EvaluationConfig, judge: JudgeConfig, cases: Path, explanations: Path,
              artifacts_dir: Path, templates: dict[str, str] | None = None, discriminator: Path | None = None) -> None:
     """Score every explainer's held-out explanations; write the tables listed in the module docstring.

@@ -48,6 +48,7 @@ from recxplain.config import EvaluationConfig, LLMConfig, NamedExplainer, Teache
 from recxplain.models import student_llm
 from recxplain.prompts import explain_messages, read_templates
 from recxplain.schemas import Case, read_cases
+from recxplain.stage import reads
 
 log = logging.getLogger(__name__)
 
@@ -258,6 +259,10 @@ def _free(model) -> None:
         pass
 
 
+@reads(evaluation=("explainers", "sampling", "attribute_prediction", "attributes", "attribute_sampling"),
+       teacher=("llm", "prompt", "sampling", "best_of", "students_see_example", "min_words", "max_words"),
+       training=("base_model", "thinking", "rounds"),
+       templates=lambda evaluation, teacher, **_: explanation_prompts(evaluation, teacher))
 def generate_explanations(
     out: Path,
     *,

@@ -44,12 +44,15 @@ from recxplain.prompts import (
     Parsed,
     Templates,
     generate_parsed,
+    judge_prompts,
     read_templates,
     render_messages,
     template_hash,
     template_source,
+    usage_counts,
 )
 from recxplain.schemas import Case, read_cases
+from recxplain.stage import reads
 
 Verdict = Literal["a", "b", "tie", "both_bad", "inconsistent", "invalid"]
 
@@ -505,6 +508,9 @@ def judge_stats(judgements: Sequence[PairJudgement]) -> dict:
     }
 
 
+@reads(judge=("kind", "llm", "prompt", "llm_weight", "both_orders", "max_parse_retries", "min_words", "max_words",
+              "tie_margin", "min_rubric_score", "sampling", "discriminator"),
+       templates=lambda judge, **_: judge_prompts(judge))
 def judge_pairs(
     out: Path,
     *,
@@ -567,7 +573,7 @@ def judge_pairs(
     stats = judge_stats(judgements) | {
         "judge": judge.kind,
         "llm": judge.llm.model if judge_model is not None else None,
-        "usage": dict(getattr(judge_model, "usage", {}) or {}),
+        "usage": usage_counts(judge_model),
         "template_hash": template_hash(template_source(judge.prompt, templates)) if judge_model is not None else None,
     }
     (Path(out) / "stats.json").write_text(json.dumps(stats, indent=2))

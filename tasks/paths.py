@@ -68,6 +68,7 @@ import scipy.sparse as sp
 
 from recxplain.config import PathsConfig
 from recxplain.schemas import check_columns
+from recxplain.stage import ALL, reads, write_run_facts
 from tasks.recommend import Recommender, item_affinity, item_neighbours, load_recommender, read_interactions
 
 log = logging.getLogger(__name__)
@@ -750,6 +751,7 @@ def _read(path: Path, kind: str) -> pl.DataFrame:
     return frame
 
 
+@reads(paths=ALL)
 def mine_paths(out: Path, *, paths: PathsConfig, data: Path, recommender: Path) -> None:
     """Stage: explanation paths for every recommendation, their scores and quality metrics."""
     cfg = paths
@@ -770,8 +772,9 @@ def mine_paths(out: Path, *, paths: PathsConfig, data: Path, recommender: Path) 
     mined = mine(cfg, graph, rec, recs.select("user_id", "item_id", "rank"), rated)
     mined = finish_paths(mined, graph, movie_titles(items), names)
     mined, per_user, summary = path_quality(mined, graph, interactions, recs, cfg.quality_beta)
-    summary["seconds"] = round(time.perf_counter() - started, 3)
-    summary["recommendations_per_second"] = round(recs.height / max(summary["seconds"], 1e-9), 1)
+    seconds = round(time.perf_counter() - started, 3)
+    speed = round(recs.height / max(seconds, 1e-9), 1)
+    write_run_facts(out, seconds=seconds, recommendations_per_second=speed)
 
     mined.select(
         "user_id", "item_id", "rank", "pattern", "steps", "score", "text", "credibility", "readability", "diversity",
@@ -779,4 +782,4 @@ def mine_paths(out: Path, *, paths: PathsConfig, data: Path, recommender: Path) 
     ).sort("user_id", "rank", "path_rank").write_parquet(out / "paths.parquet")
     per_user.write_parquet(out / "path_quality.parquet")
     (out / "path_quality.json").write_text(json.dumps(summary, indent=2))
-    log.info("mine_paths: coverage %.3f, %s recs/s", summary["coverage"], summary["recommendations_per_second"])
+    log.info("mine_paths: coverage %.3f, %s recs/s", summary["coverage"], speed)

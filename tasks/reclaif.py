@@ -71,12 +71,15 @@ from recxplain.prompts import (
     ChatModel,
     Templates,
     generate_parsed,
+    judge_prompts,
     render_messages,
     template_hash,
     template_source,
+    usage_counts,
     validity_stats,
 )
 from recxplain.schemas import Movie
+from recxplain.stage import ALL, reads
 from recxplain.stats import bootstrap_ci
 from tasks.explain import expand_rounds, explainer_llm
 from tasks.judge import (
@@ -214,6 +217,7 @@ def pick_users(
     return sorted(eval_users), sorted(train_users)
 
 
+@reads(candidates=ALL)
 def build_candidate_sets(out: Path, *, candidates: ReclaifCandidatesConfig, data: Path, recommender: Path) -> None:
     """Write candidates.jsonl (CandidateSet per line, eval sets first) and stats.json.
 
@@ -598,6 +602,7 @@ def _parsers(sets: Sequence[CandidateSet], answer: ReclaifAnswerConfig) -> list:
 # Stage: the teacher's answers (SFT data)
 
 
+@reads(answer=ALL, teacher=ALL, templates=("answer.prompt",))
 def reclaif_teacher(
     out: Path,
     *,
@@ -650,7 +655,7 @@ def reclaif_teacher(
         "best_of": teacher.best_of,
         "model": teacher.llm.model,
         "template_hash": template_hash(template_source(answer.prompt, templates)),
-        "usage": dict(getattr(model, "usage", {}) or {}),
+        "usage": usage_counts(model),
     }
     (out / "stats.json").write_text(json.dumps(stats, indent=2))
     if kept_rows == 0:
@@ -705,6 +710,7 @@ def template_answer(cs: CandidateSet, ranking: Sequence[int], k: int) -> str:
     return "\n".join(lines)
 
 
+@reads(answer=ALL, recommender=ALL, templates=("answer.prompt",))
 def reclaif_template_teacher(
     out: Path, *, answer: ReclaifAnswerConfig, recommender: RecommenderConfig, candidates: Path, data: Path,
     templates: dict[str, str],
@@ -757,6 +763,7 @@ def reclaif_template_teacher(
 # Stage: two answers per train set from the current student (RecLAIF Algorithm 1, step 1)
 
 
+@reads(answer=ALL, pairs=ALL, teacher=ALL, training=("base_model", "thinking"), templates=("answer.prompt",))
 def reclaif_sample_pairs(
     out: Path,
     *,
@@ -782,7 +789,7 @@ def reclaif_sample_pairs(
     prompts = [recommend_messages(cs, answer, templates) for cs in sets]
     model = _load(cfg, artifacts_dir, out / "cache" / "pairs.sqlite")
     outputs = model.generate(prompts, pairs.sampling, n=2)
-    usage = dict(getattr(model, "usage", {}) or {})
+    usage = usage_counts(model)
     _free(model)
     rows, identical, tokens = [], 0, 0
     name = cfg.model if cfg.adapter is None else f"{cfg.model}+{cfg.adapter}"
@@ -899,6 +906,7 @@ def judge_recommendation_pairs(
     return judged
 
 
+@reads(judge=ALL, answer=ALL, templates=lambda judge, **_: judge_prompts(judge))
 def reclaif_judge_pairs(
     out: Path,
     *,
@@ -932,7 +940,7 @@ def reclaif_judge_pairs(
         model = _load(judge.llm, artifacts_dir, out / "cache" / "judge.sqlite")
     judged = judge_recommendation_pairs([(sets[r["case_id"]], r["text_a"], r["text_b"]) for r in rows],
                                         judge=judge, answer=answer, templates=templates, model=model)
-    usage = dict(getattr(model, "usage", {}) or {})
+    usage = usage_counts(model)
     if model is not None:
         _free(model)
     verdict_rows = []
@@ -1010,6 +1018,8 @@ def student_recommenders(evaluation: ReclaifEvaluationConfig, training: Training
     return [n for n in recommender_names(evaluation, training) if n not in ("teacher", "base")]
 
 
+@reads(evaluation=ALL, answer=ALL, teacher=ALL, training=("base_model", "thinking", "rounds"),
+       templates=("answer.prompt",))
 def reclaif_recommend(
     out: Path,
     *,
@@ -1332,6 +1342,8 @@ def comparison_markdown(summary: pl.DataFrame, k: int, sets: int, negatives: int
     return "\n".join(lines) + "\n"
 
 
+@reads(evaluation=ALL, answer=ALL, judge=ALL, recommender=ALL, training=("base_model", "thinking", "rounds"),
+       templates=lambda judge, evaluation, **_: [judge.explainability_prompt] if evaluation.explainability else [])
 def reclaif_evaluate(
     out: Path,
     *,
@@ -1382,7 +1394,7 @@ def reclaif_evaluate(
         )
         for i, parsed in zip(llm_rows, scored, strict=True):
             explainability[i] = float(parsed.value) if parsed.valid else math.nan
-        usage = dict(getattr(model, "usage", {}) or {})
+        usage = usage_counts(model)
         _free(model)
     per_answer = per_answer.with_columns(pl.Series("Diversity", diversity, dtype=pl.Float64),
                                          pl.Series("Explainability", explainability, dtype=pl.Float64))

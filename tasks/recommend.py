@@ -52,6 +52,7 @@ import scipy.sparse as sp
 
 from recxplain.config import RecommenderConfig
 from recxplain.schemas import check_columns
+from recxplain.stage import ALL, reads, write_run_facts
 
 log = logging.getLogger(__name__)
 
@@ -669,6 +670,7 @@ def read_interactions(data: Path) -> pl.DataFrame:
     return frame.with_columns(pl.col("user_id").cast(pl.Int64), pl.col("item_id").cast(pl.Int64))
 
 
+@reads(recommender=ALL)
 def train_recommender(out: Path, *, recommender: RecommenderConfig, data: Path) -> None:
     """Stage: fit on the train split, write recommendations, neighbours, model/ and metrics."""
     cfg = recommender
@@ -692,13 +694,12 @@ def train_recommender(out: Path, *, recommender: RecommenderConfig, data: Path) 
 
     table, summary = ranking_metrics(rec, interactions, cfg.eval_ks, cfg.sampled_negatives, cfg.seed, n_catalogue)
     summary |= {
-        "fit_s": round(fit_s, 4),
-        "recommend_s": round(recommend_s, 4),
         "users": len(rec.user_ids),
         "catalogue": len(rec.item_ids),
     }
     table.write_parquet(out / "ranking_metrics.parquet")
     (out / "ranking_metrics.json").write_text(json.dumps(summary, indent=2))
+    write_run_facts(out, fit_s=round(fit_s, 4), recommend_s=round(recommend_s, 4))
     log.info(
         "train_recommender %s: fit %.2fs, recommend %.2fs, %s",
         rec.model, fit_s, recommend_s, summary.get("test", {}).get("full"),

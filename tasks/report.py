@@ -35,6 +35,7 @@ import pandas as pd
 
 from recxplain.config import EvaluationConfig
 from recxplain.schemas import Case, read_cases
+from recxplain.stage import reads
 from tasks.reclaif import METRICS as RECLAIF_METRICS
 from tasks.reclaif import display_title, read_candidate_sets
 
@@ -696,6 +697,7 @@ def render_report(*, evaluation: EvaluationConfig, metrics: Path, explanations: 
     )
 
 
+@reads(evaluation=("report_examples",))
 def write_report(out: Path, *, evaluation: EvaluationConfig, metrics: Path, explanations: Path, cases: Path,
                  students: dict[str, Path] | None = None, paths: Path | None = None) -> None:
     """Write report.html, report.md and metrics_table.json into `out`.

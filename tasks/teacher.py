@@ -38,9 +38,11 @@ from recxplain.prompts import (
     generate_parsed,
     template_hash,
     template_source,
+    usage_counts,
     validity_stats,
 )
 from recxplain.schemas import Case, read_cases
+from recxplain.stage import ALL, reads
 
 
 def _load(cfg: LLMConfig, artifacts_dir: Path, cache_path: Path) -> ChatModel:
@@ -60,6 +62,7 @@ def _train_cases(cases: Path) -> list[Case]:
     return found
 
 
+@reads(teacher=ALL, templates=("teacher.prompt",))
 def teacher_generate(
     out: Path,
     *,
@@ -129,7 +132,7 @@ def teacher_generate(
         "provider": teacher.llm.provider,
         "template": teacher.prompt,
         "template_hash": template_hash(template_source(teacher.prompt, templates)),
-        "usage": _usage(model),
+        "usage": usage_counts(model),
     }
     (out / "stats.json").write_text(json.dumps(stats, indent=2))
     if not kept_checks:
@@ -138,11 +141,8 @@ def teacher_generate(
                          "to false")
 
 
-def _usage(model) -> dict:
-    """The model's counters without wall time (artifact content must not change between identical runs)."""
-    return {k: v for k, v in (getattr(model, "usage", {}) or {}).items() if k != "seconds"}
-
-
+@reads(pairs=ALL, teacher=("llm", "prompt", "students_see_example", "min_words", "max_words"),
+       training=("base_model", "thinking"), templates=("teacher.prompt",))
 def sample_pairs(
     out: Path,
     *,
@@ -227,7 +227,7 @@ def sample_pairs(
         "validity_ratio": round(sum(r["valid_a"] + r["valid_b"] for r in rows) / candidates, 4) if candidates else None,
         "completion_tokens": tokens,
         "template_hash": template_hash(template_source(teacher.prompt, templates)),
-        "usage": _usage(model),
+        "usage": usage_counts(model),
     }
     (out / "stats.json").write_text(json.dumps(stats, indent=2))
 

@@ -55,6 +55,10 @@ import huggingface_hub.constants  # noqa: E402
 
 from recxplain.config import TrainingConfig  # noqa: E402
 from recxplain.models import fast_bf16, resolve_model  # noqa: E402
+from recxplain.stage import reads, write_run_facts  # noqa: E402
+
+# Trainer log keys that measure time, not training (`train_runtime`, `eval_samples_per_second`, ...).
+TIMING_SUFFIXES = ("_runtime", "_per_second", "_flos")
 
 if TYPE_CHECKING:  # annotations only: the heavy imports stay inside the functions (below)
     from datasets import Dataset
@@ -76,6 +80,13 @@ ROLES = {"system", "user", "assistant"}
 # ---------------------------------------------------------------------------------------------
 
 
+# Every trainer reads the shared fields and its own section: a DPO setting never reruns SFT.
+TRAINER_FIELDS = ("base_model", "thinking", "lora", "batch_size", "gpu_batch_size", "gradient_accumulation_steps",
+                "gradient_checkpointing", "precision", "max_length", "valid_fraction", "valid_min_cases",
+                "logging_steps", "eval_steps", "save_steps", "merge", "seed")
+
+
+@reads(training=(*TRAINER_FIELDS, "sft"))
 def train_sft(out: Path, *, training: TrainingConfig, sft: Path, artifacts_dir: Path) -> None:
     """Supervised fine-tuning on the teacher's answers (`sft/sft.jsonl`), loss on the answer only.
 
@@ -97,8 +108,8 @@ def train_sft(out: Path, *, training: TrainingConfig, sft: Path, artifacts_dir: 
 
     device = _device(training)
     args = SFTConfig(
-        **_common_args(training, out, device, training.sft_epochs, training.sft_max_steps, bool(valid_rows)),
-        learning_rate=training.learning_rate,
+        **_common_args(training, out, device, training.sft.epochs, training.sft.max_steps, bool(valid_rows)),
+        learning_rate=training.sft.learning_rate,
         max_length=training.max_length,
         completion_only_loss=True,
         packing=False,  # no gain measured on CPU, and packing would cross case boundaries
@@ -119,6 +130,7 @@ def train_sft(out: Path, *, training: TrainingConfig, sft: Path, artifacts_dir: 
     _fit_and_export(trainer, out, training, base=base, method="sft", device=device, rows=len(rows))
 
 
+@reads(training=(*TRAINER_FIELDS, "orpo"))
 def train_orpo(out: Path, *, training: TrainingConfig, preferences: Path, artifacts_dir: Path) -> None:
     """ORPO (reference-free) from the base student on `preferences/preferences.jsonl`."""
     from transformers import set_seed
@@ -135,10 +147,10 @@ def train_orpo(out: Path, *, training: TrainingConfig, preferences: Path, artifa
 
     device = _device(training)
     args = ORPOConfig(
-        **_common_args(training, out, device, training.orpo_epochs, training.orpo_max_steps, bool(valid_rows)),
-        learning_rate=training.learning_rate,
+        **_common_args(training, out, device, training.orpo.epochs, training.orpo.max_steps, bool(valid_rows)),
+        learning_rate=training.orpo.learning_rate,
         max_length=training.max_length,
-        beta=training.beta,
+        beta=training.orpo.beta,
     )
     set_seed(training.seed)  # the adapter is initialised in the trainer's constructor, unseeded
     trainer = _answer_nll_orpo_trainer()(
@@ -152,6 +164,7 @@ def train_orpo(out: Path, *, training: TrainingConfig, preferences: Path, artifa
     _fit_and_export(trainer, out, training, base=base, method="orpo", device=device, rows=len(rows))
 
 
+@reads(training=(*TRAINER_FIELDS, "dpo"))
 def train_dpo(
     out: Path, *, training: TrainingConfig, preferences: Path, init: Path, artifacts_dir: Path
 ) -> None:
@@ -163,7 +176,7 @@ def train_dpo(
     is still base + ONE adapter; the adapter's own LoRA settings are kept (`training.lora`
     applies when it is created, in SFT). With full fine-tuning (`training.lora.enabled` false,
     `init` holds `merged/` only) the reference is a second frozen copy of the init model, or
-    nothing in memory with `training.precompute_ref_log_probs`.
+    nothing in memory with `training.dpo.precompute_ref_log_probs`.
     """
     from peft import PeftModel
     from transformers import set_seed
@@ -192,20 +205,20 @@ def train_dpo(
         _score_completion_tokens_only()
     # No validation before the first step: the policy starts as its reference, the loss is log 2.
     args = DPOConfig(
-        **_common_args(training, out, device, training.dpo_epochs, training.dpo_max_steps, bool(valid_rows),
+        **_common_args(training, out, device, training.dpo.epochs, training.dpo.max_steps, bool(valid_rows),
                        eval_on_start=False),
-        learning_rate=training.dpo_learning_rate,
+        learning_rate=training.dpo.learning_rate,
         max_length=training.max_length,
-        beta=training.beta,
-        precompute_ref_log_probs=training.precompute_ref_log_probs,
-        **({"loss_type": ["sigmoid", "sft"], "loss_weights": [1.0, training.dpo_sft_weight]}
-           if training.dpo_sft_weight else {}),
+        beta=training.dpo.beta,
+        precompute_ref_log_probs=training.dpo.precompute_ref_log_probs,
+        **({"loss_type": ["sigmoid", "sft"], "loss_weights": [1.0, training.dpo.sft_weight]}
+           if training.dpo.sft_weight else {}),
     )
     model, ref_model = _load_model(base, device), None
     if training.lora.enabled:
         # Trainable "default" adapter = the previous student; trl adds the frozen "ref" copy.
         model = PeftModel.from_pretrained(model, init_adapter, is_trainable=True)
-    elif not training.precompute_ref_log_probs:
+    elif not training.dpo.precompute_ref_log_probs:
         ref_model = _load_model(base, device)
     set_seed(training.seed)
     trainer = DPOTrainer(
@@ -703,18 +716,18 @@ def _fit_and_export(
         "steps": trainer.state.global_step,
         "epochs": trainer.state.epoch,
         "resumed_from_step": int(Path(resume).name.split("-")[-1]) if resume else None,
-        # Tokens and seconds of this call's steps only (a resumed run counts from the checkpoint).
         "train_tokens": tokens["count"],
-        "tokens_per_second": tokens["count"] / train_seconds if train_seconds > 0 else None,
-        "train_runtime_s": train_seconds,
-        "wall_time_s": wall,
-        "peak_memory_mb": peak.mb,
-        "peak_memory_kind": peak.kind,
         "final": _final_values(trainer.state.log_history),
         "curve": _curve(trainer.state.log_history),
-        "log_history": trainer.state.log_history,
+        # The trainer's log without its timings (those vary between identical runs: run.json).
+        "log_history": [{k: v for k, v in entry.items() if not k.endswith(TIMING_SUFFIXES)}
+                        for entry in trainer.state.log_history],
     }
     (out / "training.json").write_text(json.dumps(report, indent=2))
+    # Tokens and seconds of this call's steps only (a resumed run counts from the checkpoint).
+    write_run_facts(out, tokens_per_second=tokens["count"] / train_seconds if train_seconds > 0 else None,
+                    train_runtime_s=train_seconds, wall_time_s=wall, peak_memory_mb=peak.mb,
+                    peak_memory_kind=peak.kind, log_history=trainer.state.log_history)
     shutil.rmtree(checkpoints, ignore_errors=True)
 
 

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-TINY = ["reclaif.candidates.train_users=4", "reclaif.candidates.eval_users=4", "training.sft_max_steps=2",
-        "training.dpo_max_steps=2", "pairs.sampling.max_new_tokens=32", "reclaif.evaluation.sampling.max_new_tokens=32",
+TINY = ["reclaif.candidates.train_users=4", "reclaif.candidates.eval_users=4", "training.sft.max_steps=2",
+        "training.dpo.max_steps=2", "pairs.sampling.max_new_tokens=32", "reclaif.evaluation.sampling.max_new_tokens=32",
         "reclaif.judge.sampling.max_new_tokens=32", "reclaif.evaluation.bootstrap=50", "runtime.run_name=reclaif_tiny"]
 
 

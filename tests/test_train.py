@@ -85,11 +85,15 @@ def tiny_model(tmp_path_factory) -> Path:
 
 
 def _config(tiny_model: Path, **overrides) -> TrainingConfig:
+    """The tiny model's training config; a trainer's section in `overrides` updates its fields."""
     settings = dict(
-        base_model=str(tiny_model), lora=LoraConfig(r=8, alpha=16, dropout=0.0), learning_rate=3e-2,
-        dpo_learning_rate=3e-2, batch_size=4, sft_max_steps=12, orpo_max_steps=6, dpo_max_steps=3,
+        base_model=str(tiny_model), lora=LoraConfig(r=8, alpha=16, dropout=0.0), batch_size=4,
+        sft={"learning_rate": 3e-2, "max_steps": 12}, orpo={"learning_rate": 3e-2, "max_steps": 6},
+        dpo={"learning_rate": 3e-2, "max_steps": 3},
         valid_fraction=0.2, eval_steps=100, save_steps=3, max_length=128, precision="fp32",
     )  # fmt: skip
+    for trainer in ("sft", "orpo", "dpo"):
+        overrides[trainer] = {**settings[trainer], **overrides.get(trainer, {})}
     return TrainingConfig(**{**settings, **overrides})
 
 
@@ -123,7 +127,8 @@ def test_sft_learns_and_exports(sft_student, tiny_model):
     valid = [row["valid_loss"] for row in report["curve"] if "valid_loss" in row]
     assert [row["step"] for row in report["curve"] if "valid_loss" in row] == [0, 6, 12]
     assert valid[-1] < 0.6 * valid[0]  # the template is learnable
-    assert report["tokens_per_second"] > 0 and report["peak_memory_mb"] > 0
+    facts = json.loads((sft_student / "run.json").read_text())  # timings live beside the content
+    assert facts["tokens_per_second"] > 0 and facts["peak_memory_mb"] > 0
     assert not (sft_student / "checkpoints").exists()  # deleted once exported
     config = json.loads((sft_student / "adapter" / "adapter_config.json").read_text())
     assert config["base_model_name_or_path"] == str(tiny_model.resolve())
@@ -205,7 +210,7 @@ def test_two_dpo_rounds_continue_one_adapter(sft_student, tiny_model, data, tmp_
     students = [sft_student]
     for r in (1, 2):
         # Round 2 precomputes the reference log-probs once, round 1 computes them every step.
-        config = _config(tiny_model, precompute_ref_log_probs=r == 2)
+        config = _config(tiny_model, dpo={"precompute_ref_log_probs": r == 2})
         out = tmp_path / f"dpo_r{r}"
         out.mkdir()
         train.train_dpo(out, training=config, preferences=data["pairs"], init=students[-1], artifacts_dir=tmp_path)
@@ -231,8 +236,8 @@ def test_two_dpo_rounds_continue_one_adapter(sft_student, tiny_model, data, tmp_
 
 
 def test_full_fine_tuning_sft_then_dpo(tiny_model, data, tmp_path):
-    config = _config(tiny_model, lora=LoraConfig(enabled=False), learning_rate=1e-3, dpo_learning_rate=1e-3,
-                     sft_max_steps=2, dpo_max_steps=2)  # fmt: skip
+    config = _config(tiny_model, lora=LoraConfig(enabled=False), sft={"learning_rate": 1e-3, "max_steps": 2},
+                     dpo={"learning_rate": 1e-3, "max_steps": 2})
     sft_out, dpo_out = tmp_path / "sft", tmp_path / "dpo"
     sft_out.mkdir(), dpo_out.mkdir()
     train.train_sft(sft_out, training=config, sft=data["sft"], artifacts_dir=tmp_path)
@@ -255,7 +260,7 @@ class Crash(Exception):
 
 
 def test_resume_from_checkpoint_matches_uninterrupted_run(tiny_model, data, tmp_path, monkeypatch):
-    config = _config(tiny_model, sft_max_steps=6, save_steps=3, valid_fraction=0.0)
+    config = _config(tiny_model, sft={"max_steps": 6}, save_steps=3, valid_fraction=0.0)
     reference = tmp_path / "uninterrupted"
     reference.mkdir()
     train.train_sft(reference, training=config, sft=data["sft"], artifacts_dir=tmp_path)
@@ -341,8 +346,19 @@ def test_tokenizer_without_chat_template(tmp_path, tiny_model):
 
 
 def test_zero_step_cap_is_rejected():
-    with pytest.raises(ValueError, match="sft_max_steps"):
-        TrainingConfig(sft_max_steps=0)
+    with pytest.raises(ValueError, match="sft.max_steps"):
+        TrainingConfig(sft={"max_steps": 0})
+
+
+def test_old_flat_training_keys_move_to_their_trainer():
+    with pytest.warns(FutureWarning, match="training.beta is now training.dpo.beta and training.orpo.beta"):
+        config = TrainingConfig(sft_max_steps=5, learning_rate=1e-3, dpo_learning_rate=1e-4, beta=0.2,
+                                dpo_sft_weight=1.0, dpo={"epochs": 2})
+    assert (config.sft.max_steps, config.sft.learning_rate, config.orpo.learning_rate) == (5, 1e-3, 1e-3)
+    assert (config.dpo.learning_rate, config.dpo.beta, config.orpo.beta, config.dpo.sft_weight) == (1e-4, 0.2, 0.2, 1.0)
+    assert config.dpo.epochs == 2
+    with pytest.raises(ValueError, match="training.sft_max_steps and training.sft.max_steps are both set"):
+        TrainingConfig(sft_max_steps=5, sft={"max_steps": 3})
 
 
 def test_orpo_likelihood_covers_the_chosen_answer_only(monkeypatch):
@@ -367,9 +383,9 @@ def test_orpo_likelihood_covers_the_chosen_answer_only(monkeypatch):
 
 
 def test_dpo_with_the_chosen_answers_likelihood(sft_student, tiny_model, data, tmp_path):
-    """dpo_sft_weight adds the chosen answer's NLL to the DPO loss (RPO): at step 1 the DPO part
+    """dpo.sft_weight adds the chosen answer's NLL to the DPO loss (RPO): at step 1 the DPO part
     is exactly log 2 (policy == reference), so the loss is log 2 plus a positive NLL."""
-    config = _config(tiny_model, dpo_sft_weight=1.0, dpo_max_steps=1, valid_fraction=0.0)
+    config = _config(tiny_model, dpo={"sft_weight": 1.0, "max_steps": 1}, valid_fraction=0.0)
     train.train_dpo(tmp_path, training=config, preferences=data["pairs"], init=sft_student, artifacts_dir=tmp_path)
     first = json.loads((tmp_path / "training.json").read_text())["curve"][0]
     assert first["step"] == 1 and first["train_loss"] > math.log(2) + 0.01
@@ -493,3 +509,11 @@ def test_dpo_reads_each_prompt_once_with_trls_numbers(tiny_model, monkeypatch):
     assert (packed_out.log_probs != 0).sum() == (labels[:, 1:] != -100).sum()
     for name, grad in trl_grads.items():
         assert torch.allclose(packed_grads[name], grad, rtol=1e-4, atol=1e-4), name
+
+
+def test_an_old_training_key_override_wins_over_the_files_new_key():
+    from recxplain.config import load_config
+
+    with pytest.warns(FutureWarning, match="training.dpo_max_steps is now training.dpo.max_steps"):
+        config = load_config(Path(__file__).parents[1] / "configs" / "default.yaml", ["training.dpo_max_steps=5"])
+    assert config.training.dpo.max_steps == 5
