@@ -5,14 +5,13 @@ starts, with a `ConfigError` naming the file, the field path and the reason. Ove
 paths (`recommender.k=20`, `teacher.provider=openai`); values are parsed as YAML scalars, so
 `true`, `3`, `0.5` and `[a, b]` get their natural types.
 
-Every stage hashes its own section (`section_hash`) into its cache key, so changing one section
-recomputes that stage and what depends on it, nothing upstream.
+Each stage declares which fields of which sections it reads (`recxplain.stage.reads`); only those
+enter its cache key, so changing a field recomputes the stages that read it and what depends on
+them, nothing upstream.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import re
 import warnings
 from pathlib import Path
@@ -1027,7 +1026,6 @@ class RuntimeConfig(Section):
         task_runner: `threads` (default), `dask` (local cluster or `dask_address`) or `ray`.
         max_workers: threads / local Dask workers.
         dask_address: an existing Dask scheduler (None: start a local cluster).
-        device: `auto` picks a GPU when present, else CPU.
         verbose: print what the libraries print (datasets and transformers progress bars and
             warnings, Prefect's logs) and a failed stage's traceback; off, a run started from
             the command line prints one line per stage and one line for an error.
@@ -1038,7 +1036,6 @@ class RuntimeConfig(Section):
     task_runner: Literal["threads", "dask", "ray"] = "threads"
     max_workers: int = Field(2, ge=1)
     dask_address: str | None = None
-    device: Literal["auto", "cpu", "cuda"] = "auto"
     verbose: bool = False
 
 
@@ -1132,9 +1129,3 @@ def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -
             for e in err.errors()
         ]
         raise ConfigError("invalid config\n  " + "\n  ".join(lines)) from None
-
-
-def section_hash(section: BaseModel) -> str:
-    """Stable hash of a config section (key order and process independent)."""
-    text = json.dumps(section.model_dump(mode="json"), sort_keys=True)
-    return hashlib.sha256(text.encode()).hexdigest()[:16]

@@ -37,7 +37,7 @@ from prefect import Task, task
 from prefect.cache_policies import CachePolicy
 from pydantic import BaseModel, ConfigDict, create_model
 
-from recxplain.prompts import read_templates
+from recxplain.prompts import read_templates, template_hash
 
 # Bump to invalidate every stage at once (e.g. when the artifact layout changes).
 LAYOUT_VERSION = "2"
@@ -298,7 +298,8 @@ def run_stage(name: str, fn: Callable, artifacts_dir: Path, inputs: dict[str, An
         "digest": _content_digest(partial),
         "inputs": {k: str(v) if isinstance(v, Path) else _describe(v) for k, v in call.items()
                    if k not in ("artifacts_dir", "templates")},
-        "templates": sorted(call.get("templates") or {}),
+        # Which template text the stage rendered (its key holds it; its content need not).
+        "templates": {name: template_hash(source) for name, source in (call.get("templates") or {}).items()},
         "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
     (partial / MANIFEST).write_text(json.dumps(manifest, indent=2, default=str))

@@ -189,11 +189,3 @@ def build_cases(out: Path, *, cases: CasesConfig, data: Path, recommender: Path,
         "mean_history": round(float(np.mean([len(c.history) for c in every])), 2) if every else 0.0,
     }
     (Path(out) / "stats.json").write_text(json.dumps(stats, indent=2))
-
-
-def read_catalogue(cases_dir: Path) -> dict[str, list[str]]:
-    """{"titles": [...], "genres": [...]} written by build_cases next to the cases."""
-    path = Path(cases_dir) / CATALOGUE
-    if not path.exists():
-        raise FileNotFoundError(f"{path}: missing (written by build_cases)")
-    return json.loads(path.read_text())

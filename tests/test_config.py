@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from recxplain.config import Config, ConfigError, load_config, section_hash
+from recxplain.config import Config, ConfigError, load_config
 
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"
 
@@ -23,15 +23,6 @@ def test_overrides_parse_yaml_scalars_and_nested_paths(tmp_path):
     assert cfg.recommender.k == 20
     assert cfg.teacher.llm.provider == "openai"
     assert cfg.evaluation.explainers == ["template", "sft"]
-
-
-def test_section_hash_changes_only_with_its_section(tmp_path):
-    path = tmp_path / "c.yaml"
-    path.write_text("{}")
-    base = load_config(path)
-    changed = load_config(path, ["recommender.k=11"])
-    assert section_hash(base.recommender) != section_hash(changed.recommender)
-    assert section_hash(base.paths) == section_hash(changed.paths)
 
 
 @pytest.mark.parametrize(
