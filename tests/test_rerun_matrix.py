@@ -79,5 +79,8 @@ def test_each_change_reruns_exactly_the_stages_that_read_it(tmp_path, prompts):
     artifacts = tmp_path / "artifacts"
     assert executed(artifacts, None, prompts) == EVERY_STAGE
     assert executed(artifacts, None, prompts) == [], "an unchanged rerun executes nothing"
-    seen = {change: executed(artifacts, change, prompts) for change in MATRIX}
+    seen = {}
+    for change in MATRIX:
+        seen[change] = executed(artifacts, change, prompts)
+        print(f"{change}: {seen[change]}", flush=True)  # pytest -s shows the matrix as it fills
     assert seen == MATRIX
