@@ -19,8 +19,8 @@ from pathlib import Path
 import polars as pl
 
 from recxplain.config import DataConfig, RecommenderConfig
+from recxplain.recommenders import fit_recommender, ranking_metrics, read_interactions, recommend
 from tasks.data import prepare_data
-from tasks.recommend import fit_recommender, ranking_metrics, read_interactions, recommend
 
 
 def main() -> None:

@@ -28,8 +28,8 @@ from flows.pipeline import BUILD_CASES, evaluation_stages, evidence_stages
 from flows.runners import ConfigTaskRunner
 from flows.summary import StageLog, publish_run_summary
 from recxplain.config import load_config
+from recxplain.explainers import STUDENT, student_explainers
 from recxplain.stage import is_intact
-from tasks.explain import STUDENT, student_explainers
 
 
 def trained_students(artifacts_dir: Path, run_name: str, wanted: list[str]) -> dict[str, Path]:

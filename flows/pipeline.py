@@ -25,13 +25,15 @@ from flows.runners import ConfigTaskRunner
 from flows.summary import StageLog, publish_run_summary
 from recxplain.config import Config, load_config
 from recxplain.discriminator import file_digest
+from recxplain.explainers import student_explainers
+from recxplain.judging import base_judge
 from recxplain.stage import stage
 from tasks.cases import build_cases
 from tasks.data import prepare_data, source_digest
 from tasks.discriminator import train_discriminator
 from tasks.evaluate import evaluate
-from tasks.explain import generate_explanations, student_explainers
-from tasks.judge import base_judge, judge_pairs
+from tasks.explain import generate_explanations
+from tasks.judge import judge_pairs
 from tasks.paths import mine_paths
 from tasks.recommend import train_recommender
 from tasks.report import write_report

@@ -454,7 +454,7 @@ class JudgeConfig(Section):
         kind: `llm` (a language model), `rubric` (verifiable checks computed from the case),
             `ensemble` (weighted combination of both) or `discriminator` (LLMXRec: a LoRA model
             trained on the verdicts of `discriminator.base` judges the evaluation tournament;
-            the preference pairs are judged by `discriminator.base`). See tasks/judge.py for
+            the preference pairs are judged by `discriminator.base`). See recxplain/judging.py for
             what each is and is not good for.
         llm: the model for `llm` and `ensemble` (and for the explainability score).
         prompt: judge template file in `configs/prompts/` (`judge_pair.j2`: JSON verdict;

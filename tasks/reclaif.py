@@ -28,11 +28,15 @@ that is not a candidate, a candidate named twice, too few or too many movies, or
 preferences make it invalid (ValidRatio). Relevance is measured on every answer, valid or not,
 from the candidates it did name, in its order (an answer naming none misses).
 
-The judge (`judge_recommendation_pairs`) reuses tasks/judge.py: the LLM verdict, both orders and
-order consistency come from `judge_explanation_pairs` with the RecLAIF template; the `rubric`
-(`answer_scores`) is the verifiable counterpart for recommendation answers: relevance from the
-rank of the next movie among the picks, diversity from the picks' genres, explainability from
-the preferences and reasons given; `ensemble` mixes them as the explanation judge does.
+The candidate sets (`CandidateSet`, `read_candidate_sets`, `display_title`) and the comparison's
+`METRICS` are in recxplain/reclaif.py, through which the report reads them too.
+
+The judge (`judge_recommendation_pairs`) reuses recxplain/judging.py: the LLM verdict, both
+orders and order consistency come from `judge_explanation_pairs` with the RecLAIF template; the
+`rubric` (`answer_scores`) is the verifiable counterpart for recommendation answers: relevance
+from the rank of the next movie among the picks, diversity from the picks' genres,
+explainability from the preferences and reasons given; `ensemble` mixes them as the explanation
+judge does.
 """
 
 from __future__ import annotations
@@ -49,11 +53,10 @@ from dataclasses import dataclass, field
 from functools import partial
 from itertools import combinations
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import polars as pl
-from pydantic import BaseModel, ConfigDict
 
 from recxplain.checks import normalize, repetition, title_forms, words
 from recxplain.config import (
@@ -66,6 +69,18 @@ from recxplain.config import (
     TeacherConfig,
     TrainingConfig,
 )
+from recxplain.explainers import expand_rounds, explainer_llm
+from recxplain.judging import (
+    CandidateScores,
+    PairJudgement,
+    ensemble_verdict,
+    explainability_scores,
+    judge_explanation_pairs,
+    judge_stats,
+    vote_can_change_verdict,
+)
+from recxplain.llm import load_chat_model
+from recxplain.metrics import load_embedder, mean_cosine_distance
 from recxplain.models import pair_sampler_llm
 from recxplain.prompts import (
     ChatModel,
@@ -78,20 +93,8 @@ from recxplain.prompts import (
     usage_counts,
     validity_stats,
 )
-from recxplain.schemas import Movie
-from recxplain.stage import ALL, reads
-from recxplain.stats import bootstrap_ci
-from tasks.explain import expand_rounds, explainer_llm
-from tasks.judge import (
-    CandidateScores,
-    PairJudgement,
-    ensemble_verdict,
-    explainability_scores,
-    judge_explanation_pairs,
-    judge_stats,
-    vote_can_change_verdict,
-)
-from tasks.recommend import (
+from recxplain.reclaif import METRICS, CandidateSet, display_title, read_candidate_sets
+from recxplain.recommenders import (
     fit_recommender,
     load_recommender,
     ranks_to_metrics,
@@ -99,53 +102,14 @@ from tasks.recommend import (
     recommend,
     score_candidates,
 )
+from recxplain.schemas import Movie
+from recxplain.stage import ALL, reads
+from recxplain.stats import bootstrap_ci
 
 log = logging.getLogger(__name__)
 
 # ---------------------------------------------------------------------------------------------
 # Candidate sets
-
-
-class CandidateSet(BaseModel):
-    """One user's recommendation task: history, shuffled candidates, the held-out next movie.
-
-    `set_id` is `<split>-<user_id>`; `target` is one of `candidates`.
-    """
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    set_id: str
-    split: Literal["train", "eval"]
-    user_id: int
-    history: list[Movie]
-    candidates: list[Movie]
-    target: Movie
-
-
-def display_title(movie: Movie) -> str:
-    """How a movie is shown to the models: its title and year (titles repeat across years)."""
-    return f"{movie.title} ({movie.year})" if movie.year else movie.title
-
-
-def read_candidate_sets(folder: Path, split: str | None = None) -> list[CandidateSet]:
-    """The sets of a `build_candidate_sets` folder (one split, or all); bad lines name file and line."""
-    path = Path(folder) / "candidates.jsonl"
-    if not path.exists():
-        raise FileNotFoundError(f"{path}: missing (written by build_candidate_sets)")
-    sets = []
-    with open(path) as fh:
-        for number, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            try:
-                found = CandidateSet.model_validate_json(line)
-            except ValueError as err:
-                raise ValueError(f"{path}:{number}: not a valid candidate set: {err}") from None
-            if split is None or found.split == split:
-                sets.append(found)
-    if not sets:
-        raise ValueError(f"{path}: no {split or ''} candidate sets".replace("  ", " "))
-    return sets
 
 
 def _title_key(title: str) -> str:
@@ -566,7 +530,7 @@ def answer_scores(parsed: RecommendationAnswer, text: str, cs: CandidateSet, k: 
 
 def ranking_values(rank: float, k: int) -> dict[str, float]:
     """Hit@1, Hit@3, NDCG@3 and Precision@k of one answer from the rank of the next movie
-    (tasks.recommend.ranks_to_metrics' definitions, one user at a time)."""
+    (recxplain.recommenders.ranks_to_metrics' definitions, one user at a time)."""
     values = ranks_to_metrics(np.array([rank]), sorted({1, 3, k}))
     return {"Hit@1": values["HR@1"], "Hit@3": values["HR@3"], "NDCG@3": values["NDCG@3"],
             f"Precision@{k}": values[f"Precision@{k}"]}
@@ -577,8 +541,6 @@ def ranking_values(rank: float, k: int) -> dict[str, float]:
 
 
 def _load(cfg, artifacts_dir: Path, cache_path: Path) -> ChatModel:
-    from recxplain.llm import load_chat_model
-
     cache_path.parent.mkdir(parents=True, exist_ok=True)
     return load_chat_model(cfg, Path(artifacts_dir), cache_path)
 
@@ -843,7 +805,7 @@ def judge_recommendation_pairs(
 ) -> list[RecommendationJudgement]:
     """Judge each (candidate set, answer A, answer B) with the configured judge.
 
-    `llm`: RecLAIF's judge through `tasks.judge.judge_explanation_pairs` (both orders when
+    `llm`: RecLAIF's judge through `recxplain.judging.judge_explanation_pairs` (both orders when
     judge.both_orders, order-consistent choices only; score = mean 0-5 score / 5). `rubric`:
     the rank of the next movie first: when the answers' relevance differs (one ranks the next
     movie higher in its top k), the higher-ranking answer wins if it is valid, and the pair is a
@@ -919,7 +881,7 @@ def reclaif_judge_pairs(
 ) -> None:
     """Judge every sampled pair; write preferences.jsonl (kept pairs in trl's conversational
     preference format + case_id and scores: what train_dpo reads), verdicts.parquet (every pair)
-    and stats.json (tasks.judge.judge_stats counts: kept, ties, both-bad, order-inconsistent,
+    and stats.json (recxplain.judging.judge_stats counts: kept, ties, both-bad, order-inconsistent,
     invalid, position-bias rate, LLM validity ratio). `templates`: `read_templates(judge.prompt)`.
     """
     out = Path(out)
@@ -1096,8 +1058,6 @@ def item_text(movie: Movie) -> str:
 
 def embedding_diversity(picks: Sequence[Sequence[int]], movies: dict[int, Movie], model_name: str) -> list[float]:
     """Mean pairwise cosine distance of each answer's picked movies (NaN with fewer than two)."""
-    from tasks.evaluate import load_embedder, mean_cosine_distance
-
     distinct = sorted({i for p in picks for i in p})
     if not distinct:
         return [math.nan] * len(picks)
@@ -1107,9 +1067,6 @@ def embedding_diversity(picks: Sequence[Sequence[int]], movies: dict[int, Movie]
     return [
         float(mean_cosine_distance(vectors[[row[i] for i in p]]).mean()) if len(p) >= 2 else math.nan for p in picks
     ]
-
-
-METRICS = ("ValidRatio", "Hit@1", "Hit@3", "NDCG@3", "Precision@K", "Diversity", "Explainability")
 
 
 def per_answer_table(

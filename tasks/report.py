@@ -34,10 +34,10 @@ import numpy as np
 import pandas as pd
 
 from recxplain.config import EvaluationConfig
+from recxplain.reclaif import METRICS as RECLAIF_METRICS
+from recxplain.reclaif import display_title, read_candidate_sets
 from recxplain.schemas import Case, read_cases
 from recxplain.stage import reads
-from tasks.reclaif import METRICS as RECLAIF_METRICS
-from tasks.reclaif import display_title, read_candidate_sets
 
 # metric -> (label, direction: +1 higher is better, -1 lower is better, 0 neither; digits)
 METRICS: dict[str, tuple[str, int, int]] = {

@@ -31,6 +31,7 @@ import polars as pl
 
 from recxplain.checks import Catalogue, check_explanations, clean_explanation, parse_explanation, pick_best
 from recxplain.config import LLMConfig, PairsConfig, TeacherConfig, TrainingConfig
+from recxplain.llm import load_chat_model
 from recxplain.models import pair_sampler_llm
 from recxplain.prompts import (
     ChatModel,
@@ -46,8 +47,6 @@ from recxplain.stage import ALL, reads
 
 
 def _load(cfg: LLMConfig, artifacts_dir: Path, cache_path: Path) -> ChatModel:
-    from recxplain.llm import load_chat_model
-
     cache_path.parent.mkdir(parents=True, exist_ok=True)
     return load_chat_model(cfg, Path(artifacts_dir), cache_path)
 

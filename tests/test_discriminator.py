@@ -16,12 +16,13 @@ import pytest
 from flows.console import planned_stages
 from recxplain import discriminator as disc
 from recxplain.config import ConfigError, DiscriminatorConfig, EvaluationConfig, JudgeConfig, load_config
+from recxplain.judging import base_judge, judge_explanation_pairs, make_pair_judge
 from recxplain.prompts import read_templates, render_messages
 from recxplain.schemas import write_cases
 from tasks import evaluate as ev
 from tasks import report
 from tasks.discriminator import train_discriminator
-from tasks.judge import base_judge, judge_explanation_pairs, judge_pairs, make_pair_judge
+from tasks.judge import judge_pairs
 from tests.scripted import GENRES, GOOD, TECHNICAL, TITLES, toy_case
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -13,6 +13,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from recxplain.checks import Catalogue, check_explanation  # noqa: E402
 from recxplain.config import EvaluationConfig, JudgeConfig, LLMConfig  # noqa: E402
+from recxplain.metrics import load_embedder, mean_cosine_distance  # noqa: E402
 from recxplain.schemas import Case, write_cases  # noqa: E402
 from tasks import evaluate as ev  # noqa: E402
 
@@ -128,14 +129,14 @@ def test_distinct_n():
 
 
 def test_mean_cosine_distance():
-    rows = ev.mean_cosine_distance(np.array([[1.0, 0.0], [0.0, 2.0], [3.0, 0.0]]))
+    rows = mean_cosine_distance(np.array([[1.0, 0.0], [0.0, 2.0], [3.0, 0.0]]))
     assert rows == pytest.approx([0.5, 1.0, 0.5])
     assert rows.mean() == pytest.approx(2 / 3)
 
 
 @pytest.fixture(scope="module")
 def embedder():
-    return ev.load_embedder("minilm")
+    return load_embedder("minilm")
 
 
 def test_minilm_diversity_orders_sets(embedder):
@@ -143,8 +144,8 @@ def test_minilm_diversity_orders_sets(embedder):
     varied = embedder.encode(
         ["A great space adventure.", "A gloomy crime story in Minnesota.", "Cooking pasta at home."]
     )
-    assert ev.mean_cosine_distance(same).mean() == pytest.approx(0.0, abs=1e-5)
-    assert ev.mean_cosine_distance(varied).mean() > 0.5
+    assert mean_cosine_distance(same).mean() == pytest.approx(0.0, abs=1e-5)
+    assert mean_cosine_distance(varied).mean() > 0.5
 
 
 # ---------------------------------------------------------------------------------------------
@@ -161,7 +162,7 @@ VERDICTS = {  # (case, model shown first, model shown second) -> verdict
 }
 
 
-def scripted_judge(requests):  # both orders, as tasks.judge.make_pair_judge answers
+def scripted_judge(requests):  # both orders, as recxplain.judging.make_pair_judge answers
     verdicts = []
     for case, a, b in requests:
         a, b = a.split("@")[0], b.split("@")[0]

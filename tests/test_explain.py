@@ -15,6 +15,7 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from recxplain.config import EvaluationConfig, LLMConfig, SamplingConfig, TeacherConfig, TrainingConfig  # noqa: E402
+from recxplain.explainers import age_bracket, attribute_truth, explainer_llm, explainer_names, student_explainers  # noqa: E402
 from recxplain.prompts import explain_messages  # noqa: E402
 from recxplain.schemas import Case, check_columns, write_cases  # noqa: E402
 from tasks import explain as ex  # noqa: E402
@@ -46,9 +47,9 @@ def make_case(case_id="1-3", gender="F", age=30, occupation="writer", rated=True
 
 def test_dpo_expands_to_every_round():
     evaluation = EvaluationConfig(explainers=["template", "sft", "dpo", "dpo_r1"])
-    assert ex.explainer_names(evaluation, TrainingConfig(rounds=2)) == ["template", "sft", "dpo_r1", "dpo_r2"]
-    assert ex.student_explainers(evaluation, TrainingConfig(rounds=2)) == ["sft", "dpo_r1", "dpo_r2"]
-    assert ex.explainer_names(evaluation, TrainingConfig(rounds=0)) == ["template", "sft", "dpo_r1"]
+    assert explainer_names(evaluation, TrainingConfig(rounds=2)) == ["template", "sft", "dpo_r1", "dpo_r2"]
+    assert student_explainers(evaluation, TrainingConfig(rounds=2)) == ["sft", "dpo_r1", "dpo_r2"]
+    assert explainer_names(evaluation, TrainingConfig(rounds=0)) == ["template", "sft", "dpo_r1"]
 
 
 def test_unknown_explainer_is_a_config_error():
@@ -65,21 +66,21 @@ def test_explainer_models(tmp_path):
     merged.mkdir(parents=True)
     students = {"sft": tmp_path / "sft", "orpo": tmp_path / "orpo", "dpo_r1": tmp_path / "empty"}
     kw = {"teacher": teacher, "training": training, "students": students}
-    assert ex.explainer_llm("template", **kw) is None
-    assert ex.explainer_llm("teacher", **kw).model == "gpt-4o-mini"
-    base = ex.explainer_llm("base", **kw)
+    assert explainer_llm("template", **kw) is None
+    assert explainer_llm("teacher", **kw).model == "gpt-4o-mini"
+    base = explainer_llm("base", **kw)
     assert (base.provider, base.model, base.adapter) == ("local", "smollm2", None)
-    student = ex.explainer_llm("sft", **kw)
+    student = explainer_llm("sft", **kw)
     assert (student.provider, student.model, student.adapter) == ("local", "smollm2", sft)
-    assert ex.explainer_llm("orpo", **kw).model == str(merged)
+    assert explainer_llm("orpo", **kw).model == str(merged)
     # A thinking student (Qwen3) is asked with thinking off wherever it generates.
     unthinking = kw | {"training": TrainingConfig(base_model="smollm2", thinking="off")}
-    assert {ex.explainer_llm(n, **unthinking).thinking for n in ("base", "sft", "orpo")} == {"off"}
+    assert {explainer_llm(n, **unthinking).thinking for n in ("base", "sft", "orpo")} == {"off"}
     assert base.thinking == "default"
     with pytest.raises(FileNotFoundError, match="no adapter/ or merged/"):
-        ex.explainer_llm("dpo_r1", **kw)
+        explainer_llm("dpo_r1", **kw)
     with pytest.raises(ValueError, match="dpo_r2.*student folder"):
-        ex.explainer_llm("dpo_r2", **kw)
+        explainer_llm("dpo_r2", **kw)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -108,12 +109,12 @@ def test_validity_follows_the_teachers_format_rule():
 
 
 def test_age_brackets_and_truths():
-    assert [ex.age_bracket(a) for a in (7, 18, 24, 25, 44, 45, 50, 55, 56, 73)] == [
+    assert [age_bracket(a) for a in (7, 18, 24, 25, 44, 45, 50, 55, 56, 73)] == [
         "under 18", "18-24", "18-24", "25-34", "35-44", "45-49", "50-55", "50-55", "56 or older", "56 or older"]
     case = make_case(gender="F", age=33, occupation="Writer")
-    assert ex.attribute_truth(case, "age") == "25-34"
-    assert ex.attribute_truth(case, "gender") == "female"
-    assert ex.attribute_truth(case, "occupation") == "writer"
+    assert attribute_truth(case, "age") == "25-34"
+    assert attribute_truth(case, "gender") == "female"
+    assert attribute_truth(case, "occupation") == "writer"
     assert ex.attribute_options("occupation", [case, make_case(occupation="student")]) == ["student", "writer"]
 
 
@@ -134,9 +135,9 @@ def test_parse_attribute(answer, attribute, expected):
 
 def test_age_in_years_is_asked_as_a_number_where_exact_ages_exist():
     case = make_case(age=61)
-    assert ex.attribute_truth(case, "age_years") == "61" and ex.attribute_options("age_years", [case]) == []
-    assert ex.attribute_truth(make_case(age=""), "age_years") is None
-    assert ex.attribute_truth(make_case(age="25-34"), "age_years") is None  # a bracket, no exact age
+    assert attribute_truth(case, "age_years") == "61" and ex.attribute_options("age_years", [case]) == []
+    assert attribute_truth(make_case(age=""), "age_years") is None
+    assert attribute_truth(make_case(age="25-34"), "age_years") is None  # a bracket, no exact age
     content = ex.attribute_messages(case, "age_years", [])[0]["content"]
     assert "infer the customer's age from the history" in content and "Choose one of" not in content
     assert "one number only" in content and "61" not in content

@@ -11,17 +11,17 @@ import pytest
 
 from recxplain.checks import Catalogue
 from recxplain.config import JudgeConfig
-from recxplain.prompts import read_templates
-from recxplain.schemas import write_cases
-from tasks.judge import (
+from recxplain.judging import (
     judge_explanation_pair,
     judge_explanation_pairs,
-    judge_pairs,
     judge_stats,
     make_pair_judge,
     parse_score,
     parse_verdict,
 )
+from recxplain.prompts import read_templates
+from recxplain.schemas import write_cases
+from tasks.judge import judge_pairs
 from tests.scripted import GENRES, GOOD, TECHNICAL, TITLES, ScriptedModel, toy_case
 
 CATALOGUE = Catalogue(titles=TITLES, genres=GENRES)

@@ -14,6 +14,7 @@ import pandas as pd
 import pytest
 
 from recxplain.config import EvaluationConfig, JudgeConfig, SamplingConfig, TeacherConfig, TrainingConfig
+from recxplain.explainers import explainer_names, explanation_prompts, named_explainers, student_explainers
 from recxplain.schemas import write_cases
 from tasks import evaluate as ev
 from tasks import explain as ex
@@ -50,10 +51,10 @@ def named(server: Loopback, **changes) -> dict:
 def test_named_explainer_config():
     entry = {"name": "gpt", "llm": {"provider": "openai", "model": "gpt-4.1-mini"}, "prompt": "explain_llmxrec.j2"}
     evaluation = EvaluationConfig(explainers=["template", entry, "dpo"])
-    assert ex.explainer_names(evaluation, TrainingConfig(rounds=2)) == ["template", "gpt", "dpo_r1", "dpo_r2"]
-    assert ex.student_explainers(evaluation, TrainingConfig(rounds=2)) == ["dpo_r1", "dpo_r2"]
-    assert list(ex.named_explainers(evaluation)) == ["gpt"]
-    assert ex.explanation_prompts(evaluation, TeacherConfig()) == ["explain_seed.j2", "explain_llmxrec.j2"]
+    assert explainer_names(evaluation, TrainingConfig(rounds=2)) == ["template", "gpt", "dpo_r1", "dpo_r2"]
+    assert student_explainers(evaluation, TrainingConfig(rounds=2)) == ["dpo_r1", "dpo_r2"]
+    assert list(named_explainers(evaluation)) == ["gpt"]
+    assert explanation_prompts(evaluation, TeacherConfig()) == ["explain_seed.j2", "explain_llmxrec.j2"]
     with pytest.raises(ValueError, match="built-in explainer's name"):
         EvaluationConfig(explainers=[{"name": "sft", "llm": {"provider": "openai", "model": "x"}}])
     with pytest.raises(ValueError, match="listed twice"):

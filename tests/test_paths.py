@@ -15,6 +15,7 @@ import pytest
 import scipy.sparse as sp
 
 from recxplain.config import PathsConfig, RecommenderConfig
+from recxplain.recommenders import Recommender
 from tasks.paths import (
     Graph,
     _first_paths,
@@ -28,7 +29,7 @@ from tasks.paths import (
     render_path,
     step_labels,
 )
-from tasks.recommend import Recommender, train_recommender
+from tasks.recommend import train_recommender
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 

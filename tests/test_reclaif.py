@@ -23,9 +23,9 @@ from recxplain.config import (
     RecommenderConfig,
 )
 from recxplain.prompts import read_templates
+from recxplain.reclaif import CandidateSet, read_candidate_sets
 from recxplain.schemas import Movie
 from tasks.reclaif import (
-    CandidateSet,
     answer_scores,
     build_candidate_sets,
     draw_candidates,
@@ -34,7 +34,6 @@ from tasks.reclaif import (
     negative_order,
     parse_recommendation,
     ranking_values,
-    read_candidate_sets,
     reclaif_evaluate,
     recommend_messages,
     summarise,
@@ -146,7 +145,7 @@ def test_draw_candidates_skips_title_clashes_and_the_target():
 
 
 def test_hard_sampler_draws_from_the_recommenders_top(toy):
-    from tasks.recommend import load_recommender, recommend
+    from recxplain.recommenders import load_recommender, recommend
 
     sets = build(toy, "hard", sampler="hard", hard_pool=9)
     rec = load_recommender(toy["recommender"] / "model")
@@ -295,8 +294,8 @@ def test_template_teacher_sft_rows_carry_the_recommenders_order(toy, tmp_path):
     # The SFT rows are what the student learns to rank from: each answer's picks must be the
     # classic recommender's top k of its set, in its order, and stats.json says how often they
     # hold the next movie.
+    from recxplain.recommenders import fit_recommender, read_interactions, score_candidates
     from tasks.reclaif import reclaif_template_teacher
-    from tasks.recommend import fit_recommender, read_interactions, score_candidates
 
     sets_dir, teacher = tmp_path / "sets", tmp_path / "teacher"
     sets_dir.mkdir(), teacher.mkdir()

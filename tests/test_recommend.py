@@ -1,4 +1,5 @@
-"""tasks/recommend.py on a toy dataset whose similarities, scores and metrics are computed by hand.
+"""recxplain/recommenders.py and the train_recommender stage on a toy dataset whose similarities,
+scores and metrics are computed by hand.
 
 Toy train matrix (users 10, 20, 30, 40 x items 1..4):
     item 1: users 10, 20          item 3: users 20, 30, 40
@@ -17,7 +18,7 @@ import pytest
 from pydantic import ValidationError
 
 from recxplain.config import RecommenderConfig
-from tasks.recommend import (
+from recxplain.recommenders import (
     fit_recommender,
     item_affinity,
     item_neighbours,
@@ -26,8 +27,8 @@ from tasks.recommend import (
     recommend,
     score_candidates,
     top_n,
-    train_recommender,
 )
+from tasks.recommend import train_recommender
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -85,7 +86,7 @@ def test_itemknn_similarity_scores_and_neighbours_match_hand_computation():
 
 
 def test_itemknn_neighbours_are_the_summands_of_the_score():
-    from tasks.recommend import user_item_neighbours
+    from recxplain.recommenders import user_item_neighbours
 
     rec = fit_recommender(RecommenderConfig(model="itemknn", k=2), _train())
     recs = recommend(rec, 2)
@@ -100,7 +101,7 @@ def test_itemknn_neighbours_are_the_summands_of_the_score():
 
 
 def test_non_knn_models_get_cosine_neighbours():
-    from tasks.recommend import user_item_neighbours
+    from recxplain.recommenders import user_item_neighbours
 
     rec = fit_recommender(RecommenderConfig(model="popular", k=2), _train())
     recs = pl.DataFrame({"user_id": [40], "item_id": [1], "rank": [1], "score": [2.0], "model": ["popular"]})
@@ -177,7 +178,7 @@ def test_stage_writes_artifacts_and_full_ranking_metrics(data_dir, tmp_path):
 
 @pytest.mark.parametrize("model", ["als", "bpr"])
 def test_factor_models_recommend_unseen_and_reload_identically(model, tmp_path):
-    from tasks.recommend import save_recommender
+    from recxplain.recommenders import save_recommender
 
     rec = fit_recommender(RecommenderConfig(model=model, k=2, factors=4, iterations=5), _train())
     recs = recommend(rec, 2)

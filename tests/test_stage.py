@@ -104,6 +104,22 @@ def test_code_version_covers_the_project_helpers_a_stage_uses():
     assert "recxplain.config" not in names  # configs are in the key by value
 
 
+def test_code_version_does_not_depend_on_the_providers_imported_before():
+    """Importing a submodule makes it an attribute of its package: a stage that uses `recxplain.llm`
+    must get the same key whichever LLM provider this process happened to import first."""
+    import importlib
+
+    from recxplain.stage import code_modules, code_version
+    from tasks.teacher import teacher_generate
+
+    before = code_version(teacher_generate)
+    importlib.import_module("recxplain.llm.openai_api")
+    names = [m.__name__ for m in code_modules(teacher_generate)]
+    assert {"recxplain.llm", "recxplain.llm.chat"} <= set(names)  # the loader and the chat wrapper count
+    assert "recxplain.llm.openai_api" not in names
+    assert code_version(teacher_generate) == before
+
+
 @pytest.mark.slow
 def test_kill_9_mid_stage_resumes_at_that_stage(tmp_path):
     """A run killed with SIGKILL inside a stage leaves only a .partial folder; the next run
