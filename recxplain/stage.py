@@ -37,6 +37,7 @@ from prefect import Task, task
 from prefect.cache_policies import CachePolicy
 from pydantic import BaseModel, ConfigDict, create_model
 
+from recxplain.llm import release_models
 from recxplain.prompts import read_templates, template_hash
 
 # Bump to invalidate every stage at once (e.g. when the artifact layout changes).
@@ -296,7 +297,10 @@ def run_stage(name: str, fn: Callable, artifacts_dir: Path, inputs: dict[str, An
     call = stage_inputs(fn, inputs)
     if "artifacts_dir" in inspect.signature(fn).parameters:
         call["artifacts_dir"] = Path(artifacts_dir)
-    fn(partial, **call)
+    try:
+        fn(partial, **call)
+    finally:  # the models a stage loaded go with it: a long-lived worker does not keep every one
+        release_models()
     manifest = {
         "stage": name,
         "key": key,

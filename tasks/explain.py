@@ -36,7 +36,6 @@ Outputs in `out`:
 
 from __future__ import annotations
 
-import gc
 import logging
 import re
 import time
@@ -55,7 +54,7 @@ from recxplain.explainers import (
     explanation_prompts,
     named_explainers,
 )
-from recxplain.llm import load_chat_model
+from recxplain.llm import load_chat_model, release_models
 from recxplain.prompts import explain_messages, read_templates
 from recxplain.schemas import Case, read_cases
 from recxplain.stage import reads
@@ -175,18 +174,6 @@ def load_model(config: LLMConfig, artifacts_dir: Path, cache_path: Path):
     return load_chat_model(config, artifacts_dir, cache_path=cache_path)
 
 
-def _free(model) -> None:
-    del model
-    gc.collect()
-    try:
-        import torch
-
-        if torch.cuda.is_available():
-            torch.cuda.empty_cache()
-    except ImportError:
-        pass
-
-
 @reads(evaluation=("explainers", "sampling", "attribute_prediction", "attributes", "attribute_sampling"),
        teacher=("llm", "prompt", "sampling", "best_of", "students_see_example", "min_words", "max_words"),
        training=("base_model", "thinking", "rounds"),
@@ -279,7 +266,8 @@ def generate_explanations(
             attribute_rows += _predict_attributes(model, name, eval_cases, all_cases, evaluation)
         log.info("explainer %s: %d cases in %.1f s, usage %s", name, len(eval_cases),
                  time.perf_counter() - started, getattr(model, "usage", {}))
-        _free(model)
+        model = None  # the stage's last reference: release it before the next explainer loads its own
+        release_models()
 
     pd.DataFrame(explanation_rows).to_parquet(out / "explanations.parquet", index=False)
     if evaluation.attribute_prediction:

@@ -42,7 +42,6 @@ judge does.
 from __future__ import annotations
 
 import difflib
-import gc
 import json
 import logging
 import math
@@ -79,7 +78,7 @@ from recxplain.judging import (
     judge_stats,
     vote_can_change_verdict,
 )
-from recxplain.llm import load_chat_model
+from recxplain.llm import load_chat_model, release_models
 from recxplain.metrics import load_embedder, mean_cosine_distance
 from recxplain.models import pair_sampler_llm
 from recxplain.prompts import (
@@ -545,16 +544,6 @@ def _load(cfg, artifacts_dir: Path, cache_path: Path) -> ChatModel:
     return load_chat_model(cfg, Path(artifacts_dir), cache_path)
 
 
-def _free(model: Any) -> None:
-    """Drop a stage's model, and the per-process copies of local models, before the next stage
-    loads its own: one model in memory at a time."""
-    from recxplain.llm.local import release_models
-
-    del model
-    release_models()
-    gc.collect()
-
-
 def _parsers(sets: Sequence[CandidateSet], answer: ReclaifAnswerConfig) -> list:
     return [partial(require_valid, candidates=cs.candidates, k=wanted_picks(cs, answer),
                     fuzzy_threshold=answer.fuzzy_threshold) for cs in sets]
@@ -752,7 +741,8 @@ def reclaif_sample_pairs(
     model = _load(cfg, artifacts_dir, out / "cache" / "pairs.sqlite")
     outputs = model.generate(prompts, pairs.sampling, n=2)
     usage = usage_counts(model)
-    _free(model)
+    model = None  # one model in memory at a time
+    release_models()
     rows, identical, tokens = [], 0, 0
     name = cfg.model if cfg.adapter is None else f"{cfg.model}+{cfg.adapter}"
     for cs, messages, samples in zip(sets, prompts, outputs, strict=True):
@@ -903,8 +893,8 @@ def reclaif_judge_pairs(
     judged = judge_recommendation_pairs([(sets[r["case_id"]], r["text_a"], r["text_b"]) for r in rows],
                                         judge=judge, answer=answer, templates=templates, model=model)
     usage = usage_counts(model)
-    if model is not None:
-        _free(model)
+    model = None  # one model in memory at a time: the next stage loads its own
+    release_models()
     verdict_rows = []
     with open(out / "preferences.jsonl", "w") as fh:
         for row, result in zip(rows, judged, strict=True):
@@ -1021,7 +1011,8 @@ def reclaif_recommend(
         rows += mine
         answered[llm.model_dump_json()] = mine
         log.info("recommender %s: %d sets in %.1f s", name, len(sets), time.perf_counter() - started)
-        _free(model)
+        model = None  # one model in memory at a time
+        release_models()
         del model  # before the next recommender loads: one model in memory at a time
     pl.DataFrame(rows, infer_schema_length=None).write_parquet(out / "answers.parquet")
 
@@ -1352,7 +1343,8 @@ def reclaif_evaluate(
         for i, parsed in zip(llm_rows, scored, strict=True):
             explainability[i] = float(parsed.value) if parsed.valid else math.nan
         usage = usage_counts(model)
-        _free(model)
+        model = None  # one model in memory at a time
+        release_models()
     per_answer = per_answer.with_columns(pl.Series("Diversity", diversity, dtype=pl.Float64),
                                          pl.Series("Explainability", explainability, dtype=pl.Float64))
     per_answer.write_parquet(out / "per_answer.parquet")

@@ -14,13 +14,15 @@ failures that would hit every prompt (missing key, 401/403/404) raise `ProviderE
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 from recxplain.config import LLMConfig
 from recxplain.llm.cache import ResponseCache
 from recxplain.llm.chat import ChatModel, Generation, LLMError, MalformedResponse, ProviderError
 
-__all__ = ["ChatModel", "Generation", "LLMError", "MalformedResponse", "ProviderError", "load_chat_model"]
+__all__ = ["ChatModel", "Generation", "LLMError", "MalformedResponse", "ProviderError", "load_chat_model",
+           "release_models"]
 
 
 def load_chat_model(cfg: LLMConfig, artifacts_dir: Path, cache_path: Path | None = None) -> ChatModel:
@@ -44,3 +46,11 @@ def load_chat_model(cfg: LLMConfig, artifacts_dir: Path, cache_path: Path | None
     else:  # unreachable through a validated LLMConfig
         raise ValueError(f"unknown llm.provider {cfg.provider!r}")
     return ChatModel(cfg, identity, run, ResponseCache(cache_path) if cache_path is not None else None)
+
+
+def release_models() -> int:
+    """Give back the memory of every local model this process loaded, so that a stage done with its
+    model leaves room for the next one (`local.release_models`; the CUDA cache is emptied too).
+    Returns how many were released; 0, importing nothing, when no local model was ever loaded."""
+    local = sys.modules.get("recxplain.llm.local")  # not imported: nothing to release, no torch import
+    return local.release_models() if local is not None else 0

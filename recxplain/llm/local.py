@@ -157,6 +157,8 @@ def release_models() -> int:
         count = len(_MODELS)
         _MODELS.clear()
     gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
     return count
 
 
