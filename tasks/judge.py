@@ -24,7 +24,7 @@ from recxplain.judging import (
     judge_stats,
     load_judge_model,
 )
-from recxplain.prompts import judge_prompts, template_hash, template_source, usage_counts
+from recxplain.prompts import judge_prompts, usage_counts
 from recxplain.schemas import read_cases
 from recxplain.stage import reads
 
@@ -123,7 +123,6 @@ def judge_pairs(
         "judge": judge.kind,
         "llm": judge.llm.model if judge_model is not None else None,
         "usage": usage_counts(judge_model),
-        "template_hash": template_hash(template_source(judge.prompt, templates)) if judge_model is not None else None,
     }
     (Path(out) / "stats.json").write_text(json.dumps(stats, indent=2))
     if not stats["kept"]:  # say it here, with the counts, not later as an empty training file

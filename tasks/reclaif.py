@@ -87,8 +87,6 @@ from recxplain.prompts import (
     generate_parsed,
     judge_prompts,
     render_messages,
-    template_hash,
-    template_source,
     usage_counts,
     validity_stats,
 )
@@ -605,7 +603,6 @@ def reclaif_teacher(
         "sft_rows": kept_rows,
         "best_of": teacher.best_of,
         "model": teacher.llm.model,
-        "template_hash": template_hash(template_source(answer.prompt, templates)),
         "usage": usage_counts(model),
     }
     (out / "stats.json").write_text(json.dumps(stats, indent=2))
@@ -705,8 +702,7 @@ def reclaif_template_teacher(
              "next_movie_in_answer": round(float(np.mean([r <= answer.top_k for r in ranks])), 4),
              "next_movie_ranks": {str(r): sum(int(x) == r for x in ranks if x <= answer.top_k)
                                   for r in range(1, answer.top_k + 1)},
-             "mean_pick_position": round(float(np.mean(positions)), 2),
-             "template_hash": template_hash(template_source(answer.prompt, templates))}
+             "mean_pick_position": round(float(np.mean(positions)), 2)}
     (out / "stats.json").write_text(json.dumps(stats, indent=2))
 
 
@@ -924,7 +920,6 @@ def reclaif_judge_pairs(
         "judge": judge.kind,
         "llm": judge.llm.model if judge.kind != "rubric" else None,
         "usage": usage,
-        "template_hash": template_hash(template_source(judge.prompt, templates)) if judge.kind != "rubric" else None,
     }
     (out / "stats.json").write_text(json.dumps(stats, indent=2))
 

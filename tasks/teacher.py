@@ -37,8 +37,6 @@ from recxplain.prompts import (
     ChatModel,
     explain_messages,
     generate_parsed,
-    template_hash,
-    template_source,
     usage_counts,
     validity_stats,
 )
@@ -130,7 +128,6 @@ def teacher_generate(
         "model": teacher.llm.model,
         "provider": teacher.llm.provider,
         "template": teacher.prompt,
-        "template_hash": template_hash(template_source(teacher.prompt, templates)),
         "usage": usage_counts(model),
     }
     (out / "stats.json").write_text(json.dumps(stats, indent=2))
@@ -225,7 +222,6 @@ def sample_pairs(
         "model": rows[0]["model"] if rows else cfg.model,
         "validity_ratio": round(sum(r["valid_a"] + r["valid_b"] for r in rows) / candidates, 4) if candidates else None,
         "completion_tokens": tokens,
-        "template_hash": template_hash(template_source(teacher.prompt, templates)),
         "usage": usage_counts(model),
     }
     (out / "stats.json").write_text(json.dumps(stats, indent=2))
@@ -279,6 +275,5 @@ def _pairs_from_teacher_samples(out: Path, train: list[Case], prompts: list[list
         "model": teacher.llm.model,
         "validity_ratio": round(sum(r["valid_a"] + r["valid_b"] for r in rows) / (2 * len(rows)), 4) if rows else None,
         "completion_tokens": 0,
-        "template_hash": template_hash(template_source(teacher.prompt, templates)),
     }
     (out / "stats.json").write_text(json.dumps(stats, indent=2))
