@@ -1,6 +1,7 @@
-"""Which stages a change reruns, on the real smoke pipeline (configs/smoke.yaml, the embedded
-model): for each config field or template below, the exact set of stages that execute when the
-cached run is repeated with that one change, and nothing at all for an unchanged rerun.
+"""The real smoke pipeline (configs/smoke.yaml, the embedded model) end to end through the command
+line, then which stages a change reruns: for each config field or template below, the exact set
+of stages that execute when the cached run is repeated with that one change, and nothing at all
+for an unchanged rerun.
 
 A stage reruns when what it declares it reads (`@reads`: config fields, templates) or the content
 of an input folder changed. Its output content is deterministic, so a rerun that writes the same
@@ -9,13 +10,17 @@ Slow (the smoke pipeline, then the reruns): `make test-slow`."""
 
 import json
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
+import polars as pl
 import pytest
 
 import recxplain.stage
 from flows.pipeline import pipeline
 from recxplain.prompts import PROMPTS_DIR, read_templates
+from recxplain.schemas import read_cases
 
 ROOT = Path(__file__).resolve().parent.parent
 SMOKE = str(ROOT / "configs" / "smoke.yaml")
@@ -74,10 +79,50 @@ def executed(artifacts: Path, change: str | None, prompts: Path) -> list[str]:
     return [row["stage"] for row in summary["stages"] if row["state"] != "Cached"]
 
 
+def run_command(artifacts: Path) -> dict:
+    """`python -m flows.pipeline` on the smoke config; its run summary."""
+    done = subprocess.run(
+        [sys.executable, "-m", "flows.pipeline", "--config", SMOKE, "--set", f"runtime.artifacts_dir={artifacts}"],
+        cwd=ROOT, capture_output=True, text=True, timeout=1500,
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-5000:]
+    return json.loads((artifacts / "runs" / "smoke" / "summary.json").read_text())
+
+
+def check_outputs(summary: dict, artifacts: Path) -> None:
+    """Every stage wrote what the next one reads."""
+    folders = summary["artifacts"]
+    data = Path(folders["data"])
+    for name in ("interactions", "items", "users", "kg"):
+        assert pl.read_parquet(data / f"{name}.parquet").height > 0
+    assert pl.read_parquet(Path(folders["recommender"]) / "recommendations.parquet").height > 0
+    assert pl.read_parquet(Path(folders["paths"]) / "paths.parquet").height > 0
+    cases = Path(folders["cases"])
+    assert len(read_cases(cases / "train.jsonl")) == 6 and len(read_cases(cases / "eval.jsonl")) == 3
+    sft_rows = [json.loads(line) for line in open(Path(folders["teacher"]) / "sft.jsonl")]
+    assert all(row["messages"][-1]["role"] == "assistant" for row in sft_rows)
+    verdicts = pl.read_parquet(Path(folders["preferences"]) / "verdicts.parquet")
+    assert 1 <= verdicts.height <= 6  # identical sample pairs are dropped before judging
+    for name in ("sft", "orpo", "dpo_r1", "dpo_r2"):
+        assert (Path(folders[name]) / "adapter" / "adapter_config.json").exists()
+        assert json.loads((Path(folders[name]) / "training.json").read_text())
+        assert json.loads((Path(folders[name]) / "run.json").read_text())["wall_time_s"] > 0
+    explanations = pl.read_parquet(Path(folders["explanations"]) / "explanations.parquet")
+    assert set(explanations["model"]) == {"template", "teacher", "base", "sft", "orpo", "dpo_r1", "dpo_r2"}
+    assert explanations.height == 3 * 7
+    metrics = pl.read_parquet(Path(folders["evaluate"]) / "metrics.parquet")
+    assert set(metrics["explainer"]) >= set(explanations["model"])
+    html = (artifacts / "runs" / "smoke" / "report.html").read_text()
+    assert "<html" in html and "dpo_r2" in html
+    assert json.loads((Path(folders["arena"]) / "bundle.json").read_text())
+
+
 @pytest.mark.slow
-def test_each_change_reruns_exactly_the_stages_that_read_it(tmp_path, prompts):
+def test_smoke_flow_then_each_change_reruns_exactly_the_stages_that_read_it(tmp_path, prompts):
     artifacts = tmp_path / "artifacts"
-    assert executed(artifacts, None, prompts) == EVERY_STAGE
+    summary = run_command(artifacts)  # the command line, with the shipped templates (same text as the copy's)
+    assert [row["stage"] for row in summary["stages"] if row["state"] != "Cached"] == EVERY_STAGE
+    check_outputs(summary, artifacts)
     assert executed(artifacts, None, prompts) == [], "an unchanged rerun executes nothing"
     seen = {}
     for change in MATRIX:
