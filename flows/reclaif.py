@@ -1,4 +1,4 @@
-"""`task: recommend`: the RecLAIF stages (tasks/reclaif.py) after the evidence stages.
+"""`task: recommend`: the RecLAIF stages (tasks/reclaif/) after the evidence stages.
 
 flows/pipeline.py calls `reclaif_stages(cfg, log, evidence)` when `cfg.task == "recommend"`:
 
@@ -23,18 +23,15 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
 from flows.summary import StageLog
 from recxplain.config import Config
+from recxplain.reclaif.evaluation import student_recommenders
+from recxplain.reclaif.judge import kept_preferences
 from recxplain.stage import stage
-from tasks.reclaif import (
-    build_candidate_sets,
-    kept_preferences,
-    reclaif_evaluate,
-    reclaif_judge_pairs,
-    reclaif_recommend,
-    reclaif_sample_pairs,
-    reclaif_teacher,
-    reclaif_template_teacher,
-    student_recommenders,
-)
+from tasks.reclaif.candidates import build_candidate_sets
+from tasks.reclaif.evaluate import reclaif_evaluate
+from tasks.reclaif.judge import reclaif_judge_pairs
+from tasks.reclaif.pairs import reclaif_sample_pairs
+from tasks.reclaif.recommend import reclaif_recommend
+from tasks.reclaif.teacher import reclaif_teacher, reclaif_template_teacher
 from tasks.report import write_reclaif_report
 from tasks.train import train_dpo, train_sft
 

@@ -982,7 +982,7 @@ class ReclaifEvaluationConfig(Section):
 
 
 class ReclaifConfig(Section):
-    """`task: recommend`: RecLAIF (He et al. 2025), the LLM as the recommender (tasks/reclaif.py).
+    """`task: recommend`: RecLAIF (He et al. 2025), the LLM as the recommender (tasks/reclaif/).
 
     The teacher answers the train sets (SFT data); each of `training.rounds` DPO rounds samples two answers
     per train set from the current student at `pairs.sampling`, the judge below picks one, and

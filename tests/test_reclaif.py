@@ -1,4 +1,4 @@
-"""RecLAIF (tasks/reclaif.py): candidate sampler, answer parser, metrics, judge, evaluation table.
+"""RecLAIF (tasks/reclaif/, recxplain/reclaif/): candidate sampler, answer parser, metrics, judge, evaluation table.
 
 Toy data: 14 users x 40 movies with hand-made titles; the recommender is item-KNN through the
 real train_recommender stage. Models are scripted (tests/scripted.py) so that OUR parsing and
@@ -24,21 +24,20 @@ from recxplain.config import (
 )
 from recxplain.prompts import read_templates
 from recxplain.reclaif import CandidateSet, read_candidate_sets
-from recxplain.schemas import Movie
-from tasks.reclaif import (
+from recxplain.reclaif.answers import (
     answer_scores,
-    build_candidate_sets,
-    draw_candidates,
     genre_diversity,
-    judge_recommendation_pairs,
-    negative_order,
     parse_recommendation,
     ranking_values,
-    reclaif_evaluate,
     recommend_messages,
-    summarise,
     template_answer,
 )
+from recxplain.reclaif.evaluation import summarise
+from recxplain.reclaif.judge import judge_recommendation_pairs
+from recxplain.reclaif.sampling import draw_candidates, negative_order
+from recxplain.schemas import Movie
+from tasks.reclaif.candidates import build_candidate_sets
+from tasks.reclaif.evaluate import reclaif_evaluate
 from tasks.recommend import train_recommender
 from tests.scripted import ScriptedModel
 
@@ -295,7 +294,7 @@ def test_template_teacher_sft_rows_carry_the_recommenders_order(toy, tmp_path):
     # classic recommender's top k of its set, in its order, and stats.json says how often they
     # hold the next movie.
     from recxplain.recommenders import fit_recommender, read_interactions, score_candidates
-    from tasks.reclaif import reclaif_template_teacher
+    from tasks.reclaif.teacher import reclaif_template_teacher
 
     sets_dir, teacher = tmp_path / "sets", tmp_path / "teacher"
     sets_dir.mkdir(), teacher.mkdir()
@@ -339,7 +338,7 @@ def test_template_answers_fit_the_students_token_budget(tmp_path):
     from recxplain.config import load_config
     from recxplain.models import resolve_model
     from tasks.data import prepare_data
-    from tasks.reclaif import reclaif_template_teacher
+    from tasks.reclaif.teacher import reclaif_template_teacher
 
     cfg = load_config("configs/reclaif.yaml", [])
     budget = min(cfg.pairs.sampling.max_new_tokens, cfg.reclaif.evaluation.sampling.max_new_tokens)
@@ -480,7 +479,7 @@ def test_judge_both_orders_rubric_and_ensemble():
         assert verdicts[1].rubric_b.relevance > verdicts[1].rubric_a.relevance  # the broken one ranked Fargo first
         assert len(model.prompts) == (2 if judge is ensemble else 0)
     assert [v.judgement.llm_choice for v in verdicts] == [None, None, None, None, "inconsistent"]
-    from tasks.reclaif import ranking_signal
+    from recxplain.reclaif.judge import ranking_signal
 
     assert ranking_signal(verdicts) == {"pairs_with_next_movie": 2, "pairs_rank_differs": 2,
                                         "kept_chosen_ranks_higher": 1, "kept_chosen_ranks_lower": 0,

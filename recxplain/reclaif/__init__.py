@@ -1,8 +1,16 @@
-"""RecLAIF's candidate sets as the stages write and read them: `CandidateSet`, `read_candidate_sets`,
-how a movie is shown to the models (`display_title`) and the comparison's metrics (`METRICS`).
+"""RecLAIF's library, under its stages (tasks/reclaif/, one module per stage).
 
-The stages (build, answer, judge, evaluate) are in tasks/reclaif.py; the report
-(tasks/report.py) reads their outputs through this module.
+Here: the candidate sets as the stages write and read them (`CandidateSet`,
+`read_candidate_sets`), how a movie is shown to the models (`display_title`) and the
+comparison's metrics (`METRICS`); the report (tasks/report.py) reads the stages' outputs through
+them. The rest, one module per concern:
+
+- sampling.py: the negatives of a candidate set and the users sampled (build_candidate_sets).
+- answers.py: the recommender prompt, reading an answer (`parse_recommendation`), its rubric
+  scores and ranking metrics, the models that answer, the `template` teacher's answers.
+- judge.py: judging two answers of a set (reclaif_judge_pairs).
+- evaluation.py: the comparison: the recommenders compared, classic and chance rankings, the
+  per-answer table, its summary and the markdown tables (reclaif_recommend, reclaif_evaluate).
 """
 
 from __future__ import annotations
@@ -14,7 +22,7 @@ from pydantic import BaseModel, ConfigDict
 
 from recxplain.schemas import Movie
 
-# The comparison's metrics, in the order of its table (tasks/reclaif.py and the report).
+# The comparison's metrics, in the order of its table (recxplain/reclaif/evaluation.py and the report).
 METRICS = ("ValidRatio", "Hit@1", "Hit@3", "NDCG@3", "Precision@K", "Diversity", "Explainability")
 
 
