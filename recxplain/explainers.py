@@ -2,7 +2,7 @@
 asked with, and the true user attributes their attribute predictions are scored against.
 
 Used by the `generate_explanations` stage (tasks/explain.py), the evaluation (tasks/evaluate.py),
-RecLAIF (tasks/reclaif.py: its LLM recommenders are named and loaded as explainers) and the flows.
+RecLAIF (tasks/reclaif/recommend.py: its LLM recommenders are named and loaded as explainers) and the flows.
 """
 
 from __future__ import annotations

@@ -21,7 +21,7 @@ Three judges compare two explanations (A, B) of one case:
 Verdicts: "a", "b" (kept as preference pairs), "tie", "both_bad" (rejected, as in the first
 seed), "inconsistent" (the two orders disagree), "invalid" (unparsable after retries).
 
-Used by the `judge_pairs` stage (tasks/judge.py), RecLAIF's judge (tasks/reclaif.py) and the
+Used by the `judge_pairs` stage (tasks/judge.py), RecLAIF's judge (recxplain/reclaif/judge.py) and the
 evaluation (tasks/evaluate.py): `parse_verdict`, `judge_explanation_pairs` (and
 `judge_explanation_pair` for one), `judge_stats`, `explainability_scores` (RecLAIF's 1-100 score),
 `load_judge_model`, and the evaluation's adapters `make_pair_judge` and
@@ -314,7 +314,7 @@ def swap_choice(choice: str) -> str:
 def decide_verdict(margin: float, any_acceptable: bool, judge: JudgeConfig) -> Verdict:
     """The verdict of a score margin (A's minus B's): both-bad when neither answer is acceptable,
     a tie below `judge.tie_margin`, else the side the margin favours. Shared by the explanation
-    judge and RecLAIF's recommendation judge (tasks/reclaif.py)."""
+    judge and RecLAIF's recommendation judge (recxplain/reclaif/judge.py)."""
     if not any_acceptable:
         return "both_bad"
     if abs(margin) < judge.tie_margin:
@@ -333,7 +333,7 @@ def judge_explanation_pairs(
     """Judge each (case, explanation A, explanation B) with the configured judge.
 
     For the `llm` judge the first element may also be a mapping of template variables instead
-    of a Case (tasks/reclaif.py judges recommendation answers this way); the rubric needs a Case.
+    of a Case (recxplain/reclaif/judge.py judges recommendation answers this way); the rubric needs a Case.
 
     `templates` must hold `judge.prompt` and `model` must be given for the `llm` and `ensemble`
     judges (see `load_judge_model`); all LLM calls go out as one batch per retry round. With
@@ -403,7 +403,7 @@ def ensemble_verdict(llm_choice: str | None, rubric_margin: float, gate: bool, j
     """The rubric or ensemble verdict: margin = w * vote + (1 - w) * rubric margin, where the vote
     is +1 / -1 for an LLM choice of "a" / "b" (0 otherwise: tie, both-bad, inconsistent, invalid,
     not asked) and w = `judge.llm_weight` for the ensemble, 0 for the rubric judge; both-bad
-    when `gate` is False (no answer acceptable). Shared with RecLAIF's judge (tasks/reclaif.py)."""
+    when `gate` is False (no answer acceptable). Shared with RecLAIF's judge (recxplain/reclaif/judge.py)."""
     w = judge.llm_weight if judge.kind == "ensemble" else 0.0
     vote = {"a": 1.0, "b": -1.0}.get(llm_choice, 0.0)
     return decide_verdict(w * vote + (1 - w) * rubric_margin, gate, judge)

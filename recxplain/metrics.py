@@ -1,5 +1,5 @@
 """Sentence-embedding metrics shared by the explanation evaluation (tasks/evaluate.py) and RecLAIF's
-(tasks/reclaif.py): the embedding model, and diversity as mean pairwise cosine distance.
+(recxplain/reclaif/evaluation.py): the embedding model, and diversity as mean pairwise cosine distance.
 """
 
 from __future__ import annotations
