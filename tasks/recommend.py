@@ -1,7 +1,7 @@
 """Stage `train_recommender`: fit a classic recommender, recommend, explain intrinsically, evaluate.
 
-The models, their scoring, the intrinsic explanation and the ranking metrics are the library
-recxplain/recommenders.py (see its docstring for the models, the catalogue and ties). Users
+The models, their scoring, the intrinsic explanation and the ranking metrics are the package
+recxplain/recommenders/ (see its docstring for the models and the catalogue, scoring.py's for ties). Users
 without train interactions get no recommendations, are left out of the metrics, and are counted in
 `ranking_metrics.json` (`users_without_train`).
 

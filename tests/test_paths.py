@@ -15,7 +15,7 @@ import pytest
 import scipy.sparse as sp
 
 from recxplain.config import PathsConfig, RecommenderConfig
-from recxplain.recommenders import Recommender
+from recxplain.recommenders import ALSRecommender
 from tasks.paths import (
     Graph,
     _first_paths,
@@ -93,8 +93,7 @@ def _toy():
         }
     )
     item_ids = np.array([10, 11, 20])
-    rec = Recommender(
-        model="als",
+    rec = ALSRecommender(
         user_ids=np.array([1]),
         item_ids=item_ids,
         user_items=sp.csr_matrix(np.array([[1.0, 1.0, 0.0]], dtype=np.float32)),

@@ -1,4 +1,4 @@
-"""recxplain/recommenders.py and the train_recommender stage on a toy dataset whose similarities,
+"""recxplain/recommenders/ and the train_recommender stage on a toy dataset whose similarities,
 scores and metrics are computed by hand.
 
 Toy train matrix (users 10, 20, 30, 40 x items 1..4):
