@@ -2,7 +2,7 @@
 
 `check_explanation(case, text)` runs every check of one explanation against the evidence of its
 case and returns a `CheckResult`. The same result labels preference pairs (the rubric judge in
-tasks/judge.py), selects the teacher's best-of-n answer (tasks/teacher.py) and grades the
+recxplain/judging.py), selects the teacher's best-of-n answer (tasks/teacher.py) and grades the
 held-out explanations (tasks/evaluate.py), so training and grading measure the same thing.
 
 The checks (each passes or fails):
