@@ -66,12 +66,6 @@ def write_run_facts(out: Path, **facts: Any) -> None:
     path.write_text(json.dumps(known | facts, indent=2, default=str))
 
 
-def read_run_facts(folder: Path) -> dict:
-    """The run facts of a stage folder (`write_run_facts`); {} when it has none."""
-    path = Path(folder) / RUN_FACTS
-    return json.loads(path.read_text()) if path.exists() else {}
-
-
 def _stat(path: Path) -> tuple[int, int, int]:
     info = path.stat()
     return info.st_ino, info.st_size, info.st_mtime_ns

@@ -8,7 +8,9 @@ import pytest
 from prefect import flow
 
 from flows.summary import StageLog
-from recxplain.stage import MANIFEST, folder_digest, stage
+from recxplain.config import TeacherConfig, TrainingConfig
+from recxplain.prompts import read_templates
+from recxplain.stage import ALL, MANIFEST, folder_digest, reads, stage, stage_inputs, stage_key, write_run_facts
 from tests import stage_toys
 from tests.stage_toys import CALLS, FAIL_ONCE, Numbers
 
@@ -92,6 +94,52 @@ def test_digest_ignores_prefect_record_and_checkpoints(tmp_path):
     assert folder_digest(folder) == before
     (folder / "data.txt").write_text("y")
     assert folder_digest(folder) != before
+
+
+def test_digest_ignores_run_facts_and_llm_caches(tmp_path):
+    folder = tmp_path / "stage" / "key"
+    folder.mkdir(parents=True)
+    (folder / MANIFEST).write_text("{}")
+    (folder / "answers.json").write_text("[]")
+    before = folder_digest(folder)
+    write_run_facts(folder, seconds=1.5)
+    write_run_facts(folder, peak_memory_mb=10)  # facts add up
+    (folder / "cache").mkdir()
+    (folder / "cache" / "teacher.sqlite").write_text("responses")
+    assert folder_digest(folder) == before
+    assert json.loads((folder / "run.json").read_text()) == {"seconds": 1.5, "peak_memory_mb": 10}
+
+
+@reads(training=("base_model", "sft"), teacher=ALL, templates=("teacher.prompt",))
+def toy_trainer(out: Path, *, training: TrainingConfig, teacher: TeacherConfig, templates: dict[str, str]) -> None:
+    out.joinpath("seen.txt").write_text(f"{training.base_model} {training.sft.max_steps} {teacher.best_of}")
+    training.dpo  # noqa: B018  (not declared: raises)
+
+
+def test_reads_keys_only_the_declared_fields_and_templates(tmp_path, monkeypatch):
+    inputs = {"training": TrainingConfig(), "teacher": TeacherConfig()}
+    key = stage_key("toy", toy_trainer, inputs)
+    # an undeclared field of a declared section: same key
+    assert stage_key("toy", toy_trainer, inputs | {"training": TrainingConfig(dpo={"max_steps": 3})}) == key
+    # a declared field, a field of a section declared whole: new keys
+    assert stage_key("toy", toy_trainer, inputs | {"training": TrainingConfig(sft={"max_steps": 3})}) != key
+    assert stage_key("toy", toy_trainer, inputs | {"teacher": TeacherConfig(best_of=2)}) != key
+    # the stage gets the declared template's text, and that text is in the key
+    given = stage_inputs(toy_trainer, inputs)
+    assert given["templates"] == read_templates("explain_seed.j2")
+    import recxplain.stage
+
+    monkeypatch.setattr(recxplain.stage, "read_templates", lambda *names: {n: "edited" for n in names})
+    assert stage_key("toy", toy_trainer, inputs) != key
+    # the stage sees only what it declared
+    (tmp_path / "out").mkdir()
+    with pytest.raises(AttributeError, match=r"TrainingConfig\[base_model, sft\] has no field 'dpo'"):
+        toy_trainer(tmp_path / "out", **given)
+    assert (tmp_path / "out" / "seen.txt").read_text() == "smollm2 12 4"
+    with pytest.raises(TypeError, match="does not declare"):
+        stage_inputs(toy_trainer, inputs | {"pairs": TeacherConfig()})
+    with pytest.raises(TypeError, match="do not pass templates="):
+        stage_inputs(toy_trainer, inputs | {"templates": {}})
 
 
 def test_code_version_covers_the_project_helpers_a_stage_uses():
