@@ -81,9 +81,10 @@ def test_editing_a_template_reruns_exactly_the_stages_that_render_it(tmp_path, p
     edit(prompts / "judge_pair.j2")
     assert set(feedback_flow(settings).values()) == {"Cached"}
 
-    # The explanation template: the teacher and the pairs render it. The judge reruns too, not for
-    # that template (its own is unchanged) but because the pairs it reads changed (their prompts).
+    # The explanation template: the teacher and the pairs render it, so they rerun. The edit is a
+    # comment, the prompts they render are the same, so they write the same files (template hashes
+    # go to the manifest, not the content) and the judge after them stays cached.
     edit(prompts / "explain_seed.j2")
     assert feedback_flow(settings) == evidence | {
-        "teacher_generate": "Completed", "sample_pairs": "Completed", "judge_pairs": "Completed"
+        "teacher_generate": "Completed", "sample_pairs": "Completed", "judge_pairs": "Cached"
     }
