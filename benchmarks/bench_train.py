@@ -162,6 +162,7 @@ def run_one(kind: str, work: Path, steps: int, threads: int | None = None) -> di
     if threads:
         torch.set_num_threads(threads)
 
+    from recxplain import training as trainers
     from recxplain.config import TrainingConfig
     from tasks import train
 
@@ -200,7 +201,7 @@ def run_one(kind: str, work: Path, steps: int, threads: int | None = None) -> di
 
         train._plain_loss_sft_trainer = lambda: FullHeadSFTTrainer
     if kind == "orpo_unpacked":  # trl's forward: chosen and rejected rows each with the prompt
-        train.packed_pair_logps = lambda *args: None
+        trainers.packed_pair_logps = lambda *args: None
     if kind == "dpo_unpacked":  # trl's rows: chosen and rejected each with the prompt
         train._read_dpo_prompts_once = lambda trainer: None
     if kind == "dpo_all_positions":  # trl's own CPU behaviour: log-probs of every position

@@ -34,10 +34,11 @@ from tasks.discriminator import train_discriminator
 from tasks.evaluate import evaluate
 from tasks.explain import generate_explanations
 from tasks.judge import judge_pairs
+from tasks.pairs import sample_pairs
 from tasks.paths import mine_paths
 from tasks.recommend import train_recommender
 from tasks.report import write_report
-from tasks.teacher import sample_pairs, teacher_generate
+from tasks.teacher import teacher_generate
 from tasks.train import train_dpo, train_orpo, train_sft
 
 PREPARE_DATA = stage(prepare_data)

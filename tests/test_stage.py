@@ -144,12 +144,15 @@ def test_reads_keys_only_the_declared_fields_and_templates(tmp_path, monkeypatch
 
 def test_code_version_covers_the_project_helpers_a_stage_uses():
     from recxplain.stage import code_modules
+    from tasks.pairs import sample_pairs
     from tasks.teacher import teacher_generate
 
     names = [m.__name__ for m in code_modules(teacher_generate)]
-    # the checks that pick its best-of-n answers, the prompt renderer, the student model mapping
-    assert {"tasks.teacher", "recxplain.checks", "recxplain.prompts", "recxplain.models"} <= set(names)
+    # the checks that pick its best-of-n answers, the prompt renderer, the loader it shares with sample_pairs
+    assert {"tasks.teacher", "recxplain.checks", "recxplain.prompts", "recxplain.teaching"} <= set(names)
     assert "recxplain.config" not in names  # configs are in the key by value
+    # sample_pairs: the same shared loader, and the student model mapping
+    assert {"tasks.pairs", "recxplain.teaching", "recxplain.models"} <= {m.__name__ for m in code_modules(sample_pairs)}
 
 
 def test_code_version_does_not_depend_on_the_providers_imported_before():

@@ -10,7 +10,7 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-import tasks.teacher as teacher_module
+import recxplain.teaching
 from recxplain.checks import Catalogue, check_explanation
 from recxplain.config import JudgeConfig, LLMConfig, PairsConfig, SamplingConfig, TeacherConfig, TrainingConfig
 from recxplain.llm import Generation
@@ -18,7 +18,8 @@ from recxplain.models import student_llm
 from recxplain.prompts import RETRY_MESSAGE, explain_messages, read_templates
 from recxplain.schemas import write_cases
 from tasks.judge import judge_pairs
-from tasks.teacher import sample_pairs, teacher_generate
+from tasks.pairs import sample_pairs
+from tasks.teacher import teacher_generate
 from tests.scripted import GENRES, GOOD, TECHNICAL, TITLES, ScriptedModel, toy_case
 
 TEMPLATES = read_templates("explain_seed.j2")
@@ -41,7 +42,7 @@ def cases_dir(tmp_path):
 
 
 def use_model(monkeypatch, model):
-    monkeypatch.setattr(teacher_module, "_load", lambda cfg, artifacts_dir, cache_path: model)
+    monkeypatch.setattr(recxplain.teaching, "load_chat_model", lambda cfg, artifacts_dir, cache_path: model)
 
 
 def test_teacher_generate_keeps_valid_answers_only(tmp_path, cases_dir, monkeypatch):

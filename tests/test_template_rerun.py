@@ -10,7 +10,7 @@ import pytest
 from prefect import flow
 
 import recxplain.stage
-import tasks.teacher
+import recxplain.teaching
 from flows.pipeline import BUILD_CASES, evidence_stages, feedback_stages
 from flows.summary import StageLog
 from recxplain.config import load_config
@@ -48,7 +48,8 @@ def prompts(tmp_path, monkeypatch):
     shutil.copytree(PROMPTS_DIR, folder)
     # Stages get the templates their @reads declares through recxplain.stage (read at key time).
     monkeypatch.setattr(recxplain.stage, "read_templates", lambda *names: read_templates(*names, prompts_dir=folder))
-    monkeypatch.setattr(tasks.teacher, "_load", lambda cfg, artifacts_dir, cache_path: ScriptedModel(scripted_teacher))
+    monkeypatch.setattr(recxplain.teaching, "load_chat_model",
+                        lambda cfg, artifacts_dir, cache_path: ScriptedModel(scripted_teacher))
     return folder
 
 

@@ -1,4 +1,5 @@
-"""Student training (tasks/train.py) on a tiny random Llama that reuses the SmolLM2 tokenizer.
+"""Student training (tasks/train.py, recxplain/training.py) on a tiny random Llama that reuses the
+SmolLM2 tokenizer.
 
 The toy task is learnable: every answer follows one template filled from the prompt, and the
 rejected answers of the preference pairs are gibberish, so SFT/ORPO validation loss must fall
@@ -18,6 +19,7 @@ from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM, Trainer
 from trl import SFTConfig
 
+from recxplain import training
 from recxplain.config import LoraConfig, TrainingConfig
 from recxplain.models import resolve_model
 from tasks import train
@@ -139,7 +141,7 @@ def test_sft_learns_and_exports(sft_student, tiny_model):
 def test_split_holds_out_whole_cases_at_least_min_cases_at_most_a_third():
     def sizes(n_cases: int, fraction: float, min_cases: int = 8) -> tuple[int, int]:
         rows = [{"case_id": f"{i}-1", "row": j} for i in range(n_cases) for j in range(2)]  # 2 rows a case
-        train_rows, valid_rows = train._split(rows, fraction, seed=0, min_cases=min_cases)
+        train_rows, valid_rows = training._split(rows, fraction, seed=0, min_cases=min_cases)
         assert not {r["case_id"] for r in train_rows} & {r["case_id"] for r in valid_rows}
         assert len(train_rows) + len(valid_rows) == len(rows)
         return len({r["case_id"] for r in train_rows}), len({r["case_id"] for r in valid_rows})
@@ -151,17 +153,18 @@ def test_split_holds_out_whole_cases_at_least_min_cases_at_most_a_third():
     assert sizes(2, 0.5) == (2, 0)  # too few cases to hold any out
     assert sizes(100, 0.0) == (100, 0)  # validation off
     rows = [{"case_id": f"{i}-1"} for i in range(40)]
-    assert train._split(rows, 0.1, seed=1) == train._split(rows, 0.1, seed=1) != train._split(rows, 0.1, seed=2)
+    split = training._split
+    assert split(rows, 0.1, seed=1) == split(rows, 0.1, seed=1) != split(rows, 0.1, seed=2)
 
 
 def test_completion_only_loss(tiny_model, data):
     """The SFT labels cover exactly the assistant answer (+ end of turn), not the prompt."""
     tokenizer = AutoTokenizer.from_pretrained(tiny_model)
-    row = train._sft_row(_sft_rows(1)[0], Path("x"), 1)
-    trainer = train._plain_loss_sft_trainer()(
+    row = training._sft_row(_sft_rows(1)[0], Path("x"), 1)
+    trainer = training._plain_loss_sft_trainer()(
         model=AutoModelForCausalLM.from_pretrained(tiny_model),
         args=SFTConfig(output_dir="/tmp/unused", report_to="none", use_cpu=True, bf16=False),
-        train_dataset=train._dataset([row]),
+        train_dataset=training._dataset([row]),
         processing_class=tokenizer,
     )
     example = trainer.train_dataset[0]
@@ -185,7 +188,7 @@ def test_adapter_reloads_generates_and_matches_merged(sft_student):
     new = merged.generate(**ids, max_new_tokens=8, do_sample=False)[0, ids["input_ids"].shape[1] :]
     assert len(new) >= 1 and tokenizer.decode(new, skip_special_tokens=True).strip()
 
-    again = train.merge_adapter(adapter, sft_student / "merged-again")
+    again = training.merge_adapter(adapter, sft_student / "merged-again")
     assert (
         load_file(again / "model.safetensors").keys() == load_file(sft_student / "merged" / "model.safetensors").keys()
     )
@@ -370,7 +373,7 @@ def test_orpo_likelihood_covers_the_chosen_answer_only(monkeypatch):
     chosen_labels = torch.tensor([[-100, -100, 3, 4], [-100, 7, 8, 9]])
     monkeypatch.setattr(ORPOTrainer, "concatenated_forward",
                         lambda self, model, batch: ("chosen", "rejected", chosen_logits, "rejected logits", "trl nll"))
-    trainer_class = train._answer_nll_orpo_trainer()
+    trainer_class = training._answer_nll_orpo_trainer()
     trainer = object.__new__(trainer_class)
     trainer.is_encoder_decoder, trainer.aux_loss_enabled = False, True  # trl's forward: no packed pairs
     out = trainer_class.concatenated_forward(trainer, None, {"chosen_labels": chosen_labels})
@@ -434,7 +437,7 @@ def test_packed_pairs_match_rows_read_alone(tiny_model, attention):
     pairs[1] = (pairs[1][0], "A much longer chosen answer than the rejected one, " * 3, "No.")
     c_ids, c_lab, r_ids, r_lab = _pair_rows(tokenizer, pairs)
 
-    chosen, rejected, chosen_logits, _ = train.packed_pair_logps(model, c_ids, c_lab, r_ids, r_lab)
+    chosen, rejected, chosen_logits, _ = training.packed_pair_logps(model, c_ids, c_lab, r_ids, r_lab)
     (torch.cat(chosen).sum() - torch.cat(rejected).sum()).backward()
     packed_grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
     model.zero_grad()
@@ -449,7 +452,7 @@ def test_packed_pairs_match_rows_read_alone(tiny_model, attention):
             assert torch.allclose(packed_grads[name], parameter.grad, rtol=1e-4, atol=1e-4), name
     # a pair whose two rows do not start with the same prompt is left to trl's forward
     r_ids[0, 3] += 1
-    assert train.packed_pair_logps(model, c_ids, c_lab, r_ids, r_lab) is None
+    assert training.packed_pair_logps(model, c_ids, c_lab, r_ids, r_lab) is None
 
 
 def test_answer_token_loss_is_the_models_own_loss(tiny_model):
@@ -459,9 +462,9 @@ def test_answer_token_loss_is_the_models_own_loss(tiny_model):
     ids, labels, _, _ = _pair_rows(tokenizer, [(_prompt(i), _answer(i), "x") for i in range(3)])
     mask = (ids != 0).long()
     expected = model(input_ids=ids, attention_mask=mask, labels=labels).loss
-    assert train.answer_token_loss(model, ids, mask, labels).item() == pytest.approx(expected.item(), rel=1e-5)
+    assert training.answer_token_loss(model, ids, mask, labels).item() == pytest.approx(expected.item(), rel=1e-5)
     n = int((labels[:, 1:] != -100).sum())
-    assert train.answer_token_loss(model, ids, mask, labels, torch.tensor(2 * n)).item() == pytest.approx(
+    assert training.answer_token_loss(model, ids, mask, labels, torch.tensor(2 * n)).item() == pytest.approx(
         expected.item() / 2, rel=1e-5)
 
 
@@ -497,9 +500,9 @@ def test_dpo_reads_each_prompt_once_with_trls_numbers(tiny_model, monkeypatch):
         return out, {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
 
     trl_out, trl_grads = run()
-    train._read_dpo_prompts_once(SimpleNamespace(model=model, ref_model=None, use_weighting=False))
+    training._read_dpo_prompts_once(SimpleNamespace(model=model, ref_model=None, use_weighting=False))
     packed_rows = []
-    monkeypatch.setattr(train, "packed_pair_hidden", lambda *a, read=train.packed_pair_hidden: packed_rows.append(
+    monkeypatch.setattr(training, "packed_pair_hidden", lambda *a, read=training.packed_pair_hidden: packed_rows.append(
         len(a[1])) or read(*a))
     packed_out, packed_grads = run()
     assert packed_rows == [3]  # one packed row per pair, not trl's six

@@ -1,0 +1,28 @@
+"""What teacher_generate (tasks/teacher.py) and sample_pairs (tasks/pairs.py) share: the chat
+model they sample from, with its response cache (`_load`), and the training cases they explain
+(`_train_cases`).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from recxplain.config import LLMConfig
+from recxplain.llm import load_chat_model
+from recxplain.prompts import ChatModel
+from recxplain.schemas import Case, read_cases
+
+
+def _load(cfg: LLMConfig, artifacts_dir: Path, cache_path: Path) -> ChatModel:
+    cache_path.parent.mkdir(parents=True, exist_ok=True)
+    return load_chat_model(cfg, Path(artifacts_dir), cache_path)
+
+
+def _train_cases(cases: Path) -> list[Case]:
+    path = Path(cases) / "train.jsonl"
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: missing (written by build_cases)")
+    found = read_cases(path)
+    if not found:
+        raise ValueError(f"{path}: no training cases")
+    return found
