@@ -8,7 +8,8 @@ Three stage functions, each writing into its artifact folder `out`:
 - `merged/` (when `training.merge`, or always with full fine-tuning): a full safetensors model
   with tokenizer and chat template, for `vllm serve <out>/merged` or plain `transformers`.
 - `training.json`: loss curve (train loss, held-out validation loss, DPO/ORPO reward accuracy per
-  logging step), steps, tokens/s, wall time, peak memory, base model, method, device.
+  logging step), steps, base model, method, device; `run.json` beside it (not part of the
+  content): tokens/s, wall time, peak memory.
 
 The trainers themselves (input checks, CPU trainers, the training loop and export, peak memory,
 curves, `merge_adapter`) are in `recxplain.training`; DPO keeps the previous student's adapter as
