@@ -267,19 +267,22 @@ def code_version(fn: Callable) -> str:
     return digest.hexdigest()[:16]
 
 
-def stage_key(name: str, fn: Callable, inputs: dict[str, Any]) -> str:
-    inputs = stage_inputs(fn, inputs)
-    described = {k: _describe(v) for k, v in sorted(inputs.items()) if k != "artifacts_dir"}
-    text = json.dumps(
-        {"stage": name, "layout": LAYOUT_VERSION, "code": code_version(fn), "inputs": described},
-        sort_keys=True,
-    )
+def _key(name: str, code: str, given: dict[str, Any]) -> str:
+    """The key of a stage called with `given` (`stage_inputs`' projection) under code version `code`."""
+    described = {k: _describe(v) for k, v in sorted(given.items()) if k != "artifacts_dir"}
+    text = json.dumps({"stage": name, "layout": LAYOUT_VERSION, "code": code, "inputs": described}, sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()[:20]
+
+
+def stage_key(name: str, fn: Callable, inputs: dict[str, Any]) -> str:
+    return _key(name, code_version(fn), stage_inputs(fn, inputs))
 
 
 def run_stage(name: str, fn: Callable, artifacts_dir: Path, inputs: dict[str, Any]) -> Path:
     """Run `fn` into its content-addressed folder unless that folder is already complete."""
-    key = stage_key(name, fn, inputs)
+    # Projected, templates read and code hashed once: the key and the call see the same inputs.
+    call, code = stage_inputs(fn, inputs), code_version(fn)
+    key = _key(name, code, call)
     out = Path(artifacts_dir) / name / key
     if is_intact(out):
         return out
@@ -288,7 +291,6 @@ def run_stage(name: str, fn: Callable, artifacts_dir: Path, inputs: dict[str, An
     partial = out.with_name(f"{key}.partial")
     partial.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
-    call = stage_inputs(fn, inputs)
     if "artifacts_dir" in inspect.signature(fn).parameters:
         call["artifacts_dir"] = Path(artifacts_dir)
     try:
@@ -298,7 +300,7 @@ def run_stage(name: str, fn: Callable, artifacts_dir: Path, inputs: dict[str, An
     manifest = {
         "stage": name,
         "key": key,
-        "code": code_version(fn),
+        "code": code,
         "seconds": round(time.perf_counter() - started, 3),
         "digest": _content_digest(partial),
         "inputs": {k: str(v) if isinstance(v, Path) else _describe(v) for k, v in call.items()
