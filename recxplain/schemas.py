@@ -22,12 +22,15 @@ COLUMNS: dict[str, tuple[str, ...]] = {
     "neighbours": ("user_id", "item_id", "neighbour_item_id", "weight"),
     "paths": ("user_id", "item_id", "rank", "pattern", "steps", "score"),
     "explanations": ("case_id", "model", "text", "tokens", "valid"),
+    "pairs": ("case_id", "text_a", "text_b", "source", "prompt"),  # sample_pairs, reclaif_sample_pairs
+    "metrics": ("explainer", "metric", "value", "ci_low", "ci_high", "n"),
 }
 
 
-def check_columns(frame: pl.DataFrame | pl.LazyFrame, kind: str, source: Path | str) -> None:
-    """Raise ValueError naming `source` and the missing columns of a `kind` artifact."""
-    names = frame.collect_schema().names() if isinstance(frame, pl.LazyFrame) else frame.columns
+def check_columns(frame, kind: str, source: Path | str) -> None:
+    """Raise ValueError naming `source` and the missing columns of a `kind` artifact (a polars or
+    pandas frame)."""
+    names = frame.collect_schema().names() if isinstance(frame, pl.LazyFrame) else list(frame.columns)
     missing = [c for c in COLUMNS[kind] if c not in names]
     if missing:
         raise ValueError(f"{source}: {kind} artifact lacks column(s) {missing}; has {names}")

@@ -25,7 +25,7 @@ from recxplain.judging import (
     load_judge_model,
 )
 from recxplain.prompts import judge_prompts, usage_counts
-from recxplain.schemas import read_cases
+from recxplain.schemas import check_columns, read_cases
 from recxplain.stage import reads
 
 
@@ -82,9 +82,7 @@ def judge_pairs(
     if not pairs_path.exists():
         raise FileNotFoundError(f"{pairs_path}: missing (written by sample_pairs)")
     frame = pl.read_parquet(pairs_path)
-    missing = [c for c in ("case_id", "text_a", "text_b", "source", "prompt") if c not in frame.columns]
-    if missing:
-        raise ValueError(f"{pairs_path}: lacks column(s) {missing}; has {frame.columns}")
+    check_columns(frame, "pairs", pairs_path)
     rows = frame.to_dicts()
     unknown = sorted({r["case_id"] for r in rows} - by_id.keys())
     if unknown:

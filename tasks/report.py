@@ -36,7 +36,7 @@ import pandas as pd
 from recxplain.config import EvaluationConfig
 from recxplain.reclaif import METRICS as RECLAIF_METRICS
 from recxplain.reclaif import display_title, read_candidate_sets
-from recxplain.schemas import Case, read_cases
+from recxplain.schemas import Case, check_columns, read_cases
 from recxplain.stage import reads
 
 # metric -> (label, direction: +1 higher is better, -1 lower is better, 0 neither; digits)
@@ -98,9 +98,7 @@ def read_metrics(metrics: Path) -> pd.DataFrame:
     if not path.exists():
         raise FileNotFoundError(f"{path}: no metrics (run evaluate first)")
     frame = pd.read_parquet(path)
-    missing = [c for c in ("explainer", "metric", "value", "ci_low", "ci_high", "n") if c not in frame.columns]
-    if missing:
-        raise ValueError(f"{path}: lacks column(s) {missing}; has {list(frame.columns)}")
+    check_columns(frame, "metrics", path)
     return frame
 
 

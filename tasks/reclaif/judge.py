@@ -18,6 +18,7 @@ from recxplain.prompts import judge_prompts, usage_counts
 from recxplain.reclaif import read_candidate_sets
 from recxplain.reclaif.answers import load_model
 from recxplain.reclaif.judge import judge_recommendation_pairs, ranking_signal
+from recxplain.schemas import check_columns
 from recxplain.stage import ALL, reads
 
 
@@ -43,9 +44,7 @@ def reclaif_judge_pairs(
     if not pairs_path.exists():
         raise FileNotFoundError(f"{pairs_path}: missing (written by reclaif_sample_pairs)")
     frame = pl.read_parquet(pairs_path)
-    missing = [c for c in ("case_id", "text_a", "text_b", "prompt") if c not in frame.columns]
-    if missing:
-        raise ValueError(f"{pairs_path}: lacks column(s) {missing}; has {frame.columns}")
+    check_columns(frame, "pairs", pairs_path)
     rows = frame.to_dicts()
     unknown = sorted({r["case_id"] for r in rows} - sets.keys())
     if unknown:
