@@ -573,6 +573,10 @@ def _save_adapter(model: PeftModel, tokenizer, folder: Path, base: Path) -> None
     config_path = folder / "adapter_config.json"
     config = json.loads(config_path.read_text())
     config["base_model_name_or_path"] = str(Path(base).resolve())
+    # peft writes target_modules in set order, which changes with each process's string hashing:
+    # sorted, a stage run again writes the same bytes (and leaves the stages after it cached).
+    if isinstance(config.get("target_modules"), list):
+        config["target_modules"] = sorted(config["target_modules"])
     config_path.write_text(json.dumps(config, indent=2))
     tokenizer.save_pretrained(folder)
 
