@@ -380,16 +380,19 @@ class PairsConfig(Section):
             checks rate best and the one they rate worst (chosen and rejected then differ on the
             checks, not only in wording).
         sampling: decoding parameters for the pair samples (high temperature, nucleus).
-        greedy_candidate: one of the `candidates` is the model's greedy answer (temperature 0,
-            `sampling`'s other settings), the others sampled: the answer the evaluation reads
-            is then in the pair, so a loop it would show at temperature 0 is judged against a
-            sample that does not loop (`teacher` and `student` sources).
+        greedy_candidate: one of the `candidates` is the model's greedy answer (decoded with
+            `greedy_sampling`), the others sampled: the answer the evaluation reads is then in
+            the pair, so a loop it would show at temperature 0 is judged against a sample that
+            does not loop (`teacher` and `student` sources).
+        greedy_sampling: decoding of the greedy candidate; set it to `evaluation.sampling` so
+            that the pair holds what the evaluation reads. None: `sampling` at temperature 0.
     """
 
     source: Literal["teacher", "teacher_samples", "student"] = "teacher"
     candidates: int = Field(2, ge=2)
     sampling: SamplingConfig = SamplingConfig(temperature=1.0, top_p=0.95)
     greedy_candidate: bool = False
+    greedy_sampling: SamplingConfig | None = None
 
 
 class DiscriminatorConfig(Section):

@@ -47,7 +47,8 @@ def sample_pairs(
 ) -> None:
     """Write pairs.parquet (case_id, text_a, text_b, source, prompt as JSON messages, model,
     valid_a, valid_b) and stats.json; `pairs.candidates` samples per training case at
-    `pairs.sampling` (the first the greedy answer with `pairs.greedy_candidate`), of which the
+    `pairs.sampling` (the first the greedy answer, at `pairs.greedy_sampling`, with
+    `pairs.greedy_candidate`), of which the
     best and the worst by the checks form the pair.
 
     `student`: the folder of the current student (train_sft or the previous DPO round) when
@@ -70,7 +71,7 @@ def sample_pairs(
     sampled = pairs.candidates - pairs.greedy_candidate
     outputs = model.generate(asked, pairs.sampling, n=sampled)
     if pairs.greedy_candidate:
-        greedy = model.generate(asked, pairs.sampling.model_copy(update={"temperature": 0.0}))
+        greedy = model.generate(asked, pairs.greedy_sampling or pairs.sampling.model_copy(update={"temperature": 0.0}))
         outputs = [first + rest for first, rest in zip(greedy, outputs, strict=True)]
 
     def usable(text: str, case: Case) -> bool:

@@ -416,3 +416,22 @@ def test_the_greedy_answer_is_a_candidate(tmp_path, cases_dir, monkeypatch):
     assert temperatures == [(0.9, 1), (0.0, 1)]
     frame = pl.read_parquet(out / "pairs.parquet")
     assert set(frame["text_a"]) == {loop} and set(frame["text_b"]) == {GOOD}
+
+
+def test_the_greedy_candidate_decodes_with_greedy_sampling(tmp_path, cases_dir, monkeypatch):
+    """pairs.greedy_sampling: the greedy candidate decodes as the evaluation does (its repetition
+    penalty included), the other candidates at `sampling`."""
+    seen = []
+
+    class Recording(ScriptedModel):
+        def generate(self, prompts, sampling, n=1):
+            seen.append(sampling)
+            return super().generate(prompts, sampling, n)
+
+    use_model(monkeypatch, Recording(lambda messages, j: GOOD))
+    greedy = SamplingConfig(temperature=0.0, max_new_tokens=64, repetition_penalty=1.1)
+    pairs = PairsConfig(greedy_candidate=True, greedy_sampling=greedy,
+                        sampling=SamplingConfig(temperature=0.9, top_p=0.95))
+    sample_pairs(tmp_path, pairs=pairs, teacher=TeacherConfig(min_words=5), training=TrainingConfig(),
+                 cases=cases_dir, student=None, templates=TEMPLATES, artifacts_dir=tmp_path)
+    assert seen == [pairs.sampling, greedy]
