@@ -384,8 +384,9 @@ class PairsConfig(Section):
             `greedy_sampling`), the others sampled: the answer the evaluation reads is then in
             the pair, so a loop it would show at temperature 0 is judged against a sample that
             does not loop (`teacher` and `student` sources).
-        greedy_sampling: decoding of the greedy candidate; set it to `evaluation.sampling` so
-            that the pair holds what the evaluation reads. None: `sampling` at temperature 0.
+        greedy_sampling: decoding of the greedy candidate, e.g. `evaluation.sampling` for a pair
+            that holds exactly what the evaluation reads, repetition penalty included (README:
+            what that did to the default run). None: `sampling` at temperature 0.
     """
 
     source: Literal["teacher", "teacher_samples", "student"] = "teacher"
