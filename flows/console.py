@@ -19,6 +19,7 @@ import warnings
 from dataclasses import dataclass
 
 from recxplain.config import Config
+from recxplain.explainers import explainer_names
 
 # Loggers that print on the console even when quiet: the project's own.
 OWN_PACKAGES = {"recxplain", "tasks", "flows", "arena", "__main__"}
@@ -74,16 +75,23 @@ def planned_stages(cfg: Config, flow_name: str) -> int | None:
         learned = 3 + 3 * rounds + 3
     else:
         # cases, teacher, teacher pairs, judge, SFT, ORPO, (sample, judge, DPO) per round,
-        # explanations, evaluate, report, arena
-        learned = 1 + 3 + 2 + 3 * rounds + 4
+        # explanations (per explainer and shard, merged), evaluate, report, arena
+        learned = 1 + 3 + 2 + 3 * rounds + explanation_tasks(cfg) + 3
     discriminator = int(cfg.task == "explain" and cfg.judge.kind == "discriminator")  # train_discriminator
     if flow_name == "recxplain-pipeline":
         return evidence + learned + discriminator
     if flow_name == "recxplain-retrain":
         return evidence if cfg.retrain.evidence_only else evidence + learned + discriminator
     if flow_name == "recxplain-evaluate":
-        return evidence + 1 + 4 + discriminator
+        return evidence + 1 + explanation_tasks(cfg) + 3 + discriminator
     return None
+
+
+def explanation_tasks(cfg: Config) -> int:
+    """generate_explanations' tasks: one per explainer and shard (`cases.eval_users` cases,
+    one per user, as build_cases plans), and the merge."""
+    shards = -(-cfg.cases.eval_users // cfg.runtime.shard_cases) if cfg.runtime.shard_cases else 1
+    return len(explainer_names(cfg.evaluation, cfg.training)) * shards + 1
 
 
 class OwnRecordsOnly(logging.Filter):

@@ -89,6 +89,7 @@ def evaluate_only(
               if cfg.judge.kind == "discriminator" else None)
     artifacts |= students | evaluation_stages(cfg, log, artifacts["cases"], students, judged=judged,
                                                               paths=artifacts["paths"])
+    artifacts = log.folders(artifacts)
     runtime = cfg.runtime.model_copy(update={"run_name": f"{cfg.runtime.run_name}-evaluate"})
     run_dir = publish_run_summary(cfg.model_copy(update={"runtime": runtime}), config_path, overrides, log, artifacts)
     return str(run_dir)

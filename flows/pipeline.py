@@ -18,6 +18,7 @@ import flows  # noqa: F401  (quiet offline Prefect settings, before prefect is i
 
 # isort: split
 from prefect import flow
+from prefect.futures import PrefectFuture
 
 from arena.bundle import export_arena
 from flows.reclaif import reclaif_stages
@@ -25,14 +26,15 @@ from flows.runners import ConfigTaskRunner
 from flows.summary import StageLog, publish_run_summary
 from recxplain.config import Config, load_config
 from recxplain.discriminator import file_digest
-from recxplain.explainers import student_explainers
+from recxplain.explainers import explainer_names, student_explainers
 from recxplain.judging import base_judge
+from recxplain.schemas import read_cases
 from recxplain.stage import stage
 from tasks.cases import build_cases
 from tasks.data import prepare_data, source_digest
 from tasks.discriminator import train_discriminator
 from tasks.evaluate import evaluate
-from tasks.explain import generate_explanations
+from tasks.explain import generate_explanations, merge_explanations
 from tasks.judge import judge_pairs
 from tasks.pairs import sample_pairs
 from tasks.paths import mine_paths
@@ -45,15 +47,17 @@ PREPARE_DATA = stage(prepare_data)
 TRAIN_RECOMMENDER = stage(train_recommender)
 MINE_PATHS = stage(mine_paths)
 BUILD_CASES = stage(build_cases)
-TEACHER_GENERATE = stage(teacher_generate)
-SAMPLE_PAIRS = stage(sample_pairs)
-JUDGE_PAIRS = stage(judge_pairs)
-TRAIN_DISCRIMINATOR = stage(train_discriminator)
-TRAIN_SFT = stage(train_sft)
-TRAIN_ORPO = stage(train_orpo)
-TRAIN_DPO = stage(train_dpo)
-GENERATE_EXPLANATIONS = stage(generate_explanations)
-EVALUATE = stage(evaluate)
+# heavy: loads a torch model (at most runtime.heavy_tasks of them at once in one process)
+TEACHER_GENERATE = stage(teacher_generate, heavy=True)
+SAMPLE_PAIRS = stage(sample_pairs, heavy=True)
+JUDGE_PAIRS = stage(judge_pairs, heavy=True)
+TRAIN_DISCRIMINATOR = stage(train_discriminator, heavy=True)
+TRAIN_SFT = stage(train_sft, heavy=True)
+TRAIN_ORPO = stage(train_orpo, heavy=True)
+TRAIN_DPO = stage(train_dpo, heavy=True)
+GENERATE_EXPLANATIONS = stage(generate_explanations, name="generate_explanations_shard", heavy=True)
+MERGE_EXPLANATIONS = stage(merge_explanations, name="generate_explanations")
+EVALUATE = stage(evaluate, heavy=True)
 WRITE_REPORT = stage(write_report)
 EXPORT_ARENA = stage(export_arena)
 
@@ -66,54 +70,70 @@ def evidence_stages(cfg: Config, log: StageLog) -> dict[str, Path]:
     return {"data": data, "recommender": recommender, "paths": paths}
 
 
-def feedback_stages(cfg: Config, log: StageLog, cases: Path) -> dict[str, Path]:
+def feedback_stages(cfg: Config, log: StageLog, cases: Path) -> dict[str, PrefectFuture]:
     """AI feedback on the train cases: teacher explanations (SFT data) and judged teacher pairs."""
-    teacher = log.run(TEACHER_GENERATE, teacher=cfg.teacher, cases=cases)
-    pairs = log.run(
+    teacher = log.submit(TEACHER_GENERATE, teacher=cfg.teacher, cases=cases)
+    pairs = log.submit(
         SAMPLE_PAIRS, pairs=cfg.pairs, teacher=cfg.teacher, training=cfg.training, cases=cases, student=None,
         teacher_samples=teacher if cfg.pairs.source == "teacher_samples" else None,
     )
-    preferences = log.run(JUDGE_PAIRS, judge=base_judge(cfg.judge), cases=cases, pairs=pairs)
+    preferences = log.submit(JUDGE_PAIRS, judge=base_judge(cfg.judge), cases=cases, pairs=pairs)
     return {"teacher": teacher, "pairs": pairs, "preferences": preferences}
 
 
-def student_stages(cfg: Config, log: StageLog, cases: Path, feedback: dict[str, Path]) -> dict[str, Path]:
-    """SFT on the teacher, ORPO on the judged pairs, then RecLAIF's rounds: round r samples two
-    answers per case from the round r-1 student, the judge picks, DPO trains round r. Each
-    round's judge_pairs folder is added to `feedback` as `preferences_rN` (the discriminator
-    learns from every judged pair)."""
-    students = {"sft": log.run(TRAIN_SFT, training=cfg.training, sft=feedback["teacher"])}
-    students["orpo"] = log.run(TRAIN_ORPO, training=cfg.training, preferences=feedback["preferences"])
+def student_stages(cfg: Config, log: StageLog, cases: Path, feedback: dict) -> dict[str, PrefectFuture]:
+    """SFT on the teacher, ORPO on the judged pairs (beside SFT and the rounds), then RecLAIF's
+    rounds: round r samples two answers per case from the round r-1 student, the judge picks,
+    DPO trains round r. Each round's judge_pairs is added to `feedback` as `preferences_rN` (the
+    discriminator learns from every judged pair)."""
+    students = {"sft": log.submit(TRAIN_SFT, training=cfg.training, sft=feedback["teacher"])}
+    students["orpo"] = log.submit(TRAIN_ORPO, training=cfg.training, preferences=feedback["preferences"])
     current = students["sft"]
     student_pairs = cfg.pairs.model_copy(update={"source": "student"})
     for r in range(1, cfg.training.rounds + 1):
-        pairs = log.run(
+        pairs = log.submit(
             SAMPLE_PAIRS, label=f"sample_pairs_r{r}", pairs=student_pairs, teacher=cfg.teacher,
             training=cfg.training, cases=cases, student=current,
         )
-        preferences = log.run(
+        preferences = log.submit(
             JUDGE_PAIRS, label=f"judge_pairs_r{r}", judge=base_judge(cfg.judge), cases=cases, pairs=pairs
         )
         feedback[f"preferences_r{r}"] = preferences
-        current = log.run(
+        current = log.submit(
             TRAIN_DPO, label=f"train_dpo_r{r}", training=cfg.training, preferences=preferences, init=current
         )
         students[f"dpo_r{r}"] = current
     return students
 
 
-def evaluation_stages(cfg: Config, log: StageLog, cases: Path, students: dict[str, Path],
-                      judged: dict[str, Path] | None = None, paths: Path | None = None) -> dict[str, Path]:
+def explanation_stages(cfg: Config, log: StageLog, cases: Path, students: dict) -> PrefectFuture:
+    """One generate_explanations task per explainer and shard of `runtime.shard_cases` held-out
+    cases (each its own cached folder: a failed shard reruns alone), merged in order."""
+    count = len(read_cases(Path(cases) / "eval.jsonl"))
+    size = cfg.runtime.shard_cases or count
+    shards = -(-count // size) if count else 1
+    folders = []
+    for name in explainer_names(cfg.evaluation, cfg.training):
+        for k in range(shards):
+            label = f"generate_explanations[{name}]" + (f" shard {k + 1}/{shards}" if shards > 1 else "")
+            folders.append(log.submit(
+                GENERATE_EXPLANATIONS, label=label,
+                evaluation=cfg.evaluation, teacher=cfg.teacher, training=cfg.training, cases=cases,
+                students={name: students[name]} if name in students else {}, explainer=name, shard=k,
+                shard_cases=cfg.runtime.shard_cases,
+            ))
+    return log.submit(MERGE_EXPLANATIONS, evaluation=cfg.evaluation, shards=folders)
+
+
+def evaluation_stages(cfg: Config, log: StageLog, cases: Path, students: dict,
+                      judged: dict | None = None, paths: Path | None = None) -> dict[str, PrefectFuture]:
     """Every explainer on the held-out cases, every metric, the report and the arena bundle.
     `judged`: folders of judged pairs (`preferences`, `preferences_rN`), which the discriminator
     learns from (`judge.kind: discriminator`); `paths`: the mine_paths folder, whose path quality
-    the report shows."""
+    the report shows. Folders may be futures of stages submitted before."""
     wanted = {name: students[name] for name in student_explainers(cfg.evaluation, cfg.training)}
-    explanations = log.run(
-        GENERATE_EXPLANATIONS, evaluation=cfg.evaluation, teacher=cfg.teacher, training=cfg.training,
-        cases=cases, students=wanted,
-    )
-    out: dict[str, Path] = {}
+    explanations = explanation_stages(cfg, log, cases, wanted)
+    out: dict[str, PrefectFuture] = {}
     if cfg.judge.kind == "discriminator":
         d = cfg.judge.discriminator
         folders = {name: folder for name, folder in (judged or {}).items() if name.startswith("preferences")}
@@ -121,18 +141,18 @@ def evaluation_stages(cfg: Config, log: StageLog, cases: Path, students: dict[st
             raise ValueError("judge.kind 'discriminator' needs judged pairs (judge_pairs folders) to learn from")
         # The explanations and the votes file enter the key only when there are votes to read.
         voting = {"explanations": explanations, "votes_digest": file_digest(d.arena_votes)} if d.arena_votes else {}
-        out["discriminator"] = log.run(
+        out["discriminator"] = log.submit(
             TRAIN_DISCRIMINATOR, judge=cfg.judge, cases=cases, judged=folders, **voting
         )
-    metrics = log.run(
+    metrics = log.submit(
         EVALUATE, evaluation=cfg.evaluation, judge=cfg.judge, cases=cases, explanations=explanations,
         **({"discriminator": out["discriminator"]} if "discriminator" in out else {}),
     )
-    report = log.run(
+    report = log.submit(
         WRITE_REPORT, evaluation=cfg.evaluation, metrics=metrics, explanations=explanations, cases=cases,
         students=wanted, paths=paths,
     )
-    arena = log.run(EXPORT_ARENA, arena=cfg.arena, cases=cases, explanations=explanations, evaluation=metrics)
+    arena = log.submit(EXPORT_ARENA, arena=cfg.arena, cases=cases, explanations=explanations, evaluation=metrics)
     return out | {"explanations": explanations, "evaluate": metrics, "report": report, "arena": arena}
 
 
@@ -153,6 +173,7 @@ def pipeline(config_path: str = "configs/default.yaml", overrides: list[str] | N
     students = student_stages(cfg, log, artifacts["cases"], feedback)
     artifacts |= feedback | students | evaluation_stages(cfg, log, artifacts["cases"], students, judged=feedback,
                                                                  paths=artifacts["paths"])
+    artifacts = log.folders(artifacts)  # every stage submitted: wait for them all
     run_dir = publish_run_summary(cfg, config_path, overrides or [], log, artifacts)
     return str(run_dir)
 

@@ -234,9 +234,11 @@ def retrain(config_path: str = "configs/default.yaml", overrides: list[str] | No
         first_student_row = len(log.rows)
         feedback = feedback_stages(cfg, log, student_cases)
         students = student_stages(cfg, log, student_cases, feedback)
-        student = student_outcome(decision, state.get("student"), log.rows[first_student_row:])
+        student_rows = log.rows[first_student_row:]  # filled in as the stages finish
         artifacts |= feedback | students | evaluation_stages(cfg, log, artifacts["cases"], students,
                                                              judged=feedback, paths=artifacts["paths"])
+        artifacts = log.folders(artifacts)
+        student = student_outcome(decision, state.get("student"), student_rows)
         if decision.train:
             state["student"] = {
                 "data": str(artifacts["data"]), "cases": str(artifacts["cases"]),

@@ -16,8 +16,8 @@ run: the flows are defined with `ConfigTaskRunner()`, which reads the run's conf
 the runner it names when the flow submits its first task. So a run from the command line, a
 deployment or `flow.serve` all get the runner of their config.
 
-Only tasks that a flow `.submit()`s go through the runner (see flows/fanout.py); a task called
-directly runs in the flow's thread. Workers on other machines must see the same artifacts
+The flows submit every stage (`StageLog.submit`, flows/summary.py), so every stage runs on the
+runner; a task called directly would run in the flow's thread. Workers on other machines must see the same artifacts
 folder (a shared filesystem) and, to report their task runs, the same Prefect server
 (`PREFECT_API_URL`): without one, every worker process starts a temporary Prefect server of
 its own, which costs seconds per worker (measured: a Dask run took 27.6 s instead of
@@ -37,6 +37,7 @@ from prefect.context import FlowRunContext
 from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
 
 from recxplain.config import RuntimeConfig, load_config
+from recxplain.stage import limit_heavy_stages
 
 
 class TaskRunnerUnavailable(RuntimeError):
@@ -87,7 +88,10 @@ def local_dask_cluster(**cluster_kwargs: Any):
     from distributed import LocalCluster
 
     api_url = flow_api_url()
-    return LocalCluster(env={"PREFECT_API_URL": api_url} if api_url else {}, **cluster_kwargs)
+    # torch and BLAS size their thread pools by these: the workers share the machine's cores.
+    threads = str(max(1, (os.cpu_count() or 1) // cluster_kwargs["n_workers"]))
+    env = {"OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads}
+    return LocalCluster(env=env | ({"PREFECT_API_URL": api_url} if api_url else {}), **cluster_kwargs)
 
 
 def flow_api_url() -> str | None:
@@ -149,6 +153,7 @@ class ConfigTaskRunner(TaskRunner):
                 bound = inspect.signature(context.flow.fn).bind_partial(**context.parameters)
                 bound.apply_defaults()
                 cfg = load_config(bound.arguments["config_path"], bound.arguments.get("overrides") or [])
+                limit_heavy_stages(cfg.runtime.heavy_tasks)  # in this process (the threads runner's)
                 self._inner = self._stack.enter_context(task_runner(cfg.runtime))
             return self._inner
 

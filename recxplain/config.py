@@ -1028,7 +1028,15 @@ class RuntimeConfig(Section):
         artifacts_dir: root of all run outputs (content-addressed stage folders).
         run_name: name of this run's folder under `artifacts_dir/runs/` (report, summary).
         task_runner: `threads` (default), `dask` (local cluster or `dask_address`) or `ray`.
-        max_workers: threads / local Dask workers.
+        max_workers: threads / local Dask workers (each Dask worker process gets
+            cores // max_workers torch threads).
+        heavy_tasks: how many heavy stages (training, LLM generation: tagged `heavy`) may run
+            at once in one process. torch's threads are process-wide: with the default 1, two
+            threads of the flow never run two torch stages on the same cores; on Dask each
+            worker process (one thread) runs one stage anyway.
+        shard_cases: explanation generation runs one task per explainer and per shard of this
+            many held-out cases, merged in order into one `explanations.parquet` (0: one task
+            per explainer). Shards spread over workers and rerun alone when one fails.
         dask_address: an existing Dask scheduler (None: start a local cluster).
         verbose: print what the libraries print (datasets and transformers progress bars and
             warnings, Prefect's logs) and a failed stage's traceback; off, a run started from
@@ -1039,6 +1047,8 @@ class RuntimeConfig(Section):
     run_name: str = "default"
     task_runner: Literal["threads", "dask", "ray"] = "threads"
     max_workers: int = Field(2, ge=1)
+    heavy_tasks: int = Field(1, ge=1)
+    shard_cases: int = Field(0, ge=0)
     dask_address: str | None = None
     verbose: bool = False
 

@@ -20,12 +20,16 @@ content of the input folders. Its output lives in `<artifacts>/<stage>/<key>/`:
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import inspect
 import json
+import os
 import shutil
+import socket
 import sys
+import threading
 import time
 import types
 from collections.abc import Callable
@@ -308,6 +312,9 @@ def run_stage(name: str, fn: Callable, artifacts_dir: Path, inputs: dict[str, An
         # Which template text the stage rendered (its key holds it; its content need not).
         "templates": {name: template_hash(source) for name, source in (call.get("templates") or {}).items()},
         "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        # Which process ran it: a Dask or Ray worker, or the flow's own (the thread runner).
+        "host": socket.gethostname(),
+        "pid": os.getpid(),
     }
     (partial / MANIFEST).write_text(json.dumps(manifest, indent=2, default=str))
     partial.rename(out)
@@ -332,22 +339,44 @@ class StageCachePolicy(CachePolicy):
         return f"{self.stage}/{key}/{PREFECT_RECORD}"
 
 
-def stage(fn: Callable, name: str | None = None) -> Task:
+# Heavy stages (training, LLM generation) are tagged `heavy`; at most `heavy_tasks` of them run at
+# once in one process: torch's thread pool is process-wide, so two would fight over the same cores.
+# A lock in the process, not a Prefect tag limit: no wait for the server's polling between two
+# stages, and workers of other processes (Dask) are not held back (docs/ARCHITECTURE.md).
+HEAVY = "heavy"
+_heavy_slots = threading.BoundedSemaphore(1)
+
+
+def limit_heavy_stages(n: int) -> None:
+    """Let at most `n` heavy stages run at once in this process (`runtime.heavy_tasks`)."""
+    global _heavy_slots
+    _heavy_slots = threading.BoundedSemaphore(n)
+
+
+def heavy_slot() -> threading.BoundedSemaphore:
+    # A function, so that a task shipped to a Dask worker refers to that process's lock.
+    return _heavy_slots
+
+
+def stage(fn: Callable, name: str | None = None, heavy: bool = False) -> Task:
     """Wrap a stage function into a Prefect task: `task(artifacts_dir, inputs) -> Path`.
 
-    Call it through `run_task(task, artifacts_dir, label, **inputs)`, which points Prefect's
-    result storage at the artifacts root so cache records live inside the stage folders.
+    Submit it through `StageLog.submit` (flows/summary.py), which points Prefect's result storage
+    at the artifacts root so cache records live inside the stage folders (`bind_task`). `heavy`:
+    a stage that loads a torch model (see `limit_heavy_stages`).
     """
     name = name or fn.__name__
 
     def body(artifacts_dir: Path, inputs: dict[str, Any]) -> Path:
-        return run_stage(name, fn, artifacts_dir, inputs)
+        with heavy_slot() if heavy else contextlib.nullcontext():
+            return run_stage(name, fn, artifacts_dir, inputs)
 
     body.__name__ = name
     body.__doc__ = fn.__doc__
     return task(
         body,
         name=name,
+        tags=[HEAVY] if heavy else None,
         cache_policy=StageCachePolicy(stage=name, fn=fn),
         persist_result=True,
         # Results are the artifact paths; a pickle of a Path is tiny and stable.
@@ -361,8 +390,3 @@ def bind_task(stage_task: Task, artifacts_dir: Path, label: str | None = None) -
     `sample_pairs_r1` instead of Prefect's `sample_pairs-63f`."""
     run_name = (label or stage_task.name).replace("{", "{{").replace("}", "}}")  # a format string
     return stage_task.with_options(result_storage=Path(artifacts_dir).resolve(), task_run_name=run_name)
-
-
-def run_task(stage_task: Task, artifacts_dir: Path, label: str | None = None, **inputs: Any):
-    """Run a stage task in the current flow; returns its final Prefect state."""
-    return bind_task(stage_task, artifacts_dir, label)(Path(artifacts_dir), inputs, return_state=True)

@@ -188,8 +188,13 @@ def generate_explanations(
     artifacts_dir: Path,
     students: dict[str, Path] | None = None,
     templates: dict[str, str] | None = None,
+    explainer: str | None = None,
+    shard: int = 0,
+    shard_cases: int = 0,
 ) -> None:
     """Explain every held-out case with every explainer; predict user attributes with each LLM.
+    A flow runs it per explainer and shard of cases (`explainer`, `shard`), and `merge_explanations`
+    joins them into what one call for every explainer and case writes.
     The `teacher` explainer samples `teacher.best_of` answers with `teacher.sampling` and keeps
     the one the checks rate best (as for its SFT data); every other LLM explainer writes one
     answer with `evaluation.sampling` (`base` is thus one plain sample of the untrained model).
@@ -207,6 +212,9 @@ def generate_explanations(
         templates: `read_templates(*explanation_prompts(evaluation, teacher))`, the explanation
             prompts (default: the shipped files), so a changed prompt changes this stage's key.
             A named explainer's prompt missing from it is read from the shipped folder.
+        explainer: only this explainer (None: every one).
+        shard, shard_cases: only the held-out cases `shard * shard_cases` up to the next
+            `shard_cases` (shard_cases 0: every case).
     """
     out, students = Path(out), dict(students or {})
     wanted = explanation_prompts(evaluation, teacher)
@@ -217,7 +225,9 @@ def generate_explanations(
         raise ValueError(f"{Path(cases) / 'eval.jsonl'}: no evaluation cases")
     train_path = Path(cases) / "train.jsonl"
     all_cases = eval_cases + (read_cases(train_path) if train_path.exists() else [])
-    names = explainer_names(evaluation, training)
+    if shard_cases:  # the options of attribute prediction stay those of every case
+        eval_cases = eval_cases[shard * shard_cases:(shard + 1) * shard_cases]
+    names = [n for n in explainer_names(evaluation, training) if explainer in (None, n)]
     named = named_explainers(evaluation)
     configs = {n: named[n].llm if n in named
                else explainer_llm(n, teacher=teacher, training=training, students=students)
@@ -271,8 +281,28 @@ def generate_explanations(
 
     pd.DataFrame(explanation_rows).to_parquet(out / "explanations.parquet", index=False)
     if evaluation.attribute_prediction:
-        columns = ["case_id", "model", "attribute", "truth", "predicted", "answer", "n_options"]
-        pd.DataFrame(attribute_rows, columns=columns).to_parquet(out / "attributes.parquet", index=False)
+        pd.DataFrame(attribute_rows, columns=ATTRIBUTE_COLUMNS).to_parquet(out / "attributes.parquet", index=False)
+
+
+ATTRIBUTE_COLUMNS = ["case_id", "model", "attribute", "truth", "predicted", "answer", "n_options"]
+
+
+@reads(evaluation=("attribute_prediction", "attributes"))
+def merge_explanations(out: Path, *, evaluation: EvaluationConfig, shards: list[Path]) -> None:
+    """Join the folders of `generate_explanations` run per explainer and shard of cases (in
+    explainer, then case order) into the files one call for every explainer writes: the same
+    rows in the same order, whichever worker wrote each shard."""
+    rows = [row for folder in shards for row in pd.read_parquet(Path(folder) / "explanations.parquet")
+            .to_dict("records")]
+    pd.DataFrame(rows).to_parquet(Path(out) / "explanations.parquet", index=False)
+    if evaluation.attribute_prediction:
+        found = [row for folder in shards for row in pd.read_parquet(Path(folder) / "attributes.parquet")
+                 .to_dict("records")]
+        # One call predicts attribute by attribute over its cases: reorder the shards' rows so.
+        model_rank = {model: i for i, model in enumerate(dict.fromkeys(row["model"] for row in rows))}
+        attribute_rank = {attribute: i for i, attribute in enumerate(evaluation.attributes)}
+        found.sort(key=lambda row: (model_rank[row["model"]], attribute_rank[row["attribute"]]))  # stable
+        pd.DataFrame(found, columns=ATTRIBUTE_COLUMNS).to_parquet(Path(out) / "attributes.parquet", index=False)
 
 
 def _predict_attributes(model, name: str, eval_cases: list[Case], all_cases: list[Case],

@@ -221,8 +221,11 @@ def test_retrain_decision_says_a_student_existed_when_its_stages_were_cached():
 
 def test_planned_stages_count_the_pipeline_of_each_task():
     smoke = load_config("configs/smoke.yaml")
-    assert planned_stages(smoke, "recxplain-pipeline") == 19  # 2 DPO rounds
-    assert planned_stages(smoke, "recxplain-evaluate") == 8
+    # 2 DPO rounds; 7 explainers (dpo: one per round), one task each, and their merge
+    assert planned_stages(smoke, "recxplain-pipeline") == 26
+    assert planned_stages(smoke, "recxplain-evaluate") == 15
+    # shards of 2 of the 3 held-out cases: 2 per explainer
+    assert planned_stages(load_config("configs/smoke.yaml", ["runtime.shard_cases=2"]), "recxplain-pipeline") == 33
     assert planned_stages(load_config("configs/reclaif.yaml"), "recxplain-pipeline") == 3 + 6 + 3 * load_config(
         "configs/reclaif.yaml").training.rounds
     assert planned_stages(smoke, "some-other-flow") is None

@@ -17,7 +17,6 @@ from prefect import flow
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from flows.deploy import PREFECT_FILE, PROJECT, deploy, deploy_environment
-from flows.fanout import run_parallel
 from flows.runners import ConfigTaskRunner, TaskRunnerUnavailable, task_runner
 from flows.summary import StageLog
 from recxplain.config import DataConfig, RecommenderConfig, RuntimeConfig, load_config
@@ -70,8 +69,8 @@ def fan_out(config_path: str, overrides: list[str] | None = None, sleep_s: float
     if cfg.runtime.task_runner == "dask":  # a local cluster's workers start one by one: time them all
         runner.client.wait_for_workers(cfg.runtime.max_workers, timeout=300)
     log = StageLog(cfg.runtime.artifacts_dir)
-    done = run_parallel(log, {f"double-{v}": (DOUBLE, {"job": Job(value=v, sleep_s=sleep_s)}) for v in (1, 2)})
-    results = {label: json.loads((folder / "result.json").read_text()) for label, folder in done.items()}
+    done = {f"double-{v}": log.submit(DOUBLE, f"double-{v}", job=Job(value=v, sleep_s=sleep_s)) for v in (1, 2)}
+    results = {label: json.loads((folder / "result.json").read_text()) for label, folder in log.folders(done).items()}
     return log.rows, results, type(runner).__name__
 
 
@@ -127,12 +126,10 @@ def test_stages_run_on_a_local_dask_cluster(tmp_path):
 
         log = StageLog(artifacts)
         prepared = log.run(stage(prepare_data), data=data, source_digest=source_digest(data))
-        run_parallel(log, {
-            model: (TRAIN_RECOMMENDER,
-                    {"recommender": RecommenderConfig(model=model, k=5, top_n=3, sampled_negatives=5),
-                     "data": prepared})
-            for model in ("itemknn", "popular")
-        })
+        for model in ("itemknn", "popular"):
+            log.submit(TRAIN_RECOMMENDER, model, data=prepared,
+                       recommender=RecommenderConfig(model=model, k=5, top_n=3, sampled_negatives=5))
+        log.wait()
         return log.rows
 
     rows = recommenders()

@@ -272,6 +272,52 @@ def test_generate_explanations_with_template_and_scripted_models(tmp_path, monke
     assert (attributes["model"] == "teacher").sum() == (attributes["model"] == "base").sum() == 6
 
 
+class CaseScriptedModel:
+    """Answers each prompt from its own text only (whatever else is in the call), as a greedy model
+    that batching does not change: an explanation naming the user, an attribute option."""
+
+    usage: dict = {}
+
+    def generate(self, prompts, sampling, n=1):
+        answers = []
+        for messages in prompts:
+            content = messages[-1]["content"]
+            if "mission is to infer" in content:
+                answers.append([Generation("female" if len(content) % 2 else "male", completion_tokens=1)] * n)
+            else:
+                answers.append([Generation(f"{GOOD} Prompt {len(content)}.", completion_tokens=len(content) % 7)] * n)
+        return answers
+
+
+def test_explainers_and_shards_merge_into_the_files_of_one_call(tmp_path, monkeypatch):
+    """The flow runs generate_explanations per explainer and shard of cases; merge_explanations
+    writes the same bytes as one call for every explainer and case."""
+    cases_dir = tmp_path / "cases"
+    cases_dir.mkdir()
+    ages = [30, 60, 20, 45, 25]
+    write_cases([make_case(f"{i + 1}-3", "FM"[i % 2], age) for i, age in enumerate(ages)], cases_dir / "eval.jsonl")
+    monkeypatch.setattr(ex, "load_model", lambda config, artifacts_dir, cache_path: CaseScriptedModel())
+    evaluation = EvaluationConfig(explainers=["template", "base", "teacher"],
+                                  sampling=SamplingConfig(temperature=0, max_new_tokens=96))
+    common = {"evaluation": evaluation, "teacher": TeacherConfig(best_of=2, min_words=5), "training": TrainingConfig(),
+              "cases": cases_dir, "artifacts_dir": tmp_path}
+    whole = tmp_path / "whole"
+    whole.mkdir()
+    ex.generate_explanations(whole, **common)
+    shards = []
+    for name in ("template", "base", "teacher"):
+        for k in range(3):  # shards of 2 cases: 2, 2, 1
+            shards.append(tmp_path / f"{name}-{k}")
+            shards[-1].mkdir()
+            ex.generate_explanations(shards[-1], **common, explainer=name, shard=k, shard_cases=2)
+    assert len(pd.read_parquet(shards[-1] / "explanations.parquet")) == 1
+    merged = tmp_path / "merged"
+    merged.mkdir()
+    ex.merge_explanations(merged, evaluation=evaluation, shards=shards)
+    for name in ("explanations.parquet", "attributes.parquet"):
+        assert (merged / name).read_bytes() == (whole / name).read_bytes(), name
+
+
 def test_generate_explanations_needs_eval_cases(tmp_path):
     (tmp_path / "cases").mkdir(), (tmp_path / "out").mkdir()
     (tmp_path / "cases" / "eval.jsonl").write_text("")

@@ -64,8 +64,8 @@ def test_smoke_flow_killed_in_training_resumes_from_its_checkpoint(tmp_path):
 
     # The console: a line per stage as it starts and ends, the report's path, no library noise.
     lines = again.stdout.splitlines()
-    assert "[1/19] prepare_data ... cached" in lines and "[8/19] train_sft ..." in lines
-    assert any(line.startswith("[19/19] export_arena ... ") for line in lines)
+    assert "[1/26] prepare_data ... cached" in lines and "[8/26] train_sft ..." in lines
+    assert any(line.startswith("[26/26] export_arena ... ") for line in lines)
     assert lines[-1] == f"report: {artifacts / 'runs' / 'smoke' / 'report.html'}"
     for noise in ("Map:", "Tokenizing", "FutureWarning", "| INFO", "Traceback"):
         assert noise not in again.stdout + again.stderr, noise

@@ -29,6 +29,7 @@ def feedback_flow(overrides: list[str]) -> dict[str, str]:
     cases = log.run(BUILD_CASES, cases=cfg.cases, data=evidence["data"], recommender=evidence["recommender"],
                     paths=evidence["paths"])
     feedback_stages(cfg, log, cases)
+    log.wait()
     return {row["stage"]: row["state"] for row in log.rows}
 
 
