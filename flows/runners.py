@@ -88,8 +88,9 @@ def local_dask_cluster(**cluster_kwargs: Any):
     from distributed import LocalCluster
 
     api_url = flow_api_url()
-    # torch and BLAS size their thread pools by these: the workers share the machine's cores.
-    threads = str(max(1, (os.cpu_count() or 1) // cluster_kwargs["n_workers"]))
+    # torch and BLAS size their thread pools by these: the workers share the machine's cores
+    # (unless OMP_NUM_THREADS says otherwise).
+    threads = os.environ.get("OMP_NUM_THREADS") or str(max(1, (os.cpu_count() or 1) // cluster_kwargs["n_workers"]))
     env = {"OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads}
     return LocalCluster(env=env | ({"PREFECT_API_URL": api_url} if api_url else {}), **cluster_kwargs)
 

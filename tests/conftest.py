@@ -53,3 +53,14 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
             f"CI=true: browser test(s) skipped, which fails the run: {', '.join(BROWSER_SKIPS)} "
             "(install Debian's chromium: apt-get install chromium)", red=True,
         )
+
+
+@pytest.fixture(scope="session")
+def smoke_run(tmp_path_factory):
+    """One cold smoke run (threads, the command line) per session, for every slow test that
+    starts from it: its artifacts folder, run summary and the content digests of its stages."""
+    from tests.smoke import SmokeRun, run_command, stage_digests
+
+    artifacts = tmp_path_factory.mktemp("smoke") / "artifacts"
+    summary = run_command(artifacts)
+    return SmokeRun(artifacts, summary, stage_digests(summary))

@@ -130,7 +130,7 @@ def test_pipeline_without_its_data_folder_fails_in_prepare_data_with_one_line(tm
     assert code == 1
     assert err.splitlines()[-1] == f"error: stage prepare_data failed: {missing}: data.path is not a folder"
     assert no_prefect_failure_logs(err)
-    assert re.fullmatch(r"\[1/19\] prepare_data \.\.\.\n\[1/19\] prepare_data \.\.\. failed after \d+ s\n", out), out
+    assert re.fullmatch(r"\[1/26\] prepare_data \.\.\.\n\[1/26\] prepare_data \.\.\. failed after \d+ s\n", out), out
 
 
 def wait_for(read, check, seconds: float = 60):

@@ -19,7 +19,7 @@ from prefect.task_runners import ThreadPoolTaskRunner
 from flows.deploy import PREFECT_FILE, PROJECT, deploy, deploy_environment
 from flows.runners import ConfigTaskRunner, TaskRunnerUnavailable, task_runner
 from flows.summary import StageLog
-from recxplain.config import DataConfig, RecommenderConfig, RuntimeConfig, load_config
+from recxplain.config import RuntimeConfig, load_config
 from recxplain.stage import stage
 from tasks.recommend import train_recommender
 from tests.fanout_toys import Job, timed_double
@@ -66,8 +66,6 @@ def fan_out(config_path: str, overrides: list[str] | None = None, sleep_s: float
 
     cfg = load_config(config_path, overrides or [])
     runner = FlowRunContext.get().task_runner.inner()
-    if cfg.runtime.task_runner == "dask":  # a local cluster's workers start one by one: time them all
-        runner.client.wait_for_workers(cfg.runtime.max_workers, timeout=300)
     log = StageLog(cfg.runtime.artifacts_dir)
     done = {f"double-{v}": log.submit(DOUBLE, f"double-{v}", job=Job(value=v, sleep_s=sleep_s)) for v in (1, 2)}
     results = {label: json.loads((folder / "result.json").read_text()) for label, folder in log.folders(done).items()}
@@ -97,47 +95,7 @@ def test_parallel_stages_run_at_once_on_the_configured_threads_and_cache(tmp_pat
     assert not overlap(serial)
 
 
-@pytest.mark.slow
-@pytest.mark.timeout(600)
-def test_stages_run_on_a_local_dask_cluster(tmp_path):
-    """A flow whose config says `task_runner: dask` fans two stages out to a local cluster of two
-    worker processes (which report to the flow's own temporary Prefect server), plus a real one."""
-    ratings, _ = ratings_csv()
-    source = write_ml_latest(tmp_path / "ml", ratings=ratings, movies=MOVIES)
-    artifacts = tmp_path / "artifacts"
-    config = write_config(
-        tmp_path / "dask.yaml",
-        f"runtime: {{artifacts_dir: {artifacts}, task_runner: dask, max_workers: 2}}\n",
-    )
-    rows, results, runner = fan_out(config, sleep_s=5.0)
-    assert runner == "DaskTaskRunner"
-    assert [r["state"] for r in rows] == ["Completed", "Completed"]
-    pids = {r["pid"] for r in results.values()}
-    assert len(pids) == 2 and os.getpid() not in pids  # two worker processes, not this one
-    assert overlap(results)
-    assert (artifacts / "dask").is_dir()  # the cluster's scratch space, under the artifacts
-
-    # A real stage through the same cluster: inputs and results cross process boundaries.
-    data = DataConfig(source="ml-latest", path=source)
-
-    @flow(task_runner=task_runner(RuntimeConfig(task_runner="dask", max_workers=2, artifacts_dir=artifacts)))
-    def recommenders() -> list[dict]:
-        from tasks.data import prepare_data, source_digest
-
-        log = StageLog(artifacts)
-        prepared = log.run(stage(prepare_data), data=data, source_digest=source_digest(data))
-        for model in ("itemknn", "popular"):
-            log.submit(TRAIN_RECOMMENDER, model, data=prepared,
-                       recommender=RecommenderConfig(model=model, k=5, top_n=3, sampled_negatives=5))
-        log.wait()
-        return log.rows
-
-    rows = recommenders()
-    assert [(r["stage"], r["state"]) for r in rows] == [
-        ("prepare_data", "Completed"), ("itemknn", "Completed"), ("popular", "Completed")
-    ]
-    for row in rows[1:]:
-        assert (Path(row["folder"]) / "recommendations.parquet").exists()
+# The smoke pipeline on a local Dask cluster of two worker processes: tests/test_scaleout.py.
 
 
 # ------------------------------------------------------------------ deployments

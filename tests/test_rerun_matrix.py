@@ -10,8 +10,6 @@ Slow (the smoke pipeline, then the reruns): `make test-slow`."""
 
 import json
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import polars as pl
@@ -21,26 +19,27 @@ import recxplain.stage
 from flows.pipeline import pipeline
 from recxplain.prompts import PROMPTS_DIR, read_templates
 from recxplain.schemas import read_cases
-
-ROOT = Path(__file__).resolve().parent.parent
-SMOKE = str(ROOT / "configs" / "smoke.yaml")
-# Every run of the matrix: the smoke config without the LLM's attribute guesses and 1-100 scores,
-# which every evaluation rerun would repeat (the judge still votes in the pairs and the tournament).
-LIGHTER = ["evaluation.attribute_prediction=false", "evaluation.explainability=false"]
+from tests.smoke import LIGHTER, SMOKE
 
 EVIDENCE = ["prepare_data", "train_recommender", "mine_paths", "build_cases"]
 FEEDBACK = ["teacher_generate", "sample_pairs", "judge_pairs"]
 SFT_ON = ["train_sft", "sample_pairs_r1", "judge_pairs_r1", "train_dpo_r1", "sample_pairs_r2", "judge_pairs_r2",
           "train_dpo_r2"]
-EVALUATION = ["generate_explanations", "evaluate", "write_report", "export_arena"]
+EXPLAINERS = ["template", "teacher", "base", "sft", "orpo", "dpo_r1", "dpo_r2"]
+# one generate_explanations task per explainer (the smoke run has no case shards), then the merge
+EXPLAIN = {name: f"generate_explanations[{name}]" for name in EXPLAINERS}
+REPORTING = ["generate_explanations", "evaluate", "write_report", "export_arena"]
+EVALUATION = list(EXPLAIN.values()) + REPORTING
 EVERY_STAGE = EVIDENCE + FEEDBACK + SFT_ON[:1] + ["train_orpo"] + SFT_ON[1:] + EVALUATION
 
 # change -> the stages it reruns. Overrides are `--set` strings; "edit:<template>" appends a
 # comment to a copy of that prompt template (the prompts it renders stay the same).
 MATRIX = {
-    "training.dpo.max_steps=1": ["train_dpo_r1", "sample_pairs_r2", "judge_pairs_r2", "train_dpo_r2", *EVALUATION],
-    "training.sft.learning_rate=0.001": [*SFT_ON, *EVALUATION],
-    "training.orpo.beta=0.2": ["train_orpo", *EVALUATION],
+    # only the explainers whose student changed explain again
+    "training.dpo.max_steps=1": ["train_dpo_r1", "sample_pairs_r2", "judge_pairs_r2", "train_dpo_r2",
+                                 EXPLAIN["dpo_r1"], EXPLAIN["dpo_r2"], *REPORTING],
+    "training.sft.learning_rate=0.001": [*SFT_ON, EXPLAIN["sft"], EXPLAIN["dpo_r1"], EXPLAIN["dpo_r2"], *REPORTING],
+    "training.orpo.beta=0.2": ["train_orpo", EXPLAIN["orpo"], *REPORTING],
     "evaluation.report_examples=1": ["write_report"],
     "evaluation.bootstrap=60": ["evaluate", "write_report", "export_arena"],
     "recommender.k=5": EVERY_STAGE[1:],
@@ -48,9 +47,10 @@ MATRIX = {
     "arena.max_history=3": ["export_arena"],
     # the ensemble judge renders its pair prompt for the judged pairs and the tournament
     "edit:judge_pair.j2": ["judge_pairs", "judge_pairs_r1", "judge_pairs_r2", "evaluate"],
-    # the explanation prompt: the teacher, every pair sampler and every explainer render it
+    # the explanation prompt: the teacher, every pair sampler and every explainer render it (the
+    # explanations are the same: their merge is loaded from cache)
     "edit:explain_seed.j2": ["teacher_generate", "sample_pairs", "sample_pairs_r1", "sample_pairs_r2",
-                             "generate_explanations"],
+                             *EXPLAIN.values()],
 }
 
 
@@ -80,17 +80,6 @@ def executed(artifacts: Path, change: str | None, prompts: Path) -> list[str]:
             template.write_text(original)
     summary = json.loads((run_dir / "summary.json").read_text())
     return [row["stage"] for row in summary["stages"] if row["state"] != "Cached"]
-
-
-def run_command(artifacts: Path) -> dict:
-    """`python -m flows.pipeline` on the smoke config; its run summary."""
-    done = subprocess.run(
-        [sys.executable, "-m", "flows.pipeline", "--config", SMOKE, "--set", f"runtime.artifacts_dir={artifacts}",
-         *[arg for setting in LIGHTER for arg in ("--set", setting)]],
-        cwd=ROOT, capture_output=True, text=True, timeout=1500,
-    )
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-5000:]
-    return json.loads((artifacts / "runs" / "smoke" / "summary.json").read_text())
 
 
 def check_outputs(summary: dict, artifacts: Path) -> None:
@@ -123,9 +112,9 @@ def check_outputs(summary: dict, artifacts: Path) -> None:
 
 @pytest.mark.slow
 @pytest.mark.timeout(5400)  # a cold smoke run and ten partial ones
-def test_smoke_flow_then_each_change_reruns_exactly_the_stages_that_read_it(tmp_path, prompts):
-    artifacts = tmp_path / "artifacts"
-    summary = run_command(artifacts)  # the command line, with the shipped templates (same text as the copy's)
+def test_smoke_flow_then_each_change_reruns_exactly_the_stages_that_read_it(smoke_run, prompts):
+    # The cold run: the command line, with the shipped templates (same text as the copy's).
+    artifacts, summary = smoke_run.artifacts, smoke_run.summary
     assert [row["stage"] for row in summary["stages"] if row["state"] != "Cached"] == EVERY_STAGE
     check_outputs(summary, artifacts)
     assert executed(artifacts, None, prompts) == [], "an unchanged rerun executes nothing"

@@ -1,0 +1,92 @@
+"""Scale-out: explanation generation of 16 held-out cases with the embedded model (SmolLM2-135M,
+greedy, 48 new tokens), as the pipeline runs it (`flows.pipeline.explanation_stages`: one
+generate_explanations task per shard of `runtime.shard_cases` cases, then the merge), on a local
+Dask cluster of 1 and then 2 worker processes of 1 thread each, side by side in one run.
+
+Each worker gets cores // workers torch threads (flows/runners.py): the 1-worker run uses the
+whole machine in one process, the 2-worker run two processes of half of it. With
+`--one-thread` the 1-worker run also gets 1 torch thread (the ratio of process fan-out alone).
+Timed: from the first shard submitted to the merge done, with the workers already started (their
+start-up, the same for any run of the flow, is printed apart); every run in a fresh artifacts
+folder (nothing cached), so each shard loads the model as it would in the pipeline. Both merges
+must be byte-identical.
+
+    HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/bench_scaleout.py [--cases 16] [--shard-cases 4]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import flows  # noqa: E402,F401  (quiet offline Prefect settings)
+
+# isort: split
+from prefect import flow  # noqa: E402
+from prefect.context import FlowRunContext  # noqa: E402
+
+from flows.pipeline import explanation_stages  # noqa: E402
+from flows.runners import ConfigTaskRunner  # noqa: E402
+from flows.summary import StageLog  # noqa: E402
+from recxplain.config import load_config  # noqa: E402
+from recxplain.schemas import write_cases  # noqa: E402
+from tests.test_explain import make_case  # noqa: E402
+
+OCCUPATIONS = ["student", "engineer", "writer", "educator", "programmer", "librarian", "artist", "doctor"]
+
+
+@flow(name="bench-scaleout", task_runner=ConfigTaskRunner())
+def explain(config_path: str, overrides: list[str], cases: str) -> tuple[float, float, Path]:
+    """(seconds to start the workers, seconds of generation and merge, the merged folder)."""
+    cfg = load_config(config_path, overrides)
+    started = time.perf_counter()
+    runner = FlowRunContext.get().task_runner.inner()  # starts the local cluster
+    runner.client.wait_for_workers(cfg.runtime.max_workers, timeout=300)
+    ready = time.perf_counter()
+    log = StageLog(cfg.runtime.artifacts_dir)
+    merged = log.folders({"explanations": explanation_stages(cfg, log, Path(cases), {})})["explanations"]
+    return ready - started, time.perf_counter() - ready, merged
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--cases", type=int, default=16)
+    parser.add_argument("--shard-cases", type=int, default=4)
+    parser.add_argument("--max-new-tokens", type=int, default=48)
+    parser.add_argument("--one-thread", action="store_true", help="1 torch thread in the 1-worker run too")
+    args = parser.parse_args()
+    work = Path(tempfile.mkdtemp(prefix="bench-scaleout-"))
+    cases = work / "cases"
+    cases.mkdir()
+    write_cases([make_case(f"{u}-3", "FM"[u % 2], 18 + 3 * u, OCCUPATIONS[u % len(OCCUPATIONS)])
+                 for u in range(1, args.cases + 1)], cases / "eval.jsonl")
+    config = work / "scaleout.yaml"
+    config.write_text(
+        "evaluation: {explainers: [base], attribute_prediction: false, "
+        f"sampling: {{max_new_tokens: {args.max_new_tokens}, temperature: 0.0}}}}\n"
+        f"runtime: {{task_runner: dask, shard_cases: {args.shard_cases}}}\n"
+    )
+    print(f"{args.cases} cases, shards of {args.shard_cases}, {os.cpu_count()} cores, "
+          f"load {os.getloadavg()[0]:.2f}", flush=True)
+    seconds, merged = {}, {}
+    for workers in (1, 2):
+        overrides = [f"runtime.artifacts_dir={work / f'artifacts-{workers}'}", f"runtime.max_workers={workers}"]
+        if args.one_thread:
+            os.environ["OMP_NUM_THREADS"] = "1"  # the local cluster passes it on instead of cores // workers
+        start, seconds[workers], merged[workers] = explain(str(config), overrides, str(cases))
+        print(f"{workers} worker(s): {seconds[workers]:.1f} s (workers started in {start:.1f} s)", flush=True)
+    same = all((merged[1] / name).read_bytes() == (merged[2] / name).read_bytes() for name in ["explanations.parquet"])
+    print(f"ratio 2 workers / 1 worker: {seconds[2] / seconds[1]:.2f} (target <= 0.65); "
+          f"merged explanations identical: {same}; load {os.getloadavg()[0]:.2f}")
+
+
+if __name__ == "__main__":
+    main()
