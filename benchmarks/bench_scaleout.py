@@ -38,6 +38,7 @@ from flows.runners import ConfigTaskRunner  # noqa: E402
 from flows.summary import StageLog  # noqa: E402
 from recxplain.config import load_config  # noqa: E402
 from recxplain.schemas import write_cases  # noqa: E402
+from recxplain.stage import run_stage  # noqa: E402
 from tests.test_explain import make_case  # noqa: E402
 
 OCCUPATIONS = ["student", "engineer", "writer", "educator", "programmer", "librarian", "artist", "doctor"]
@@ -64,10 +65,12 @@ def main() -> None:
     parser.add_argument("--one-thread", action="store_true", help="1 torch thread in the 1-worker run too")
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="bench-scaleout-"))
-    cases = work / "cases"
-    cases.mkdir()
-    write_cases([make_case(f"{u}-3", "FM"[u % 2], 18 + 3 * u, OCCUPATIONS[u % len(OCCUPATIONS)])
-                 for u in range(1, args.cases + 1)], cases / "eval.jsonl")
+
+    def build_cases(out: Path) -> None:  # a stage folder, as build_cases writes it
+        write_cases([make_case(f"{u}-3", "FM"[u % 2], 18 + 3 * u, OCCUPATIONS[u % len(OCCUPATIONS)])
+                     for u in range(1, args.cases + 1)], out / "eval.jsonl")
+
+    cases = run_stage("bench_cases", build_cases, work, {})
     config = work / "scaleout.yaml"
     config.write_text(
         "evaluation: {explainers: [base], attribute_prediction: false, "

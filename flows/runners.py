@@ -85,14 +85,17 @@ def local_dask_cluster(**cluster_kwargs: Any):
     (`PREFECT_API_URL` unset) the flow runs on a temporary server of its own; handing its
     address to the workers keeps each of them from starting one more.
     """
+    import dask
     from distributed import LocalCluster
 
     api_url = flow_api_url()
-    # torch and BLAS size their thread pools by these: the workers share the machine's cores
-    # (unless OMP_NUM_THREADS says otherwise).
-    threads = os.environ.get("OMP_NUM_THREADS") or str(max(1, (os.cpu_count() or 1) // cluster_kwargs["n_workers"]))
-    env = {"OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads}
-    return LocalCluster(env=env | ({"PREFECT_API_URL": api_url} if api_url else {}), **cluster_kwargs)
+    # torch and BLAS size their thread pools by these when they load, so they are set before the
+    # worker processes start (Dask's default is 1): the workers share the machine's cores. An
+    # OMP_NUM_THREADS in the environment wins.
+    threads = str(max(1, (os.cpu_count() or 1) // cluster_kwargs["n_workers"]))
+    with dask.config.set({f"distributed.nanny.pre-spawn-environ.{name}": threads
+                          for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS")}):
+        return LocalCluster(env={"PREFECT_API_URL": api_url} if api_url else {}, **cluster_kwargs)
 
 
 def flow_api_url() -> str | None:
@@ -126,8 +129,9 @@ class ConfigTaskRunner(TaskRunner):
     """The task runner that the flow run's own config asks for (`runtime.task_runner`).
 
     The runner is chosen and started when the flow submits its first task: the flow run's
-    `config_path` and `overrides` parameters (defaults included) are loaded then. A flow that
-    submits nothing starts nothing (no Dask cluster for a fully cached run).
+    `config_path` and `overrides` parameters (defaults included) are loaded then, and this
+    process's heavy-stage slots set to `runtime.heavy_tasks`. Every stage is submitted, so a
+    fully cached run on Dask still starts its local cluster (to look its stages up there).
     """
 
     def __init__(self) -> None:

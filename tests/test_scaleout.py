@@ -19,7 +19,12 @@ from tests.test_console import wait_for
 
 @pytest.mark.slow
 @pytest.mark.timeout(2400)
-def test_smoke_pipeline_on_two_dask_workers_writes_the_content_of_the_threads_run(smoke_run, tmp_path):
+def test_smoke_pipeline_on_two_dask_workers_writes_the_content_of_the_threads_run(smoke_run, tmp_path, monkeypatch):
+    # Trained weights depend on torch's thread count (its reductions split the work by thread):
+    # the workers get the threads the threads run had, not cores // workers.
+    import torch
+
+    monkeypatch.setenv("OMP_NUM_THREADS", str(torch.get_num_threads()))
     artifacts = tmp_path / "artifacts"
     overrides = [f"runtime.artifacts_dir={artifacts}", *LIGHTER, "runtime.task_runner=dask", "runtime.max_workers=2"]
     state = pipeline(config_path=SMOKE, overrides=overrides, return_state=True)
