@@ -19,12 +19,7 @@ from tests.test_console import wait_for
 
 @pytest.mark.slow
 @pytest.mark.timeout(2400)
-def test_smoke_pipeline_on_two_dask_workers_writes_the_content_of_the_threads_run(smoke_run, tmp_path, monkeypatch):
-    # Trained weights depend on torch's thread count (its reductions split the work by thread):
-    # the workers get the threads the threads run had, not cores // workers.
-    import torch
-
-    monkeypatch.setenv("OMP_NUM_THREADS", str(torch.get_num_threads()))
+def test_smoke_pipeline_on_two_dask_workers_writes_the_content_of_the_threads_run(smoke_run, tmp_path):
     artifacts = tmp_path / "artifacts"
     overrides = [f"runtime.artifacts_dir={artifacts}", *LIGHTER, "runtime.task_runner=dask", "runtime.max_workers=2"]
     state = pipeline(config_path=SMOKE, overrides=overrides, return_state=True)
@@ -34,8 +29,20 @@ def test_smoke_pipeline_on_two_dask_workers_writes_the_content_of_the_threads_ru
     assert {row["state"] for row in rows} == {"Completed"}, rows
     assert (artifacts / "dask").is_dir()  # the local cluster's scratch space
 
-    # Every stage wrote the bytes the threads run wrote (run facts, caches and manifests aside).
-    assert stage_digests(summary) == smoke_run.digests
+    # Every stage wrote the bytes the threads run wrote (run facts, caches and manifests aside),
+    # but the trainers: their adapter_config.json, adapter/README.md and training.json name the
+    # base model by its path under the artifacts folder, and peft writes target_modules in the
+    # order of a Python set (PYTHONHASHSEED: Dask's workers fix it, a command line does not).
+    # Their weights are the same bytes; and so is everything the students then wrote.
+    digests = stage_digests(summary)
+    trained = [label for label in digests if label.startswith("train_") and label != "train_recommender"]
+    assert {k: v for k, v in digests.items() if k not in trained} == \
+        {k: v for k, v in smoke_run.digests.items() if k not in trained}
+    folders = {row["stage"]: Path(row["folder"]) for row in rows}
+    threads_folders = {row["stage"]: Path(row["folder"]) for row in smoke_run.summary["stages"]}
+    for label in trained:
+        weights = "adapter/adapter_model.safetensors"
+        assert (folders[label] / weights).read_bytes() == (threads_folders[label] / weights).read_bytes(), label
 
     # Stages ran in the two worker processes, not in this one: the shards' manifests say which.
     shards = [row for row in rows if row["stage"].startswith("generate_explanations[")]
