@@ -58,6 +58,9 @@ def explain(config_path: str, overrides: list[str], cases: str) -> tuple[float, 
 
 
 def main() -> None:
+    import logging
+
+    logging.getLogger("distributed").setLevel(logging.ERROR)  # the cluster's start and stop lines
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--cases", type=int, default=16)
     parser.add_argument("--shard-cases", type=int, default=4)
