@@ -36,11 +36,11 @@ from tasks.discriminator import train_discriminator
 from tasks.evaluate import evaluate
 from tasks.explain import generate_explanations, merge_explanations
 from tasks.judge import judge_pairs
-from tasks.pairs import sample_pairs
+from tasks.pairs import merge_pairs, sample_pairs
 from tasks.paths import mine_paths
 from tasks.recommend import train_recommender
 from tasks.report import write_report
-from tasks.teacher import teacher_generate
+from tasks.teacher import merge_teacher, teacher_generate
 from tasks.train import train_dpo, train_orpo, train_sft
 
 PREPARE_DATA = stage(prepare_data)
@@ -49,7 +49,11 @@ MINE_PATHS = stage(mine_paths)
 BUILD_CASES = stage(build_cases)
 # heavy: loads a torch model (at most runtime.heavy_tasks of them at once in one process)
 TEACHER_GENERATE = stage(teacher_generate, heavy=True)
+TEACHER_SHARD = stage(teacher_generate, name="teacher_generate_shard", heavy=True)
+MERGE_TEACHER = stage(merge_teacher, name="teacher_generate")
 SAMPLE_PAIRS = stage(sample_pairs, heavy=True)
+PAIRS_SHARD = stage(sample_pairs, name="sample_pairs_shard", heavy=True)
+MERGE_PAIRS = stage(merge_pairs, name="sample_pairs")
 JUDGE_PAIRS = stage(judge_pairs, heavy=True)
 TRAIN_DISCRIMINATOR = stage(train_discriminator, heavy=True)
 TRAIN_SFT = stage(train_sft, heavy=True)
@@ -70,13 +74,35 @@ def evidence_stages(cfg: Config, log: StageLog) -> dict[str, Path]:
     return {"data": data, "recommender": recommender, "paths": paths}
 
 
+def shard_count(cases: Path, split: str, size: int) -> int:
+    """How many shards of `size` cases (`runtime.shard_cases`; 0: one) the `split` cases make."""
+    count = len(read_cases(Path(cases) / f"{split}.jsonl"))
+    return -(-count // size) if size and count else 1
+
+
+def sharded(log: StageLog, shard_task, merge_task, label: str, shards: int, size: int, **inputs) -> PrefectFuture:
+    """One task per shard of `size` cases (`label shard k/n`), each its own cached folder, joined
+    in order by `merge_task` into the folder one task writes; one plain task when `shards` is 1."""
+    if shards == 1:
+        return log.submit(shard_task, label=label, **inputs)
+    folders = [log.submit(shard_task, label=f"{label} shard {k + 1}/{shards}", shard=k, shard_cases=size, **inputs)
+               for k in range(shards)]
+    return log.submit(merge_task, label=label, shards=folders)
+
+
 def feedback_stages(cfg: Config, log: StageLog, cases: Path) -> dict[str, PrefectFuture]:
-    """AI feedback on the train cases: teacher explanations (SFT data) and judged teacher pairs."""
-    teacher = log.submit(TEACHER_GENERATE, teacher=cfg.teacher, cases=cases)
-    pairs = log.submit(
-        SAMPLE_PAIRS, pairs=cfg.pairs, teacher=cfg.teacher, training=cfg.training, cases=cases, student=None,
-        teacher_samples=teacher if cfg.pairs.source == "teacher_samples" else None,
-    )
+    """AI feedback on the train cases: teacher explanations (SFT data) and judged teacher pairs.
+    The LLM stages run per shard of `runtime.shard_cases` training cases when it is set."""
+    size = cfg.runtime.shard_cases
+    shards = shard_count(cases, "train", size)
+    teacher = sharded(log, TEACHER_SHARD if shards > 1 else TEACHER_GENERATE, MERGE_TEACHER, "teacher_generate",
+                      shards, size, teacher=cfg.teacher, cases=cases)
+    pairs_inputs = dict(pairs=cfg.pairs, teacher=cfg.teacher, training=cfg.training, cases=cases, student=None)
+    if cfg.pairs.source == "teacher_samples":  # nothing sampled: one task reads the teacher's samples
+        pairs = log.submit(SAMPLE_PAIRS, **pairs_inputs, teacher_samples=teacher)
+    else:
+        pairs = sharded(log, PAIRS_SHARD if shards > 1 else SAMPLE_PAIRS, MERGE_PAIRS, "sample_pairs", shards, size,
+                        **pairs_inputs, teacher_samples=None)
     preferences = log.submit(JUDGE_PAIRS, judge=base_judge(cfg.judge), cases=cases, pairs=pairs)
     return {"teacher": teacher, "pairs": pairs, "preferences": preferences}
 
@@ -90,10 +116,12 @@ def student_stages(cfg: Config, log: StageLog, cases: Path, feedback: dict) -> d
     students["orpo"] = log.submit(TRAIN_ORPO, training=cfg.training, preferences=feedback["preferences"])
     current = students["sft"]
     student_pairs = cfg.pairs.model_copy(update={"source": "student"})
+    size = cfg.runtime.shard_cases
+    shards = shard_count(cases, "train", size)
     for r in range(1, cfg.training.rounds + 1):
-        pairs = log.submit(
-            SAMPLE_PAIRS, label=f"sample_pairs_r{r}", pairs=student_pairs, teacher=cfg.teacher,
-            training=cfg.training, cases=cases, student=current,
+        pairs = sharded(
+            log, PAIRS_SHARD if shards > 1 else SAMPLE_PAIRS, MERGE_PAIRS, f"sample_pairs_r{r}", shards, size,
+            pairs=student_pairs, teacher=cfg.teacher, training=cfg.training, cases=cases, student=current,
         )
         preferences = log.submit(
             JUDGE_PAIRS, label=f"judge_pairs_r{r}", judge=base_judge(cfg.judge), cases=cases, pairs=pairs
@@ -109,9 +137,7 @@ def student_stages(cfg: Config, log: StageLog, cases: Path, feedback: dict) -> d
 def explanation_stages(cfg: Config, log: StageLog, cases: Path, students: dict) -> PrefectFuture:
     """One generate_explanations task per explainer and shard of `runtime.shard_cases` held-out
     cases (each its own cached folder: a failed shard reruns alone), merged in order."""
-    count = len(read_cases(Path(cases) / "eval.jsonl"))
-    size = cfg.runtime.shard_cases or count
-    shards = -(-count // size) if count else 1
+    shards = shard_count(cases, "eval", cfg.runtime.shard_cases)
     folders = []
     for name in explainer_names(cfg.evaluation, cfg.training):
         for k in range(shards):

@@ -1034,9 +1034,11 @@ class RuntimeConfig(Section):
             at once in one process. torch's threads are process-wide: with the default 1, two
             threads of the flow never run two torch stages on the same cores; on Dask each
             worker process (one thread) runs one stage anyway.
-        shard_cases: explanation generation runs one task per explainer and per shard of this
-            many held-out cases, merged in order into one `explanations.parquet` (0: one task
-            per explainer). Shards spread over workers and rerun alone when one fails.
+        shard_cases: the LLM stages run one task per shard of this many cases, each merged in
+            order into the files one task writes: the teacher and the pair sampling over the
+            training cases, explanation generation per explainer over the held-out cases (0:
+            one task, and one per explainer). Shards spread over workers and rerun alone when
+            one fails.
         dask_address: an existing Dask scheduler (None: start a local cluster).
         verbose: print what the libraries print (datasets and transformers progress bars and
             warnings, Prefect's logs) and a failed stage's traceback; off, a run started from

@@ -25,7 +25,7 @@ import polars as pl
 from recxplain.checks import Catalogue, check_explanations, clean_explanation, parse_explanation
 from recxplain.config import PairsConfig, TeacherConfig, TrainingConfig
 from recxplain.models import pair_sampler_llm
-from recxplain.prompts import explain_messages, usage_counts
+from recxplain.prompts import explain_messages, merge_stats, usage_counts
 from recxplain.schemas import Case
 from recxplain.stage import ALL, reads
 from recxplain.teaching import _load, _train_cases
@@ -44,6 +44,8 @@ def sample_pairs(
     templates: dict[str, str],
     artifacts_dir: Path,
     teacher_samples: Path | None = None,
+    shard: int = 0,
+    shard_cases: int = 0,
 ) -> None:
     """Write pairs.parquet (case_id, text_a, text_b, source, prompt as JSON messages, model,
     valid_a, valid_b) and stats.json; `pairs.candidates` samples per training case at
@@ -53,10 +55,14 @@ def sample_pairs(
 
     `student`: the folder of the current student (train_sft or the previous DPO round) when
     `pairs.source` is `student`. `teacher_samples`: the teacher_generate folder when it is
-    `teacher_samples`. `templates`: `read_templates(teacher.prompt)`.
+    `teacher_samples`. `templates`: `read_templates(teacher.prompt)`. `shard`, `shard_cases`: only
+    the training cases `shard * shard_cases` up to the next `shard_cases` (0: every case);
+    `merge_pairs` joins the shards into what one call for every case writes.
     """
     out = Path(out)
     train = _train_cases(cases)
+    if shard_cases:
+        train = train[shard * shard_cases:(shard + 1) * shard_cases]
     # The teacher samples with its own prompt; every row carries the prompt the students get.
     prompts = [explain_messages(case, teacher.prompt, templates, example=teacher.students_see_example)
                for case in train]
@@ -120,6 +126,22 @@ def sample_pairs(
         "usage": usage_counts(model),
     }
     (out / "stats.json").write_text(json.dumps(stats, indent=2))
+
+
+@reads()
+def merge_pairs(out: Path, *, shards: list[Path]) -> None:
+    """Join sample_pairs' shards (in order) into the files one call for every case writes:
+    pairs.parquet row for row, stats.json with the shards' counts summed."""
+    shards = [Path(folder) for folder in shards]
+    frame = pl.concat([pl.read_parquet(folder / "pairs.parquet") for folder in shards])
+    frame.write_parquet(Path(out) / "pairs.parquet")
+    parts = [json.loads((folder / "stats.json").read_text()) for folder in shards]
+    stats = merge_stats(parts)
+    stats["model"] = next((part["model"] for part in parts if part["pairs"]), parts[0]["model"])
+    candidates = 2 * frame.height
+    stats["validity_ratio"] = (round((frame["valid_a"].sum() + frame["valid_b"].sum()) / candidates, 4)
+                               if candidates else None)
+    (Path(out) / "stats.json").write_text(json.dumps(stats, indent=2))
 
 
 PAIR_SCHEMA = {"case_id": pl.String, "text_a": pl.String, "text_b": pl.String, "source": pl.String,

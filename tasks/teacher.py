@@ -24,6 +24,7 @@ from recxplain.config import TeacherConfig
 from recxplain.prompts import (
     explain_messages,
     generate_parsed,
+    merge_stats,
     usage_counts,
     validity_stats,
 )
@@ -39,6 +40,8 @@ def teacher_generate(
     cases: Path,
     templates: dict[str, str],
     artifacts_dir: Path,
+    shard: int = 0,
+    shard_cases: int = 0,
 ) -> None:
     """Write sft.jsonl (trl conversational rows: the students' prompt, an answer, case_id; the
     kept answer of each case, and with `teacher.sft_answers: passing` every other sample that
@@ -46,10 +49,14 @@ def teacher_generate(
     marks the best sample, `sft` every sample in sft.jsonl) and stats.json (calls, tokens, cost,
     validity, kept cases and how many of them pass every check).
 
-    `templates`: `read_templates(teacher.prompt)`.
+    `templates`: `read_templates(teacher.prompt)`. `shard`, `shard_cases`: only the training cases
+    `shard * shard_cases` up to the next `shard_cases` (0: every case); `merge_teacher` joins the
+    shards into what one call for every case writes.
     """
     out = Path(out)
     train = _train_cases(cases)
+    if shard_cases:
+        train = train[shard * shard_cases:(shard + 1) * shard_cases]
     prompts = [explain_messages(case, teacher.prompt, templates) for case in train]
     student_prompts = [explain_messages(case, teacher.prompt, templates, example=teacher.students_see_example)
                        for case in train]
@@ -103,7 +110,30 @@ def teacher_generate(
         "usage": usage_counts(model),
     }
     (out / "stats.json").write_text(json.dumps(stats, indent=2))
-    if not kept_checks:
-        raise ValueError(f"teacher_generate: none of {len(train)} cases has an answer that passes the checks "
+    if not shard_cases:  # a shard may keep nothing; the merge checks every case
+        _check_kept(stats, out)
+
+
+@reads()
+def merge_teacher(out: Path, *, shards: list[Path]) -> None:
+    """Join teacher_generate's shards (in order) into the files one call for every case writes:
+    sft.jsonl and generations.parquet row for row, stats.json with the shards' counts summed."""
+    out, shards = Path(out), [Path(folder) for folder in shards]
+    with open(out / "sft.jsonl", "w") as fh:
+        for folder in shards:
+            fh.write((folder / "sft.jsonl").read_text())
+    pl.concat([pl.read_parquet(folder / "generations.parquet") for folder in shards],
+              how="vertical_relaxed").write_parquet(out / "generations.parquet")
+    stats = merge_stats([json.loads((folder / "stats.json").read_text()) for folder in shards], same=("best_of",))
+    n = max(stats["samples"], 1)
+    stats["validity_ratio"] = round(stats["valid_samples"] / n, 4)
+    stats["first_try_validity_ratio"] = round(stats["valid_first_try"] / n, 4)
+    (out / "stats.json").write_text(json.dumps(stats, indent=2))
+    _check_kept(stats, out)
+
+
+def _check_kept(stats: dict, out: Path) -> None:
+    if not stats["sft_cases"]:
+        raise ValueError(f"teacher_generate: none of {stats['cases']} cases has an answer that passes the checks "
                          f"(see {out / 'generations.parquet'}); raise teacher.best_of or set teacher.require_checks "
                          "to false")

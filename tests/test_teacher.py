@@ -18,8 +18,8 @@ from recxplain.models import student_llm
 from recxplain.prompts import RETRY_MESSAGE, explain_messages, read_templates
 from recxplain.schemas import write_cases
 from tasks.judge import judge_pairs
-from tasks.pairs import sample_pairs
-from tasks.teacher import teacher_generate
+from tasks.pairs import merge_pairs, sample_pairs
+from tasks.teacher import merge_teacher, teacher_generate
 from tests.scripted import GENRES, GOOD, TECHNICAL, TITLES, ScriptedModel, toy_case
 
 TEMPLATES = read_templates("explain_seed.j2")
@@ -435,3 +435,57 @@ def test_the_greedy_candidate_decodes_with_greedy_sampling(tmp_path, cases_dir, 
     sample_pairs(tmp_path, pairs=pairs, teacher=TeacherConfig(min_words=5), training=TrainingConfig(),
                  cases=cases_dir, student=None, templates=TEMPLATES, artifacts_dir=tmp_path)
     assert seen == [pairs.sampling, greedy]
+
+
+def run_in_shards(stage, merge, tmp_path, name: str, shard_cases: int, count: int, **inputs) -> Path:
+    """`stage` once per shard of `shard_cases` of `count` cases, then `merge` of the shards' folders."""
+    folders = []
+    for k in range(-(-count // shard_cases)):
+        folders.append(tmp_path / f"{name}-shard-{k}")
+        folders[-1].mkdir()
+        stage(folders[-1], **inputs, shard=k, shard_cases=shard_cases)
+    merged = tmp_path / f"{name}-merged"
+    merged.mkdir()
+    merge(merged, shards=folders)
+    return merged
+
+
+@pytest.mark.parametrize("shard_cases", [1, 2])
+def test_teacher_and_pairs_in_shards_write_what_one_call_writes(tmp_path, cases_dir, monkeypatch, shard_cases):
+    """runtime.shard_cases: teacher_generate and sample_pairs run per shard of training cases and
+    their merges write the bytes one call for every case writes (a fresh model per shard, as in a
+    worker; its counters summed)."""
+    replies = [GOOD, TECHNICAL, "Babe."]
+    monkeypatch.setattr(recxplain.teaching, "load_chat_model",
+                        lambda cfg, artifacts_dir, cache_path: ScriptedModel(lambda messages, j: replies[j]))
+    teacher = TeacherConfig(best_of=3, min_words=5, max_parse_retries=1)
+    one = tmp_path / "teacher"
+    one.mkdir()
+    teacher_generate(one, teacher=teacher, cases=cases_dir, templates=TEMPLATES, artifacts_dir=tmp_path)
+    merged = run_in_shards(teacher_generate, merge_teacher, tmp_path, "teacher", shard_cases, 3,
+                           teacher=teacher, cases=cases_dir, templates=TEMPLATES, artifacts_dir=tmp_path)
+    for name in ("sft.jsonl", "generations.parquet", "stats.json"):
+        assert (merged / name).read_bytes() == (one / name).read_bytes(), name
+    assert json.loads((merged / "stats.json").read_text())["samples"] == 9
+
+    pairs = PairsConfig(candidates=3, greedy_candidate=True)
+    inputs = dict(pairs=pairs, teacher=teacher, training=TrainingConfig(), cases=cases_dir, student=None,
+                  templates=TEMPLATES, artifacts_dir=tmp_path)
+    one = tmp_path / "pairs"
+    one.mkdir()
+    sample_pairs(one, **inputs)
+    merged = run_in_shards(sample_pairs, merge_pairs, tmp_path, "pairs", shard_cases, 3, **inputs)
+    for name in ("pairs.parquet", "stats.json"):
+        assert (merged / name).read_bytes() == (one / name).read_bytes(), name
+    assert json.loads((merged / "stats.json").read_text())["pairs"] == 3
+
+
+def test_a_merge_fails_when_no_shard_kept_an_answer(tmp_path, cases_dir, monkeypatch):
+    """A shard whose cases all fail the checks is no error (another shard may keep answers); the
+    merge raises when none did, as one call for every case does."""
+    use_model(monkeypatch, ScriptedModel(lambda messages, j: TECHNICAL))
+    teacher = TeacherConfig(best_of=1, min_words=5, max_parse_retries=0)
+    with pytest.raises(ValueError, match="none of 3 cases has an answer that passes the checks"):
+        run_in_shards(teacher_generate, merge_teacher, tmp_path, "teacher", 2, 3,
+                      teacher=teacher, cases=cases_dir, templates=TEMPLATES, artifacts_dir=tmp_path)
+    assert (tmp_path / "teacher-shard-1" / "stats.json").exists()
