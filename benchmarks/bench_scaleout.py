@@ -1,15 +1,16 @@
 """Scale-out: explanation generation of 16 held-out cases with the embedded model (SmolLM2-135M,
 greedy, 48 new tokens), as the pipeline runs it (`flows.pipeline.explanation_stages`: one
 generate_explanations task per shard of `runtime.shard_cases` cases, then the merge), on a local
-Dask cluster of 1 and then 2 worker processes of 1 thread each, side by side in one run.
+Dask cluster, side by side in one run.
 
-Each worker gets cores // workers torch threads (flows/runners.py): the 1-worker run uses the
-whole machine in one process, the 2-worker run two processes of half of it. With
-`--one-thread` the 1-worker run also gets 1 torch thread (the ratio of process fan-out alone).
+Three runs: 1 worker of 1 torch thread, 2 workers of 1 torch thread each (the ratio of process
+fan-out alone: the issue's target), and 1 worker with every core's torch threads (what the
+pipeline's local cluster gives a single worker, flows/runners.py: cores // workers), so that the
+fan-out is also compared with one process using the whole machine.
 Timed: from the first shard submitted to the merge done, with the workers already started (their
 start-up, the same for any run of the flow, is printed apart); every run in a fresh artifacts
-folder (nothing cached), so each shard loads the model as it would in the pipeline. Both merges
-must be byte-identical.
+folder (nothing cached), so each shard loads the model as it would in the pipeline. The three
+merges must be byte-identical.
 
     HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/bench_scaleout.py [--cases 16] [--shard-cases 4]
 """
@@ -65,7 +66,6 @@ def main() -> None:
     parser.add_argument("--cases", type=int, default=16)
     parser.add_argument("--shard-cases", type=int, default=4)
     parser.add_argument("--max-new-tokens", type=int, default=48)
-    parser.add_argument("--one-thread", action="store_true", help="1 torch thread in the 1-worker run too")
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="bench-scaleout-"))
 
@@ -83,14 +83,18 @@ def main() -> None:
     print(f"{args.cases} cases, shards of {args.shard_cases}, {os.cpu_count()} cores, "
           f"load {os.getloadavg()[0]:.2f}", flush=True)
     seconds, merged = {}, {}
-    for workers in (1, 2):
-        overrides = [f"runtime.artifacts_dir={work / f'artifacts-{workers}'}", f"runtime.max_workers={workers}"]
-        if args.one_thread:
-            os.environ["OMP_NUM_THREADS"] = "1"  # the local cluster passes it on instead of cores // workers
-        start, seconds[workers], merged[workers] = explain(str(config), overrides, str(cases))
-        print(f"{workers} worker(s): {seconds[workers]:.1f} s (workers started in {start:.1f} s)", flush=True)
-    same = all((merged[1] / name).read_bytes() == (merged[2] / name).read_bytes() for name in ["explanations.parquet"])
-    print(f"ratio 2 workers / 1 worker: {seconds[2] / seconds[1]:.2f} (target <= 0.65); "
+    cores = os.cpu_count() or 1
+    for workers, threads in ((1, 1), (2, 1), (1, cores)):
+        folder = work / f"artifacts-{workers}x{threads}"
+        overrides = [f"runtime.artifacts_dir={folder}", f"runtime.max_workers={workers}"]
+        os.environ["OMP_NUM_THREADS"] = str(threads)  # the local cluster passes it on instead of cores // workers
+        run = (workers, threads)
+        start, seconds[run], merged[run] = explain(str(config), overrides, str(cases))
+        print(f"{workers} worker(s) x {threads} torch thread(s): {seconds[run]:.1f} s "
+              f"(workers started in {start:.1f} s)", flush=True)
+    same = len({(folder / "explanations.parquet").read_bytes() for folder in merged.values()}) == 1
+    print(f"ratio 2 workers / 1 worker, 1 thread each: {seconds[2, 1] / seconds[1, 1]:.2f} (target <= 0.65); "
+          f"2 workers x 1 thread / 1 worker x {cores} threads: {seconds[2, 1] / seconds[1, cores]:.2f}; "
           f"merged explanations identical: {same}; load {os.getloadavg()[0]:.2f}")
 
 
