@@ -91,11 +91,22 @@ def local_dask_cluster(**cluster_kwargs: Any):
     api_url = flow_api_url()
     # torch and BLAS size their thread pools by these when they load, so they are set before the
     # worker processes start (Dask's default is 1): the workers share the machine's cores. An
-    # OMP_NUM_THREADS in the environment wins.
-    threads = str(max(1, (os.cpu_count() or 1) // cluster_kwargs["n_workers"]))
-    with dask.config.set({f"distributed.nanny.pre-spawn-environ.{name}": threads
-                          for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS")}):
-        return LocalCluster(env={"PREFECT_API_URL": api_url} if api_url else {}, **cluster_kwargs)
+    # OMP_NUM_THREADS in the environment wins. Both names get one value (torch counts
+    # MKL_NUM_THREADS too), also in the workers' own environment; Dask's nanny copies its
+    # pre-spawn values into this process's environment, which is restored after (else the
+    # flow's later subprocesses, and a later cluster, would read them).
+    threads = os.environ.get("OMP_NUM_THREADS") or str(max(1, (os.cpu_count() or 1) // cluster_kwargs["n_workers"]))
+    sizes = {"OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads}
+    before = {name: os.environ.get(name) for name in sizes}
+    try:
+        with dask.config.set({f"distributed.nanny.pre-spawn-environ.{name}": value for name, value in sizes.items()}):
+            return LocalCluster(env=sizes | ({"PREFECT_API_URL": api_url} if api_url else {}), **cluster_kwargs)
+    finally:
+        for name, value in before.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
 
 
 def flow_api_url() -> str | None:
