@@ -75,8 +75,12 @@ def planned_stages(cfg: Config, flow_name: str) -> int | None:
         learned = 3 + 3 * rounds + 3
     else:
         # cases, teacher, teacher pairs, judge, SFT, ORPO, (sample, judge, DPO) per round,
-        # explanations (per explainer and shard, merged), evaluate, report, arena
-        learned = 1 + 3 + 2 + 3 * rounds + explanation_tasks(cfg) + 3
+        # explanations (per explainer and shard, merged), evaluate, report, arena; the teacher and
+        # the pair sampling per shard of training cases and merged (the teacher's pairs only when
+        # they are sampled)
+        train = sharded_tasks(cfg, cfg.cases.train_users)
+        pairs = 1 if cfg.pairs.source == "teacher_samples" else train
+        learned = 1 + train + pairs + 1 + 2 + (train + 2) * rounds + explanation_tasks(cfg) + 3
     discriminator = int(cfg.task == "explain" and cfg.judge.kind == "discriminator")  # train_discriminator
     if flow_name == "recxplain-pipeline":
         return evidence + learned + discriminator
@@ -87,9 +91,15 @@ def planned_stages(cfg: Config, flow_name: str) -> int | None:
     return None
 
 
+def sharded_tasks(cfg: Config, cases: int) -> int:
+    """Tasks of a stage run per shard of `runtime.shard_cases` of `cases` cases (one per user, as
+    build_cases plans): the shards and their merge, or one task."""
+    shards = -(-cases // cfg.runtime.shard_cases) if cfg.runtime.shard_cases else 1
+    return shards + 1 if shards > 1 else 1
+
+
 def explanation_tasks(cfg: Config) -> int:
-    """generate_explanations' tasks: one per explainer and shard (`cases.eval_users` cases,
-    one per user, as build_cases plans), and the merge."""
+    """generate_explanations' tasks: one per explainer and shard of held-out cases, and the merge."""
     shards = -(-cfg.cases.eval_users // cfg.runtime.shard_cases) if cfg.runtime.shard_cases else 1
     return len(explainer_names(cfg.evaluation, cfg.training)) * shards + 1
 

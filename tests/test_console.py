@@ -224,8 +224,9 @@ def test_planned_stages_count_the_pipeline_of_each_task():
     # 2 DPO rounds; 7 explainers (dpo: one per round), one task each, and their merge
     assert planned_stages(smoke, "recxplain-pipeline") == 26
     assert planned_stages(smoke, "recxplain-evaluate") == 15
-    # shards of 2 of the 3 held-out cases: 2 per explainer
-    assert planned_stages(load_config("configs/smoke.yaml", ["runtime.shard_cases=2"]), "recxplain-pipeline") == 33
+    # shards of 2 cases: the 6 training cases in 3 (the teacher and each round's sampling, each
+    # merged; the teacher's pairs are not sampled), the 3 held-out cases in 2 per explainer
+    assert planned_stages(load_config("configs/smoke.yaml", ["runtime.shard_cases=2"]), "recxplain-pipeline") == 42
     assert planned_stages(load_config("configs/reclaif.yaml"), "recxplain-pipeline") == 3 + 6 + 3 * load_config(
         "configs/reclaif.yaml").training.rounds
     assert planned_stages(smoke, "some-other-flow") is None
