@@ -190,7 +190,7 @@ def run_one(kind: str, work: Path, steps: int, threads: int | None = None) -> di
     if kind == "sft_trl_loss":
         from trl import SFTTrainer
 
-        train._plain_loss_sft_trainer = lambda: SFTTrainer  # trl's own chunked LM-head loss
+        train.plain_loss_sft_trainer = lambda: SFTTrainer  # trl's own chunked LM-head loss
     if kind == "sft_full_head":  # the model's own loss: the LM head at every position
         from trl import SFTTrainer
 
@@ -199,13 +199,13 @@ def run_one(kind: str, work: Path, steps: int, threads: int | None = None) -> di
                 inputs = {k: v for k, v in inputs.items() if k in ("input_ids", "attention_mask", "labels")}
                 return Trainer.compute_loss(self, model, inputs, return_outputs, num_items_in_batch)
 
-        train._plain_loss_sft_trainer = lambda: FullHeadSFTTrainer
+        train.plain_loss_sft_trainer = lambda: FullHeadSFTTrainer
     if kind == "orpo_unpacked":  # trl's forward: chosen and rejected rows each with the prompt
         trainers.packed_pair_logps = lambda *args: None
     if kind == "dpo_unpacked":  # trl's rows: chosen and rejected each with the prompt
-        train._read_dpo_prompts_once = lambda trainer: None
+        train.read_dpo_prompts_once = lambda trainer: None
     if kind == "dpo_all_positions":  # trl's own CPU behaviour: log-probs of every position
-        train._score_completion_tokens_only = lambda: None
+        train.score_completion_tokens_only = lambda: None
     if kind.startswith("dpo"):
         from trl import DPOTrainer
 

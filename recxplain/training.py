@@ -2,7 +2,7 @@
 
 Reading and validating the trl-format JSONL rows, the train/validation split and datasets, the
 device, LoRA config and common trainer arguments, the CPU trainers, the training loop with its
-export and measurements (`_fit_and_export`: adapter, optional merged model, training.json with
+export and measurements (`fit_and_export`: adapter, optional merged model, training.json with
 curves, tokens/s and peak memory) and `merge_adapter`.
 
 Stacking SFT then DPO: every DPO round continues training the SAME LoRA adapter as the student
@@ -99,7 +99,7 @@ def merge_adapter(adapter_dir: Path, out_dir: Path) -> Path:
 # ---------------------------------------------------------------------------------------------
 
 
-def _read_jsonl(path: Path) -> list[tuple[int, dict]]:
+def read_jsonl_rows(path: Path) -> list[tuple[int, dict]]:
     """(line number, object) for each non-blank line; clear errors for a missing/empty/bad file."""
     if not path.exists():
         raise FileNotFoundError(f"{path}: training data file not found")
@@ -135,7 +135,7 @@ def _check_messages(messages: object, field: str, where: str) -> list[dict]:
     return [{"role": m["role"], "content": m["content"]} for m in messages]
 
 
-def _sft_row(row: dict, path: Path, line: int) -> dict:
+def sft_row(row: dict, path: Path, line: int) -> dict:
     """A teacher row as trl's conversational prompt/completion (completion-only loss)."""
     where = f"{path}:{line}"
     messages = _check_messages(row.get("messages"), "messages", where)
@@ -151,7 +151,7 @@ def _sft_row(row: dict, path: Path, line: int) -> dict:
     }
 
 
-def _preference_row(row: dict, path: Path, line: int) -> dict:
+def preference_row(row: dict, path: Path, line: int) -> dict:
     """A judged pair in trl's conversational preference format (extra fields dropped)."""
     where = f"{path}:{line}"
     for key in ("prompt", "chosen", "rejected"):
@@ -174,7 +174,7 @@ def _preference_row(row: dict, path: Path, line: int) -> dict:
     }
 
 
-def _load_tokenizer(folder: Path):
+def load_tokenizer(folder: Path):
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(folder)
@@ -186,7 +186,7 @@ def _load_tokenizer(folder: Path):
     return tokenizer
 
 
-def _check_lengths(tokenizer, rows: list[dict], answer: str, max_length: int, path: Path) -> None:
+def check_lengths(tokenizer, rows: list[dict], answer: str, max_length: int, path: Path) -> None:
     """Fail on the first row whose templated prompt + `answer` exceeds `max_length` tokens.
 
     Trainers would silently truncate such rows, cutting the answer the loss is about.
@@ -201,7 +201,8 @@ def _check_lengths(tokenizer, rows: list[dict], answer: str, max_length: int, pa
             )
 
 
-def _split(rows: list[dict], valid_fraction: float, seed: int, min_cases: int = 8) -> tuple[list[dict], list[dict]]:
+def validation_split(rows: list[dict], valid_fraction: float, seed: int,
+                     min_cases: int = 8) -> tuple[list[dict], list[dict]]:
     """Hold out whole cases (all rows of a case_id together) for validation: `valid_fraction` of
     them, at least `min_cases` (a loss on one or two rows says nothing), at most a third."""
     cases = sorted({row["case_id"] for row in rows})
@@ -215,7 +216,7 @@ def _split(rows: list[dict], valid_fraction: float, seed: int, min_cases: int = 
     return train, valid
 
 
-def _dataset(rows: list[dict]) -> Dataset:
+def to_dataset(rows: list[dict]) -> Dataset:
     from datasets import Dataset
 
     # In memory (Dataset.from_list): `load_dataset("json")` would write an HF cache outside `out`.
@@ -228,7 +229,7 @@ def _dataset(rows: list[dict]) -> Dataset:
 # ---------------------------------------------------------------------------------------------
 
 
-def _device(training: TrainingConfig) -> dict:
+def training_device(training: TrainingConfig) -> dict:
     """Where and how to train: a CUDA GPU when present, else the CPU."""
     import torch
 
@@ -239,7 +240,7 @@ def _device(training: TrainingConfig) -> dict:
     return {"name": "cpu", "bf16": bf16, "batch_size": training.batch_size}
 
 
-def _load_model(folder: Path, device: dict):
+def load_training_model(folder: Path, device: dict):
     import torch
     from transformers import AutoModelForCausalLM
 
@@ -249,7 +250,7 @@ def _load_model(folder: Path, device: dict):
     return AutoModelForCausalLM.from_pretrained(folder, dtype=dtype)
 
 
-def _peft_config(training: TrainingConfig) -> PeftLoraConfig | None:
+def peft_lora_config(training: TrainingConfig) -> PeftLoraConfig | None:
     from peft import LoraConfig as PeftLoraConfig
 
     if not training.lora.enabled:
@@ -264,7 +265,7 @@ def _peft_config(training: TrainingConfig) -> PeftLoraConfig | None:
     )
 
 
-def _common_args(
+def common_args(
     training: TrainingConfig, out: Path, device: dict, epochs: float, max_steps: int, validate: bool,
     eval_on_start: bool = True,
 ) -> dict:
@@ -295,7 +296,7 @@ def _common_args(
 
 
 @functools.cache
-def _score_completion_tokens_only() -> None:
+def score_completion_tokens_only() -> None:
     """Make trl's DPO log-probs score the completion tokens only, as it does on a GPU.
 
     trl scores every position (prompt and padding included) on devices without Triton, to keep
@@ -309,7 +310,7 @@ def _score_completion_tokens_only() -> None:
 
 
 @functools.cache
-def _answer_nll_orpo_trainer() -> type:
+def answer_nll_orpo_trainer() -> type:
     """ORPOTrainer whose likelihood term covers the chosen answer only, like the SFT loss, and whose
     forward reads each pair's prompt once (`packed_pair_logps`).
 
@@ -343,7 +344,7 @@ def _answer_nll_orpo_trainer() -> type:
 
 
 @functools.cache
-def _plain_loss_sft_trainer() -> type:
+def plain_loss_sft_trainer() -> type:
     """SFTTrainer with a plain cross-entropy on the answer tokens instead of trl's chunked LM-head loss.
 
     Same loss (the prompt tokens are -100 in the labels), faster on CPU: the LM head runs on the
@@ -445,7 +446,7 @@ def packed_pair_logps(model, chosen_ids, chosen_labels, rejected_ids, rejected_l
     return logps[:pairs], logps[pairs:], logits[:chosen_tokens], logits[chosen_tokens:]
 
 
-def _read_dpo_prompts_once(trainer) -> None:
+def read_dpo_prompts_once(trainer) -> None:
     """Make the DPO trainer's model (and reference) read each pair's prompt once.
 
     trl calls `model(input_ids, attention_mask, labels, fused_lm_head=True)` on [chosen rows;
@@ -504,7 +505,7 @@ CURVE_KEYS = {
 }
 
 
-def _fit_and_export(
+def fit_and_export(
     trainer, out: Path, training: TrainingConfig, *, base: Path, method: str, device: dict, rows: int,
     init: Path | None = None,
 ) -> None:

@@ -28,7 +28,7 @@ from recxplain.models import pair_sampler_llm
 from recxplain.prompts import explain_messages, merge_stats, usage_counts
 from recxplain.schemas import Case
 from recxplain.stage import ALL, reads
-from recxplain.teaching import _load, _train_cases
+from recxplain.teaching import load_sampler, train_cases
 
 
 @reads(pairs=ALL, teacher=("llm", "prompt", "students_see_example", "min_words", "max_words"),
@@ -60,7 +60,7 @@ def sample_pairs(
     `merge_pairs` joins the shards into what one call for every case writes.
     """
     out = Path(out)
-    train = _train_cases(cases)
+    train = train_cases(cases)
     if shard_cases:
         train = train[shard * shard_cases:(shard + 1) * shard_cases]
     # The teacher samples with its own prompt; every row carries the prompt the students get.
@@ -73,7 +73,7 @@ def sample_pairs(
         return
     cfg = pair_sampler_llm(pairs, teacher, training, student)
     asked = prompts if pairs.source == "student" else [explain_messages(c, teacher.prompt, templates) for c in train]
-    model = _load(cfg, artifacts_dir, out / "cache" / "pairs.sqlite")
+    model = load_sampler(cfg, artifacts_dir, out / "cache" / "pairs.sqlite")
     sampled = pairs.candidates - pairs.greedy_candidate
     outputs = model.generate(asked, pairs.sampling, n=sampled)
     if pairs.greedy_candidate:

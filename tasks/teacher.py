@@ -29,7 +29,7 @@ from recxplain.prompts import (
     validity_stats,
 )
 from recxplain.stage import ALL, reads
-from recxplain.teaching import _load, _train_cases
+from recxplain.teaching import load_sampler, train_cases
 
 
 @reads(teacher=ALL, templates=("teacher.prompt",))
@@ -54,13 +54,13 @@ def teacher_generate(
     shards into what one call for every case writes.
     """
     out = Path(out)
-    train = _train_cases(cases)
+    train = train_cases(cases)
     if shard_cases:
         train = train[shard * shard_cases:(shard + 1) * shard_cases]
     prompts = [explain_messages(case, teacher.prompt, templates) for case in train]
     student_prompts = [explain_messages(case, teacher.prompt, templates, example=teacher.students_see_example)
                        for case in train]
-    model = _load(teacher.llm, artifacts_dir, out / "cache" / "teacher.sqlite")
+    model = load_sampler(teacher.llm, artifacts_dir, out / "cache" / "teacher.sqlite")
     parse = [partial(parse_explanation, min_words=teacher.min_words, max_words=teacher.max_words, case=case)
              for case in train]
     results = generate_parsed(

@@ -29,22 +29,22 @@ from recxplain.config import TrainingConfig
 from recxplain.models import resolve_model
 from recxplain.stage import reads
 from recxplain.training import (
-    _answer_nll_orpo_trainer,
-    _check_lengths,
-    _common_args,
-    _dataset,
-    _device,
-    _fit_and_export,
-    _load_model,
-    _load_tokenizer,
-    _peft_config,
-    _plain_loss_sft_trainer,
-    _preference_row,
-    _read_dpo_prompts_once,
-    _read_jsonl,
-    _score_completion_tokens_only,
-    _sft_row,
-    _split,
+    answer_nll_orpo_trainer,
+    check_lengths,
+    common_args,
+    fit_and_export,
+    load_tokenizer,
+    load_training_model,
+    peft_lora_config,
+    plain_loss_sft_trainer,
+    preference_row,
+    read_dpo_prompts_once,
+    read_jsonl_rows,
+    score_completion_tokens_only,
+    sft_row,
+    to_dataset,
+    training_device,
+    validation_split,
 )
 
 # Every trainer reads the shared fields and its own section: a DPO setting never reruns SFT.
@@ -67,34 +67,34 @@ def train_sft(out: Path, *, training: TrainingConfig, sft: Path, artifacts_dir: 
 
     out = Path(out)
     path = Path(sft) / "sft.jsonl"
-    rows = [_sft_row(row, path, line) for line, row in _read_jsonl(path)]
+    rows = [sft_row(row, path, line) for line, row in read_jsonl_rows(path)]
     base = resolve_model(training.base_model, artifacts_dir)
-    tokenizer = _load_tokenizer(base)
-    _check_lengths(tokenizer, rows, "completion", training.max_length, path)
-    train_rows, valid_rows = _split(rows, training.valid_fraction, training.seed, training.valid_min_cases)
+    tokenizer = load_tokenizer(base)
+    check_lengths(tokenizer, rows, "completion", training.max_length, path)
+    train_rows, valid_rows = validation_split(rows, training.valid_fraction, training.seed, training.valid_min_cases)
 
-    device = _device(training)
+    device = training_device(training)
     args = SFTConfig(
-        **_common_args(training, out, device, training.sft.epochs, training.sft.max_steps, bool(valid_rows)),
+        **common_args(training, out, device, training.sft.epochs, training.sft.max_steps, bool(valid_rows)),
         learning_rate=training.sft.learning_rate,
         max_length=training.max_length,
         completion_only_loss=True,
         packing=False,  # no gain measured on CPU, and packing would cross case boundaries
     )
-    model = _load_model(base, device)
+    model = load_training_model(base, device)
     # trl's chunked LM-head loss is ~1.5x slower than the plain cross-entropy on CPU (README,
     # benchmarks/bench_train.py); on a GPU it saves memory, so keep it there.
     set_seed(training.seed)  # the adapter is initialised in the trainer's constructor, unseeded
-    trainer_class = _plain_loss_sft_trainer() if device["name"] == "cpu" else SFTTrainer
+    trainer_class = plain_loss_sft_trainer() if device["name"] == "cpu" else SFTTrainer
     trainer = trainer_class(
         model=model,
         args=args,
-        train_dataset=_dataset(train_rows),
-        eval_dataset=_dataset(valid_rows) if valid_rows else None,
+        train_dataset=to_dataset(train_rows),
+        eval_dataset=to_dataset(valid_rows) if valid_rows else None,
         processing_class=tokenizer,
-        peft_config=_peft_config(training),
+        peft_config=peft_lora_config(training),
     )
-    _fit_and_export(trainer, out, training, base=base, method="sft", device=device, rows=len(rows))
+    fit_and_export(trainer, out, training, base=base, method="sft", device=device, rows=len(rows))
 
 
 @reads(training=(*TRAINER_FIELDS, "orpo"))
@@ -105,30 +105,30 @@ def train_orpo(out: Path, *, training: TrainingConfig, preferences: Path, artifa
 
     out = Path(out)
     path = Path(preferences) / "preferences.jsonl"
-    rows = [_preference_row(row, path, line) for line, row in _read_jsonl(path)]
+    rows = [preference_row(row, path, line) for line, row in read_jsonl_rows(path)]
     base = resolve_model(training.base_model, artifacts_dir)
-    tokenizer = _load_tokenizer(base)
-    _check_lengths(tokenizer, rows, "chosen", training.max_length, path)
-    _check_lengths(tokenizer, rows, "rejected", training.max_length, path)
-    train_rows, valid_rows = _split(rows, training.valid_fraction, training.seed, training.valid_min_cases)
+    tokenizer = load_tokenizer(base)
+    check_lengths(tokenizer, rows, "chosen", training.max_length, path)
+    check_lengths(tokenizer, rows, "rejected", training.max_length, path)
+    train_rows, valid_rows = validation_split(rows, training.valid_fraction, training.seed, training.valid_min_cases)
 
-    device = _device(training)
+    device = training_device(training)
     args = ORPOConfig(
-        **_common_args(training, out, device, training.orpo.epochs, training.orpo.max_steps, bool(valid_rows)),
+        **common_args(training, out, device, training.orpo.epochs, training.orpo.max_steps, bool(valid_rows)),
         learning_rate=training.orpo.learning_rate,
         max_length=training.max_length,
         beta=training.orpo.beta,
     )
     set_seed(training.seed)  # the adapter is initialised in the trainer's constructor, unseeded
-    trainer = _answer_nll_orpo_trainer()(
-        model=_load_model(base, device),
+    trainer = answer_nll_orpo_trainer()(
+        model=load_training_model(base, device),
         args=args,
-        train_dataset=_dataset(train_rows),
-        eval_dataset=_dataset(valid_rows) if valid_rows else None,
+        train_dataset=to_dataset(train_rows),
+        eval_dataset=to_dataset(valid_rows) if valid_rows else None,
         processing_class=tokenizer,
-        peft_config=_peft_config(training),
+        peft_config=peft_lora_config(training),
     )
-    _fit_and_export(trainer, out, training, base=base, method="orpo", device=device, rows=len(rows))
+    fit_and_export(trainer, out, training, base=base, method="orpo", device=device, rows=len(rows))
 
 
 @reads(training=(*TRAINER_FIELDS, "dpo"))
@@ -151,28 +151,28 @@ def train_dpo(
 
     out, init = Path(out), Path(init)
     path = Path(preferences) / "preferences.jsonl"
-    rows = [_preference_row(row, path, line) for line, row in _read_jsonl(path)]
+    rows = [preference_row(row, path, line) for line, row in read_jsonl_rows(path)]
     init_adapter, init_merged = init / "adapter", init / "merged"
     if training.lora.enabled:
         if not (init_adapter / "adapter_config.json").exists():
             raise FileNotFoundError(f"{init}: no adapter/ to continue (training.lora.enabled is true)")
         base = Path(json.loads((init_adapter / "adapter_config.json").read_text())["base_model_name_or_path"])
-        tokenizer = _load_tokenizer(init_adapter)
+        tokenizer = load_tokenizer(init_adapter)
     else:
         if not (init_merged / "config.json").exists():
             raise FileNotFoundError(f"{init}: no merged/ model to continue (training.lora.enabled is false)")
         base = init_merged
-        tokenizer = _load_tokenizer(init_merged)
-    _check_lengths(tokenizer, rows, "chosen", training.max_length, path)
-    _check_lengths(tokenizer, rows, "rejected", training.max_length, path)
-    train_rows, valid_rows = _split(rows, training.valid_fraction, training.seed, training.valid_min_cases)
+        tokenizer = load_tokenizer(init_merged)
+    check_lengths(tokenizer, rows, "chosen", training.max_length, path)
+    check_lengths(tokenizer, rows, "rejected", training.max_length, path)
+    train_rows, valid_rows = validation_split(rows, training.valid_fraction, training.seed, training.valid_min_cases)
 
-    device = _device(training)
+    device = training_device(training)
     if device["name"] == "cpu":
-        _score_completion_tokens_only()
+        score_completion_tokens_only()
     # No validation before the first step: the policy starts as its reference, the loss is log 2.
     args = DPOConfig(
-        **_common_args(training, out, device, training.dpo.epochs, training.dpo.max_steps, bool(valid_rows),
+        **common_args(training, out, device, training.dpo.epochs, training.dpo.max_steps, bool(valid_rows),
                        eval_on_start=False),
         learning_rate=training.dpo.learning_rate,
         max_length=training.max_length,
@@ -181,21 +181,21 @@ def train_dpo(
         **({"loss_type": ["sigmoid", "sft"], "loss_weights": [1.0, training.dpo.sft_weight]}
            if training.dpo.sft_weight else {}),
     )
-    model, ref_model = _load_model(base, device), None
+    model, ref_model = load_training_model(base, device), None
     if training.lora.enabled:
         # Trainable "default" adapter = the previous student; trl adds the frozen "ref" copy.
         model = PeftModel.from_pretrained(model, init_adapter, is_trainable=True)
     elif not training.dpo.precompute_ref_log_probs:
-        ref_model = _load_model(base, device)
+        ref_model = load_training_model(base, device)
     set_seed(training.seed)
     trainer = DPOTrainer(
         model=model,
         ref_model=ref_model,
         args=args,
-        train_dataset=_dataset(train_rows),
-        eval_dataset=_dataset(valid_rows) if valid_rows else None,
+        train_dataset=to_dataset(train_rows),
+        eval_dataset=to_dataset(valid_rows) if valid_rows else None,
         processing_class=tokenizer,
     )
     if device["name"] == "cpu":  # on a GPU trl's fused LM head keeps memory flat; the packed rows' logits do not
-        _read_dpo_prompts_once(trainer)
-    _fit_and_export(trainer, out, training, base=base, method="dpo", device=device, rows=len(rows), init=init)
+        read_dpo_prompts_once(trainer)
+    fit_and_export(trainer, out, training, base=base, method="dpo", device=device, rows=len(rows), init=init)

@@ -143,7 +143,7 @@ def test_sft_learns_and_exports(sft_student, tiny_model):
 def test_split_holds_out_whole_cases_at_least_min_cases_at_most_a_third():
     def sizes(n_cases: int, fraction: float, min_cases: int = 8) -> tuple[int, int]:
         rows = [{"case_id": f"{i}-1", "row": j} for i in range(n_cases) for j in range(2)]  # 2 rows a case
-        train_rows, valid_rows = training._split(rows, fraction, seed=0, min_cases=min_cases)
+        train_rows, valid_rows = training.validation_split(rows, fraction, seed=0, min_cases=min_cases)
         assert not {r["case_id"] for r in train_rows} & {r["case_id"] for r in valid_rows}
         assert len(train_rows) + len(valid_rows) == len(rows)
         return len({r["case_id"] for r in train_rows}), len({r["case_id"] for r in valid_rows})
@@ -155,18 +155,18 @@ def test_split_holds_out_whole_cases_at_least_min_cases_at_most_a_third():
     assert sizes(2, 0.5) == (2, 0)  # too few cases to hold any out
     assert sizes(100, 0.0) == (100, 0)  # validation off
     rows = [{"case_id": f"{i}-1"} for i in range(40)]
-    split = training._split
+    split = training.validation_split
     assert split(rows, 0.1, seed=1) == split(rows, 0.1, seed=1) != split(rows, 0.1, seed=2)
 
 
 def test_completion_only_loss(tiny_model, data):
     """The SFT labels cover exactly the assistant answer (+ end of turn), not the prompt."""
     tokenizer = AutoTokenizer.from_pretrained(tiny_model)
-    row = training._sft_row(_sft_rows(1)[0], Path("x"), 1)
-    trainer = training._plain_loss_sft_trainer()(
+    row = training.sft_row(_sft_rows(1)[0], Path("x"), 1)
+    trainer = training.plain_loss_sft_trainer()(
         model=AutoModelForCausalLM.from_pretrained(tiny_model),
         args=SFTConfig(output_dir="/tmp/unused", report_to="none", use_cpu=True, bf16=False),
-        train_dataset=training._dataset([row]),
+        train_dataset=training.to_dataset([row]),
         processing_class=tokenizer,
     )
     example = trainer.train_dataset[0]
@@ -375,7 +375,7 @@ def test_orpo_likelihood_covers_the_chosen_answer_only(monkeypatch):
     chosen_labels = torch.tensor([[-100, -100, 3, 4], [-100, 7, 8, 9]])
     monkeypatch.setattr(ORPOTrainer, "concatenated_forward",
                         lambda self, model, batch: ("chosen", "rejected", chosen_logits, "rejected logits", "trl nll"))
-    trainer_class = training._answer_nll_orpo_trainer()
+    trainer_class = training.answer_nll_orpo_trainer()
     trainer = object.__new__(trainer_class)
     trainer.is_encoder_decoder, trainer.aux_loss_enabled = False, True  # trl's forward: no packed pairs
     out = trainer_class.concatenated_forward(trainer, None, {"chosen_labels": chosen_labels})
@@ -502,7 +502,7 @@ def test_dpo_reads_each_prompt_once_with_trls_numbers(tiny_model, monkeypatch):
         return out, {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
 
     trl_out, trl_grads = run()
-    training._read_dpo_prompts_once(SimpleNamespace(model=model, ref_model=None, use_weighting=False))
+    training.read_dpo_prompts_once(SimpleNamespace(model=model, ref_model=None, use_weighting=False))
     packed_rows = []
     monkeypatch.setattr(training, "packed_pair_hidden", lambda *a, read=training.packed_pair_hidden: packed_rows.append(
         len(a[1])) or read(*a))

@@ -35,7 +35,7 @@ from recxplain.recommenders import ranks_to_metrics
 from recxplain.schemas import Movie
 
 
-def _title_key(title: str) -> str:
+def title_key(title: str) -> str:
     return normalize(title).strip()
 
 
@@ -142,7 +142,7 @@ class _TitleIndex:
                     owners.setdefault(form, set()).add(movie.item_id)
         # A form two candidates share ("star trek" before a subtitle) identifies neither.
         self.forms = sorted(((f, next(iter(o))) for f, o in owners.items() if len(o) == 1), key=lambda x: -len(x[0]))
-        self.full = {m.item_id: _title_key(_YEAR.sub("", _clean_line(display_title(m)))) for m in candidates}
+        self.full = {m.item_id: title_key(_YEAR.sub("", _clean_line(display_title(m)))) for m in candidates}
         self.titles = {m.item_id: display_title(m) for m in candidates}
 
     def at_start(self, text: str) -> int | None:
@@ -159,7 +159,7 @@ class _TitleIndex:
 
     def similar(self, name: str, threshold: float) -> int | None:
         """The candidate whose title is most similar to `name` (difflib ratio >= threshold)."""
-        key = _title_key(_YEAR.sub("", name))
+        key = title_key(_YEAR.sub("", name))
         if not key:
             return None
         scored = [(difflib.SequenceMatcher(None, key, full).ratio(), item) for item, full in self.full.items()]
@@ -201,7 +201,7 @@ def parse_recommendation(
         if match:
             section = "preferences"
             rest = _PREFERENCE_LABEL.sub("", match.group(1)).strip()
-            if rest and _title_key(rest) not in _PLACEHOLDERS:
+            if rest and title_key(rest) not in _PLACEHOLDERS:
                 answer.preferences.append(rest)
             continue
         if _LIST_HEADING.match(line) and (line.rstrip().endswith(":") or len(words(line)) <= 8):
@@ -210,7 +210,7 @@ def parse_recommendation(
         bulleted = bool(_BULLET.match(line))
         if section == "preferences" and (bulleted or _PREFERENCE_LABEL.match(line)):
             preference = _PREFERENCE_LABEL.sub("", _BULLET.sub("", line, count=1)).strip()
-            if preference and _title_key(preference) not in _PLACEHOLDERS:
+            if preference and title_key(preference) not in _PLACEHOLDERS:
                 answer.preferences.append(preference)
             continue
         if section == "list" or (not heading_seen and section != "preferences" and bulleted):
@@ -234,11 +234,11 @@ def _read_list_line(
     body = _BULLET.sub("", line, count=1).strip()
     body = re.sub(r"[\[\]\"\u201c\u201d]", "", body).strip()
     name, reason = _split_reason(body)
-    if _title_key(name) in _REASON_LABELS:  # "Reason: ..." continues the previous pick
+    if title_key(name) in _REASON_LABELS:  # "Reason: ..." continues the previous pick
         if answer.reasons and not answer.reasons[-1]:
             answer.reasons[-1] = reason
         return
-    if _title_key(name) in _PLACEHOLDERS:
+    if title_key(name) in _PLACEHOLDERS:
         answer.not_candidates.append(name)
         return
     # "1. [7] Heat (1995)": a number before the title is dropped, the title decides.

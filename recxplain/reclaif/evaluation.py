@@ -20,10 +20,10 @@ from recxplain.metrics import load_embedder, mean_cosine_distance
 from recxplain.reclaif import METRICS, CandidateSet, display_title
 from recxplain.reclaif.answers import (
     _YEAR,
-    _title_key,
     parse_recommendation,
     ranking_values,
     shown_position,
+    title_key,
     wanted_picks,
 )
 from recxplain.recommenders import fit_recommender, score_candidates
@@ -111,7 +111,7 @@ def per_answer_table(
         k = wanted_picks(cs, answer)
         parsed = parse_recommendation(row["text"], cs.candidates, k, answer.fuzzy_threshold)
         rank = parsed.rank_of(cs.target.item_id)
-        history = {_title_key(_YEAR.sub("", display_title(m))) for m in cs.history}
+        history = {title_key(_YEAR.sub("", display_title(m))) for m in cs.history}
         rows.append({"model": row["model"], "kind": "llm", "case_id": cs.set_id, "user_id": cs.user_id,
                      "valid": parsed.valid, "rank": rank, "picks": parsed.picks[:k], "fuzzy": parsed.fuzzy,
                      "not_candidates": len(parsed.not_candidates), "duplicates": len(parsed.duplicates),
@@ -119,7 +119,7 @@ def per_answer_table(
                      "target_position": shown_position(cs, cs.target.item_id),
                      "pick_positions": [shown_position(cs, i) for i in parsed.picks[:k]],
                      "names_target": cs.target.item_id in parsed.picks,
-                     "history_named": sum(_title_key(_YEAR.sub("", n)) in history for n in parsed.not_candidates),
+                     "history_named": sum(title_key(_YEAR.sub("", n)) in history for n in parsed.not_candidates),
                      **_ranking(rank, k)})
     for name, ranked in rankings.items():
         for cs, order in zip(sets, ranked, strict=True):

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 
 from recxplain.config import ReclaifCandidatesConfig
-from recxplain.reclaif.answers import _title_key
+from recxplain.reclaif.answers import title_key
 
 
 def negative_order(
@@ -43,12 +43,12 @@ def draw_candidates(
     """Take the first `m` item ids of `order` whose titles differ from the target's and from each
     other's (a parser must be able to tell every candidate apart), add the target and shuffle.
     Returns (candidate item ids, negatives drawn)."""
-    seen_titles = {_title_key(titles[target])}
+    seen_titles = {title_key(titles[target])}
     negatives: list[int] = []
     for item in order.tolist():
         if len(negatives) == m:
             break
-        key = _title_key(titles[item])
+        key = title_key(titles[item])
         if item == target or key in seen_titles:
             continue
         seen_titles.add(key)
