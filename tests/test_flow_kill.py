@@ -15,8 +15,9 @@ import pytest
 from recxplain.stage import MANIFEST
 
 ROOT = Path(__file__).resolve().parent.parent
-UPSTREAM = ["prepare_data", "train_recommender", "mine_paths", "build_cases", "teacher_generate", "sample_pairs",
-            "judge_pairs"]
+# What SFT waits for. judge_pairs is ORPO's branch: it runs before or after SFT, whichever takes
+# the heavy-stage slot first, so the kill may come before it ran.
+UPSTREAM = ["prepare_data", "train_recommender", "mine_paths", "build_cases", "teacher_generate", "sample_pairs"]
 
 
 def smoke_command(artifacts: Path) -> list[str]:
