@@ -228,13 +228,14 @@ def validity_stats(samples: list[Parsed]) -> dict:
 
 def merge_stats(parts: list[dict], same: tuple[str, ...] = ()) -> dict:
     """The stats.json of a stage's shards as one: numbers summed (also nested, as `usage`), but
-    the settings named in `same`; strings and the rest taken from the first shard. Ratios come
-    out summed too: the caller recomputes them from the summed counts."""
+    the settings named in `same`; strings, and a field some shard has no number for (a ratio of
+    a shard that kept nothing), taken from the first shard. Ratios come out summed or from the
+    first shard: the caller recomputes them from the summed counts."""
     def merge(key: str, values: list):
         first = values[0]
         if isinstance(first, dict):
             return {name: merge(name, [value[name] for value in values]) for name in first}
-        if key in same or isinstance(first, bool) or not isinstance(first, (int, float)):
+        if key in same or any(isinstance(v, bool) or not isinstance(v, (int, float)) for v in values):
             return first
         return sum(values) if isinstance(first, int) else round(sum(values), 8)
 

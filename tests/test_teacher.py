@@ -15,7 +15,7 @@ from recxplain.checks import Catalogue, check_explanation
 from recxplain.config import JudgeConfig, LLMConfig, PairsConfig, SamplingConfig, TeacherConfig, TrainingConfig
 from recxplain.llm import Generation
 from recxplain.models import student_llm
-from recxplain.prompts import RETRY_MESSAGE, explain_messages, read_templates
+from recxplain.prompts import RETRY_MESSAGE, explain_messages, merge_stats, read_templates
 from recxplain.schemas import write_cases
 from tasks.judge import judge_pairs
 from tasks.pairs import merge_pairs, sample_pairs
@@ -478,6 +478,15 @@ def test_teacher_and_pairs_in_shards_write_what_one_call_writes(tmp_path, cases_
     for name in ("pairs.parquet", "stats.json"):
         assert (merged / name).read_bytes() == (one / name).read_bytes(), name
     assert json.loads((merged / "stats.json").read_text())["pairs"] == 3
+
+
+def test_merge_stats_sums_counts_and_keeps_settings():
+    """The shards' stats.json as one: counts summed (nested too), settings and text kept, and a
+    field a shard has no number for (its validity ratio when it kept no pair) left to the caller."""
+    parts = [{"cases": 2, "best_of": 3, "model": "m", "validity_ratio": 0.5, "usage": {"calls": 4, "cost_usd": 0.1}},
+             {"cases": 1, "best_of": 3, "model": "m", "validity_ratio": None, "usage": {"calls": 2, "cost_usd": 0.2}}]
+    assert merge_stats(parts, same=("best_of",)) == {"cases": 3, "best_of": 3, "model": "m", "validity_ratio": 0.5,
+                                                     "usage": {"calls": 6, "cost_usd": 0.3}}
 
 
 def test_a_merge_fails_when_no_shard_kept_an_answer(tmp_path, cases_dir, monkeypatch):
