@@ -91,17 +91,20 @@ def planned_stages(cfg: Config, flow_name: str) -> int | None:
     return None
 
 
+def shard_count(cfg: Config, cases: int) -> int:
+    """Shards of `runtime.shard_cases` that `cases` cases (one per user, as build_cases plans) make."""
+    return -(-cases // cfg.runtime.shard_cases) if cfg.runtime.shard_cases else 1
+
+
 def sharded_tasks(cfg: Config, cases: int) -> int:
-    """Tasks of a stage run per shard of `runtime.shard_cases` of `cases` cases (one per user, as
-    build_cases plans): the shards and their merge, or one task."""
-    shards = -(-cases // cfg.runtime.shard_cases) if cfg.runtime.shard_cases else 1
+    """Tasks of a stage run per shard: the shards and their merge, or one task."""
+    shards = shard_count(cfg, cases)
     return shards + 1 if shards > 1 else 1
 
 
 def explanation_tasks(cfg: Config) -> int:
     """generate_explanations' tasks: one per explainer and shard of held-out cases, and the merge."""
-    shards = -(-cfg.cases.eval_users // cfg.runtime.shard_cases) if cfg.runtime.shard_cases else 1
-    return len(explainer_names(cfg.evaluation, cfg.training)) * shards + 1
+    return len(explainer_names(cfg.evaluation, cfg.training)) * shard_count(cfg, cfg.cases.eval_users) + 1
 
 
 class OwnRecordsOnly(logging.Filter):
