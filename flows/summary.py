@@ -12,6 +12,7 @@ from pathlib import Path
 from prefect import Task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.futures import PrefectFuture, as_completed
+from prefect.runtime import flow_run
 
 import flows.console
 from recxplain.config import Config
@@ -144,6 +145,7 @@ def publish_run_summary(
                 "stages": log.rows,
                 "artifacts": {k: str(v) for k, v in artifacts.items()},
                 "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                "flow_run_id": flow_run.id,  # the run's page in the Prefect UI
             },
             indent=2,
         )

@@ -6,7 +6,10 @@ for an unchanged rerun.
 A stage reruns when what it declares it reads (`@reads`: config fields, templates) or the content
 of an input folder changed. Its output content is deterministic, so a rerun that writes the same
 files leaves everything after it cached (e.g. a template edit that renders the same prompts).
-Slow (the smoke pipeline, then the reruns): `make test-slow`."""
+Slow (the smoke pipeline, then the reruns): `make test-slow`. A change to the recommender or the
+cases reruns every stage after it (a whole smoke run each, which CI's time cannot hold): the fast
+test below shows that only their evidence stage reads those sections, and the matrix shows that
+a changed input folder reruns what reads it."""
 
 import json
 import shutil
@@ -14,11 +17,14 @@ from pathlib import Path
 
 import polars as pl
 import pytest
+from prefect import Task
 
+import flows.pipeline
 import recxplain.stage
 from flows.pipeline import pipeline
 from recxplain.prompts import PROMPTS_DIR, read_templates
 from recxplain.schemas import read_cases
+from recxplain.stage import ALL, declared
 from tests.smoke import LIGHTER, SMOKE
 
 EVIDENCE = ["prepare_data", "train_recommender", "mine_paths", "build_cases"]
@@ -42,8 +48,6 @@ MATRIX = {
     "training.orpo.beta=0.2": ["train_orpo", EXPLAIN["orpo"], *REPORTING],
     "evaluation.report_examples=1": ["write_report"],
     "evaluation.bootstrap=60": ["evaluate", "write_report", "export_arena"],
-    "recommender.k=5": EVERY_STAGE[1:],
-    "cases.eval_users=2": EVERY_STAGE[3:],
     "arena.max_history=3": ["export_arena"],
     # the ensemble judge renders its pair prompt for the judged pairs and the tournament
     "edit:judge_pair.j2": ["judge_pairs", "judge_pairs_r1", "judge_pairs_r2", "evaluate"],
@@ -52,6 +56,17 @@ MATRIX = {
     "edit:explain_seed.j2": ["teacher_generate", "sample_pairs", "sample_pairs_r1", "sample_pairs_r2",
                              *EXPLAIN.values()],
 }
+
+
+def test_the_recommender_and_case_sections_are_read_by_their_evidence_stage_alone():
+    def readers(section: str, name: str) -> list[str]:
+        tasks = [t for t in vars(flows.pipeline).values() if isinstance(t, Task)]
+        return sorted({t.name for t in tasks if (fields := declared(t.cache_policy.fn).fields.get(section))
+                       and (name in fields or fields == ALL)})
+
+    assert readers("recommender", "k") == ["train_recommender"]
+    assert readers("cases", "eval_users") == ["build_cases"]
+    assert readers("data", "min_user_ratings") == ["prepare_data"]
 
 
 @pytest.fixture
