@@ -17,7 +17,7 @@ from pathlib import Path
 import flows  # noqa: F401  (quiet offline Prefect settings, before prefect is imported)
 
 # isort: split
-from prefect import flow
+from prefect import Task, flow
 from prefect.futures import PrefectFuture
 
 from arena.bundle import export_arena
@@ -80,11 +80,13 @@ def shard_count(cases: Path, split: str, size: int) -> int:
     return -(-count // size) if size and count else 1
 
 
-def sharded(log: StageLog, shard_task, merge_task, label: str, shards: int, size: int, **inputs) -> PrefectFuture:
-    """One task per shard of `size` cases (`label shard k/n`), each its own cached folder, joined
-    in order by `merge_task` into the folder one task writes; one plain task when `shards` is 1."""
+def sharded(log: StageLog, whole_task: Task, shard_task: Task, merge_task: Task, label: str, shards: int, size: int,
+            **inputs) -> PrefectFuture:
+    """One `shard_task` per shard of `size` cases (`label shard k/n`), each its own cached folder,
+    joined in order by `merge_task` into the folder `whole_task` writes; `whole_task` alone when
+    `shards` is 1."""
     if shards == 1:
-        return log.submit(shard_task, label=label, **inputs)
+        return log.submit(whole_task, label=label, **inputs)
     folders = [log.submit(shard_task, label=f"{label} shard {k + 1}/{shards}", shard=k, shard_cases=size, **inputs)
                for k in range(shards)]
     return log.submit(merge_task, label=label, shards=folders)
@@ -95,13 +97,13 @@ def feedback_stages(cfg: Config, log: StageLog, cases: Path) -> dict[str, Prefec
     The LLM stages run per shard of `runtime.shard_cases` training cases when it is set."""
     size = cfg.runtime.shard_cases
     shards = shard_count(cases, "train", size)
-    teacher = sharded(log, TEACHER_SHARD if shards > 1 else TEACHER_GENERATE, MERGE_TEACHER, "teacher_generate",
-                      shards, size, teacher=cfg.teacher, cases=cases)
+    teacher = sharded(log, TEACHER_GENERATE, TEACHER_SHARD, MERGE_TEACHER, "teacher_generate", shards, size,
+                      teacher=cfg.teacher, cases=cases)
     pairs_inputs = dict(pairs=cfg.pairs, teacher=cfg.teacher, training=cfg.training, cases=cases, student=None)
     if cfg.pairs.source == "teacher_samples":  # nothing sampled: one task reads the teacher's samples
         pairs = log.submit(SAMPLE_PAIRS, **pairs_inputs, teacher_samples=teacher)
     else:
-        pairs = sharded(log, PAIRS_SHARD if shards > 1 else SAMPLE_PAIRS, MERGE_PAIRS, "sample_pairs", shards, size,
+        pairs = sharded(log, SAMPLE_PAIRS, PAIRS_SHARD, MERGE_PAIRS, "sample_pairs", shards, size,
                         **pairs_inputs, teacher_samples=None)
     preferences = log.submit(JUDGE_PAIRS, judge=base_judge(cfg.judge), cases=cases, pairs=pairs)
     return {"teacher": teacher, "pairs": pairs, "preferences": preferences}
@@ -120,7 +122,7 @@ def student_stages(cfg: Config, log: StageLog, cases: Path, feedback: dict) -> d
     shards = shard_count(cases, "train", size)
     for r in range(1, cfg.training.rounds + 1):
         pairs = sharded(
-            log, PAIRS_SHARD if shards > 1 else SAMPLE_PAIRS, MERGE_PAIRS, f"sample_pairs_r{r}", shards, size,
+            log, SAMPLE_PAIRS, PAIRS_SHARD, MERGE_PAIRS, f"sample_pairs_r{r}", shards, size,
             pairs=student_pairs, teacher=cfg.teacher, training=cfg.training, cases=cases, student=current,
         )
         preferences = log.submit(

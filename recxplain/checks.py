@@ -13,7 +13,8 @@ The checks (each passes or fails):
   gives no movie of the case a genre it does not have ("Casablanca is a sci-fi movie");
 - `consistent_ratings`: every claim about the user's own ratings matches the history ("you rated
   X 4/5" when they did; not a rating of the recommended movie, which they have not seen, nor a
-  star count outside the 5-star scale);
+  star count outside the 5-star scale), and what the answer recommends ("you may enjoy X") is
+  the recommended movie, not one the user already rated;
 - `no_technical_terms`: no leftovers of the recommender's internals (similarity scores, KNN,
   node, ids);
 - `mentions_title`: names the recommended movie;
@@ -337,11 +338,17 @@ _PATH_RATING = re.compile(r"You rated (.+?) \((\d{4})\) (\d+(?:\.\d+)?)/5")
 # Star counts in prose: "4/5", "4 out of 5", "4 stars" (out of 5).
 _STARS = re.compile(r"\b(\d+(?:\.\d+)?)\s*(?:/|out of)\s*(\d+)\b|\b(\d+(?:\.\d+)?)\s+stars?\b", re.IGNORECASE)
 _YEAR = re.compile(r"\((\d{4})\)")
-# "you rated / gave / loved ... X": a claim about the user's own past. "you may enjoy X" is not.
+# "you rated / gave / loved ... X": a claim about the user's own past ("you may enjoy X" is a
+# recommendation: RECOMMEND_VERBS).
 RATED_VERBS = {"rated", "gave", "scored"}
 # The lowest rating each verb of liking fits: "you loved X" for a 3/5 overstates.
 LIKED_VERBS = {"loved": 4, "adored": 4, "enjoyed": 3, "liked": 3}
 WATCHED_VERBS = {"watched", "saw", "seen"}
+# "you may enjoy X", "you'll love X", "I recommend X": X is what the answer recommends, which must
+# be the recommended movie ("You may enjoy E.T. 5/5" offers the user a movie they already rated).
+RECOMMEND_VERBS = {"enjoy", "like", "love", "watch"}
+MODALS = {"may", "might", "will", "would", "should", "could", "can", "youll", "youd"}
+SUGGEST_VERBS = {"recommend", "suggest"}
 CLAIM_REACH = 5  # tokens between the claim's verb and the title it is about
 STARS_REACH = 6  # tokens between a title and the star count that follows it
 
@@ -391,12 +398,21 @@ def rating_claims(case: Case, text: str, titles: list[tuple[int, int, str]],
     def token_at(offset: int) -> int:
         return next((i for i, s in enumerate(starts) if s >= offset), len(starts))
 
-    def title_after(i: int) -> str | None:
+    def title_after(i: int, reach: int = CLAIM_REACH) -> str | None:
         # The verb's object, not a title after a clause break: "Like X, which you rated 5/5, Y is ...".
-        return next((t for start, _, t in titles if i < start <= i + CLAIM_REACH
+        return next((t for start, _, t in titles if i < start <= i + reach
                      and not re.search(r"[,;:.!?]", plain[starts[i] + len(tokens[i]) : starts[start]])), None)
 
     for i, token in enumerate(tokens):
+        recommends = (token in RECOMMEND_VERBS and i and tokens[i - 1] in MODALS
+                      and (tokens[i - 1].startswith("you") or i > 1 and tokens[i - 2] == "you")
+                      or token in SUGGEST_VERBS and i and tokens[i - 1] in ("i", "we"))
+        if recommends:
+            title = title_after(i, reach=2)  # its object: "enjoy X", "enjoy watching X", not "like it as much as X"
+            if title is not None and title != item:
+                seen = ", which you already rated," if _rating_of(title, ratings) is not None else ""
+                false.append(f'recommends "{title}"{seen} instead of "{item}"')
+            continue
         if token not in RATED_VERBS | LIKED_VERBS.keys() | WATCHED_VERBS or "you" not in tokens[max(0, i - 2):i]:
             continue
         title = title_after(i)

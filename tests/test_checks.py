@@ -115,6 +115,26 @@ def test_a_rating_of_the_recommended_movie_is_a_false_claim():
     assert loved.false_rating_claims == ['says you loved "Babe", the movie recommended to you']
 
 
+def test_recommending_a_movie_other_than_the_recommended_one_is_a_false_claim():
+    # A DPO student's second sentence offered a movie from the user's own history:
+    # "... You may enjoy E.T. the Extra-Terrestrial 5/5, which is a sci-fi movie."
+    again = check_explanation(toy_case(), "You rated Toy Story 5/5, and people who liked it also liked Babe "
+                              "(1995). You may enjoy Toy Story 5/5, which is a comedy.", catalogue=CATALOGUE)
+    assert not again.consistent_ratings and not again.passed
+    assert again.false_rating_claims == ['recommends "Toy Story", which you already rated, instead of "Babe"']
+    other = check_explanation(air_force_one(), "You rated Star Wars 5/5, and people who liked it also liked Air "
+                              "Force One (1997). You may enjoy Scream, which is a thriller.", catalogue=CATALOGUE)
+    assert other.false_rating_claims == ['recommends "Scream" instead of "Air Force One"']
+    for text in ("You rated Toy Story 5/5, so you'll love The Lion King, a comedy.",
+                 "You rated Toy Story 5/5, so I recommend The Lion King, a comedy."):
+        assert not check_explanation(toy_case(), text, catalogue=CATALOGUE).consistent_ratings, text
+    # The recommended movie as the object, or another title further on, is no such claim.
+    for text in ("You rated Toy Story 5/5, so you will enjoy watching Babe, a comedy.",
+                 "You rated Toy Story 5/5, and you will like Babe as much as Toy Story, a comedy.",
+                 "You rated Toy Story 5/5, and you will like it as much as Toy Story, a comedy."):
+        assert check_explanation(toy_case(), text, catalogue=CATALOGUE).consistent_ratings, text
+
+
 def test_a_wrong_star_count_and_an_impossible_rating_are_false_claims():
     wrong = check_explanation(toy_case(), "You rated Toy Story 3/5, and people who liked it also liked Babe, "
                               "a warm comedy.", catalogue=CATALOGUE)
