@@ -453,8 +453,10 @@ def rating_claims(case: Case, text: str, titles: list[tuple[int, int, str]],
     return false, wrong_years, supported
 
 
-# "<title> (1942) is a sci-fi movie", "<title> was an action and": the copula, then at most two words
-_GENRE_CLAIM = re.compile(r"\s*(?:\(\d{4}\)\s*)?,?\s*(?:is|was)\s+(?:(?:a|an|the)\s+)?(?:[a-z]+\s+){0,2}", re.I)
+# "<title> (1942) is a sci-fi movie", "<title>, which is a sci-fi movie", "<title> was an action and":
+# the copula, then at most two words
+_GENRE_CLAIM = re.compile(
+    r"\s*(?:\(\d{4}\)\s*)?,?\s*(?:(?:which|that)\s+)?(?:is|was)\s+(?:(?:a|an|the)\s+)?(?:[a-z]+\s+){0,2}", re.I)
 
 
 # The worked example's shape, up to the genre: "Like <title>, which you rated 4/5, it is a " (one sentence)
@@ -464,8 +466,8 @@ _LIKE_IT = re.compile(r"(?:^|[.!?]\s+)Like [^.!?]*,\s*it\s+(?:is|was)\s+(?:(?:a|
 def genre_claims(case: Case, text: str, titles: list[tuple[int, int, str]],
                  genres: list[tuple[int, str]]) -> list[str]:
     """Genres claimed for a movie of the case that it does not have: each genre mention right after
-    "<title> (year) is a", or after "Like <title>, ..., it is a" for the recommended movie
-    (`titles`: evidence-title mentions (start, end, title), `genres`: genre mentions (start,
+    "<title> (year) is a" or "<title>, which is a", or after "Like <title>, ..., it is a" for the
+    recommended movie (`titles`: evidence-title mentions (start, end, title), `genres`: genre mentions (start,
     genre), both over `_tokens(text)`). Movies whose genres the case does not hold (a path's
     linking movie outside the history) are not judged."""
     plain = text.replace("'", "").replace("\u2019", "")
@@ -514,9 +516,9 @@ def check_explanation(
     - `unknown_names`: a run of two or more capitalised words (a person, a place, an invented
       title) that appears nowhere in the evidence;
     - `wrong_years`: an evidence title followed by a year that is not its own;
-    - `wrong_genres`: "<title> (year) is a <genre> ..." (or "Like <title>, ..., it is a <genre>"
-      of the recommended movie) for a movie of the case whose genres are known and do not
-      include that genre.
+    - `wrong_genres`: "<title> (year) is a <genre> ...", "<title>, which is a <genre> ..." (or
+      "Like <title>, ..., it is a <genre>" of the recommended movie) for a movie of the case
+      whose genres are known and do not include that genre.
     Without a catalogue, titles are checked through quoted phrases and capitalised runs only.
     """
     catalogue = catalogue or Catalogue()

@@ -369,3 +369,9 @@ def test_a_genre_claimed_for_the_wrong_movie_is_ungrounded():
                                    "Star Wars, which you rated 5/5, it is a sci-fi movie, so it should suit you.",
                              catalogue=catalogue)
     assert like.wrong_genres == ["Air Force One is not Sci-Fi (Action, Thriller)"]
+    # The teacher's "Conspiracy Theory, which is a sci-fi movie, ...": a relative clause claims it too
+    which = check_explanation(case, "You rated The Saint 4/5, and people who liked it also liked Air Force One, "
+                                    "which is a sci-fi movie.", catalogue=catalogue)
+    assert which.wrong_genres == ["Air Force One is not Sci-Fi (Action, Thriller)"]
+    assert check_explanation(case, "You rated The Saint 4/5, and people who liked it also liked Air Force One, "
+                                   "which is an action movie.", catalogue=catalogue).wrong_genres == []
