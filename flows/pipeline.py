@@ -112,7 +112,7 @@ def feedback_stages(cfg: Config, log: StageLog, cases: Path) -> dict[str, Prefec
 def student_stages(cfg: Config, log: StageLog, cases: Path, feedback: dict) -> dict[str, PrefectFuture]:
     """SFT on the teacher, ORPO on the judged pairs (beside SFT and the rounds), then RecLAIF's
     rounds: round r samples two answers per case from the round r-1 student, the judge picks,
-    DPO trains round r. Each round's judge_pairs is added to `feedback` as `preferences_rN` (the
+    DPO trains round r on every pair it kept, validated on the judged teacher pairs ORPO holds out. Each round's judge_pairs is added to `feedback` as `preferences_rN` (the
     discriminator learns from every judged pair)."""
     students = {"sft": log.submit(TRAIN_SFT, training=cfg.training, sft=feedback["teacher"])}
     students["orpo"] = log.submit(TRAIN_ORPO, training=cfg.training, preferences=feedback["preferences"])
@@ -129,9 +129,9 @@ def student_stages(cfg: Config, log: StageLog, cases: Path, feedback: dict) -> d
             JUDGE_PAIRS, label=f"judge_pairs_r{r}", judge=base_judge(cfg.judge), cases=cases, pairs=pairs
         )
         feedback[f"preferences_r{r}"] = preferences
-        current = log.submit(
-            TRAIN_DPO, label=f"train_dpo_r{r}", training=cfg.training, preferences=preferences, init=current
-        )
+        # Validated on the judged teacher pairs' held-out cases (ORPO's): every pair the round kept trains.
+        current = log.submit(TRAIN_DPO, label=f"train_dpo_r{r}", training=cfg.training, preferences=preferences,
+                             init=current, validation=feedback["preferences"])
         students[f"dpo_r{r}"] = current
     return students
 

@@ -507,9 +507,10 @@ CURVE_KEYS = {
 
 def fit_and_export(
     trainer, out: Path, training: TrainingConfig, *, base: Path, method: str, device: dict, rows: int,
-    init: Path | None = None,
+    init: Path | None = None, valid_from: Path | None = None,
 ) -> None:
-    """Train (resuming from the last checkpoint in `out`), export, write training.json."""
+    """Train (resuming from the last checkpoint in `out`), export, write training.json.
+    `valid_from`: the folder the validation rows come from when it is not the training data's."""
     from peft import PeftModel
     from transformers.trainer_utils import get_last_checkpoint
 
@@ -549,6 +550,7 @@ def fit_and_export(
         "rows": rows,
         "train_rows": len(trainer.train_dataset),
         "valid_rows": len(trainer.eval_dataset) if trainer.eval_dataset is not None else 0,
+        "valid_from": str(valid_from) if valid_from is not None else None,
         "steps": trainer.state.global_step,
         "epochs": trainer.state.epoch,
         "resumed_from_step": int(Path(resume).name.split("-")[-1]) if resume else None,

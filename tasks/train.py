@@ -133,9 +133,15 @@ def train_orpo(out: Path, *, training: TrainingConfig, preferences: Path, artifa
 
 @reads(training=(*TRAINER_FIELDS, "dpo"))
 def train_dpo(
-    out: Path, *, training: TrainingConfig, preferences: Path, init: Path, artifacts_dir: Path
+    out: Path, *, training: TrainingConfig, preferences: Path, init: Path, artifacts_dir: Path,
+    validation: Path | None = None,
 ) -> None:
     """One DPO round on `preferences/preferences.jsonl`, starting from the student in `init`.
+
+    `validation`: a judged-pairs folder whose held-out cases (`validation_split`, the rows ORPO
+    validates on when it is the teacher's judged pairs) are the validation set; every pair of
+    `preferences` then trains. None: a third of the round's own cases at most is held out, which
+    leaves a round that kept few pairs with fewer still to learn from.
 
     `init` is the folder of the previous student (SFT, or DPO round r-1). Its adapter is loaded
     trainable and trl keeps a frozen copy of it (adapter "ref") as the reference, so the
@@ -165,7 +171,15 @@ def train_dpo(
         tokenizer = load_tokenizer(init_merged)
     check_lengths(tokenizer, rows, "chosen", training.max_length, path)
     check_lengths(tokenizer, rows, "rejected", training.max_length, path)
-    train_rows, valid_rows = validation_split(rows, training.valid_fraction, training.seed, training.valid_min_cases)
+    if validation is None:
+        train_rows, valid_rows = validation_split(rows, training.valid_fraction, training.seed, training.valid_min_cases)
+    else:
+        held = Path(validation) / "preferences.jsonl"
+        held_rows = [preference_row(row, held, line) for line, row in read_jsonl_rows(held)]
+        check_lengths(tokenizer, held_rows, "chosen", training.max_length, held)
+        check_lengths(tokenizer, held_rows, "rejected", training.max_length, held)
+        train_rows = rows
+        valid_rows = validation_split(held_rows, training.valid_fraction, training.seed, training.valid_min_cases)[1]
 
     device = training_device(training)
     if device["name"] == "cpu":
@@ -198,4 +212,5 @@ def train_dpo(
     )
     if device["name"] == "cpu":  # on a GPU trl's fused LM head keeps memory flat; the packed rows' logits do not
         read_dpo_prompts_once(trainer)
-    fit_and_export(trainer, out, training, base=base, method="dpo", device=device, rows=len(rows), init=init)
+    fit_and_export(trainer, out, training, base=base, method="dpo", device=device, rows=len(rows), init=init,
+                   valid_from=validation)

@@ -240,6 +240,30 @@ def test_two_dpo_rounds_continue_one_adapter(sft_student, tiny_model, data, tmp_
         assert report["trainable_parameters"] == sft_report["trainable_parameters"]  # "ref" stays frozen
 
 
+def test_dpo_validated_on_another_folders_held_out_pairs_trains_on_every_pair(sft_student, tiny_model, data,
+                                                                              tmp_path):
+    # The round's own 9 pairs (one per case) all train; the validation rows are the held-out cases
+    # of the other folder (the teacher's judged pairs, split as ORPO splits them).
+    own = _write_jsonl(tmp_path / "round", _preference_rows(20)[:9])
+    config = _config(tiny_model)
+    out = tmp_path / "dpo"
+    out.mkdir()
+    train.train_dpo(out, training=config, preferences=own, init=sft_student, artifacts_dir=tmp_path,
+                    validation=data["pairs"])
+    report = json.loads((out / "training.json").read_text())
+    held_out = training.validation_split(_preference_rows(20), config.valid_fraction, config.seed,
+                                         config.valid_min_cases)[1]
+    assert (report["rows"], report["train_rows"], report["valid_rows"]) == (9, 9, len(held_out)) and held_out
+    assert report["valid_from"] == str(data["pairs"])
+    assert "valid_loss" in report["final"]
+    # Without it, the round holds out a third of its own cases.
+    alone = tmp_path / "alone"
+    alone.mkdir()
+    train.train_dpo(alone, training=config, preferences=own, init=sft_student, artifacts_dir=tmp_path)
+    report = json.loads((alone / "training.json").read_text())
+    assert (report["train_rows"], report["valid_rows"], report["valid_from"]) == (6, 3, None)
+
+
 def test_full_fine_tuning_sft_then_dpo(tiny_model, data, tmp_path):
     config = _config(tiny_model, lora=LoraConfig(enabled=False), sft={"learning_rate": 1e-3, "max_steps": 2},
                      dpo={"learning_rate": 1e-3, "max_steps": 2})
