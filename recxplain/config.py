@@ -613,7 +613,9 @@ class TrainingConfig(Section):
         max_length: longest tokenised prompt + answer; a longer row fails before training,
             naming its file, line and case_id.
         valid_fraction: held-out share of the cases (grouped by case_id) for validation loss
-            and DPO/ORPO reward accuracy; 0 disables validation.
+            and DPO/ORPO reward accuracy; 0 disables validation. The pipeline's DPO rounds
+            validate on the judged teacher pairs held out this way (ORPO's validation rows)
+            and train on every pair they kept.
         valid_min_cases: at least this many cases are held out when validating (at most a
             third of them).
         logging_steps: log the training loss every N optimiser steps.
