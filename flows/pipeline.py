@@ -112,8 +112,9 @@ def feedback_stages(cfg: Config, log: StageLog, cases: Path) -> dict[str, Prefec
 def student_stages(cfg: Config, log: StageLog, cases: Path, feedback: dict) -> dict[str, PrefectFuture]:
     """SFT on the teacher, ORPO on the judged pairs (beside SFT and the rounds), then RecLAIF's
     rounds: round r samples two answers per case from the round r-1 student, the judge picks,
-    DPO trains round r on every pair it kept, validated on the judged teacher pairs ORPO holds out. Each round's judge_pairs is added to `feedback` as `preferences_rN` (the
-    discriminator learns from every judged pair)."""
+    DPO trains round r (validated on its own held-out pairs, or with `training.dpo.validate_on:
+    teacher_pairs` on the judged teacher pairs ORPO holds out). Each round's judge_pairs is
+    added to `feedback` as `preferences_rN` (the discriminator learns from every judged pair)."""
     students = {"sft": log.submit(TRAIN_SFT, training=cfg.training, sft=feedback["teacher"])}
     students["orpo"] = log.submit(TRAIN_ORPO, training=cfg.training, preferences=feedback["preferences"])
     current = students["sft"]
@@ -129,9 +130,9 @@ def student_stages(cfg: Config, log: StageLog, cases: Path, feedback: dict) -> d
             JUDGE_PAIRS, label=f"judge_pairs_r{r}", judge=base_judge(cfg.judge), cases=cases, pairs=pairs
         )
         feedback[f"preferences_r{r}"] = preferences
-        # Validated on the judged teacher pairs' held-out cases (ORPO's): every pair the round kept trains.
+        teacher_pairs = feedback["preferences"] if cfg.training.dpo.validate_on == "teacher_pairs" else None
         current = log.submit(TRAIN_DPO, label=f"train_dpo_r{r}", training=cfg.training, preferences=preferences,
-                             init=current, validation=feedback["preferences"])
+                             init=current, validation=teacher_pairs)
         students[f"dpo_r{r}"] = current
     return students
 

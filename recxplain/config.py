@@ -560,6 +560,9 @@ class DPOConfig(Section):
             rejected ones' when the pairs are few.
         precompute_ref_log_probs: compute the reference log-probs once per round before
             training instead of one extra forward pass per step (pays off over several epochs).
+        validate_on: `own_pairs` holds out cases of the round's own pairs (`valid_fraction`,
+            at most a third); `teacher_pairs` trains on every pair the round kept and validates
+            on the judged teacher pairs ORPO holds out (the same rows for ORPO and every round).
     """
 
     epochs: float = Field(1.0, gt=0)
@@ -568,6 +571,7 @@ class DPOConfig(Section):
     beta: float = Field(0.1, gt=0)
     sft_weight: float = Field(0.0, ge=0)
     precompute_ref_log_probs: bool = False
+    validate_on: Literal["own_pairs", "teacher_pairs"] = "own_pairs"
 
 
 # Flat `training` keys of configs written before the per-trainer sections -> where they live now.
@@ -613,9 +617,8 @@ class TrainingConfig(Section):
         max_length: longest tokenised prompt + answer; a longer row fails before training,
             naming its file, line and case_id.
         valid_fraction: held-out share of the cases (grouped by case_id) for validation loss
-            and DPO/ORPO reward accuracy; 0 disables validation. The pipeline's DPO rounds
-            validate on the judged teacher pairs held out this way (ORPO's validation rows)
-            and train on every pair they kept.
+            and DPO/ORPO reward accuracy; 0 disables validation (where DPO's rows come from:
+            `dpo.validate_on`).
         valid_min_cases: at least this many cases are held out when validating (at most a
             third of them).
         logging_steps: log the training loss every N optimiser steps.

@@ -140,8 +140,8 @@ def train_dpo(
 
     `validation`: a judged-pairs folder whose held-out cases (`validation_split`, the rows ORPO
     validates on when it is the teacher's judged pairs) are the validation set; every pair of
-    `preferences` then trains. None: a third of the round's own cases at most is held out, which
-    leaves a round that kept few pairs with fewer still to learn from.
+    `preferences` then trains (`training.dpo.validate_on: teacher_pairs`). None: cases of the
+    round's own pairs are held out (at most a third).
 
     `init` is the folder of the previous student (SFT, or DPO round r-1). Its adapter is loaded
     trainable and trl keeps a frozen copy of it (adapter "ref") as the reference, so the
@@ -171,15 +171,16 @@ def train_dpo(
         tokenizer = load_tokenizer(init_merged)
     check_lengths(tokenizer, rows, "chosen", training.max_length, path)
     check_lengths(tokenizer, rows, "rejected", training.max_length, path)
+    split = dict(valid_fraction=training.valid_fraction, seed=training.seed, min_cases=training.valid_min_cases)
     if validation is None:
-        train_rows, valid_rows = validation_split(rows, training.valid_fraction, training.seed, training.valid_min_cases)
+        train_rows, valid_rows = validation_split(rows, **split)
     else:
         held = Path(validation) / "preferences.jsonl"
         held_rows = [preference_row(row, held, line) for line, row in read_jsonl_rows(held)]
         check_lengths(tokenizer, held_rows, "chosen", training.max_length, held)
         check_lengths(tokenizer, held_rows, "rejected", training.max_length, held)
         train_rows = rows
-        valid_rows = validation_split(held_rows, training.valid_fraction, training.seed, training.valid_min_cases)[1]
+        valid_rows = validation_split(held_rows, **split)[1]
 
     device = training_device(training)
     if device["name"] == "cpu":
