@@ -156,8 +156,6 @@ def train_dpo(
     from trl import DPOConfig, DPOTrainer
 
     out, init = Path(out), Path(init)
-    path = Path(preferences) / "preferences.jsonl"
-    rows = [preference_row(row, path, line) for line, row in read_jsonl_rows(path)]
     init_adapter, init_merged = init / "adapter", init / "merged"
     if training.lora.enabled:
         if not (init_adapter / "adapter_config.json").exists():
@@ -169,18 +167,13 @@ def train_dpo(
             raise FileNotFoundError(f"{init}: no merged/ model to continue (training.lora.enabled is false)")
         base = init_merged
         tokenizer = load_tokenizer(init_merged)
-    check_lengths(tokenizer, rows, "chosen", training.max_length, path)
-    check_lengths(tokenizer, rows, "rejected", training.max_length, path)
+    rows = _preference_rows(Path(preferences), tokenizer, training.max_length)
     split = dict(valid_fraction=training.valid_fraction, seed=training.seed, min_cases=training.valid_min_cases)
     if validation is None:
         train_rows, valid_rows = validation_split(rows, **split)
     else:
-        held = Path(validation) / "preferences.jsonl"
-        held_rows = [preference_row(row, held, line) for line, row in read_jsonl_rows(held)]
-        check_lengths(tokenizer, held_rows, "chosen", training.max_length, held)
-        check_lengths(tokenizer, held_rows, "rejected", training.max_length, held)
-        train_rows = rows
-        valid_rows = validation_split(held_rows, **split)[1]
+        held_rows = _preference_rows(Path(validation), tokenizer, training.max_length)
+        train_rows, valid_rows = rows, validation_split(held_rows, **split)[1]
 
     device = training_device(training)
     if device["name"] == "cpu":
@@ -215,3 +208,12 @@ def train_dpo(
         read_dpo_prompts_once(trainer)
     fit_and_export(trainer, out, training, base=base, method="dpo", device=device, rows=len(rows), init=init,
                    valid_from=validation)
+
+
+def _preference_rows(folder: Path, tokenizer, max_length: int) -> list[dict]:
+    """The judged pairs of `folder/preferences.jsonl`; a malformed or too long row fails naming its line."""
+    path = folder / "preferences.jsonl"
+    rows = [preference_row(row, path, line) for line, row in read_jsonl_rows(path)]
+    check_lengths(tokenizer, rows, "chosen", max_length, path)
+    check_lengths(tokenizer, rows, "rejected", max_length, path)
+    return rows
